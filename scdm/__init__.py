@@ -1,0 +1,13 @@
+"""scdm: single-cell datamodels."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import tl
+from ._settings import settings
+
+try:
+    __version__ = version("scdm")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["settings", "tl"]

@@ -1,0 +1,175 @@
+"""Reading model inputs out of AnnData, with the checks users need before expensive work."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+DENSE_LIMIT_BYTES = 8 << 30
+
+
+@dataclass
+class ModelInputs:
+    """Arrays the engines train on, plus what is needed to describe them."""
+
+    X: np.ndarray  # n × d float32, standardised if asked
+    y: np.ndarray  # n int64 class codes
+    classes: list[str]
+    groups: np.ndarray | None  # n int64 group codes
+    data_hash: str
+
+
+def _keys(mapping) -> str:
+    keys = list(mapping.keys())
+    return ", ".join(map(repr, keys[:20])) + (" …" if len(keys) > 20 else "") if keys else "none"
+
+
+def get_features(adata: AnnData, use_rep: str | None = None, layer: str | None = None):
+    """The feature matrix: ``.X``, ``.obsm[use_rep]`` or ``.layers[layer]`` (not both)."""
+    if use_rep is not None and layer is not None:
+        raise ValueError("pass use_rep or layer, not both.")
+    if use_rep is not None:
+        if use_rep == "X":
+            return adata.X
+        if use_rep not in adata.obsm:
+            raise KeyError(
+                f"use_rep={use_rep!r} is not in adata.obsm (keys: {_keys(adata.obsm)}). "
+                "Compute it first (e.g. sc.pp.pca for 'X_pca') or pass use_rep=None for .X."
+            )
+        rep = adata.obsm[use_rep]
+        return rep.to_numpy() if isinstance(rep, pd.DataFrame) else rep
+    if layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(f"layer={layer!r} is not in adata.layers (layers: "
+                           f"{_keys(adata.layers)}).")
+        return adata.layers[layer]
+    if adata.X is None:
+        raise ValueError("adata.X is empty; pass use_rep= (a key of .obsm) or layer=.")
+    return adata.X
+
+
+def check_finite(X, what: str = "the input features") -> None:
+    """Raise if a dense or sparse matrix holds NaN or inf."""
+    values = X.data if sparse.issparse(X) else np.asarray(X)
+    dtype = values.dtype
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{what} must be real numbers, got dtype {dtype}.")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"{what} contain {int(bad.sum())} NaN or inf value(s); impute or drop them first "
+            "(e.g. adata = adata[:, np.isfinite(adata.X).all(0)])."
+        )
+
+
+def dense_features(X, *, scale: bool = True) -> np.ndarray:
+    """A dense float32 copy of ``X``, standardised per feature when ``scale`` (constant → 0)."""
+    n, d = X.shape
+    if n * d * 4 > DENSE_LIMIT_BYTES:
+        raise MemoryError(
+            f"the feature matrix ({n} × {d}) needs {n * d * 4 / 2**30:.1f} GiB dense; train on "
+            "a reduced representation instead, e.g. sc.pp.pca(adata) and use_rep='X_pca', or "
+            "highly variable genes."
+        )
+    dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    dense = np.array(dense, dtype=np.float32, order="C")
+    if scale:
+        mean = dense.mean(axis=0, dtype=np.float64)
+        std = dense.std(axis=0, dtype=np.float64)
+        std[std == 0] = np.inf
+        dense -= mean.astype(np.float32)
+        dense /= std.astype(np.float32)
+    return dense
+
+
+def get_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
+    """Integer class codes and class names of ``adata.obs[label_key]``."""
+    if label_key is None or label_key not in adata.obs:
+        raise KeyError(
+            f"label_key={label_key!r} is not a column of adata.obs (columns: "
+            f"{_keys(adata.obs)}). Pass the column holding the class to predict, e.g. "
+            "label_key='disease'."
+        )
+    values = adata.obs[label_key]
+    missing = values.isna()
+    if missing.any():
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has {int(missing.sum())} missing value(s); drop those "
+            "observations or fill them before training."
+        )
+    if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.to_numpy(), 1) == 0):
+        raise TypeError(
+            f"adata.obs[{label_key!r}] holds continuous values; datamodels need class labels. "
+            "Bin it first, e.g. adata.obs['group'] = pd.cut(adata.obs[label_key], 2)."
+        )
+    categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype(
+        "category")
+    categorical = categorical.cat.remove_unused_categories()
+    classes = [str(c) for c in categorical.cat.categories]
+    if len(classes) < 2:
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has only one class ({classes[0]!r}); a classifier needs "
+            "at least two. Include the comparison group (e.g. controls) or pick another label."
+        )
+    return categorical.cat.codes.to_numpy().astype(np.int64), classes
+
+
+def get_groups(adata: AnnData, group_key: str | None) -> np.ndarray | None:
+    """Integer group codes of ``adata.obs[group_key]``, or None."""
+    if group_key is None:
+        return None
+    if group_key not in adata.obs:
+        raise KeyError(f"group_key={group_key!r} is not a column of adata.obs (columns: "
+                       f"{_keys(adata.obs)}). Pass the donor/sample column, or None.")
+    values = adata.obs[group_key]
+    if values.isna().any():
+        raise ValueError(f"adata.obs[{group_key!r}] has {int(values.isna().sum())} missing "
+                         "value(s); every observation needs a group.")
+    return pd.factorize(values.astype(str), sort=True)[0].astype(np.int64)
+
+
+def hash_arrays(*arrays: np.ndarray | None) -> str:
+    """Content hash of arrays (shape, dtype and bytes), for store fingerprints."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def model_inputs(adata: AnnData, label_key: str, *, use_rep: str | None = None,
+                 layer: str | None = None, group_key: str | None = None, scale: bool = True
+                 ) -> ModelInputs:
+    """Validate and extract everything the trainer needs from ``adata``."""
+    y, classes = get_labels(adata, label_key)
+    groups = get_groups(adata, group_key)
+    raw = get_features(adata, use_rep, layer)
+    if raw.shape[0] != adata.n_obs:
+        raise ValueError(f"the features have {raw.shape[0]} rows but adata has {adata.n_obs} "
+                         "observations.")
+    check_finite(raw)
+    X = dense_features(raw, scale=scale)
+    return ModelInputs(X=X, y=y, classes=classes, groups=groups,
+                       data_hash=hash_arrays(X, y, groups))
+
+
+def uns_safe(value):
+    """A copy of ``value`` that anndata can write to h5ad (no None, tuples or numpy scalars)."""
+    if isinstance(value, dict):
+        return {str(k): uns_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [uns_safe(v) for v in value if v is not None]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.memmap):
+        return np.array(value)
+    return value

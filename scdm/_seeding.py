@@ -1,0 +1,38 @@
+"""Per-model random streams.
+
+Everything random about model ``m`` (its mask, its initial weights, its data order) is drawn from
+a generator that depends on ``(random_state, stream, m)`` alone, so results never depend on how
+models are split into chunks, workers or resumed runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MASK_STREAM = 0
+INIT_STREAM = 1
+ORDER_STREAM = 2
+SPLIT_STREAM = 3
+
+
+def model_rng(random_state: int, stream: int, model_index: int) -> np.random.Generator:
+    """Generator for one model's stream; independent across streams and model indices."""
+    seq = np.random.SeedSequence(entropy=int(random_state),
+                                 spawn_key=(int(stream), int(model_index)))
+    return np.random.Generator(np.random.PCG64(seq))
+
+
+def check_random_state(random_state: int | None) -> int:
+    """Validate a ``random_state`` argument: a non-negative integer (``None`` means 0)."""
+    if random_state is None:
+        return 0
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(
+        random_state, (int, np.integer)
+    ):
+        raise TypeError(
+            f"random_state must be a non-negative integer, got {random_state!r}; "
+            "scdm derives one independent stream per model from it."
+        )
+    if random_state < 0:
+        raise ValueError(f"random_state must be non-negative, got {random_state}.")
+    return int(random_state)

@@ -1,0 +1,154 @@
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import anndata as ad
+import numpy as np
+import pytest
+from conftest import make_adata
+
+import scdm
+from scdm.store import ModelStore, StoreMismatchError
+
+FAST = {"epochs": 5, "hidden": (8,), "batch_size": 16, "lr": 0.05}
+
+
+def test_train_models_fills_store_and_records_in_uns(adata, tmp_path):
+    scdm.tl.train_models(adata, "disease", n_models=120, store=tmp_path / "s", **FAST)
+    info = adata.uns["datamodels"]
+    assert info["n_completed"] == 120 and info["classes"] == ["control", "disease"]
+    assert info["params"]["alpha"] == 0.5 and info["params"]["hidden"] == [8]
+    assert info["mean_heldout_accuracy"] > 0.7  # chance is 0.5; feature 0 separates classes
+    store = ModelStore.open(info["store"])
+    assert store.masks.shape == (120, 60) and (store.masks.sum(1) == 30).all()
+    # h5ad round trip of what train_models writes
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert back.uns["datamodels"]["store"] == info["store"]
+    assert list(back.uns["datamodels"]["params"]["hidden"]) == [8]
+
+
+def test_default_store_is_per_configuration_and_resumes(adata):
+    scdm.tl.train_models(adata, "disease", n_models=100, **FAST)
+    first = adata.uns["datamodels"]["store"]
+    scdm.tl.train_models(adata, "disease", n_models=150, **FAST)  # extends the same store
+    assert adata.uns["datamodels"]["store"] == first
+    assert ModelStore.open(first).n_completed == 150
+    scdm.tl.train_models(adata, "disease", n_models=100, alpha=0.3, **FAST)
+    assert adata.uns["datamodels"]["store"] != first
+
+
+def test_copy_leaves_input_untouched(adata, tmp_path):
+    out = scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s", copy=True,
+                               **FAST)
+    assert "datamodels" in out.uns and "datamodels" not in adata.uns
+
+
+def test_groups_and_use_rep(tmp_path):
+    adata = make_adata(n_obs=80, n_donors=8)
+    adata.obsm["X_rep"] = adata.X[:, :3] * 2
+    scdm.tl.train_models(adata, "disease", group_key="donor", use_rep="X_rep", n_models=100,
+                         store=tmp_path / "s", **FAST)
+    masks = ModelStore.open(tmp_path / "s").masks
+    donors = adata.obs["donor"].to_numpy()
+    for d in np.unique(donors):
+        block = masks[:, donors == d]
+        assert (block == block[:, :1]).all()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"label_key": "nope"}, KeyError, "not a column of adata.obs"),
+    ({"label_key": "single"}, ValueError, "only one class"),
+    ({"label_key": "score"}, TypeError, "continuous values"),
+    ({"label_key": "disease", "use_rep": "X_pca"}, KeyError, "not in adata.obsm"),
+    ({"label_key": "disease", "layer": "counts"}, KeyError, "not in adata.layers"),
+    ({"label_key": "disease", "group_key": "donor"}, KeyError, "group_key='donor'"),
+    ({"label_key": "disease", "alpha": 1.0}, ValueError, "strictly between 0 and 1"),
+    ({"label_key": "disease", "n_models": 0}, ValueError, "at least 1"),
+    ({"label_key": "disease", "n_models": 10}, ValueError, "held out of only"),
+    ({"label_key": "disease", "model_range": (50, 200)}, ValueError, "model_range"),
+])
+def test_bad_input_is_refused_before_any_store_is_made(adata, tmp_path, kwargs, error, match):
+    adata.obs["single"] = "a"
+    adata.obs["score"] = np.linspace(0, 1, adata.n_obs)
+    kwargs = {"n_models": 100, **kwargs}
+    with pytest.raises(error, match=match):
+        scdm.tl.train_models(adata, store=tmp_path / "s", **kwargs)
+    assert not (tmp_path / "s").exists()
+
+
+def test_nan_in_features_and_mixed_groups_are_refused(tmp_path):
+    adata = make_adata(n_donors=6)
+    adata.X[4, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s")
+    adata = make_adata(n_donors=6)
+    adata.obs["donor"] = "same"
+    with pytest.raises(ValueError, match="span more than one label"):
+        scdm.tl.train_models(adata, "disease", group_key="donor", n_models=100,
+                             store=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_store_of_another_configuration_is_refused_untouched(adata, tmp_path):
+    scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s", **FAST)
+    before = (tmp_path / "s" / "margins.npy").read_bytes()
+    with pytest.raises(StoreMismatchError, match="weight_decay"):
+        scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s",
+                             weight_decay=0.5, **FAST)
+    assert (tmp_path / "s" / "margins.npy").read_bytes() == before
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import make_adata
+    import scdm
+    scdm.settings.verbosity = 0
+    adata = make_adata(n_obs=60)
+    start, stop = int(sys.argv[1]), int(sys.argv[2])
+    scdm.tl.train_models(adata, "disease", n_models={n_models}, store={store!r},
+                         chunk_size={chunk}, model_range=(start, stop), **{fast!r})
+""")
+
+
+def worker(store, n_models, chunk, start, stop):
+    from pathlib import Path
+
+    script = WORKER.format(tests=str(Path(__file__).parent), store=str(store),
+                           n_models=n_models, chunk=chunk, fast=FAST)
+    return subprocess.Popen([sys.executable, "-c", script, str(start), str(stop)])
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(adata, tmp_path):
+    n_models = 3000
+    proc = worker(tmp_path / "killed", n_models, 20, 0, n_models)
+    completed = tmp_path / "killed" / "_completed.npy"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if completed.exists() and np.load(completed).sum() >= 200:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = int(np.load(completed).sum())
+    assert 200 <= done < n_models, "the worker should have been killed mid-run"
+    scdm.tl.train_models(adata, "disease", n_models=n_models, store=tmp_path / "killed",
+                         chunk_size=64, **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=n_models, store=tmp_path / "clean", **FAST)
+    killed, clean = ModelStore.open(tmp_path / "killed"), ModelStore.open(tmp_path / "clean")
+    assert killed.n_completed == n_models
+    np.testing.assert_array_equal(killed.masks, clean.masks)
+    np.testing.assert_array_equal(killed.margins, clean.margins)
+
+
+def test_two_processes_fill_disjoint_ranges_of_one_store(adata, tmp_path):
+    procs = [worker(tmp_path / "s", 400, 30, a, b) for a, b in [(0, 200), (200, 400)]]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    scdm.tl.train_models(adata, "disease", n_models=400, store=tmp_path / "one", **FAST)
+    shared, one = ModelStore.open(tmp_path / "s"), ModelStore.open(tmp_path / "one")
+    assert shared.n_completed == 400
+    np.testing.assert_array_equal(shared.masks, one.masks)
+    np.testing.assert_array_equal(shared.margins, one.margins)
