@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import matmul_ceiling, stable_allocator, timed  # noqa: E402
+from _common import matmul_ceiling, stable_allocator, timed
 
 from scdm.ensemble import EnsembleTrainer, TrainConfig, epoch_orders, init_model, resolve_device
 from scdm.masks import MaskSampler
@@ -88,8 +88,8 @@ def main() -> None:
     flops_per_model = 6 * steps * config.batch_size * params + 2 * n * params
     ceiling = matmul_ceiling(device)
     scdm_rate, plain_rate = args.models / scdm_s, args.plain / plain_s
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"{torch.get_num_threads()} threads), chunk size {chunk}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {device} ({name}, {torch.get_num_threads()} threads), chunk size {chunk}")
     print(f"plain one-at-a-time loop : {plain_rate:9.1f} models/s  "
           f"held-out acc {heldout_accuracy(plain_margins, masks[: args.plain]):.4f}")
     print(f"scdm batched trainer     : {scdm_rate:9.1f} models/s  "
