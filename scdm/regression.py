@@ -544,7 +544,10 @@ class LassoPath:
             var_y = (sums[7] / n_v - mean_y**2).clamp_min(0.0)
             # Σ s ŷ y = (Σ s ŷ² + Σ s y² − Σ s r²) / 2
             cov = (sums[5] + sums[7] - sums[1]) / 2 / n_v - mean_pred * mean_y
-            corr = cov / torch.sqrt(var_pred * var_y).clamp_min(1e-30)
+            # a constant prediction (all weights 0) has no correlation with anything
+            constant = var_pred <= 1e-10 * var_y.clamp_min(1e-30)
+            corr = torch.where(constant, torch.zeros_like(cov),
+                               cov / torch.sqrt(var_pred * var_y).clamp_min(1e-30))
             self.path_["val_mse"][step, c] = mse.cpu().numpy()
             improved = mse < best_mse.index_select(0, cols)
             better = cols[improved]

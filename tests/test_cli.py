@@ -1,0 +1,28 @@
+import json
+
+import anndata as ad
+from conftest import make_adata
+
+from scdm.cli import bundled_pbmc, main
+
+
+def test_run_on_bundled_data_writes_its_outputs(tmp_path):
+    assert main(["run", "--n-models", "1200", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["label_key"] == "lineage" and summary["models_trained"] == 1200
+    assert summary["classes"] == {"myeloid": 369, "other": 331}
+    assert summary["heldout_margin_correlation"]["mean"] > 0.2
+    assert "models trained: 1200" in (tmp_path / "o" / "summary.txt").read_text()
+    result = ad.read_h5ad(tmp_path / "o" / "adata.h5ad")
+    assert result.obsp["datamodels"].shape == (700, 700)
+    assert bundled_pbmc().obs["lineage"].cat.categories.tolist() == ["myeloid", "other"]
+
+
+def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
+    path = tmp_path / "in.h5ad"
+    make_adata(n_obs=40).write_h5ad(path)
+    assert main(["run", str(path), "--label-key", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "not a column of adata.obs" in capsys.readouterr().err
+    assert main(["run", str(path), "--label-key", "disease", "--n-models", "600", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "summary.json").exists()
