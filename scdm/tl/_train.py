@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,12 +59,9 @@ def training_fingerprint(inputs: ModelInputs, *, n_obs: int, label_key: str,
 
 
 def default_store_path(key_added: str, fingerprint: dict) -> Path:
-    import json
-
-    from .._anndata import hash_arrays
-
-    digest = hash_arrays(np.frombuffer(json.dumps(fingerprint, sort_keys=True).encode(),
-                                       dtype=np.uint8))[:12]
+    """A directory per configuration, so one call resumes itself and never meets another."""
+    text = json.dumps(fingerprint, sort_keys=True).encode()
+    digest = hashlib.blake2b(text, digest_size=6).hexdigest()
     return Path(settings.store_dir) / f"{key_added}-{digest}"
 
 
