@@ -21,6 +21,7 @@ class ModelInputs:
     y: np.ndarray  # n int64 class codes
     classes: list[str]
     groups: np.ndarray | None  # n int64 group codes
+    strata: np.ndarray | None  # n int64 codes of a nuisance held fixed in the masks
     data_hash: str
 
 
@@ -119,18 +120,22 @@ def get_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
     return categorical.cat.codes.to_numpy().astype(np.int64), classes
 
 
+def get_codes(adata: AnnData, key: str, argname: str) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (sorted by name) and names of a categorical ``adata.obs[key]``."""
+    if key not in adata.obs:
+        raise KeyError(f"{argname}={key!r} is not a column of adata.obs (columns: "
+                       f"{_keys(adata.obs)}).")
+    values = adata.obs[key]
+    if values.isna().any():
+        raise ValueError(f"adata.obs[{key!r}] ({argname}) has {int(values.isna().sum())} "
+                         "missing value(s); every observation needs one.")
+    codes, names = pd.factorize(values.astype(str), sort=True)
+    return codes.astype(np.int64), [str(n) for n in names]
+
+
 def get_groups(adata: AnnData, group_key: str | None) -> np.ndarray | None:
     """Integer group codes of ``adata.obs[group_key]``, or None."""
-    if group_key is None:
-        return None
-    if group_key not in adata.obs:
-        raise KeyError(f"group_key={group_key!r} is not a column of adata.obs (columns: "
-                       f"{_keys(adata.obs)}). Pass the donor/sample column, or None.")
-    values = adata.obs[group_key]
-    if values.isna().any():
-        raise ValueError(f"adata.obs[{group_key!r}] has {int(values.isna().sum())} missing "
-                         "value(s); every observation needs a group.")
-    return pd.factorize(values.astype(str), sort=True)[0].astype(np.int64)
+    return None if group_key is None else get_codes(adata, group_key, "group_key")[0]
 
 
 def hash_arrays(*arrays: np.ndarray | None) -> str:
@@ -147,19 +152,20 @@ def hash_arrays(*arrays: np.ndarray | None) -> str:
 
 
 def model_inputs(adata: AnnData, label_key: str, *, use_rep: str | None = None,
-                 layer: str | None = None, group_key: str | None = None, scale: bool = True
-                 ) -> ModelInputs:
+                 layer: str | None = None, group_key: str | None = None,
+                 stratify_key: str | None = None, scale: bool = True) -> ModelInputs:
     """Validate and extract everything the trainer needs from ``adata``."""
     y, classes = get_labels(adata, label_key)
     groups = get_groups(adata, group_key)
+    strata = None if stratify_key is None else get_codes(adata, stratify_key, "stratify_key")[0]
     raw = get_features(adata, use_rep, layer)
     if raw.shape[0] != adata.n_obs:
         raise ValueError(f"the features have {raw.shape[0]} rows but adata has {adata.n_obs} "
                          "observations.")
     check_finite(raw)
     X = dense_features(raw, scale=scale)
-    return ModelInputs(X=X, y=y, classes=classes, groups=groups,
-                       data_hash=hash_arrays(X, y, groups))
+    return ModelInputs(X=X, y=y, classes=classes, groups=groups, strata=strata,
+                       data_hash=hash_arrays(X, y, groups, *(() if strata is None else (strata,))))
 
 
 def uns_safe(value):

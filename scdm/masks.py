@@ -48,6 +48,12 @@ class MaskSampler:
         ``"balanced"`` (default): exactly ``round(alpha * n_c)`` units of each class ``c``, so
         every model sees the same class proportions. ``"bernoulli"``: every unit independently
         with probability ``alpha`` (the original datamodels scheme).
+    strata
+        Optional integer code per observation of a nuisance (e.g. batch) to hold fixed:
+        balanced masks then draw ``alpha`` of every (class, stratum) cell, so no mask carries a
+        chance correlation between the nuisance and the label for models to pick up (which
+        otherwise shows in every datamodel). Cells are rounded up or down at random, so a
+        stratum of one sample is still in ``alpha`` of the masks.
     random_state
         Seed of the mask stream.
     """
@@ -59,6 +65,7 @@ class MaskSampler:
         *,
         groups: np.ndarray | None = None,
         mode: MaskMode = "balanced",
+        strata: np.ndarray | None = None,
         random_state: int = 0,
     ) -> None:
         self.alpha = check_alpha(alpha)
@@ -103,6 +110,9 @@ class MaskSampler:
         self.class_units = [
             np.flatnonzero(self.unit_labels == c) for c in np.unique(self.unit_labels)
         ]
+        self.cell_units: list[np.ndarray] | None = None
+        if strata is not None:
+            self.cell_units = self._strata_cells(np.asarray(strata), groups is not None)
         if mode == "balanced":
             for units in self.class_units:
                 k = self.n_train_units(units.size)
@@ -115,6 +125,21 @@ class MaskSampler:
                         "or an alpha closer to 0.5."
                     )
 
+    def _strata_cells(self, strata: np.ndarray, grouped: bool) -> list[np.ndarray]:
+        if strata.shape != (self.n_obs,):
+            raise ValueError(f"strata has shape {strata.shape}, expected ({self.n_obs},).")
+        if self.mode != "balanced":
+            raise ValueError("strata need mode='balanced' (Bernoulli masks have no per-cell "
+                             "counts to balance).")
+        _, codes = np.unique(strata, return_inverse=True)
+        unit_strata = np.zeros(self.n_units, dtype=np.int64)
+        unit_strata[self.unit_of_obs] = codes
+        if grouped and np.any(unit_strata[self.unit_of_obs] != codes):
+            raise ValueError("a group spans several strata; every group (donor) must lie in "
+                             "one stratum (e.g. one batch), or drop the stratification.")
+        cells = self.unit_labels.astype(np.int64) * (int(codes.max()) + 1) + unit_strata
+        return [np.flatnonzero(cells == c) for c in np.unique(cells)]
+
     def n_train_units(self, n_class_units: int) -> int:
         """Units of a class that one balanced mask trains on."""
         return round(self.alpha * n_class_units)
@@ -125,6 +150,12 @@ class MaskSampler:
         if self.mode == "bernoulli":
             return rng.random(self.n_units) < self.alpha
         mask = np.zeros(self.n_units, dtype=bool)
+        if self.cell_units is not None:
+            for units in self.cell_units:
+                expected = self.alpha * units.size
+                k = int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
+                mask[units[rng.choice(units.size, size=k, replace=False)]] = True
+            return mask
         for units in self.class_units:
             chosen = rng.choice(units.size, size=self.n_train_units(units.size), replace=False)
             mask[units[chosen]] = True

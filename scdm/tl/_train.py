@@ -39,7 +39,8 @@ def _check_n_models(n_models) -> int:
 
 
 def training_fingerprint(inputs: ModelInputs, *, n_obs: int, label_key: str,
-                         group_key: str | None, alpha: float, mask_mode: str,
+                         group_key: str | None, stratify_key: str | None, alpha: float,
+                         mask_mode: str,
                          config: TrainConfig, scale: bool, random_state: int) -> dict:
     """What makes two training runs interchangeable (everything but the number of models)."""
     return {
@@ -50,6 +51,7 @@ def training_fingerprint(inputs: ModelInputs, *, n_obs: int, label_key: str,
         "label_key": label_key,
         "classes": inputs.classes,
         "group_key": group_key,
+        **({"stratify_key": stratify_key} if stratify_key is not None else {}),
         "alpha": alpha,
         "mask_mode": mask_mode,
         "scale": scale,
@@ -72,6 +74,7 @@ def train_models(
     use_rep: str | None = None,
     layer: str | None = None,
     group_key: str | None = None,
+    stratify_key: str | None = None,
     alpha: float = 0.5,
     n_models: int | None = None,
     store: str | Path | None = None,
@@ -113,6 +116,12 @@ def train_models(
     group_key
         Column of ``adata.obs`` with groups (e.g. donors) that are kept in or out of a training
         set together; needed whenever observations of a group are not independent.
+    stratify_key
+        Column of ``adata.obs`` with a nuisance (e.g. batch) to hold fixed across masks: every
+        mask trains on ``alpha`` of each (class, batch) cell. Without it, a mask that happens
+        to hold more diseased cells of one batch teaches its model that the batch predicts
+        disease, and that chance correlation dominates the datamodels of every cell in the
+        batch. Recommended whenever such a nuisance is known.
     alpha
         Fraction of observations (or groups) each model trains on, in (0, 1).
     n_models
@@ -162,9 +171,9 @@ def train_models(
     adata = adata.copy() if copy else adata
 
     inputs = model_inputs(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-                          scale=scale)
+                          stratify_key=stratify_key, scale=scale)
     sampler = MaskSampler(inputs.y, alpha, groups=inputs.groups, mode=mask_mode,
-                          random_state=random_state)
+                          strata=inputs.strata, random_state=random_state)
     if n_models is None:
         n_models = default_n_models(sampler.n_units)
         logger.info("n_models=None: training %d models (~25 per sample)", n_models)
@@ -175,7 +184,8 @@ def train_models(
     sampler.check_heldout(n_models, min_heldout, obs_names=list(adata.obs_names))
 
     fingerprint = training_fingerprint(
-        inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key, alpha=alpha,
+        inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key,
+        stratify_key=stratify_key, alpha=alpha,
         mask_mode=mask_mode, config=config, scale=scale, random_state=random_state)
     path = Path(store) if store is not None else default_store_path(key_added, fingerprint)
     model_store = ModelStore.create(path, n_models=n_models,
@@ -189,6 +199,7 @@ def train_models(
     completed = model_store.completed_indices()
     params = {
         "label_key": label_key, "use_rep": use_rep, "layer": layer, "group_key": group_key,
+        "stratify_key": stratify_key,
         "alpha": alpha, "n_models": n_models, "mask_mode": mask_mode, "scale": scale,
         "random_state": random_state, "min_heldout": min_heldout, **config.to_dict(),
     }

@@ -1,0 +1,5 @@
+"""Example and synthetic datasets."""
+
+from ._planted import planted_subtypes
+
+__all__ = ["planted_subtypes"]

@@ -1,0 +1,137 @@
+"""Synthetic single-cell data with planted disease subtypes and a dominating nuisance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._seeding import check_random_state
+
+
+def _counts_to_lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
+    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy's normalize_total + log1p)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    totals[totals == 0] = 1
+    return np.log1p(counts / totals * target_sum).astype(np.float32)
+
+
+def planted_subtypes(
+    n_controls: int = 300,
+    n_per_subtype: int = 100,
+    n_subtypes: int = 3,
+    *,
+    n_genes: int = 500,
+    program_size: int = 10,
+    program_effect: float = 0.8,
+    n_batches: int = 2,
+    batch_genes: int = 250,
+    batch_effect: float = 1.2,
+    gradient_genes: int = 0,
+    gradient_effect: float = 1.5,
+    base_log_rate: float = 0.5,
+    random_state: int = 0,
+) -> AnnData:
+    """Cells of controls and of a disease made of hidden subtypes, under a strong batch effect.
+
+    Genes have Poisson counts around a gene-specific log-rate. Every subtype ``k`` of the
+    disease raises its own gene program (``program_size`` genes, log-rate ``+program_effect``);
+    controls express none of them, so a classifier of disease vs control must use all programs,
+    one per subtype. A nuisance factor (``batch``, balanced across classes and subtypes) shifts
+    ``batch_genes`` genes by ``±batch_effect`` and dominates expression variance, so clustering
+    on expression sees batches, not subtypes. ``.X`` is log-normalised (``normalize_total`` to
+    1e4, ``log1p``); raw counts are in ``.layers["counts"]``.
+
+    Parameters
+    ----------
+    n_controls
+        Control cells.
+    n_per_subtype
+        Disease cells of each subtype.
+    n_subtypes
+        Hidden subtypes of the disease.
+    n_genes
+        Genes in total (programs and batch genes are disjoint subsets).
+    program_size, program_effect
+        Genes per subtype program and their log-rate increase.
+    n_batches, batch_genes, batch_effect
+        The nuisance: batches, genes they shift, and the log-rate shift per batch.
+    base_log_rate
+        Mean log-rate of a gene (genes vary around it with standard deviation 0.5).
+    random_state
+        Seed.
+
+    Returns
+    -------
+    AnnData with ``.obs["disease"]`` (``"control"``/``"disease"``), ``.obs["subtype"]``
+    (``"control"`` or ``"subtype-k"``, the ground truth), ``.obs["batch"]``, ``.var["program"]``
+    (the subtype a gene marks, or ``"none"``) and ``.var["batch_gene"]``.
+    """
+    seed = check_random_state(random_state)
+    for name, value in (("n_controls", n_controls), ("n_per_subtype", n_per_subtype),
+                        ("n_subtypes", n_subtypes), ("n_batches", n_batches)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    needed = n_subtypes * program_size + batch_genes + gradient_genes
+    if needed > n_genes:
+        raise ValueError(
+            f"n_subtypes * program_size + batch_genes + gradient_genes = {needed} genes are "
+            f"needed but n_genes={n_genes}; raise n_genes or shrink the programs."
+        )
+    rng = np.random.default_rng(seed)
+    n_obs = n_controls + n_subtypes * n_per_subtype
+    subtype = np.concatenate([np.full(n_controls, -1),
+                              np.repeat(np.arange(n_subtypes), n_per_subtype)])
+    # Batches dealt round-robin within every subtype (and the controls) keep them balanced.
+    batch = np.empty(n_obs, dtype=np.int64)
+    for k in range(-1, n_subtypes):
+        members = np.flatnonzero(subtype == k)
+        batch[members] = rng.permutation(np.arange(members.size) % n_batches)
+
+    genes = rng.permutation(n_genes)
+    program_genes = genes[: n_subtypes * program_size].reshape(n_subtypes, program_size)
+    start = n_subtypes * program_size
+    nuisance_genes = genes[start: start + batch_genes]
+    gradient_gene_idx = genes[start + batch_genes: start + batch_genes + gradient_genes]
+
+    log_rate = np.broadcast_to(
+        base_log_rate + 0.5 * rng.standard_normal(n_genes), (n_obs, n_genes)).copy()
+    batch_shift = batch_effect * rng.choice([-1.0, 1.0], size=(n_batches, batch_genes))
+    log_rate[:, nuisance_genes] += batch_shift[batch]
+    state = rng.uniform(-1.0, 1.0, size=n_obs)
+    gradient_loading = gradient_effect * rng.choice([-1.0, 1.0], size=gradient_genes)
+    log_rate[:, gradient_gene_idx] += state[:, None] * gradient_loading
+    for k in range(n_subtypes):
+        rows = np.flatnonzero(subtype == k)
+        log_rate[np.ix_(rows, program_genes[k])] += program_effect
+    size_factor = rng.lognormal(0.0, 0.2, size=(n_obs, 1))
+    counts = rng.poisson(np.exp(log_rate) * size_factor).astype(np.float32)
+
+    program = np.full(n_genes, "none", dtype=object)
+    for k in range(n_subtypes):
+        program[program_genes[k]] = f"subtype-{k}"
+    batch_gene = np.zeros(n_genes, dtype=bool)
+    batch_gene[nuisance_genes] = True
+    obs = pd.DataFrame(
+        {
+            "disease": pd.Categorical(np.where(subtype < 0, "control", "disease")),
+            "subtype": pd.Categorical(
+                ["control" if k < 0 else f"subtype-{k}" for k in subtype],
+                categories=["control", *[f"subtype-{k}" for k in range(n_subtypes)]]),
+            "batch": pd.Categorical([f"batch-{b}" for b in batch]),
+            "state": state.astype(np.float32),
+        },
+        index=[f"cell-{i}" for i in range(n_obs)],
+    )
+    var = pd.DataFrame({"program": pd.Categorical(program), "batch_gene": batch_gene},
+                       index=[f"gene-{g}" for g in range(n_genes)])
+    adata = AnnData(X=_counts_to_lognorm(counts), obs=obs, var=var)
+    adata.layers["counts"] = sparse.csr_matrix(counts)
+    adata.uns["planted_subtypes"] = {
+        "n_controls": n_controls, "n_per_subtype": n_per_subtype, "n_subtypes": n_subtypes,
+        "n_genes": n_genes, "program_size": program_size, "program_effect": program_effect,
+        "n_batches": n_batches, "batch_genes": batch_genes, "batch_effect": batch_effect,
+        "random_state": seed,
+    }
+    return adata

@@ -1,0 +1,114 @@
+"""``scdm.tl.datamodels``: train, fit and embed in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from anndata import AnnData
+
+from ._embed import embed_datamodels
+from ._fit import fit_datamodels
+from ._train import train_models
+
+
+def datamodels(
+    adata: AnnData,
+    label_key: str,
+    *,
+    use_rep: str | None = None,
+    layer: str | None = None,
+    group_key: str | None = None,
+    stratify_key: str | None = None,
+    alpha: float = 0.5,
+    n_models: int | None = None,
+    store: str | Path | None = None,
+    n_comps: int = 30,
+    device: str = "auto",
+    random_state: int = 0,
+    key_added: str = "datamodels",
+    train_kwds: Mapping[str, Any] | None = None,
+    fit_kwds: Mapping[str, Any] | None = None,
+    verbose: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Datamodels of every observation: train models on random subsets, fit, embed.
+
+    Runs :func:`scdm.tl.train_models` (``n_models`` small classifiers of ``label_key``, each on
+    a random ``alpha`` fraction of the observations, margins stored on disk),
+    :func:`scdm.tl.fit_datamodels` (per observation, a LASSO from training masks to its
+    held-out margins: which training samples move its prediction) and
+    :func:`scdm.tl.embed_datamodels` (a low-dimensional embedding of those weight vectors).
+    Follow with :func:`scdm.tl.subgroups` and :func:`scdm.pl.embedding`.
+
+    The store is resumable: rerunning the same call after an interruption continues where it
+    stopped, and a larger ``n_models`` extends it.
+
+    Parameters
+    ----------
+    adata
+        Observations × features: log-normalised expression in ``.X``, or pass ``use_rep``
+        (e.g. ``"X_pca"``) or ``layer``.
+    label_key
+        Column of ``adata.obs`` with the class to predict (e.g. disease vs control).
+    use_rep, layer
+        Features to train on instead of ``.X``.
+    group_key
+        Column of ``adata.obs`` with donors: a donor's cells enter or leave a training set
+        together (needed whenever cells of a donor are not independent).
+    stratify_key
+        Column of ``adata.obs`` with a known nuisance (e.g. batch) to hold fixed across masks,
+        so that chance batch-label correlations in a mask do not dominate the datamodels (see
+        :func:`scdm.tl.train_models`).
+    alpha
+        Fraction of observations each model trains on, in (0, 1).
+    n_models
+        Number of models. Default ~25 per observation (or group), at least 1,000 (logged).
+    store
+        Store directory; default a per-configuration directory under
+        ``scdm.settings.store_dir``.
+    n_comps
+        Dimensions of the embedding ``adata.obsm[f"X_{key_added}"]``.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    random_state
+        Seed of masks, model initialisations, data orders, validation split and SVD.
+    key_added
+        Key of all results (see Returns).
+    train_kwds
+        More arguments of :func:`scdm.tl.train_models` (``hidden``, ``epochs``, ``lr``,
+        ``weight_decay``, ``mask_mode``, ``chunk_size``, ...).
+    fit_kwds
+        More arguments of :func:`scdm.tl.fit_datamodels` (``n_lambdas``, ``val_fraction``, ...).
+    verbose
+        Progress bars (default: ``scdm.settings.verbosity >= 1``).
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy, with
+
+    - ``adata.obsp[key_added]``: the datamodel matrix ``W`` (row = target, column = training
+      sample, raw margin units; CSR when sparse),
+    - ``adata.obsm[f"X_{key_added}"]``: the embedding,
+    - ``adata.obs[f"{key_added}_corr"]``: held-out correlation of predicted and actual margins,
+    - ``adata.uns[key_added]``: store path, ``params``, per-target ``lambda``, summary metrics.
+    """
+    train_kwds = dict(train_kwds or {})
+    fit_kwds = dict(fit_kwds or {})
+    reserved = {"adata", "label_key", "key", "key_added", "copy", "store", "device",
+                "random_state", "verbose"}
+    for name, kwds in (("train_kwds", train_kwds), ("fit_kwds", fit_kwds)):
+        if clash := sorted(set(kwds) & reserved):
+            raise TypeError(f"{name} must not set {clash}; pass them to datamodels directly.")
+    adata = adata.copy() if copy else adata
+    train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+                 stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
+                 device=device, random_state=random_state, key_added=key_added, verbose=verbose,
+                 **train_kwds)
+    fit_datamodels(adata, key=key_added, device=device, random_state=random_state,
+                   verbose=verbose, **fit_kwds)
+    embed_datamodels(adata, key=key_added, n_comps=n_comps, random_state=random_state)
+    return adata if copy else None
