@@ -50,12 +50,18 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
-                         alpha=args.alpha, n_models=args.n_models, store=store,
-                         device=args.device, random_state=args.random_state)
+                         stratify_key=args.stratify_key, alpha=args.alpha,
+                         n_models=args.n_models, store=store, device=args.device,
+                         random_state=args.random_state)
     trained = time.perf_counter()
     scdm.tl.fit_datamodels(adata, device=args.device, random_state=args.random_state)
     fitted = time.perf_counter()
+    scdm.tl.embed_datamodels(adata, random_state=args.random_state)
+    scdm.tl.subgroups(adata, n_neighbors=args.n_neighbors, resolution=args.resolution,
+                      random_state=args.random_state)
+    grouped = time.perf_counter()
     adata.write_h5ad(out / "adata.h5ad")
+    figures = _figures(adata, out)
 
     info = adata.uns["datamodels"]
     corr = adata.obs["datamodels_corr"]
@@ -65,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         "classes": {str(k): int(v) for k, v in adata.obs[label_key].value_counts().items()},
         "use_rep": use_rep,
         "group_key": args.group_key,
+        "stratify_key": args.stratify_key,
         "store": info["store"],
         "models_trained": int(info["n_completed"]),
         "mean_heldout_accuracy": float(info["mean_heldout_accuracy"]),
@@ -72,36 +79,88 @@ def _run(args: argparse.Namespace) -> int:
                                        "median": float(corr.median()),
                                        "min": float(corr.min())},
         "mean_nonzero_weights_per_target": info["summary"]["mean_nonzero_weights"],
-        "seconds": {"train": round(trained - start, 1), "fit": round(fitted - trained, 1)},
-        "outputs": {"adata": str(out / "adata.h5ad")},
+        "subgroups": _subgroup_summary(adata),
+        "seconds": {"train": round(trained - start, 1), "fit": round(fitted - trained, 1),
+                    "subgroups": round(grouped - fitted, 1)},
+        "outputs": {"adata": str(out / "adata.h5ad"), "figures": figures},
     }
+    if args.input is None:
+        # The bundled label lumps cell types together: show how subgroups split them.
+        table = adata.obs.groupby(["datamodels_subgroup", "bulk_labels"], observed=True).size()
+        summary["subgroups_vs_bulk_labels"] = {
+            str(group): {str(cell): int(n) for cell, n in counts.items() if n}
+            for group, counts in table.unstack(fill_value=0).iterrows()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    text = "\n".join([
+    lines = [
         f"scdm datamodels on {source}",
         f"label {label_key!r}: " + ", ".join(f"{k} ({v})" for k, v in summary["classes"].items()),
         f"models trained: {summary['models_trained']} (mean held-out accuracy "
         f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train']} s",
         f"datamodels fitted in {summary['seconds']['fit']} s; held-out margin correlation "
         f"mean {corr.mean():.3f}, median {corr.median():.3f}",
-        f"results: {out / 'adata.h5ad'} (obsp['datamodels'], obs['datamodels_corr'])",
-    ])
+        "subgroups (size: top markers):",
+    ]
+    for name, group in summary["subgroups"].items():
+        markers = ", ".join(group["top_markers"]) or "-"
+        lines.append(f"  {name} ({group['size']}): {markers}")
+    lines.append(f"results: {out / 'adata.h5ad'} (obsp/obsm/obs/uns 'datamodels', "
+                 "obs 'datamodels_subgroup'); figures: " + ", ".join(figures))
+    text = "\n".join(lines)
     (out / "summary.txt").write_text(text + "\n")
     print(text)
     return 0
 
 
+def _subgroup_summary(adata, n_markers: int = 5) -> dict:
+    markers = adata.uns["datamodels_subgroup"]["markers"]
+    summary = {}
+    for name, size in adata.uns["datamodels_subgroup"]["sizes"].items():
+        top = markers[markers["subgroup"] == name].sort_values("rank")["gene"].head(n_markers)
+        summary[name] = {"size": int(size), "top_markers": [str(g) for g in top]}
+    return summary
+
+
+def _figures(adata, out: Path) -> list[str]:
+    """Embedding, similarity, and one target's influencers and regularisation path, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import scdm
+
+    # A target from the largest subgroup of the first class: its datamodel is the typical one.
+    largest = adata.obs["datamodels_subgroup"].cat.categories[0]
+    target = adata.obs_names[np.flatnonzero(adata.obs["datamodels_subgroup"] == largest)[0]]
+    written = []
+    for name, draw in (
+        ("embedding.png", lambda f: scdm.pl.embedding(adata, save=f, show=False)),
+        ("similarity.png", lambda f: scdm.pl.similarity(adata, save=f, show=False)),
+        ("influencers.png", lambda f: scdm.pl.influencers(adata, target, save=f, show=False)),
+        ("path.png", lambda f: scdm.pl.path(adata, target, save=f, show=False)),
+    ):
+        draw(out / name)
+        plt.close("all")
+        written.append(str(out / name))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scdm", description="single-cell datamodels")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train models and fit datamodels on an .h5ad file",
+    run = sub.add_parser("run", help="datamodels and subgroups of an .h5ad file, with figures",
                          description="With no INPUT, runs on scanpy's bundled pbmc68k_reduced "
                          "with label 'lineage' (myeloid vs other) on X_pca.")
     run.add_argument("input", nargs="?", help=".h5ad file (default: bundled pbmc68k_reduced)")
     run.add_argument("--label-key", help="obs column with the class to predict")
     run.add_argument("--use-rep", help="obsm key to train on (e.g. X_pca); default .X")
     run.add_argument("--group-key", help="obs column of donors kept in/out together")
+    run.add_argument("--stratify-key", help="obs column of a nuisance (batch) held fixed "
+                     "across masks")
     run.add_argument("--alpha", type=float, default=0.5)
     run.add_argument("--n-models", type=int, default=None, help="default: ~25 per sample")
+    run.add_argument("--n-neighbors", type=int, default=15, help="kNN of the subgroup graph")
+    run.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution")
     run.add_argument("--store", help="store directory (default OUT/store)")
     run.add_argument("--device", default="auto")
     run.add_argument("--random-state", type=int, default=0)

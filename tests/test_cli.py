@@ -15,6 +15,14 @@ def test_run_on_bundled_data_writes_its_outputs(tmp_path):
     assert "models trained: 1200" in (tmp_path / "o" / "summary.txt").read_text()
     result = ad.read_h5ad(tmp_path / "o" / "adata.h5ad")
     assert result.obsp["datamodels"].shape == (700, 700)
+    assert "datamodels_subgroup" in result.obs and "X_datamodels" in result.obsm
+    for name in ("embedding", "similarity", "influencers", "path"):
+        assert (tmp_path / "o" / f"{name}.png").stat().st_size > 1000
+    groups = summary["subgroups"]
+    assert sum(g["size"] for g in groups.values()) == 700
+    assert all(name.startswith(("myeloid-", "other-")) for name in groups)
+    assert "subgroups (size: top markers):" in (tmp_path / "o" / "summary.txt").read_text()
+    assert set(summary["subgroups_vs_bulk_labels"]) == set(groups)
     assert bundled_pbmc().obs["lineage"].cat.categories.tolist() == ["myeloid", "other"]
 
 

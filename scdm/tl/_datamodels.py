@@ -24,7 +24,7 @@ def datamodels(
     alpha: float = 0.5,
     n_models: int | None = None,
     store: str | Path | None = None,
-    n_comps: int = 30,
+    n_comps: int = 10,
     device: str = "auto",
     random_state: int = 0,
     key_added: str = "datamodels",
@@ -69,7 +69,8 @@ def datamodels(
         Store directory; default a per-configuration directory under
         ``scdm.settings.store_dir``.
     n_comps
-        Dimensions of the embedding ``adata.obsm[f"X_{key_added}"]``.
+        Dimensions of the embedding ``adata.obsm[f"X_{key_added}"]`` (computed per class, see
+        :func:`scdm.tl.embed_datamodels`).
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     random_state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 from sklearn.utils.extmath import randomized_svd
@@ -22,6 +23,22 @@ def datamodel_matrix(adata: AnnData, key: str = "datamodels") -> np.ndarray | sp
     return adata.obsp[key]
 
 
+def label_key_of(adata: AnnData, key: str, label_key: str | None) -> str:
+    """``label_key`` if given (checked), else the label the models of ``key`` were trained on."""
+    if label_key is not None:
+        if label_key not in adata.obs:
+            raise KeyError(f"label_key={label_key!r} is not a column of adata.obs.")
+        return label_key
+    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) \
+        else {}
+    if "label_key" not in params:
+        raise KeyError(
+            f"adata.uns[{key!r}]['params'] has no label_key; run scdm.tl.datamodels(adata, "
+            "label_key=...) first, or pass label_key=."
+        )
+    return params["label_key"]
+
+
 def standardized_columns(W) -> np.ndarray:
     """Each training sample's column of ``W`` centred and scaled to unit variance.
 
@@ -35,12 +52,25 @@ def standardized_columns(W) -> np.ndarray:
     return (dense - dense.mean(axis=0)) / std
 
 
+def _svd_scores(M: np.ndarray, n_comps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-``n_comps`` SVD scores ``U·S`` of ``M``, signs fixed (largest |loading| positive)."""
+    n_comps = min(n_comps, min(M.shape) - 1) if min(M.shape) > 1 else 0
+    if n_comps < 1:
+        return np.zeros((M.shape[0], 0)), np.zeros(0)
+    U, S, _ = randomized_svd(M, n_comps, n_iter=7, random_state=seed)
+    signs = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
+    signs[signs == 0] = 1
+    return U * signs * S, S
+
+
 def embed_datamodels(
     adata: AnnData,
     *,
     key: str = "datamodels",
-    n_comps: int = 30,
+    n_comps: int = 10,
     standardize: bool = True,
+    within_class: bool = True,
+    label_key: str | None = None,
     random_state: int = 0,
     key_added: str | None = None,
     copy: bool = False,
@@ -48,11 +78,20 @@ def embed_datamodels(
     """Embed the datamodels: truncated SVD of the datamodel matrix ``W`` (row = target).
 
     Two targets end up close when they rely on the same training samples in the same direction.
-    With ``standardize`` (the default), each training sample's column of ``W`` is centred and
-    scaled to unit variance first, so the embedding reflects *which* targets a training sample
-    influences rather than how strongly; on planted subtypes this improved subtype recovery
-    (see ``workflows/benchmarks/subgroups.py``). The components are scaled by their singular
-    values, like PCA scores.
+
+    With ``within_class`` (the default) each class is embedded on its own, from the block of
+    ``W`` whose targets *and* training samples belong to that class: a subtype of a disease is
+    the set of diseased samples that rely on each other. The other blocks add noise and a
+    class-wide direction (every diseased target leans on every diseased training sample) that
+    swamp the subtype structure. Coordinates are then comparable within a class only, which
+    is all :func:`scdm.tl.subgroups` uses. With ``standardize`` each training sample's column
+    is centred and scaled to unit variance first, so the embedding reflects *which* targets a
+    training sample moves rather than how strongly.
+
+    Measured on planted subtypes (``workflows/benchmarks/subgroups.py``; 600 cells, 15,000
+    models): Leiden ARI 1.00 with the per-class, standardised, 10-component embedding, against
+    ≤ 0.29 for one standardised SVD of the whole of ``W``; 30 components made Leiden less
+    stable (some settings found one cluster).
 
     Parameters
     ----------
@@ -61,9 +100,14 @@ def embed_datamodels(
     key
         The datamodel matrix in ``adata.obsp``.
     n_comps
-        Number of components (at most ``n_obs - 1``).
+        Number of components (per class; fewer for a class with few samples).
     standardize
         Centre and scale each column of ``W`` before the SVD.
+    within_class
+        Embed each class from its own block of ``W`` (see above); ``False`` embeds all rows
+        against all columns at once.
+    label_key
+        Class column; default the one the models were trained on (``adata.uns[key]``).
     random_state
         Seed of the randomized SVD.
     key_added
@@ -74,33 +118,41 @@ def embed_datamodels(
     Returns
     -------
     ``None`` or a copy. Sets ``adata.obsm[key_added]`` (n_obs × n_comps) and
-    ``adata.uns[key]["embedding"]`` (``params``, ``singular_values``, ``variance_ratio``).
+    ``adata.uns[key]["embedding"]`` (``params`` and per block ``singular_values``).
     """
     W = datamodel_matrix(adata, key)
     seed = check_random_state(random_state)
     if isinstance(n_comps, bool) or not isinstance(n_comps, (int, np.integer)) or n_comps < 1:
         raise ValueError(f"n_comps must be a positive integer, got {n_comps!r}.")
-    n_comps = int(min(n_comps, adata.n_obs - 1))
-    if n_comps < 1:
+    if adata.n_obs < 2:
         raise ValueError("embedding needs at least 2 observations.")
+    n_comps = int(min(n_comps, adata.n_obs - 1))
     key_added = key_added or f"X_{key}"
+    if within_class:
+        label_key = label_key_of(adata, key, label_key)
+        labels = adata.obs[label_key].astype(str).to_numpy()
+        blocks = {str(c): np.flatnonzero(labels == c) for c in pd.unique(labels)}
+    else:
+        blocks = {"all": np.arange(adata.n_obs)}
     adata = adata.copy() if copy else adata
 
-    M = standardized_columns(W) if standardize else np.asarray(
-        W.toarray() if sparse.issparse(W) else W, dtype=np.float64)
-    U, S, _ = randomized_svd(M, n_comps, n_iter=7, random_state=seed)
-    # Fix each component's sign (largest |loading| positive) so reruns give identical output.
-    signs = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
-    signs[signs == 0] = 1
-    adata.obsm[key_added] = (U * signs * S).astype(np.float32)
+    dense = np.asarray(W.toarray() if sparse.issparse(W) else W, dtype=np.float64)
+    embedding = np.zeros((adata.n_obs, n_comps), dtype=np.float32)
+    singular_values = {}
+    for name, members in blocks.items():
+        block = dense[np.ix_(members, members)] if within_class else dense
+        M = standardized_columns(block) if standardize else block
+        scores, S = _svd_scores(M, n_comps, seed)
+        embedding[members, : scores.shape[1]] = scores
+        singular_values[name] = S.astype(np.float32)
+    adata.obsm[key_added] = embedding
 
-    total = float(np.sum(M * M))
     info = dict(adata.uns.get(key, {}))
     info["embedding"] = {
-        "params": {"n_comps": n_comps, "standardize": standardize, "random_state": seed,
-                   "key_added": key_added},
-        "singular_values": S.astype(np.float32),
-        "variance_ratio": (S**2 / total if total > 0 else np.zeros_like(S)).astype(np.float32),
+        "params": {"n_comps": n_comps, "standardize": standardize,
+                   "within_class": within_class, "label_key": label_key,
+                   "random_state": seed, "key_added": key_added},
+        "singular_values": singular_values,
     }
     adata.uns[key] = uns_safe(info)
     return adata if copy else None

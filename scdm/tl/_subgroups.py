@@ -7,41 +7,43 @@ import warnings
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from .._anndata import uns_safe
 from .._seeding import check_random_state
+from ._embed import label_key_of
 
 
-def _label_key_of(adata: AnnData, key: str, label_key: str | None) -> str:
-    if label_key is not None:
-        if label_key not in adata.obs:
-            raise KeyError(f"label_key={label_key!r} is not a column of adata.obs.")
-        return label_key
-    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) \
-        else {}
-    if "label_key" not in params:
-        raise KeyError(
-            f"adata.uns[{key!r}]['params'] has no label_key; run scdm.tl.datamodels(adata, "
-            "label_key=...) first, or pass label_key=."
-        )
-    return params["label_key"]
+def knn_adjacency(rep: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Symmetric, unweighted exact kNN graph (an edge where either point lists the other).
+
+    Unweighted on purpose: kernel weights need a per-point bandwidth, which is zero (and the
+    weights undefined) where several targets share an identical embedding.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(rep)
+    _, neighbors = index.kneighbors(rep)
+    rows = np.repeat(np.arange(rep.shape[0]), n_neighbors)
+    cols = neighbors[:, 1:].ravel()
+    graph = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(rep.shape[0],) * 2)
+    graph = graph.maximum(graph.T)
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    return graph.tocsr()
 
 
 def _leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolution: float,
                    random_state: int) -> np.ndarray:
-    """Leiden (igraph) on an exact kNN graph with Gaussian-kernel weights, as integer labels."""
+    """Leiden (igraph, modularity) on the exact kNN graph, as integer labels ordered by size."""
     import scanpy as sc
 
     sub = AnnData(np.zeros((rep.shape[0], 0), dtype=np.float32))
-    sub.obsm["rep"] = rep
-    # Exact sklearn kNN and Gaussian weights: datamodel matrices are n × n, so n is small enough
-    # for exact search, and this avoids compiling UMAP's numba kernels in every process.
-    sc.pp.neighbors(sub, use_rep="rep", n_neighbors=n_neighbors, method="gauss",
-                    transformer="sklearn", random_state=random_state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         sc.tl.leiden(sub, resolution=resolution, flavor="igraph", n_iterations=2,
-                     directed=False, random_state=random_state)
+                     directed=False, random_state=random_state,
+                     adjacency=knn_adjacency(rep, n_neighbors))
     # Order clusters by size (largest = 0), ties by first member, so names are stable.
     codes = sub.obs["leiden"].astype(int).to_numpy()
     sizes = np.bincount(codes)
@@ -106,7 +108,7 @@ def subgroups(
     ``None`` or a copy. Sets categorical ``adata.obs[key_added]`` and ``adata.uns[key_added]``
     (``params``, ``sizes`` and, with ``markers``, a ``markers`` DataFrame).
     """
-    label_key = _label_key_of(adata, key, label_key)
+    label_key = label_key_of(adata, key, label_key)
     use_rep = use_rep or f"X_{key}"
     if use_rep not in adata.obsm:
         raise KeyError(

@@ -1,0 +1,93 @@
+"""pp.pseudobulk and datasets.planted_subtypes."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import scdm
+
+
+def cells(seed: int = 0, as_sparse: bool = False) -> AnnData:
+    rng = np.random.default_rng(seed)
+    n = 90
+    donor = np.repeat([f"d{i}" for i in range(6)], 15)
+    cell_type = np.tile(["B", "T", "T"], 30)
+    X = rng.poisson(2.0, size=(n, 5)).astype(np.float32)
+    obs = pd.DataFrame({
+        "donor": pd.Categorical(donor),
+        "cell_type": pd.Categorical(cell_type),
+        "status": pd.Categorical(np.where(np.isin(donor, ["d0", "d1", "d2"]), "case", "ctrl")),
+        "age": np.repeat(np.arange(6) * 10.0, 15),
+        "n_genes": rng.integers(100, 200, n),  # varies within a donor: not donor metadata
+    }, index=[f"cell{i}" for i in range(n)])
+    return AnnData(X=sparse.csr_matrix(X) if as_sparse else X, obs=obs,
+                   var=pd.DataFrame(index=[f"g{g}" for g in range(5)]))
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_pseudobulk_means_and_metadata(as_sparse):
+    adata = cells(as_sparse=as_sparse)
+    bulk = scdm.pp.pseudobulk(adata, "donor")
+    dense = adata.X.toarray() if as_sparse else adata.X
+    assert bulk.obs_names.tolist() == [f"d{i}" for i in range(6)]
+    np.testing.assert_allclose(bulk["d3"].X.ravel(), dense[45:60].mean(0), rtol=1e-6)
+    assert bulk.obs["status"].tolist() == ["case"] * 3 + ["ctrl"] * 3
+    assert isinstance(bulk.obs["status"].dtype, pd.CategoricalDtype)
+    assert bulk.obs["age"].tolist() == [0, 10, 20, 30, 40, 50]
+    assert "n_genes" not in bulk.obs and "cell_type" not in bulk.obs
+    assert bulk.obs["n_cells"].tolist() == [15] * 6
+
+
+def test_pseudobulk_per_cell_type_concatenates_features():
+    adata = cells()
+    bulk = scdm.pp.pseudobulk(adata, "donor", groupby="cell_type", func="sum")
+    assert bulk.shape == (6, 10)
+    assert bulk.var_names[:2].tolist() == ["B:g0", "B:g1"]
+    assert bulk.var["gene"].tolist()[:5] == [f"g{g}" for g in range(5)]
+    donor0_t = adata.X[:15][adata.obs["cell_type"].to_numpy()[:15] == "T"].sum(0)
+    np.testing.assert_allclose(bulk["d0", [f"T:g{g}" for g in range(5)]].X.ravel(), donor0_t)
+    assert bulk.obs["n_cells_B"].tolist() == [5] * 6
+    assert bulk.obs["n_cells_T"].tolist() == [10] * 6
+    assert bulk.uns["pseudobulk"]["params"]["groupby"] == "cell_type"
+
+
+def test_pseudobulk_min_cells_and_bad_input():
+    adata = cells()
+    bulk = scdm.pp.pseudobulk(adata, "donor", groupby="cell_type", min_cells=6)
+    assert np.all(bulk[:, bulk.var["group"] == "B"].X == 0)  # 5 B cells per donor < 6
+    with pytest.raises(KeyError, match="sample_key"):
+        scdm.pp.pseudobulk(adata, "patient")
+    with pytest.raises(ValueError, match="func"):
+        scdm.pp.pseudobulk(adata, "donor", func="median")
+    adata.obs.loc["cell0", "donor"] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        scdm.pp.pseudobulk(adata, "donor")
+    adata = cells()
+    adata.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        scdm.pp.pseudobulk(adata, "donor")
+
+
+def test_planted_subtypes_structure():
+    adata = scdm.datasets.planted_subtypes(n_controls=40, n_per_subtype=20, n_subtypes=2,
+                                           n_genes=100, batch_genes=40, random_state=1)
+    assert adata.shape == (80, 100)
+    assert adata.obs["subtype"].value_counts().to_dict() == {
+        "control": 40, "subtype-0": 20, "subtype-1": 20}
+    # Batches are balanced within every subtype, so batch carries no label information.
+    table = pd.crosstab(adata.obs["subtype"], adata.obs["batch"])
+    assert (table.max(axis=1) - table.min(axis=1) <= 1).all()
+    program = adata.var["program"] == "subtype-0"
+    assert program.sum() == 10
+    in_subtype = (adata.obs["subtype"] == "subtype-0").to_numpy()
+    assert adata.X[in_subtype][:, program].mean() > adata.X[~in_subtype][:, program].mean() + 0.3
+    # The batch dominates expression variance.
+    batch_genes = adata.var["batch_gene"].to_numpy()
+    assert adata.X[:, batch_genes].var(0).mean() > adata.X[:, program].var(0).mean()
+    again = scdm.datasets.planted_subtypes(n_controls=40, n_per_subtype=20, n_subtypes=2,
+                                           n_genes=100, batch_genes=40, random_state=1)
+    np.testing.assert_array_equal(adata.X, again.X)
+    with pytest.raises(ValueError, match="n_genes"):
+        scdm.datasets.planted_subtypes(n_genes=50)

@@ -1,0 +1,25 @@
+"""The tutorials run end to end (at small size)."""
+
+import runpy
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("*.py"))
+
+
+def test_all_tutorials_are_collected():
+    assert {p.stem for p in TUTORIALS} >= {"planted_subtypes", "pbmc68k", "donors"}
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
+def test_tutorial_runs(path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCDM_TUTORIAL_SMALL", "1")
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(path), run_name="__main__")
+    assert "adata" in namespace
+    assert "datamodels_subgroup" in namespace["adata"].obs
+    assert "ARI" in capsys.readouterr().out
