@@ -52,8 +52,8 @@ class MaskSampler:
         Optional integer code per observation of a nuisance (e.g. batch) to hold fixed:
         balanced masks then draw ``alpha`` of every (class, stratum) cell, so no mask carries a
         chance correlation between the nuisance and the label for models to pick up (which
-        otherwise shows in every datamodel). Cells are rounded up or down at random, so a
-        stratum of one sample is still in ``alpha`` of the masks.
+        otherwise shows in every datamodel). Fractional cell sizes are rounded systematically
+        with one random offset per mask (see :meth:`sample_units`).
     random_state
         Seed of the mask stream.
     """
@@ -110,7 +110,7 @@ class MaskSampler:
         self.class_units = [
             np.flatnonzero(self.unit_labels == c) for c in np.unique(self.unit_labels)
         ]
-        self.cell_units: list[np.ndarray] | None = None
+        self.cell_units: list[list[np.ndarray]] | None = None
         if strata is not None:
             self.cell_units = self._strata_cells(np.asarray(strata), groups is not None)
         if mode == "balanced":
@@ -125,7 +125,8 @@ class MaskSampler:
                         "or an alpha closer to 0.5."
                     )
 
-    def _strata_cells(self, strata: np.ndarray, grouped: bool) -> list[np.ndarray]:
+    def _strata_cells(self, strata: np.ndarray, grouped: bool) -> list[list[np.ndarray]]:
+        """Per class, the units of each stratum (the same strata order for every class)."""
         if strata.shape != (self.n_obs,):
             raise ValueError(f"strata has shape {strata.shape}, expected ({self.n_obs},).")
         if self.mode != "balanced":
@@ -137,8 +138,8 @@ class MaskSampler:
         if grouped and np.any(unit_strata[self.unit_of_obs] != codes):
             raise ValueError("a group spans several strata; every group (donor) must lie in "
                              "one stratum (e.g. one batch), or drop the stratification.")
-        cells = self.unit_labels.astype(np.int64) * (int(codes.max()) + 1) + unit_strata
-        return [np.flatnonzero(cells == c) for c in np.unique(cells)]
+        return [[units[unit_strata[units] == s] for s in range(int(codes.max()) + 1)]
+                for units in self.class_units]
 
     def n_train_units(self, n_class_units: int) -> int:
         """Units of a class that one balanced mask trains on."""
@@ -151,10 +152,17 @@ class MaskSampler:
             return rng.random(self.n_units) < self.alpha
         mask = np.zeros(self.n_units, dtype=bool)
         if self.cell_units is not None:
-            for units in self.cell_units:
-                expected = self.alpha * units.size
-                k = int(np.floor(expected)) + int(rng.random() < expected - np.floor(expected))
-                mask[units[rng.choice(units.size, size=k, replace=False)]] = True
+            # Systematic rounding with one offset per mask, shared by all classes: each class
+            # gets round(alpha * n_c) units in total, a stratum of one unit is in alpha of the
+            # masks, and equal-sized (class, stratum) cells are rounded the same way in every
+            # class, so no mask tilts a stratum towards one class (independent rounding did,
+            # by one unit, and that was enough to bring the batches back into the datamodels).
+            offset = rng.random()
+            for cells in self.cell_units:
+                cumulative = np.floor(self.alpha * np.cumsum([c.size for c in cells]) + offset)
+                counts = np.diff(np.concatenate([[0.0], cumulative])).astype(np.int64)
+                for units, k in zip(cells, counts, strict=True):
+                    mask[units[rng.choice(units.size, size=k, replace=False)]] = True
             return mask
         for units in self.class_units:
             chosen = rng.choice(units.size, size=self.n_train_units(units.size), replace=False)

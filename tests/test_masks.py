@@ -63,3 +63,33 @@ def test_too_few_heldout_models_is_refused():
     assert counts.min() >= 50 and counts.sum() == 200 * 20
     with pytest.raises(ValueError, match=r"held out of only .* Train more models"):
         sampler.check_heldout(20, 50, obs_names=[f"c{i}" for i in range(40)])
+
+
+def test_stratified_masks_hold_every_class_stratum_cell_fixed():
+    labels = np.repeat([0, 1], 300)
+    batch = np.tile(np.arange(4), 150)  # 75 per (class, batch) cell: alpha * 75 = 37.5
+    sampler = MaskSampler(labels, 0.5, strata=batch, random_state=3)
+    masks = sampler.sample(np.arange(300))
+    assert np.all(masks[:, labels == 0].sum(1) == 150)
+    assert np.all(masks[:, labels == 1].sum(1) == 150)
+    for b in range(4):
+        disease = masks[:, (labels == 1) & (batch == b)].sum(1)
+        control = masks[:, (labels == 0) & (batch == b)].sum(1)
+        assert set(np.unique(disease)) == {37, 38}
+        np.testing.assert_array_equal(disease, control)  # no batch-label tilt in any mask
+    np.testing.assert_array_equal(masks, MaskSampler(labels, 0.5, strata=batch,
+                                                      random_state=3).sample(np.arange(300)))
+    # A stratum of one sample per class is still trained on in about alpha of the masks.
+    tiny = MaskSampler(np.array([0, 0, 0, 1, 1, 1]), 0.5, strata=np.array([0, 1, 2] * 2))
+    np.testing.assert_allclose(tiny.sample(np.arange(4000)).mean(0), 0.5, atol=0.03)
+
+
+def test_stratified_masks_bad_input():
+    labels = np.repeat([0, 1], 10)
+    with pytest.raises(ValueError, match="balanced"):
+        MaskSampler(labels, 0.5, strata=np.zeros(20), mode="bernoulli")
+    with pytest.raises(ValueError, match="shape"):
+        MaskSampler(labels, 0.5, strata=np.zeros(5))
+    groups = np.repeat(np.arange(4), 5)
+    with pytest.raises(ValueError, match="spans several strata"):
+        MaskSampler(labels, 0.5, groups=groups, strata=np.arange(20) % 2)

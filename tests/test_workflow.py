@@ -1,6 +1,7 @@
 """The whole workflow on small planted data: datamodels → subgroups → plots, and h5ad round trip."""
 
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -24,7 +25,7 @@ def planted(tmp_path_factory):
                                            n_genes=200, batch_genes=100, random_state=0)
     sc.pp.pca(adata, n_comps=20, random_state=0)
     store = tmp_path_factory.mktemp("store") / "planted"
-    scdm.tl.datamodels(adata, "disease", use_rep="X_pca", store=store)
+    scdm.tl.datamodels(adata, "disease", use_rep="X_pca", stratify_key="batch", store=store)
     return adata
 
 
@@ -86,13 +87,19 @@ def test_every_result_survives_h5ad(planted, tmp_path):
 def test_datamodels_rerun_resumes_store_and_rejects_bad_input(planted):
     adata = planted.copy()
     store = adata.uns["datamodels"]["store"]
-    # Same call again: every model is already in the store, nothing is retrained.
-    again = scdm.tl.datamodels(adata, "disease", use_rep="X_pca", store=store, copy=True)
-    np.testing.assert_array_equal(again.obsm["X_datamodels"], adata.obsm["X_datamodels"])
+    # Training again with the same settings finds every model in the store: nothing to train.
+    before = Path(store, "margins.npy").stat().st_mtime_ns
+    scdm.tl.train_models(adata, "disease", use_rep="X_pca", stratify_key="batch", store=store)
+    assert Path(store, "margins.npy").stat().st_mtime_ns == before
+    assert adata.uns["datamodels"]["n_completed"] == 4000
+    with pytest.raises(ValueError, match="stratify_key"):  # another configuration, same store
+        scdm.tl.train_models(adata, "disease", use_rep="X_pca", store=store)
     one_class = adata[adata.obs["disease"] == "disease"].copy()
     with pytest.raises(ValueError, match="only one class"):
         scdm.tl.datamodels(one_class, "disease", use_rep="X_pca")
     with pytest.raises(KeyError, match="label_key"):
         scdm.tl.datamodels(adata, "condition", use_rep="X_pca")
+    with pytest.raises(KeyError, match="stratify_key"):
+        scdm.tl.datamodels(adata, "disease", use_rep="X_pca", stratify_key="plate")
     with pytest.raises(TypeError, match="train_kwds"):
         scdm.tl.datamodels(adata, "disease", train_kwds={"store": "x"})

@@ -30,6 +30,11 @@ def default_n_models(n_units: int) -> int:
     return int(np.ceil(min(max(25 * n_units, 1000), 200_000) / 100) * 100)
 
 
+def default_batch_size(n_train: int) -> int:
+    """A quarter of a training set, within [16, 128]: at least ~4 optimiser steps per epoch."""
+    return int(min(128, max(16, -(-n_train // 4))))
+
+
 def _check_n_models(n_models) -> int:
     if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)):
         raise TypeError(f"n_models must be an integer, got {n_models!r}.")
@@ -81,7 +86,7 @@ def train_models(
     mask_mode: MaskMode = "balanced",
     hidden: Sequence[int] = (64,),
     epochs: int = 20,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     l1: float = 0.0,
@@ -132,7 +137,10 @@ def train_models(
     mask_mode
         ``"balanced"`` (exactly ``alpha`` of every class per model) or ``"bernoulli"``.
     hidden, epochs, batch_size, lr, weight_decay, l1
-        The models (see :class:`scdm.ensemble.TrainConfig`). ``hidden=()`` is logistic
+        The models (see :class:`scdm.ensemble.TrainConfig`). ``batch_size=None`` uses a
+        quarter of a training set, clipped to [16, 128]: with a fixed 128, a model of 80
+        training cells took one optimiser step per epoch and barely learned (held-out
+        accuracy 0.65 vs 0.78 with 20; planted-subtype ARI 0.85 vs 0.95). ``hidden=()`` is logistic
         regression. L2 (``weight_decay``) on the first layer is on by default: it is what makes
         datamodels see subtypes.
     scale
@@ -165,6 +173,8 @@ def train_models(
     random_state = check_random_state(random_state)
     if n_models is not None:
         n_models = _check_n_models(n_models)
+    if batch_size is None:
+        batch_size = default_batch_size(round(alpha * adata.n_obs))
     config = TrainConfig(hidden=tuple(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, l1=l1)
     device = resolve_device(device)
