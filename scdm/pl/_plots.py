@@ -47,10 +47,12 @@ def _target_index(adata: AnnData, target: str | int) -> int:
     return int(adata.obs_names.get_loc(target))
 
 
-def _label_key(adata: AnnData, key: str) -> str | None:
+def _grouping_columns(adata: AnnData, key: str) -> list[str]:
+    """The ``.obs`` columns present among the subgroups of ``key`` and its label, in that order."""
     info = adata.uns.get(key)
     params = info.get("params", {}) if isinstance(info, dict) else {}
-    return params.get("label_key")
+    candidates = [f"{key}_subgroup", params.get("label_key")]
+    return [c for c in candidates if c is not None and c in adata.obs]
 
 
 def embedding(
@@ -92,8 +94,7 @@ def embedding(
         raise KeyError(f"adata.obsm['X_{basis}'] not found; run scdm.tl.datamodels(adata, "
                        "label_key=...) first.")
     if color is None:
-        candidates = [_label_key(adata, basis), f"{basis}_subgroup"]
-        color = [c for c in candidates if c is not None and c in adata.obs] or None
+        color = _grouping_columns(adata, basis)[::-1] or None
     with warnings.catch_warnings():
         # matplotlib's deprecation notices about calls inside scanpy are not the user's to fix.
         warnings.simplefilter("ignore", PendingDeprecationWarning)
@@ -146,8 +147,7 @@ def influencers(
     j = _target_index(adata, target)
     row = W[j].toarray().ravel() if sparse.issparse(W) else np.asarray(W[j]).ravel()
     if color is None:
-        color = next((c for c in (f"{key}_subgroup", _label_key(adata, key))
-                      if c is not None and c in adata.obs), None)
+        color = next(iter(_grouping_columns(adata, key)), None)
     elif color not in adata.obs:
         raise KeyError(f"color={color!r} is not a column of adata.obs.")
     order = np.argsort(row)
@@ -223,8 +223,7 @@ def similarity(
         raise KeyError(f"adata.obsm[{use_rep!r}] not found; run scdm.tl.datamodels(adata, "
                        "label_key=...) first.")
     if groupby is None:
-        groupby = next((c for c in (f"{key}_subgroup", _label_key(adata, key))
-                        if c is not None and c in adata.obs), None)
+        groupby = next(iter(_grouping_columns(adata, key)), None)
     elif groupby not in adata.obs:
         raise KeyError(f"groupby={groupby!r} is not a column of adata.obs.")
     rows = np.arange(adata.n_obs)
