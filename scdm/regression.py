@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._memmap import read_rows
 from ._settings import settings
 from .ensemble import resolve_device
 
@@ -57,22 +58,18 @@ class _Rows:
     """
 
     def __init__(self, X, Y, S, rows: np.ndarray, block: tuple[int, int], *,
-                 device: torch.device, dtype: torch.dtype, chunk_rows: int, cache_bytes: int):
+                 mean: torch.Tensor, scale: torch.Tensor, device: torch.device,
+                 dtype: torch.dtype, chunk_rows: int, cache_bytes: int):
         self.X, self.Y, self.S, self.rows, self.block = X, Y, S, rows, block
+        self.mean, self.scale = mean, scale
         self.device, self.dtype, self.chunk_rows = device, dtype, max(1, int(chunk_rows))
         width = X.shape[1] + 2 * (block[1] - block[0])
         self._cache: list | None = [] if rows.size * width * 4 <= cache_bytes else None
         self._filled = False
 
     def _read(self, array, idx: np.ndarray, cols: slice | None = None) -> torch.Tensor:
-        if idx[-1] - idx[0] + 1 == idx.size:
-            part = array[idx[0] : idx[-1] + 1]
-        else:
-            part = array[idx]
-        if cols is not None:
-            part = part[:, cols]
-        # a copy: memmap slices are read-only, and torch must not alias them
-        return torch.from_numpy(np.array(part, dtype=np.float32)).to(self.device, self.dtype)
+        part = read_rows(array, idx, np.float32, cols)
+        return torch.from_numpy(part).to(self.device, self.dtype)
 
     def _load(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         t0, t1 = self.block
@@ -101,6 +98,196 @@ class _Rows:
             yield Xc, Yc, Sc
         if self._cache is not None:
             self._filled = True
+
+    def stats(self, fit_intercept: bool):
+        """Per target: kept-row count, mean and variance of y, and mean standardised x."""
+        mean, scale = self.mean, self.scale
+        dev, dt = mean.device, mean.dtype
+        n_cols = self.block[1] - self.block[0]
+        n_t = torch.zeros(n_cols, device=dev, dtype=torch.float64)
+        sy = torch.zeros(n_cols, device=dev, dtype=torch.float64)
+        syy = torch.zeros(n_cols, device=dev, dtype=torch.float64)
+        sx = torch.zeros(mean.numel(), n_cols, device=dev, dtype=dt)
+        for Xc, Yc, Sc in self.chunks():
+            Sc = torch.ones_like(Yc) if Sc is None else Sc
+            n_t += Sc.sum(0, dtype=torch.float64)
+            sy += (Sc * Yc).sum(0, dtype=torch.float64)
+            syy += (Sc * Yc * Yc).sum(0, dtype=torch.float64)
+            sx += Xc.T @ Sc
+        safe = n_t.clamp_min(1.0)
+        y_mean = sy / safe
+        y_var = (syy / safe - y_mean**2).clamp_min(0.0)
+        x_mean = (sx - mean[:, None] * n_t.to(dt)) / scale[:, None] / safe.to(dt)
+        if not fit_intercept:
+            y_mean = torch.zeros_like(y_mean)
+            y_var = syy / safe
+            x_mean = torch.zeros_like(x_mean)
+        return n_t.to(dt), y_mean.to(dt), y_var.to(dt), x_mean
+
+    def evaluate(self, cols, V, intercept, grad: bool = True):
+        """One pass at weights ``V`` (standardised units) for target columns ``cols``.
+
+        Returns ``X̃ᵀ S r`` (if ``grad``) and the sums ``Σ s r``, ``Σ s r²``, ``Σ s r y``,
+        ``Σ s``, ``Σ s ŷ``, ``Σ s ŷ²``, ``Σ s y``, ``Σ s y²`` with ``r = ŷ − y`` (the last
+        five only when not ``grad``; they serve validation correlations).
+        """
+        mean, scale = self.mean, self.scale
+        raw = V / scale[:, None]
+        offset = intercept - (mean / scale) @ V
+        G = torch.zeros_like(V) if grad else None
+        sums = torch.zeros(8, V.shape[1], device=V.device, dtype=V.dtype)
+        for Xc, Yc, Sc in self.chunks(cols):
+            pred = torch.addmm(offset, Xc, raw)
+            r = pred - Yc
+            rs = r if Sc is None else r * Sc
+            if grad:
+                G.addmm_(Xc.T, rs)
+                sums[0] += rs.sum(0)
+            sums[1] += (rs * r).sum(0)
+            sums[2] += (rs * Yc).sum(0)
+            if not grad:
+                s = torch.ones_like(Yc) if Sc is None else Sc
+                sums[3] += s.sum(0)
+                sums[4] += (s * pred).sum(0)
+                sums[5] += (s * pred * pred).sum(0)
+                sums[6] += (s * Yc).sum(0)
+                sums[7] += (s * Yc * Yc).sum(0)
+        if grad:
+            G = (G - mean[:, None] * sums[0]) / scale[:, None]
+        return G, sums
+
+    def gram_top_eigenvalue(self) -> float:
+        """Largest eigenvalue of X̃ᵀX̃ over the rows: the step-size bound."""
+        mean, scale = self.mean, self.scale
+        p = mean.numel()
+        if p <= 4096:
+            gram = torch.zeros(p, p, device=mean.device, dtype=torch.float64)
+            total = torch.zeros(p, device=mean.device, dtype=torch.float64)
+            for Xc, _, _ in self.chunks():
+                Xd = Xc.double()
+                gram += Xd.T @ Xd
+                total += Xd.sum(0)
+            m, s, n = mean.double(), scale.double(), self.rows.size
+            gram = gram - torch.outer(total, m) - torch.outer(m, total) + n * torch.outer(m, m)
+            return _top_eigenvalue(gram / torch.outer(s, s))
+        v = torch.randn(p, 1, device=mean.device, dtype=mean.dtype,
+                        generator=torch.Generator(device=mean.device).manual_seed(0))
+        estimate = 0.0
+        for _ in range(100):
+            v = v / v.norm()
+            w = torch.zeros_like(v)
+            for Xc, _, _ in self.chunks():
+                xv = Xc @ (v / scale[:, None]) - (mean / scale) @ v
+                w += (Xc.T @ xv - mean[:, None] * xv.sum(0)) / scale[:, None]
+            new = float((v * w).sum())
+            if abs(new - estimate) <= 1e-6 * new:
+                break
+            estimate = new
+            v = w
+        return new * 1.05
+
+
+
+def _moment_bytes(p: int, n_targets: int) -> int:
+    """Float64 moments of the training, validation and all rows (see ``_Moments``)."""
+    return 3 * 8 * p * (p + n_targets)
+
+
+def _top_eigenvalue(gram: torch.Tensor) -> float:
+    """Largest eigenvalue of a symmetric matrix, with a margin for rounding."""
+    return float(torch.linalg.eigvalsh(gram.double())[-1]) * 1.001
+
+
+class _Moments:
+    """Sufficient statistics of a row set when every row counts for every target.
+
+    With no per-target row weights, the least-squares part of the objective depends on the rows
+    only through ``n``, ``Σ x̃``, ``X̃ᵀX̃``, ``Σ y``, ``Σ y²`` and ``X̃ᵀY``. Collected in one
+    streamed pass, they turn every solver iteration from ``n·p·T`` into ``p²·T`` FLOPs
+    (scikit-learn's ``precompute``). Sums are accumulated in float64 over chunks computed in the
+    solver's dtype; ``x`` is standardised and ``y`` shifted by ``y_shift`` first, so that the
+    centring at the end does not cancel digits away.
+    """
+
+    def __init__(self, rows: _Rows, y_shift: torch.Tensor, bar: tqdm) -> None:
+        mean, scale = rows.mean, rows.scale
+        dev, f64 = mean.device, torch.float64
+        p, n_targets = mean.numel(), y_shift.numel()
+        self.n = 0
+        self.sx = torch.zeros(p, device=dev, dtype=f64)
+        self.gxx = torch.zeros(p, p, device=dev, dtype=f64)
+        self.sy = torch.zeros(n_targets, device=dev, dtype=f64)
+        self.syy = torch.zeros(n_targets, device=dev, dtype=f64)
+        self.cxy = torch.zeros(p, n_targets, device=dev, dtype=f64)
+        self.y_shift = y_shift
+        for Xc, Yc, _ in rows.chunks():
+            Xs = (Xc - mean) / scale
+            Ys = Yc - y_shift
+            self.n += Xc.shape[0]
+            self.sx += Xs.sum(0, dtype=f64)
+            self.gxx += (Xs.T @ Xs).double()
+            self.sy += Ys.sum(0, dtype=f64)
+            self.syy += (Ys * Ys).sum(0, dtype=f64)
+            self.cxy += (Xs.T @ Ys).double()
+            bar.update(1)
+
+    def __add__(self, other: _Moments) -> _Moments:
+        total = object.__new__(_Moments)
+        total.y_shift = self.y_shift
+        for name in ("n", "sx", "gxx", "sy", "syy", "cxy"):
+            setattr(total, name, getattr(self, name) + getattr(other, name))
+        return total
+
+    def top_eigenvalue(self) -> float:
+        return _top_eigenvalue(self.gxx)
+
+    def block(self, t0: int, t1: int, dtype: torch.dtype) -> _GramBlock:
+        return _GramBlock(self, t0, t1, dtype)
+
+
+class _GramBlock:
+    """Target columns ``t0:t1`` of ``_Moments``, centred, with ``_Rows``' solver interface."""
+
+    def __init__(self, moments: _Moments, t0: int, t1: int, dtype: torch.dtype) -> None:
+        n = float(max(moments.n, 1))
+        x_bar = moments.sx / n
+        y_bar_shifted = moments.sy[t0:t1] / n
+        self.n = n
+        self.x_bar = x_bar.to(dtype)
+        self.gram = (moments.gxx - n * torch.outer(x_bar, x_bar)).to(dtype)
+        self.cross = (moments.cxy[:, t0:t1] - n * torch.outer(x_bar, y_bar_shifted)).to(dtype)
+        self.y_bar = (y_bar_shifted + moments.y_shift[t0:t1].double()).to(dtype)
+        self.syy = (moments.syy[t0:t1] - n * y_bar_shifted**2).clamp_min(0.0).to(dtype)
+
+    def stats(self, fit_intercept: bool):
+        n_cols = self.y_bar.numel()
+        n_t = torch.full((n_cols,), self.n, device=self.y_bar.device, dtype=self.y_bar.dtype)
+        if not fit_intercept:
+            zero = torch.zeros_like(self.y_bar)
+            x_mean = torch.zeros(self.x_bar.numel(), n_cols, device=zero.device, dtype=zero.dtype)
+            return n_t, zero, (self.syy + self.n * self.y_bar**2) / self.n, x_mean
+        return n_t, self.y_bar, self.syy / self.n, self.x_bar[:, None].expand(-1, n_cols)
+
+    def evaluate(self, cols, V, intercept, grad: bool = True):
+        """``_Rows.evaluate`` from the moments: with ``x_c = x̃ − x̄``, ``y_c = y − ȳ`` and
+        ``δ = b + x̄·v − ȳ``, the residual is ``r = x_c·v − y_c + δ``."""
+        cross, y_bar, syy = ((self.cross, self.y_bar, self.syy) if cols is None else
+                             (self.cross.index_select(1, cols), self.y_bar.index_select(0, cols),
+                              self.syy.index_select(0, cols)))
+        n = self.n
+        delta = intercept + self.x_bar @ V - y_bar
+        GV = self.gram @ V
+        vGv = (V * GV).sum(0)
+        vC = (V * cross).sum(0)
+        sum_r = n * delta
+        sum_r2 = (vGv - 2 * vC + syy + n * delta**2).clamp_min(0.0)
+        sum_ry = vC - syy + y_bar * sum_r
+        syy_total = syy + n * y_bar**2
+        sums = torch.stack([sum_r, sum_r2, sum_ry, torch.full_like(sum_r, n),
+                            sum_r + n * y_bar, sum_r2 + 2 * sum_ry + syy_total, n * y_bar,
+                            syy_total])
+        G = GV - cross + self.x_bar[:, None] * sum_r if grad else None
+        return G, sums
 
 
 class LassoPath:
@@ -140,6 +327,11 @@ class LassoPath:
         Targets solved together (default from ``memory_budget``).
     memory_budget
         Bytes of device memory for cached rows, chunks and per-target state.
+    precompute
+        Solve from the Gram matrix ``X̃ᵀX̃`` and ``X̃ᵀY``, collected in one streamed pass, so
+        that an iteration costs ``p²·T`` instead of ``2·n·p·T`` FLOPs (scikit-learn's
+        ``precompute``). Needs every row to count for every target (no ``sample_weight``).
+        ``"auto"``: when that holds, the moments fit ``memory_budget`` and ``p ≤ 2·n``.
     random_state
         Seed of the random validation split.
     verbose
@@ -160,6 +352,8 @@ class LassoPath:
         ``"lambda"``, ``"train_mse"``, ``"val_mse"``, ``"nnz"`` per λ (NaN after early stop).
     n_iter_ : ndarray (n_targets,)
         FISTA iterations per target, over the whole path and refit.
+    precompute_ : bool
+        Whether the fit used the Gram form.
     """
 
     def __init__(self, *, n_lambdas: int = 20, eps: float = 1e-3,
@@ -169,7 +363,8 @@ class LassoPath:
                  fit_intercept: bool = True, min_rows: int = 10, device: str = "auto",
                  dtype: torch.dtype = torch.float32, row_chunk_size: int | None = None,
                  target_block_size: int | None = None, memory_budget: int = 2 << 30,
-                 random_state: int = 0, verbose: bool | None = None) -> None:
+                 precompute: bool | str = "auto", random_state: int = 0,
+                 verbose: bool | None = None) -> None:
         self.n_lambdas = n_lambdas
         self.eps = eps
         self.lambdas = lambdas
@@ -186,6 +381,7 @@ class LassoPath:
         self.row_chunk_size = row_chunk_size
         self.target_block_size = target_block_size
         self.memory_budget = memory_budget
+        self.precompute = precompute
         self.random_state = random_state
         self.verbose = verbose
 
@@ -193,7 +389,8 @@ class LassoPath:
         return {k: getattr(self, k) for k in (
             "n_lambdas", "eps", "lambdas", "val_fraction", "val_rows", "early_stopping",
             "patience", "tol", "max_iter", "fit_intercept", "min_rows", "device", "dtype",
-            "row_chunk_size", "target_block_size", "memory_budget", "random_state", "verbose")}
+            "row_chunk_size", "target_block_size", "memory_budget", "precompute",
+            "random_state", "verbose")}
 
     def set_params(self, **params) -> LassoPath:
         for key, value in params.items():
@@ -223,10 +420,16 @@ class LassoPath:
             raise ValueError(f"eps (λ_min/λ_max) must lie in (0, 1), got {self.eps}.")
         if self.val_rows is None and not 0.0 <= float(self.val_fraction) < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}.")
+        if self.precompute not in (True, False, "auto"):
+            raise ValueError(f"precompute must be True, False or 'auto', got {self.precompute!r}.")
+        if self.precompute is True and sample_weight is not None:
+            raise ValueError("precompute=True needs every row to count for every target; "
+                             "with sample_weight (or 'heldout') use precompute=False or 'auto'.")
         if int(self.n_lambdas) < 1 or int(self.max_iter) < 1 or not self.tol > 0:
             raise ValueError("n_lambdas and max_iter must be >= 1 and tol > 0.")
-        for start in range(0, Y.shape[0], 1 << 16):  # NaN check, streamed
-            if not np.isfinite(np.asarray(Y[start : start + (1 << 16)])).all():
+        step = max(1, (16 << 20) // (4 * max(1, Y.shape[1])))  # NaN check, in 16 MB chunks
+        for start in range(0, Y.shape[0], step):
+            if not np.isfinite(read_rows(Y, slice(start, min(start + step, Y.shape[0])))).all():
                 raise ValueError("Y contains NaN or inf; drop those models (rows) first.")
         return X, Y, sample_weight
 
@@ -272,8 +475,13 @@ class LassoPath:
         dtype = self.dtype
         itemsize = torch.tensor([], dtype=dtype).element_size()
         budget = int(self.memory_budget)
-        block = int(self.target_block_size or max(1, min(n_targets, budget // (16 * p * itemsize
-                                                                               + 1))))
+        self.precompute_ = self._use_gram(S, train.size, p, n_targets)
+        # the solver keeps ~24 weight-shaped tensors per block (iterates, gradient, best
+        # weights, temporaries); the Gram form also holds its float64 moments
+        state_budget = budget - (_moment_bytes(p, n_targets) + 3 * p * p * itemsize
+                                 if self.precompute_ else 0)
+        block = int(self.target_block_size or max(1, min(n_targets, state_budget // (
+            24 * p * itemsize + 1))))
         chunk_rows = int(self.row_chunk_size or max(256, budget // (8 * (p + 2 * block) *
                                                                     itemsize)))
         self.mean_, self.scale_ = self._standardisation(X, device, chunk_rows)
@@ -289,27 +497,38 @@ class LassoPath:
         k = int(self.n_lambdas) if lam_path is None else lam_path.shape[0]
         self.path_ = {key: np.full((k, n_targets), np.nan) for key in
                       ("lambda", "train_mse", "val_mse", "nnz")}
-        common = dict(device=device, dtype=dtype, chunk_rows=chunk_rows)
+        common = dict(mean=mean, scale=scale, device=device, dtype=dtype, chunk_rows=chunk_rows)
         # cache budget: the training rows get most of it, validation/all rows the rest
         cache = {"train": budget // 2, "val": budget // 8, "all": budget // 4}
-        gram_top = self._gram_top_eigenvalue(
-            _Rows(X, Y, None, train, (0, 1), cache_bytes=0, **common), mean, scale, p)
-        gram_all = (self._gram_top_eigenvalue(
-            _Rows(X, Y, None, np.arange(n_rows), (0, 1), cache_bytes=0, **common), mean, scale,
-            p) if val.size else gram_top)
-
         progress = settings.progress(self.verbose)
+        if self.precompute_:
+            moments = self._moments(X, Y, train, val, progress,
+                                    {**common, "chunk_rows": max(256, budget // (
+                                        32 * (p + n_targets) * itemsize))})
+            gram_top = moments["train"].top_eigenvalue()
+            gram_all = moments["all"].top_eigenvalue() if val.size else gram_top
+        else:
+            gram_top = _Rows(X, Y, None, train, (0, 1), cache_bytes=0,
+                             **common).gram_top_eigenvalue()
+            gram_all = (_Rows(X, Y, None, np.arange(n_rows), (0, 1), cache_bytes=0,
+                              **common).gram_top_eigenvalue() if val.size else gram_top)
+
         blocks = [(t0, min(t0 + block, n_targets)) for t0 in range(0, n_targets, block)]
         with tqdm(total=len(blocks) * k, desc="LASSO path", unit="λ", disable=not progress
                   ) as bar:
             for t0, t1 in blocks:
-                rows = {
-                    "train": _Rows(X, Y, S, train, (t0, t1), cache_bytes=cache["train"], **common),
-                    "val": _Rows(X, Y, S, val, (t0, t1), cache_bytes=cache["val"], **common)
-                    if val.size else None,
-                    "all": _Rows(X, Y, S, np.arange(n_rows), (t0, t1), cache_bytes=cache["all"],
-                                 **common) if val.size else None,
-                }
+                if self.precompute_:
+                    rows = {name: moments[name].block(t0, t1, dtype) if name in moments else None
+                            for name in ("train", "val", "all")}
+                else:
+                    rows = {
+                        "train": _Rows(X, Y, S, train, (t0, t1), cache_bytes=cache["train"],
+                                       **common),
+                        "val": _Rows(X, Y, S, val, (t0, t1), cache_bytes=cache["val"], **common)
+                        if val.size else None,
+                        "all": _Rows(X, Y, S, np.arange(n_rows), (t0, t1),
+                                     cache_bytes=cache["all"], **common) if val.size else None,
+                    }
                 self._fit_block(rows, (t0, t1), mean, scale, gram_top, gram_all, lam_path, out,
                                 bar)
         self.lambda_ = out["lambda"]
@@ -317,6 +536,31 @@ class LassoPath:
         self.val_corr_ = out["val_corr"]
         self.intercept_ = out["intercept"].astype(np.float32)
         return self
+
+    def _use_gram(self, S, n_train: int, p: int, n_targets: int) -> bool:
+        """Whether to solve from precomputed moments (see ``precompute``)."""
+        if S is not None:
+            return False
+        if self.precompute != "auto":
+            return bool(self.precompute)
+        # the float64 moments may take half the budget; per iteration the Gram form costs
+        # p²·T against 2·n·p·T when streaming
+        return 2 * _moment_bytes(p, n_targets) <= int(self.memory_budget) and p <= 2 * n_train
+
+    def _moments(self, X, Y, train, val, progress, common) -> dict[str, _Moments]:
+        rows = {"train": train, "val": val} if val.size else {"train": train}
+        first = read_rows(Y, slice(0, min(1024, Y.shape[0])), np.float64)
+        shift = torch.as_tensor(first.mean(0), device=common["device"], dtype=common["dtype"])
+        moments = {}
+        with tqdm(total=int(np.ceil(train.size / common["chunk_rows"]))
+                  + int(np.ceil(val.size / common["chunk_rows"])), desc="Gram matrix",
+                  unit="chunk", disable=not progress) as bar:
+            for name, idx in rows.items():
+                source = _Rows(X, Y, None, idx, (0, Y.shape[1]), cache_bytes=0, **common)
+                moments[name] = _Moments(source, shift, bar)
+        if val.size:
+            moments["all"] = moments["train"] + moments["val"]
+        return moments
 
     def _user_lambdas(self, n_targets: int) -> np.ndarray | None:
         if self.lambdas is None:
@@ -333,7 +577,7 @@ class LassoPath:
         total = np.zeros(X.shape[1])
         total_sq = np.zeros(X.shape[1])
         for start in range(0, X.shape[0], chunk_rows):
-            part = np.asarray(X[start : start + chunk_rows], dtype=np.float64)
+            part = read_rows(X, slice(start, min(start + chunk_rows, X.shape[0])), np.float64)
             total += part.sum(0)
             total_sq += (part * part).sum(0)
         mean = total / X.shape[0]
@@ -342,91 +586,8 @@ class LassoPath:
         scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 0.0
         return mean, scale
 
-    def _gram_top_eigenvalue(self, rows: _Rows, mean, scale, p: int) -> float:
-        """Largest eigenvalue of X̃ᵀX̃ over ``rows``: the step-size bound."""
-        if p <= 4096:
-            gram = torch.zeros(p, p, device=mean.device, dtype=torch.float64)
-            total = torch.zeros(p, device=mean.device, dtype=torch.float64)
-            for Xc, _, _ in rows.chunks():
-                Xd = Xc.double()
-                gram += Xd.T @ Xd
-                total += Xd.sum(0)
-            m, s, n = mean.double(), scale.double(), rows.rows.size
-            gram = gram - torch.outer(total, m) - torch.outer(m, total) + n * torch.outer(m, m)
-            gram = gram / torch.outer(s, s)
-            return float(torch.linalg.eigvalsh(gram)[-1]) * 1.001
-        v = torch.randn(p, 1, device=mean.device, dtype=mean.dtype,
-                        generator=torch.Generator(device=mean.device).manual_seed(0))
-        estimate = 0.0
-        for _ in range(100):
-            v = v / v.norm()
-            w = torch.zeros_like(v)
-            for Xc, _, _ in rows.chunks():
-                xv = Xc @ (v / scale[:, None]) - (mean / scale) @ v
-                w += (Xc.T @ xv - mean[:, None] * xv.sum(0)) / scale[:, None]
-            new = float((v * w).sum())
-            if abs(new - estimate) <= 1e-6 * new:
-                break
-            estimate = new
-            v = w
-        return new * 1.05
-
     # ------------------------------------------------------------------ per block
-    def _target_stats(self, rows: _Rows, mean, scale, n_cols: int):
-        """Per target: kept-row count, mean and variance of y, and mean standardised x."""
-        dev, dt = mean.device, mean.dtype
-        p = mean.numel()
-        n_t = torch.zeros(n_cols, device=dev, dtype=torch.float64)
-        sy = torch.zeros(n_cols, device=dev, dtype=torch.float64)
-        syy = torch.zeros(n_cols, device=dev, dtype=torch.float64)
-        sx = torch.zeros(p, n_cols, device=dev, dtype=dt)
-        for Xc, Yc, Sc in rows.chunks():
-            Sc = torch.ones_like(Yc) if Sc is None else Sc
-            n_t += Sc.sum(0, dtype=torch.float64)
-            sy += (Sc * Yc).sum(0, dtype=torch.float64)
-            syy += (Sc * Yc * Yc).sum(0, dtype=torch.float64)
-            sx += Xc.T @ Sc
-        safe = n_t.clamp_min(1.0)
-        y_mean = sy / safe
-        y_var = (syy / safe - y_mean**2).clamp_min(0.0)
-        x_mean = (sx - mean[:, None] * n_t.to(dt)) / scale[:, None] / safe.to(dt)
-        if not self.fit_intercept:
-            y_mean = torch.zeros_like(y_mean)
-            y_var = syy / safe
-            x_mean = torch.zeros_like(x_mean)
-        return n_t.to(dt), y_mean.to(dt), y_var.to(dt), x_mean
-
-    def _pass(self, rows: _Rows, cols, V, intercept, mean, scale, grad: bool = True):
-        """One pass at weights ``V`` (standardised units) for target columns ``cols``.
-
-        Returns ``X̃ᵀ S r`` (if ``grad``), ``Σ s r²``, ``Σ s r y``, and for correlations
-        ``Σ s``, ``Σ s ŷ``, ``Σ s ŷ²``, ``Σ s y``, ``Σ s y²`` with ``r = ŷ − y``.
-        """
-        raw = V / scale[:, None]
-        offset = intercept - (mean / scale) @ V
-        G = torch.zeros_like(V) if grad else None
-        sums = torch.zeros(8, V.shape[1], device=V.device, dtype=V.dtype)
-        for Xc, Yc, Sc in rows.chunks(cols):
-            pred = torch.addmm(offset, Xc, raw)
-            r = pred - Yc
-            rs = r if Sc is None else r * Sc
-            if grad:
-                G.addmm_(Xc.T, rs)
-                sums[0] += rs.sum(0)
-            sums[1] += (rs * r).sum(0)
-            sums[2] += (rs * Yc).sum(0)
-            if not grad:
-                s = torch.ones_like(Yc) if Sc is None else Sc
-                sums[3] += s.sum(0)
-                sums[4] += (s * pred).sum(0)
-                sums[5] += (s * pred * pred).sum(0)
-                sums[6] += (s * Yc).sum(0)
-                sums[7] += (s * Yc * Yc).sum(0)
-        if grad:
-            G = (G - mean[:, None] * sums[0]) / scale[:, None]
-        return G, sums
-
-    def _solve(self, rows: _Rows, cols, stats, W, lam, gram_top, mean, scale) -> tuple:
+    def _solve(self, rows: _Rows | _GramBlock, cols, stats, W, lam, gram_top) -> tuple:
         """FISTA for the block's target columns ``cols`` (warm start ``W``) at ``lam``.
 
         All per-target state is indexed by position in ``cols``; ``cols[act]`` maps the
@@ -449,7 +610,7 @@ class LassoPath:
             za = z.index_select(1, act)
             b = (y_mean.index_select(0, act) - (x_mean.index_select(1, act) * za).sum(0)
                  if self.fit_intercept else torch.zeros_like(y_mean.index_select(0, act)))
-            G, sums = self._pass(rows, cols.index_select(0, act), za, b, mean, scale)
+            G, sums = rows.evaluate(cols.index_select(0, act), za, b)
             na = n_t.index_select(0, act).clamp_min(1.0)
             g = G / na
             la = lam.index_select(0, act)
@@ -495,7 +656,7 @@ class LassoPath:
         t0, t1 = block
         n_cols = t1 - t0
         dev, dt = mean.device, mean.dtype
-        stats = self._target_stats(rows["train"], mean, scale, n_cols)
+        stats = rows["train"].stats(self.fit_intercept)
         n_t = stats[0]
         worst = int(torch.argmin(n_t))
         if float(n_t[worst]) < self.min_rows:
@@ -504,8 +665,7 @@ class LassoPath:
                 f"fewer than min_rows={self.min_rows}; train more models or lower min_rows.")
         if lam_path is None:
             zero = torch.zeros(mean.numel(), n_cols, device=dev, dtype=dt)
-            G, _ = self._pass(rows["train"], None, zero, self._intercepts(stats, zero), mean,
-                              scale)
+            G, _ = rows["train"].evaluate(None, zero, self._intercepts(stats, zero))
             lam_max = (G.abs().amax(0) / n_t.clamp_min(1.0)).clamp_min(1e-12)
             exponents = torch.linspace(0, 1, int(self.n_lambdas), device=dev, dtype=torch.float64)
             lams = (lam_max.double()[None, :] * float(self.eps) ** exponents[:, None]).to(dt)
@@ -525,7 +685,7 @@ class LassoPath:
             cols = torch.nonzero(alive).squeeze(1)
             sub_stats = tuple(s.index_select(-1, cols) for s in stats)
             Wa, sse, iters = self._solve(rows["train"], cols, sub_stats, W.index_select(1, cols),
-                                         lams[step].index_select(0, cols), gram_top, mean, scale)
+                                         lams[step].index_select(0, cols), gram_top)
             W.index_copy_(1, cols, Wa)
             iters_total.index_add_(0, cols, iters)
             c = cols.cpu().numpy() + t0
@@ -535,8 +695,7 @@ class LassoPath:
             bar.update(1)
             if val is None:
                 continue
-            _, sums = self._pass(val, cols, Wa, self._intercepts(sub_stats, Wa), mean, scale,
-                                 grad=False)
+            _, sums = val.evaluate(cols, Wa, self._intercepts(sub_stats, Wa), grad=False)
             n_v = sums[3].clamp_min(1.0)
             mse = sums[1] / n_v
             mean_pred, mean_y = sums[4] / n_v, sums[6] / n_v
@@ -566,10 +725,9 @@ class LassoPath:
         if val is None:
             final, final_stats = W, stats
         else:
-            final_stats = self._target_stats(rows["all"], mean, scale, n_cols)
+            final_stats = rows["all"].stats(self.fit_intercept)
             final, _, iters = self._solve(rows["all"], cols_all, final_stats, best_W, chosen,
-                                          gram_all,
-                                          mean, scale)
+                                          gram_all)
             iters_total += iters
         intercept = self._intercepts(final_stats, final)
         raw = final / scale[:, None]  # constant features have X̃ = 0, hence weight 0

@@ -25,12 +25,15 @@ EXACT = {"val_fraction": 0.0, "tol": 1e-10, "max_iter": 20000, "dtype": torch.fl
          "verbose": False}
 
 
+@pytest.mark.parametrize("precompute", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_sklearn_lasso_on_standardised_data(dtype):
+def test_matches_sklearn_lasso_on_standardised_data(dtype, precompute):
     X, Y, _ = planted()
     lam = 0.05
     tol = 1e-6 if dtype == torch.float32 else 1e-10  # float32 cannot certify a smaller gap
-    model = LassoPath(lambdas=[lam], **{**EXACT, "dtype": dtype, "tol": tol}).fit(X, Y)
+    model = LassoPath(lambdas=[lam], precompute=precompute,
+                      **{**EXACT, "dtype": dtype, "tol": tol}).fit(X, Y)
+    assert model.precompute_ is precompute
     Xs = standardised(X)
     for t in range(Y.shape[1]):
         ref = Lasso(alpha=lam, tol=1e-12, max_iter=100_000).fit(Xs, Y[:, t])
@@ -63,11 +66,12 @@ def test_heldout_mode_matches_sklearn_on_kept_rows():
                                    atol=1e-4)
 
 
-def test_planted_support_and_lambda_choice_match_sklearn_path():
+@pytest.mark.parametrize("precompute", [True, False])
+def test_planted_support_and_lambda_choice_match_sklearn_path(precompute):
     X, Y, W = planted(n=1500, p=40, n_targets=5, noise=1.0)
     val = np.arange(1200, 1500)
     model = LassoPath(n_lambdas=20, eps=1e-3, val_rows=val, tol=1e-6, early_stopping=False,
-                      verbose=False).fit(X, Y)
+                      precompute=precompute, verbose=False).fit(X, Y)
     strong = np.abs(W) > 0
     assert (model.coef_[strong] != 0).all()  # every planted weight found
     # sklearn lasso_path on the same training rows and λ grid, λ picked on the same rows
@@ -86,15 +90,21 @@ def test_planted_support_and_lambda_choice_match_sklearn_path():
     assert np.corrcoef(pred[:, 0], Y[val, 0])[0, 1] > 0.8
 
 
-def test_streamed_memmap_in_small_chunks_equals_in_memory(tmp_path):
+@pytest.mark.parametrize("precompute", [True, False])
+def test_streamed_memmap_in_small_chunks_equals_in_memory(tmp_path, precompute):
+    """Also Gram vs streaming: the in-memory fit takes the Gram form ('auto')."""
     X, Y, _ = planted(n=700, p=20, n_targets=7)
     np.save(tmp_path / "masks.npy", X)
     np.save(tmp_path / "margins.npy", Y)
     Xm, Ym = load_published(tmp_path / "masks.npy", tmp_path / "margins.npy")
     settings = {"n_lambdas": 8, "val_fraction": 0.2, "tol": 1e-6, "verbose": False}
     in_memory = LassoPath(**settings).fit(X, Y)
+    assert in_memory.precompute_
     streamed = LassoPath(row_chunk_size=64, target_block_size=3, memory_budget=1,
-                         **settings).fit(Xm, Ym)
+                         precompute=precompute, **settings).fit(Xm, Ym)
+    assert streamed.precompute_ is precompute  # a 1-byte budget rules out 'auto'
+    np.testing.assert_allclose(streamed.path_["val_mse"], in_memory.path_["val_mse"],
+                               rtol=1e-4)
     np.testing.assert_allclose(streamed.coef_, in_memory.coef_, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(streamed.lambda_, in_memory.lambda_, rtol=1e-6)
     np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-4)
@@ -125,6 +135,8 @@ def test_datamodels_pt_roundtrip(tmp_path):
     ({}, {"sample_weight": np.ones((3, 3))}, "sample_weight must have Y's shape"),
     ({}, {"sample_weight": "heldout"}, "as many columns"),
     ({"min_rows": 1000}, {}, "min_rows"),
+    ({"precompute": True}, {"sample_weight": np.ones((200, 3))}, "precompute=True needs"),
+    ({"precompute": "yes"}, {}, "precompute must be"),
 ])
 def test_bad_input(kwargs, fit, match):
     X, Y, _ = planted(n=200, p=10, n_targets=3)

@@ -1,0 +1,70 @@
+"""Reading rows of memory-mapped arrays without keeping them resident.
+
+Rows read through a memmap stay mapped into the process after the copy is made, so a solver
+that streams a 2 GB store over and over ends with a resident set the size of the file, although
+it holds only one chunk at a time. After copying a chunk, :func:`read_rows` tells the kernel that
+this process no longer needs those pages (``MADV_DONTNEED``); they stay in the page cache and
+come back on the next read, and the data on disk are untouched.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+_CAN_RELEASE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+
+
+def _shared_mapping(array: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """The shared file mapping under ``array`` and the address where it starts, if any."""
+    root = array
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base
+    # copy-on-write mappings ("c") hold private changes that MADV_DONTNEED would discard
+    if not isinstance(root, np.memmap) or getattr(root, "mode", None) not in ("r", "r+"):
+        return None
+    start = root.ctypes.data - int(root.offset) % mmap.ALLOCATIONGRANULARITY
+    return root.base, start
+
+
+def _release(array: np.ndarray, first: int, last: int) -> None:
+    """Drop this process's mapping of rows ``first..last`` of a memmap-backed ``array``."""
+    found = _shared_mapping(array)
+    if found is None or array.strides[0] <= 0:
+        return
+    mapping, start = found
+    lo = array.ctypes.data + first * array.strides[0] - start
+    hi = min(array.ctypes.data + (last + 1) * array.strides[0] - start, len(mapping))
+    lo -= lo % mmap.PAGESIZE
+    if hi > lo >= 0:
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # only a memory optimisation; never fail a read over it
+            pass
+
+
+def read_rows(array: Any, idx: np.ndarray | slice, dtype: Any = None,
+              cols: slice | None = None) -> np.ndarray:
+    """Copy rows ``idx`` (sorted indices or a slice) of ``array``, columns ``cols``, to memory.
+
+    For memmaps the pages read are released afterwards, so streaming a file in chunks keeps
+    the resident set at one chunk.
+    """
+    if isinstance(idx, slice):
+        first, last = idx.start or 0, (idx.stop or len(array)) - 1
+        part = array[idx]
+    elif idx.size and idx[-1] - idx[0] + 1 == idx.size:
+        first, last = int(idx[0]), int(idx[-1])
+        part = array[first : last + 1]
+    else:
+        first, last = (int(idx[0]), int(idx[-1])) if idx.size else (0, -1)
+        part = array[idx]
+    if cols is not None:
+        part = part[:, cols]
+    # a copy: memmap slices are read-only, and their pages are released below
+    out = np.array(part, dtype=dtype, order="C")
+    if _CAN_RELEASE and isinstance(array, np.ndarray) and last >= first:
+        _release(array, first, min(last, len(array) - 1))
+    return out
