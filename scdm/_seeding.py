@@ -36,3 +36,19 @@ def check_random_state(random_state: int | None) -> int:
     if random_state < 0:
         raise ValueError(f"random_state must be non-negative, got {random_state}.")
     return int(random_state)
+
+
+# purposes of derived seeds: evaluation models must never share a stream with training models
+LDS_PURPOSE = 1
+VALIDATION_PURPOSE = 2
+SNR_PURPOSE = 3
+
+
+def derived_seed(random_state: int, purpose: int, *keys: int) -> int:
+    """A seed for a new family of models, independent of ``random_state``'s own streams.
+
+    ``SeedSequence([random_state, purpose, *keys])`` has its own entropy pool, so the models it
+    seeds share no stream with the training models seeded by ``random_state``.
+    """
+    seq = np.random.SeedSequence([int(random_state), int(purpose), *map(int, keys)])
+    return int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -60,6 +60,11 @@ def _run(args: argparse.Namespace) -> int:
     scdm.tl.subgroups(adata, n_neighbors=args.n_neighbors, resolution=args.resolution,
                       random_state=args.random_state)
     grouped = time.perf_counter()
+    if args.lds_models:
+        scdm.tl.lds(adata, n_models=args.lds_models, store=out / "lds_store", device=args.device,
+                    random_state=args.random_state)
+        scdm.tl.model_count_curve(adata, device=args.device)
+    evaluated = time.perf_counter()
     adata.write_h5ad(out / "adata.h5ad")
     figures = _figures(adata, out)
 
@@ -81,9 +86,19 @@ def _run(args: argparse.Namespace) -> int:
         "mean_nonzero_weights_per_target": info["summary"]["mean_nonzero_weights"],
         "subgroups": _subgroup_summary(adata),
         "seconds": {"train": round(trained - start, 1), "fit": round(fitted - trained, 1),
-                    "subgroups": round(grouped - fitted, 1)},
+                    "subgroups": round(grouped - fitted, 1),
+                    "evaluation": round(evaluated - grouped, 1)},
         "outputs": {"adata": str(out / "adata.h5ad"), "figures": figures},
     }
+    if args.lds_models:
+        curve = info["model_curve"]
+        summary["lds"] = {"mean": info["lds"]["mean"], "median": info["lds"]["median"],
+                          "evaluation_models": args.lds_models}
+        summary["model_curve"] = {
+            "n_models": [int(n) for n in curve["n_models"]],
+            "mean_heldout_correlation": [round(float(c), 4) for c in curve["mean_corr"]],
+            "mean_lds": [round(float(c), 4) for c in curve["mean_lds"]],
+            "recommendation": str(curve["recommendation"])}
     if args.input is None:
         # The bundled label lumps cell types together: show how subgroups split them.
         table = adata.obs.groupby(["datamodels_subgroup", "bulk_labels"], observed=True).size()
@@ -98,8 +113,17 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train']} s",
         f"datamodels fitted in {summary['seconds']['fit']} s; held-out margin correlation "
         f"mean {corr.mean():.3f}, median {corr.median():.3f}",
-        "subgroups (size: top markers):",
     ]
+    if args.lds_models:
+        lines += [
+            f"LDS on {args.lds_models} new models: mean {summary['lds']['mean']:.3f}, median "
+            f"{summary['lds']['median']:.3f}",
+            "models vs mean LDS: " + ", ".join(
+                f"{n}: {v:.3f}" for n, v in zip(summary["model_curve"]["n_models"],
+                                                summary["model_curve"]["mean_lds"], strict=True)),
+            f"enough models? {summary['model_curve']['recommendation']}",
+        ]
+    lines.append("subgroups (size: top markers):")
     for name, group in summary["subgroups"].items():
         markers = ", ".join(group["top_markers"]) or "-"
         lines.append(f"  {name} ({group['size']}): {markers}")
@@ -138,6 +162,8 @@ def _figures(adata, out: Path) -> list[str]:
         ("similarity.png", lambda f: scdm.pl.similarity(adata, save=f, show=False)),
         ("influencers.png", lambda f: scdm.pl.influencers(adata, target, save=f, show=False)),
         ("path.png", lambda f: scdm.pl.path(adata, target, save=f, show=False)),
+        *((("lds.png", lambda f: scdm.pl.lds(adata, save=f, show=False)),)
+          if "lds" in adata.uns["datamodels"] else ()),
     ):
         draw(out / name)
         plt.close("all")
@@ -161,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--n-models", type=int, default=None, help="default: ~25 per sample")
     run.add_argument("--n-neighbors", type=int, default=15, help="kNN of the subgroup graph")
     run.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution")
+    run.add_argument("--lds-models", type=int, default=200,
+                     help="evaluation models for the LDS and the model-count curve (0: skip)")
     run.add_argument("--store", help="store directory (default OUT/store)")
     run.add_argument("--device", default="auto")
     run.add_argument("--random-state", type=int, default=0)

@@ -16,7 +16,13 @@ def test_run_on_bundled_data_writes_its_outputs(tmp_path):
     result = ad.read_h5ad(tmp_path / "o" / "adata.h5ad")
     assert result.obsp["datamodels"].shape == (700, 700)
     assert "datamodels_subgroup" in result.obs and "X_datamodels" in result.obsm
-    for name in ("embedding", "similarity", "influencers", "path"):
+    assert summary["lds"]["mean"] > 0.1 and summary["lds"]["evaluation_models"] == 200
+    curve = summary["model_curve"]
+    assert curve["n_models"] == [150, 300, 600, 1200] and curve["mean_lds"][-1] > curve[
+        "mean_lds"][0]
+    assert "enough models?" in (tmp_path / "o" / "summary.txt").read_text()
+    assert "datamodels_lds" in result.obs
+    for name in ("embedding", "similarity", "influencers", "path", "lds"):
         assert (tmp_path / "o" / f"{name}.png").stat().st_size > 1000
     groups = summary["subgroups"]
     assert sum(g["size"] for g in groups.values()) == 700
@@ -32,5 +38,6 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
     assert main(["run", str(path), "--label-key", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "not a column of adata.obs" in capsys.readouterr().err
     assert main(["run", str(path), "--label-key", "disease", "--n-models", "600", "--quiet",
-                 "--out", str(tmp_path / "o")]) == 0
-    assert (tmp_path / "o" / "summary.json").exists()
+                 "--lds-models", "0", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert "lds" not in summary and not (tmp_path / "o" / "lds.png").exists()

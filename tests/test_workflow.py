@@ -17,18 +17,6 @@ from sklearn.metrics import adjusted_rand_score
 import scdm
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """Two planted disease subtypes under a 4-batch effect, after scdm.tl.datamodels."""
-    scdm.settings.verbosity = 0
-    adata = scdm.datasets.planted_subtypes(n_controls=80, n_per_subtype=40, n_subtypes=2,
-                                           n_genes=200, batch_genes=100, random_state=0)
-    sc.pp.pca(adata, n_comps=20, random_state=0)
-    store = tmp_path_factory.mktemp("store") / "planted"
-    scdm.tl.datamodels(adata, "disease", use_rep="X_pca", stratify_key="batch", store=store)
-    return adata
-
-
 def expression_leiden_ari(adata) -> float:
     disease = adata[adata.obs["disease"] == "disease"].copy()
     sc.pp.pca(disease, random_state=0)

@@ -1,5 +1,6 @@
-"""Plotting: datamodel embeddings, influencers, similarity and regularisation paths."""
+"""Plotting: datamodel embeddings, influencers, similarity, regularisation paths, evaluation."""
 
+from ._evaluation import lds, validation
 from ._plots import embedding, influencers, path, similarity
 
-__all__ = ["embedding", "influencers", "path", "similarity"]
+__all__ = ["embedding", "influencers", "lds", "path", "similarity", "validation"]

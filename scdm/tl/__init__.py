@@ -2,15 +2,21 @@
 
 from ._datamodels import datamodels
 from ._embed import embed_datamodels
+from ._evaluate import lds, model_count_curve
 from ._fit import fit_datamodels
 from ._subgroups import subgroup_markers, subgroups
 from ._train import train_models
+from ._validate import signal_to_noise, validate_subgroups
 
 __all__ = [
     "datamodels",
     "embed_datamodels",
     "fit_datamodels",
+    "lds",
+    "model_count_curve",
+    "signal_to_noise",
     "subgroup_markers",
     "subgroups",
     "train_models",
+    "validate_subgroups",
 ]

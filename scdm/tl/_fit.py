@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
 from .._anndata import uns_safe
+from .._memmap import read_rows
 from .._settings import settings
 from ..regression import HELDOUT, LassoPath
-from ..store import ModelStore
+from ._train import store_of
 
 
-def _store_of(adata: AnnData, store, key: str) -> ModelStore:
-    if store is None:
-        info = adata.uns.get(key)
-        if not isinstance(info, dict) or "store" not in info:
-            raise KeyError(
-                f"adata.uns[{key!r}] has no store path; run scdm.tl.train_models(adata, ...) "
-                "first, or pass store= (a directory written by train_models)."
-            )
-        store = info["store"]
-    if not Path(store).exists():
-        raise FileNotFoundError(f"the store {store} does not exist (moved or deleted?); pass "
-                                "store= with its current location.")
-    return ModelStore.open(store)
+def lasso_for(fit_params: Mapping[str, Any], *, device: str = "auto",
+              verbose: bool | None = None) -> LassoPath:
+    """The solver ``fit_datamodels`` uses for the recorded ``fit_params`` (refits use it too)."""
+    return LassoPath(n_lambdas=int(fit_params["n_lambdas"]), eps=float(fit_params["eps"]),
+                     val_fraction=float(fit_params["val_fraction"]), tol=float(fit_params["tol"]),
+                     min_rows=int(fit_params["min_rows"]), device=device,
+                     random_state=int(fit_params["random_state"]),
+                     verbose=settings.progress(verbose))
+
+
+def datamodel_weights(adata: AnnData, key: str = "datamodels") -> tuple[Any, np.ndarray, dict]:
+    """``W`` (row = target), the intercepts and the fit parameters of fitted datamodels."""
+    info = adata.uns.get(key)
+    if key not in adata.obsp or not isinstance(info, dict) or "intercept" not in info:
+        raise KeyError(f"no fitted datamodels under key {key!r}; run scdm.tl.datamodels or "
+                       "scdm.tl.fit_datamodels first.")
+    return adata.obsp[key], np.asarray(info["intercept"], dtype=np.float64), info["fit_params"]
 
 
 def fit_datamodels(
@@ -95,7 +102,7 @@ def fit_datamodels(
     ``"intercept"``, ``"val_mse"``, ``"path"``, ``"fit_params"`` and ``"summary"``.
     """
     key_added = key_added or key
-    model_store = _store_of(adata, store, key)
+    model_store = store_of(adata, store, key)
     if "masks" not in model_store.fields or "margins" not in model_store.fields:
         raise ValueError(f"store {model_store.path} has no masks/margins fields.")
     n_models, n_samples = model_store.masks.shape
@@ -122,7 +129,7 @@ def fit_datamodels(
     if heldout:
         kept = np.zeros(n_samples, dtype=np.int64)
         for start in range(0, X.shape[0], 8192):
-            kept += (~np.asarray(X[start : start + 8192])).sum(0)
+            kept += (~read_rows(X, slice(start, min(start + 8192, X.shape[0])))).sum(0)
         worst = int(np.argmin(kept))
         expected_train = kept[worst] * (1 - val_fraction)
         if expected_train < min_rows:
@@ -133,9 +140,10 @@ def fit_datamodels(
             )
     adata = adata.copy() if copy else adata
 
-    model = LassoPath(n_lambdas=n_lambdas, eps=eps, val_fraction=val_fraction, tol=tol,
-                      min_rows=min_rows, device=device, random_state=random_state,
-                      verbose=settings.progress(verbose))
+    fit_params = {"heldout": heldout, "n_lambdas": n_lambdas, "eps": eps,
+                  "val_fraction": val_fraction, "tol": tol, "min_rows": min_rows,
+                  "random_state": random_state, "n_models_used": int(X.shape[0])}
+    model = lasso_for(fit_params, device=device, verbose=verbose)
     model.fit(X, Y, sample_weight=HELDOUT if heldout else None)
 
     W = np.ascontiguousarray(model.coef_.T, dtype=np.float32)  # row = target
@@ -149,9 +157,7 @@ def fit_datamodels(
         "intercept": model.intercept_.astype(np.float32),
         "val_mse": model.val_mse_.astype(np.float32),
         "path": {name: values.astype(np.float32) for name, values in model.path_.items()},
-        "fit_params": {"heldout": heldout, "n_lambdas": n_lambdas, "eps": eps,
-                       "val_fraction": val_fraction, "tol": tol, "min_rows": min_rows,
-                       "random_state": random_state, "n_models_used": int(X.shape[0])},
+        "fit_params": fit_params,
         "summary": {
             "n_models_used": int(X.shape[0]),
             "mean_corr": float(np.nanmean(model.val_corr_)),

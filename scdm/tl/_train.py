@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,93 @@ def default_store_path(key_added: str, fingerprint: dict) -> Path:
     text = json.dumps(fingerprint, sort_keys=True).encode()
     digest = hashlib.blake2b(text, digest_size=6).hexdigest()
     return Path(settings.store_dir) / f"{key_added}-{digest}"
+
+
+def training_parts(adata: AnnData, label_key: str, *, use_rep: str | None,
+                   layer: str | None, group_key: str | None, stratify_key: str | None,
+                   alpha: float, mask_mode: MaskMode, hidden: Sequence[int], epochs: int,
+                   batch_size: int | None, lr: float, weight_decay: float, l1: float,
+                   scale: bool, random_state: int
+                   ) -> tuple[ModelInputs, MaskSampler, TrainConfig]:
+    """Validated inputs, mask sampler and model settings from ``train_models``' arguments."""
+    alpha = check_alpha(alpha)
+    random_state = check_random_state(random_state)
+    if batch_size is None:
+        batch_size = default_batch_size(round(alpha * adata.n_obs))
+    config = TrainConfig(hidden=tuple(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, l1=l1)
+    inputs = model_inputs(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+                          stratify_key=stratify_key, scale=scale)
+    sampler = MaskSampler(inputs.y, alpha, groups=inputs.groups, mode=mask_mode,
+                          strata=inputs.strata, random_state=random_state)
+    return inputs, sampler, config
+
+
+def store_of(adata: AnnData, store: str | Path | None, key: str) -> ModelStore:
+    """The training store of ``adata.uns[key]`` (or ``store``), with errors that say what to do."""
+    if store is None:
+        info = adata.uns.get(key)
+        if not isinstance(info, dict) or "store" not in info:
+            raise KeyError(
+                f"adata.uns[{key!r}] has no store path; run scdm.tl.train_models(adata, ...) "
+                "first, or pass store= (a directory written by train_models)."
+            )
+        store = info["store"]
+    if not Path(store).exists():
+        raise FileNotFoundError(f"the store {store} does not exist (moved or deleted?); pass "
+                                "store= with its current location.")
+    return ModelStore.open(store)
+
+
+@dataclass
+class RecordedTraining:
+    """How the models of ``adata.uns[key]`` were trained, rebuilt to train more like them."""
+
+    inputs: ModelInputs
+    config: TrainConfig
+    params: dict
+    store: ModelStore
+
+    def sampler(self, random_state: int, keep: np.ndarray | None = None) -> MaskSampler:
+        """A mask sampler with the recorded settings (over the observations in ``keep``)."""
+        sel = slice(None) if keep is None else keep
+        groups, strata = self.inputs.groups, self.inputs.strata
+        return MaskSampler(self.inputs.y[sel], float(self.params["alpha"]),
+                           groups=None if groups is None else groups[sel],
+                           mode=self.params.get("mask_mode", "balanced"),
+                           strata=None if strata is None else strata[sel],
+                           random_state=random_state)
+
+    def trainer(self, random_state: int, device: str = "auto") -> EnsembleTrainer:
+        return EnsembleTrainer(self.inputs.X, self.inputs.y, self.config,
+                               n_classes=len(self.inputs.classes),
+                               device=resolve_device(device), random_state=random_state)
+
+
+def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraining:
+    """Rebuild the inputs, model settings and store recorded by ``train_models``.
+
+    Raises if ``adata`` is not the data the store was trained on, so that evaluation models
+    are never trained on something else than the models they evaluate.
+    """
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "params" not in info:
+        raise KeyError(f"adata.uns[{key!r}] holds no training parameters; run "
+                       "scdm.tl.datamodels (or tl.train_models) on this AnnData first.")
+    params = dict(info["params"])
+    store = store_of(adata, None, key)
+    inputs = model_inputs(adata, params["label_key"], use_rep=params.get("use_rep"),
+                          layer=params.get("layer"), group_key=params.get("group_key"),
+                          stratify_key=params.get("stratify_key"),
+                          scale=bool(params.get("scale", True)))
+    if store.fingerprint.get("data_hash", inputs.data_hash) != inputs.data_hash:
+        raise ValueError(
+            f"adata's features or labels differ from those the models in {store.path} were "
+            "trained on (a subset, re-normalised, or another object?); use the AnnData that "
+            "scdm.tl.datamodels ran on.")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in params.items() if k in fields})
+    return RecordedTraining(inputs=inputs, config=config, params=params, store=store)
 
 
 def train_models(
@@ -169,21 +258,17 @@ def train_models(
     ``"store"`` (path), ``"params"``, ``"n_models"``, ``"n_completed"``, ``"classes"`` and
     ``"mean_heldout_accuracy"``.
     """
-    alpha = check_alpha(alpha)
-    random_state = check_random_state(random_state)
     if n_models is not None:
         n_models = _check_n_models(n_models)
-    if batch_size is None:
-        batch_size = default_batch_size(round(alpha * adata.n_obs))
-    config = TrainConfig(hidden=tuple(hidden), epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, l1=l1)
+    inputs, sampler, config = training_parts(
+        adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+        stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, hidden=hidden,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, l1=l1,
+        scale=scale, random_state=random_state)
+    alpha, random_state = sampler.alpha, sampler.random_state
     device = resolve_device(device)
     adata = adata.copy() if copy else adata
 
-    inputs = model_inputs(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-                          stratify_key=stratify_key, scale=scale)
-    sampler = MaskSampler(inputs.y, alpha, groups=inputs.groups, mode=mask_mode,
-                          strata=inputs.strata, random_state=random_state)
     if n_models is None:
         n_models = default_n_models(sampler.n_units)
         logger.info("n_models=None: training %d models (~25 per sample)", n_models)

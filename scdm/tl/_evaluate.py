@@ -1,0 +1,241 @@
+"""``scdm.tl.lds`` and ``scdm.tl.model_count_curve``: do the datamodels predict new models?"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from .._anndata import uns_safe
+from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
+from .._settings import settings
+from .._training import store_schema, train_into_store
+from ..evaluation import linear_datamodeling_score
+from ..masks import MaskSampler
+from ..regression import HELDOUT
+from ..store import ModelStore
+from ._fit import datamodel_weights, lasso_for
+from ._train import _check_n_models, default_store_path, recorded_training
+
+logger = logging.getLogger("scdm")
+
+
+class _RepeatedMasks:
+    """Model ``m·n_seeds + s`` trains on mask ``m``: ``n_seeds`` initialisations per subset."""
+
+    def __init__(self, sampler: MaskSampler, n_seeds: int) -> None:
+        self.sampler, self.n_seeds = sampler, n_seeds
+
+    def sample(self, model_indices) -> np.ndarray:
+        return self.sampler.sample(np.asarray(model_indices) // self.n_seeds)
+
+
+def _evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (one per subset) and seed-averaged margins of an evaluation store."""
+    rows = n_masks * n_seeds
+    masks = np.asarray(store.masks[:rows:n_seeds])
+    margins = np.asarray(store.margins[:rows], dtype=np.float64)
+    return masks, margins.reshape(n_masks, n_seeds, -1).mean(axis=1)
+
+
+def lds(
+    adata: AnnData,
+    *,
+    key: str = "datamodels",
+    n_models: int = 200,
+    n_seeds: int = 1,
+    store: str | Path | None = None,
+    device: str = "auto",
+    chunk_size: int | None = None,
+    random_state: int = 0,
+    verbose: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Linear datamodeling score: do the datamodels predict models they have never seen?
+
+    Draws ``n_models`` fresh training subsets from a seed stream independent of the training
+    models, trains models on them exactly as recorded in ``adata.uns[key]["params"]`` (same
+    features, labels, alpha, strata and hyper-parameters), and correlates (Spearman, across the
+    evaluation models) each target's actual margin with the margin its datamodel predicts from
+    the subset alone. With held-out datamodels (the default fit), only evaluation models that
+    did not train on the target count for it. Evaluation models go into their own store, which
+    a rerun resumes and a larger ``n_models`` extends.
+
+    Parameters
+    ----------
+    adata
+        The AnnData :func:`scdm.tl.datamodels` ran on.
+    key
+        Key of the datamodels in ``adata.uns`` / ``adata.obsp``.
+    n_models
+        Evaluation subsets (the datamodels papers use a few hundred to 1,000).
+    n_seeds
+        Models per subset, with different initialisations and data orders; their margins are
+        averaged, which removes seed noise from the target (as in the datamodels and TRAK
+        papers). Raises the LDS towards what the datamodels can explain at best.
+    store
+        Directory of the evaluation store. Default: next to the other stores, named after the
+        configuration.
+    device, chunk_size
+        Where to train and how many models at once (default from the device's memory).
+    random_state
+        Seed of the evaluation stream (combined with the training seed; never the same
+        subsets as the training models).
+    verbose
+        Progress bar (default: ``scdm.settings.verbosity >= 1``).
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy. Sets ``adata.obs[f"{key}_lds"]`` (per target; 0 for an all-zero
+    datamodel) and ``adata.uns[key]["lds"]`` with ``"mean"``, ``"median"``, ``"store"``,
+    ``"params"`` and ``"mean_heldout_accuracy"`` of the evaluation models.
+    """
+    n_masks = _check_n_models(n_models)
+    n_seeds = _check_n_models(n_seeds)
+    random_state = check_random_state(random_state)
+    weights, intercept, fit_params = datamodel_weights(adata, key)
+    training = recorded_training(adata, key)
+    adata = adata.copy() if copy else adata
+
+    seed = derived_seed(int(training.params["random_state"]), LDS_PURPOSE, random_state)
+    sampler = training.sampler(seed)
+    fingerprint = {**training.store.fingerprint, "purpose": "lds",
+                   "evaluation_random_state": random_state, "n_seeds": n_seeds}
+    path = Path(store) if store is not None else default_store_path(f"{key}_lds", fingerprint)
+    eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
+                                   schema=store_schema(adata.n_obs), fingerprint=fingerprint)
+    train_into_store(eval_store, training.trainer(seed, device), _RepeatedMasks(sampler, n_seeds),
+                     np.arange(n_masks * n_seeds), chunk_size=chunk_size,
+                     progress=settings.progress(verbose), desc="evaluation models")
+
+    masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
+    heldout = bool(fit_params.get("heldout", True))
+    scores = linear_datamodeling_score(weights, masks, margins, intercept=intercept,
+                                       heldout=heldout)
+    adata.obs[f"{key}_lds"] = scores.astype(np.float32)
+    accuracy = eval_store.field("heldout_accuracy")[: n_masks * n_seeds]
+    info = dict(adata.uns[key])
+    info["lds"] = {
+        "mean": float(np.nanmean(scores)),
+        "median": float(np.nanmedian(scores)),
+        "store": str(eval_store.path.resolve()),
+        "params": {"n_models": n_masks, "n_seeds": n_seeds, "random_state": random_state,
+                   "heldout": heldout},
+        "mean_heldout_accuracy": float(np.nanmean(accuracy)),
+    }
+    adata.uns[key] = uns_safe(info)
+    logger.info("LDS over %d evaluation models: mean %.3f", n_masks, info["lds"]["mean"])
+    return adata if copy else None
+
+
+def _default_curve_sizes(n_completed: int) -> list[int]:
+    sizes = sorted({max(1, n_completed // d) for d in (8, 4, 2, 1)})
+    return [s for s in sizes if s >= min(100, n_completed)]
+
+
+def model_count_curve(
+    adata: AnnData,
+    *,
+    key: str = "datamodels",
+    n_models: Sequence[int] | None = None,
+    flat_tol: float = 0.02,
+    device: str = "auto",
+    verbose: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Did I train enough models? Held-out correlation and LDS against the number of models.
+
+    Refits the datamodels on nested subsets of the training models (the first ``m`` completed
+    models, for each ``m`` in ``n_models``) with the recorded fit settings, and scores each
+    refit by its mean held-out correlation and, when :func:`scdm.tl.lds` has run, its mean LDS
+    on the same evaluation models. When the last doubling raised the score by less than
+    ``flat_tol``, the curve has flattened and more models will add little.
+
+    Parameters
+    ----------
+    adata
+        After :func:`scdm.tl.datamodels` (and optionally :func:`scdm.tl.lds`).
+    key
+        Key of the datamodels.
+    n_models
+        Model counts to refit with (default: 1/8, 1/4, 1/2 and all of the completed models,
+        from 100 up).
+    flat_tol
+        Gain of the score over the last step below which the curve counts as flat.
+    device, verbose, copy
+        As elsewhere.
+
+    Returns
+    -------
+    ``None`` or a copy. Sets ``adata.uns[key]["model_curve"]``: ``"n_models"``, ``"mean_corr"``,
+    ``"mean_lds"`` (NaN without an LDS run), ``"flat"`` and a ``"recommendation"`` sentence.
+    """
+    weights, intercept, fit_params = datamodel_weights(adata, key)
+    training = recorded_training(adata, key)
+    completed = training.store.completed_indices()
+    sizes = (_default_curve_sizes(completed.size) if n_models is None
+             else sorted({_check_n_models(int(m)) for m in n_models}))
+    if not sizes or sizes[-1] > completed.size:
+        raise ValueError(f"n_models must be a non-empty list of counts up to the "
+                         f"{completed.size} completed models of the store, got {n_models}.")
+    if len(sizes) < 2:
+        raise ValueError("a curve needs at least two model counts; train more models (the "
+                         "default list starts at 100) or pass n_models=.")
+    heldout = bool(fit_params.get("heldout", True))
+    lds_info = adata.uns[key].get("lds")
+    evaluation = None
+    if lds_info is not None:
+        eval_store = ModelStore.open(lds_info["store"])
+        params = lds_info["params"]
+        evaluation = _evaluation_models(eval_store, int(params["n_models"]),
+                                        int(params["n_seeds"]))
+    adata = adata.copy() if copy else adata
+
+    mean_corr, mean_lds = [], []
+    masks, margins = training.store.masks, training.store.margins
+    for m in tqdm(sizes, desc="refits", unit="fit", disable=not settings.progress(verbose)):
+        rows = completed[:m]
+        if m == completed.size and int(fit_params.get("n_models_used", -1)) == m:
+            corr = adata.obs[f"{key}_corr"].to_numpy(dtype=np.float64)  # the fit we have
+            W, b = weights, intercept
+        else:
+            model = lasso_for(fit_params, device=device, verbose=False)
+            try:
+                model.fit(np.asarray(masks[rows]), np.asarray(margins[rows]),
+                          sample_weight=HELDOUT if heldout else None)
+            except ValueError as err:
+                raise ValueError(f"cannot refit on {m} models: {err} Start the curve at more "
+                                 "models (n_models=).") from err
+            corr, W, b = model.val_corr_, model.coef_.T, model.intercept_
+        mean_corr.append(float(np.nanmean(corr)))
+        if evaluation is not None:
+            scores = linear_datamodeling_score(W, *evaluation, intercept=b, heldout=heldout)
+            mean_lds.append(float(np.nanmean(scores)))
+        else:
+            mean_lds.append(float("nan"))
+
+    score_name, score = ("LDS", mean_lds) if evaluation is not None else (
+        "held-out correlation", mean_corr)
+    gain = score[-1] - score[-2]
+    flat = bool(gain < flat_tol)
+    if flat:
+        text = (f"flattened: going from {sizes[-2]} to {sizes[-1]} models changed the mean "
+                f"{score_name} by {gain:+.3f} (< {flat_tol}); more models will add little.")
+    else:
+        text = (f"still rising: going from {sizes[-2]} to {sizes[-1]} models raised the mean "
+                f"{score_name} by {gain:+.3f}; train more models (e.g. n_models="
+                f"{2 * sizes[-1]}) and refit.")
+    info = dict(adata.uns[key])
+    info["model_curve"] = {"n_models": np.asarray(sizes), "mean_corr": np.asarray(mean_corr),
+                           "mean_lds": np.asarray(mean_lds), "flat": flat,
+                           "recommendation": text}
+    adata.uns[key] = uns_safe(info)
+    logger.info("model-count curve: %s", text)
+    return adata if copy else None

@@ -1,0 +1,295 @@
+"""``scdm.tl.validate_subgroups`` and ``scdm.tl.signal_to_noise``: evidence by retraining."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from .._anndata import uns_safe
+from .._memmap import read_rows
+from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
+from .._settings import settings
+from ..ensemble import EnsembleTrainer, resolve_device
+from ..evaluation import permutation_p_value
+from ..evaluation import signal_to_noise as _snr
+from ..masks import MaskMode
+from ..store import ModelStore
+from ._train import RecordedTraining, _check_n_models, recorded_training, training_parts
+
+
+def _heldout_performance(store: ModelStore, chunk_rows: int = 4096
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Per observation: accuracy and mean margin over the stored models that did not train on
+    it (the baseline a held-out subgroup is compared with)."""
+    completed = store.completed_indices()
+    n_obs = store.masks.shape[1]
+    held = np.zeros(n_obs)
+    correct = np.zeros(n_obs)
+    margin = np.zeros(n_obs)
+    for start in range(0, completed.size, chunk_rows):
+        rows = completed[start : start + chunk_rows]
+        out = ~read_rows(store.masks, rows)
+        margins = read_rows(store.margins, rows, np.float64)
+        held += out.sum(0)
+        correct += (out & (margins > 0)).sum(0)
+        margin += np.where(out, margins, 0.0).sum(0)
+    held = np.maximum(held, 1)
+    return correct / held, margin / held
+
+
+def _train_without(training: RecordedTraining, heldout_sets: Sequence[np.ndarray],
+                   n_models: int, seed: int, device: str, chunk_size: int | None,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Train ``n_models`` per set on masks drawn from everything but the set; return the
+    accuracy and mean margin of each set's models on the set's own observations.
+
+    Models of all sets train together in chunks (model ``s·n_models + r`` is model ``r`` of set
+    ``s``), so small sets do not each pay for a padded chunk.
+    """
+    n_obs = training.inputs.y.size
+    trainer: EnsembleTrainer = training.trainer(seed, device)
+    chunk = int(chunk_size or trainer.auto_chunk_size())
+    samplers = []
+    for s, cells in enumerate(heldout_sets):
+        keep = np.ones(n_obs, dtype=bool)
+        keep[cells] = False
+        samplers.append((keep, training.sampler(derived_seed(seed, VALIDATION_PURPOSE, s),
+                                                keep=keep)))
+    total = len(heldout_sets) * n_models
+    correct = np.zeros(len(heldout_sets))
+    margin = np.zeros(len(heldout_sets))
+    with tqdm(total=total, desc="retraining without subsets", unit="model",
+              disable=not progress) as bar:
+        for start in range(0, total, chunk):
+            models = np.arange(start, min(start + chunk, total))
+            masks = np.zeros((models.size, n_obs), dtype=bool)
+            for i, m in enumerate(models):
+                keep, sampler = samplers[m // n_models]
+                masks[i, keep] = sampler.sample([m % n_models])[0]
+            margins = trainer.train(masks, models).margins
+            for i, m in enumerate(models):
+                on_set = margins[i, heldout_sets[m // n_models]]
+                correct[m // n_models] += (on_set > 0).mean()
+                margin[m // n_models] += on_set.mean()
+            bar.update(models.size)
+    return correct / n_models, margin / n_models
+
+
+def validate_subgroups(
+    adata: AnnData,
+    *,
+    key: str = "datamodels",
+    subgroup_key: str = "datamodels_subgroup",
+    subgroups: Sequence[str] | None = None,
+    n_random: int = 19,
+    n_models: int = 32,
+    min_size: int = 5,
+    device: str = "auto",
+    chunk_size: int | None = None,
+    random_state: int = 0,
+    verbose: bool | None = None,
+    copy: bool = False,
+) -> AnnData | pd.DataFrame:
+    """Test each proposed subgroup by retraining without it.
+
+    A subgroup whose members share a biology that the classifier relies on loses that support
+    when all of it is left out of training: its members are then predicted worse than when
+    they were held out one model at a time. A set of the same size drawn at random from the
+    same class keeps its support (its members' look-alikes are still in training). For each
+    subgroup, ``n_models`` models are trained (with the recorded settings) on masks drawn from
+    everything but the subgroup, and as many for each of ``n_random`` random same-class,
+    same-size sets; the drop in accuracy (and mean margin) of each set relative to the
+    training models' held-out baseline gives an empirical one-sided p-value.
+
+    Parameters
+    ----------
+    adata
+        After :func:`scdm.tl.datamodels` and :func:`scdm.tl.subgroups`.
+    key
+        Key of the datamodels (for the recorded training settings and store).
+    subgroup_key
+        Column of ``adata.obs`` with the proposed subgroups (each within one class).
+    subgroups
+        Subgroups to test (default: all).
+    n_random
+        Random sets per subgroup; the smallest attainable p-value is ``1 / (n_random + 1)``.
+    n_models
+        Models trained per held-out set.
+    min_size
+        Subgroups smaller than this, or larger than half their class (a random same-class set
+        would then largely be the subgroup), are reported as skipped.
+    device, chunk_size
+        Where to train and how many models at once.
+    random_state
+        Seed of the random sets and the retraining (independent of the training models).
+    verbose
+        Progress bar (default: ``scdm.settings.verbosity >= 1``).
+    copy
+        Return a copy of ``adata`` instead of writing into it.
+
+    Returns
+    -------
+    The table (a DataFrame, one row per subgroup) if not ``copy``, else the annotated copy.
+    Also sets ``adata.uns[subgroup_key]["validation"]`` with ``"table"``, ``"random"`` (the
+    drop of every random set) and ``"params"``.
+    """
+    n_random = _check_n_models(n_random)
+    n_models = _check_n_models(n_models)
+    random_state = check_random_state(random_state)
+    if subgroup_key not in adata.obs:
+        raise KeyError(f"adata.obs has no column {subgroup_key!r}; run scdm.tl.subgroups first "
+                       "or pass subgroup_key= (any categorical column of proposed subgroups).")
+    training = recorded_training(adata, key)
+    resolve_device(device)
+    labels = adata.obs[subgroup_key].astype("category")
+    names = [str(c) for c in labels.cat.categories if (labels == c).any()]
+    if subgroups is not None:
+        unknown = sorted(set(map(str, subgroups)) - set(names))
+        if unknown:
+            raise ValueError(f"unknown subgroups {unknown}; {subgroup_key!r} has {names}.")
+        names = [n for n in names if n in set(map(str, subgroups))]
+    y, classes = training.inputs.y, training.inputs.classes
+    values = labels.astype(str).to_numpy()
+    seed = derived_seed(int(training.params["random_state"]), VALIDATION_PURPOSE, random_state)
+    rng = np.random.default_rng(seed)
+
+    rows, sets, owners = [], [], []
+    for name in names:
+        cells = np.flatnonzero(values == name)
+        cls = np.unique(y[cells])
+        if cls.size > 1:
+            raise ValueError(f"subgroup {name!r} spans the classes "
+                             f"{[classes[c] for c in cls]}; validation compares a subgroup with "
+                             "random sets of its own class, so each must lie within one class.")
+        same_class = np.flatnonzero(y == cls[0])
+        row = {"subgroup": name, "class": classes[cls[0]], "n_cells": cells.size}
+        if cells.size < min_size or 2 * cells.size > same_class.size:
+            row["status"] = (f"skipped: {cells.size} cells, outside [{min_size}, "
+                             f"{same_class.size // 2}] (half its class)")
+        else:
+            row["status"] = "tested"
+            for k in range(n_random + 1):
+                sets.append(cells if k == 0 else np.sort(rng.choice(same_class, cells.size,
+                                                                    replace=False)))
+                owners.append((len(rows), k))
+        rows.append(row)
+    if not sets:
+        raise ValueError(f"no subgroup of {subgroup_key!r} can be tested (sizes must lie in "
+                         f"[min_size={min_size}, half the class]).")
+
+    base_accuracy, base_margin = _heldout_performance(training.store)
+    accuracy, margin = _train_without(training, sets, n_models, seed, device, chunk_size,
+                                      settings.progress(verbose))
+    acc_drop = np.array([base_accuracy[s].mean() for s in sets]) - accuracy
+    margin_drop = np.array([base_margin[s].mean() for s in sets]) - margin
+
+    random_rows = []
+    for i, row in enumerate(rows):
+        members = [j for j, (owner, _) in enumerate(owners) if owner == i]
+        if not members:
+            continue
+        own, null = members[0], members[1:]
+        row.update({
+            "baseline_accuracy": float(base_accuracy[sets[own]].mean()),
+            "heldout_accuracy": float(accuracy[own]),
+            "accuracy_drop": float(acc_drop[own]),
+            "random_accuracy_drop": float(acc_drop[null].mean()),
+            "baseline_margin": float(base_margin[sets[own]].mean()),
+            "heldout_margin": float(margin[own]),
+            "margin_drop": float(margin_drop[own]),
+            "random_margin_drop": float(margin_drop[null].mean()),
+            "p_value": permutation_p_value(acc_drop[own], acc_drop[null]),
+            "p_value_margin": permutation_p_value(margin_drop[own], margin_drop[null]),
+        })
+        random_rows += [{"subgroup": row["subgroup"], "set": k + 1,
+                         "accuracy_drop": float(acc_drop[j]), "margin_drop": float(margin_drop[j])}
+                        for k, j in enumerate(null)]
+    table = pd.DataFrame(rows).set_index("subgroup")
+    table.index = table.index.astype(str)
+    random = pd.DataFrame(random_rows)
+
+    adata = adata.copy() if copy else adata
+    info = dict(adata.uns.get(subgroup_key, {}))
+    info["validation"] = {
+        "table": table,
+        "random": random,
+        "params": {"key": key, "n_random": n_random, "n_models": n_models, "min_size": min_size,
+                   "random_state": random_state},
+    }
+    adata.uns[subgroup_key] = uns_safe(info)
+    return adata if copy else table
+
+
+def signal_to_noise(
+    adata: AnnData,
+    label_key: str,
+    *,
+    use_rep: str | None = None,
+    layer: str | None = None,
+    group_key: str | None = None,
+    stratify_key: str | None = None,
+    alpha: float = 0.5,
+    n_masks: int = 32,
+    n_seeds: int = 4,
+    mask_mode: MaskMode = "balanced",
+    hidden: Sequence[int] = (64,),
+    epochs: int = 20,
+    batch_size: int | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    l1: float = 0.0,
+    scale: bool = True,
+    device: str = "auto",
+    chunk_size: int | None = None,
+    random_state: int = 0,
+    verbose: bool | None = None,
+) -> dict:
+    """How much of a margin is the training subset, and how much the seed?
+
+    Trains ``n_seeds`` models on each of ``n_masks`` subsets (the arguments are those of
+    :func:`scdm.tl.train_models`). A datamodel can only learn the part of a margin that moves
+    with the subset; the part that moves with the initialisation and data order is noise to
+    it. Compare settings (``alpha``, ``weight_decay``, ``hidden``, ``epochs``) by the median
+    signal-to-noise ratio, among those with an acceptable held-out accuracy — the criterion
+    the datamodel-subgroups study used to pick α and model size. Nothing is written to
+    ``adata``.
+
+    Returns
+    -------
+    dict with ``"median_snr"``, ``"median_signal"``, ``"median_noise"``,
+    ``"mean_heldout_accuracy"``, per-target ``"snr"``/``"signal"``/``"noise"`` arrays (held-out
+    subsets only) and the ``"params"`` compared.
+    """
+    n_masks = _check_n_models(n_masks)
+    n_seeds = _check_n_models(n_seeds)
+    if n_seeds < 2 or n_masks < 4:
+        raise ValueError("signal_to_noise needs n_seeds >= 2 and n_masks >= 4 (noise is the "
+                         "variance across seeds, signal the variance across subsets).")
+    inputs, sampler, config = training_parts(
+        adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+        stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, hidden=hidden,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, l1=l1,
+        scale=scale, random_state=derived_seed(check_random_state(random_state), SNR_PURPOSE))
+    trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
+                              device=resolve_device(device), random_state=sampler.random_state)
+    chunk = int(chunk_size or trainer.auto_chunk_size())
+    total = n_masks * n_seeds
+    masks = sampler.sample(np.arange(total) // n_seeds)  # model m·n_seeds + s: subset m
+    margins = np.empty((total, adata.n_obs), dtype=np.float32)
+    accuracy = np.empty(total, dtype=np.float32)
+    with tqdm(total=total, desc="signal-to-noise models", unit="model",
+              disable=not settings.progress(verbose)) as bar:
+        for start in range(0, total, chunk):
+            idx = np.arange(start, min(start + chunk, total))
+            result = trainer.train(masks[idx], idx)
+            margins[idx], accuracy[idx] = result.margins, result.heldout_accuracy
+            bar.update(idx.size)
+    out = _snr(margins.reshape(n_masks, n_seeds, -1), masks[::n_seeds])
+    out["mean_heldout_accuracy"] = float(np.nanmean(accuracy))
+    out["params"] = {"alpha": sampler.alpha, "n_masks": n_masks, "n_seeds": n_seeds,
+                     **config.to_dict()}
+    return out

@@ -1,0 +1,171 @@
+"""Counterfactual evaluation on small planted data: LDS, model-count curve, subgroup validation,
+signal-to-noise. Uses the session fixture ``planted`` (conftest): trained datamodels."""
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import read_h5ad
+from scipy.stats import spearmanr
+
+import scdm
+from scdm.evaluation import linear_datamodeling_score, signal_to_noise, spearman_columns
+from scdm.store import ModelStore
+
+
+@pytest.fixture(scope="module")
+def evaluated(planted, tmp_path_factory):
+    adata = planted.copy()
+    scdm.tl.lds(adata, n_models=100, store=tmp_path_factory.mktemp("lds") / "eval")
+    return adata
+
+
+def dense(W):
+    return W.toarray() if hasattr(W, "toarray") else np.asarray(W)
+
+
+def test_spearman_columns_matches_scipy_on_kept_rows():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(40, 5))
+    B = A + rng.normal(size=(40, 5))
+    B[:, 2] = np.round(B[:, 2])  # ties
+    keep = rng.random((40, 5)) < 0.7
+    expected = [spearmanr(A[keep[:, j], j], B[keep[:, j], j])[0] for j in range(5)]
+    np.testing.assert_allclose(spearman_columns(A, B, keep), expected, rtol=1e-12)
+    A[:, 4] = 1.0  # a constant prediction has no skill
+    assert spearman_columns(A, B)[4] == 0.0
+
+
+def test_lds_is_far_above_shuffled_weights(evaluated):
+    adata = evaluated
+    info = adata.uns["datamodels"]["lds"]
+    scores = adata.obs["datamodels_lds"].to_numpy()
+    assert info["mean"] == pytest.approx(np.nanmean(scores))
+    assert info["mean"] > 0.4
+    store = ModelStore.open(info["store"])
+    assert store.n_completed == 100
+    masks, margins = np.asarray(store.masks), np.asarray(store.margins)
+    W = dense(adata.obsp["datamodels"])
+    shuffled = W[:, np.random.default_rng(0).permutation(W.shape[1])]
+    null = np.nanmean(linear_datamodeling_score(shuffled, masks, margins, heldout=True))
+    assert abs(null) < 0.1
+    assert info["mean"] > null + 0.3
+    # evaluation subsets come from their own stream, never the training masks
+    train_masks = np.asarray(ModelStore.open(adata.uns["datamodels"]["store"]).masks[:100])
+    assert not (train_masks == masks).all(axis=1).any()
+
+
+def test_lds_is_reproducible_and_resumes(evaluated, tmp_path):
+    adata = evaluated.copy()
+    scdm.tl.lds(adata, n_models=100, store=tmp_path / "again")
+    np.testing.assert_array_equal(adata.obs["datamodels_lds"], evaluated.obs["datamodels_lds"])
+    # an interrupted evaluation store resumes: wipe half the completion flags and rerun
+    flags = np.load(tmp_path / "again" / "_completed.npy", mmap_mode="r+")
+    flags[50:] = False
+    flags.flush()
+    del flags
+    scdm.tl.lds(adata, n_models=100, store=tmp_path / "again")
+    np.testing.assert_array_equal(adata.obs["datamodels_lds"], evaluated.obs["datamodels_lds"])
+    # averaging seeds per subset removes seed noise from the target: the LDS rises
+    scdm.tl.lds(adata, n_models=60, n_seeds=3, store=tmp_path / "seeds")
+    assert adata.uns["datamodels"]["lds"]["params"]["n_seeds"] == 3
+    assert adata.uns["datamodels"]["lds"]["mean"] > evaluated.uns["datamodels"]["lds"]["mean"]
+
+
+def test_model_count_curve_rises_and_recommends(evaluated):
+    adata = evaluated.copy()
+    scdm.tl.model_count_curve(adata, n_models=[250, 1000, 4000])
+    curve = adata.uns["datamodels"]["model_curve"]
+    assert list(curve["n_models"]) == [250, 1000, 4000]
+    assert np.all(np.diff(curve["mean_lds"]) > 0) and np.all(np.diff(curve["mean_corr"]) > 0)
+    # the last point is the fit already in adata
+    assert curve["mean_lds"][-1] == pytest.approx(adata.uns["datamodels"]["lds"]["mean"])
+    assert ("still rising" in curve["recommendation"]) != curve["flat"]
+    # a generous tolerance declares the same curve flat
+    scdm.tl.model_count_curve(adata, n_models=[1000, 4000], flat_tol=1.0)
+    assert adata.uns["datamodels"]["model_curve"]["flat"]
+    with pytest.raises(ValueError, match="completed models"):
+        scdm.tl.model_count_curve(adata, n_models=[100, 10_000])
+    # plots, also after an h5ad round trip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        axes = scdm.pl.lds(adata, show=False)
+    assert len(axes) == 4
+    plt.close("all")
+
+
+def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_path):
+    adata = evaluated.copy()
+    rng = np.random.default_rng(3)
+    disease = np.flatnonzero(adata.obs["disease"] == "disease")
+    proposal = np.where(adata.obs["disease"] == "disease", "rest", "control").astype(object)
+    proposal[rng.choice(disease, 20, replace=False)] = "random-set"
+    subtype = adata.obs["subtype"].astype(str).to_numpy()
+    proposal[np.flatnonzero(subtype == subtype[disease[0]])[:20]] = "planted"
+    adata.obs["proposal"] = pd.Categorical(proposal)
+    table = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=9, n_models=16,
+                                       subgroups=["planted", "random-set"])
+    assert list(table.index) == ["planted", "random-set"]
+    assert table.loc["planted", "p_value_margin"] == pytest.approx(0.1)  # the smallest possible
+    assert table.loc["planted", "margin_drop"] > table.loc["planted", "random_margin_drop"] + 0.1
+    assert table.loc["random-set", "p_value_margin"] > 0.2
+    stored = adata.uns["proposal"]["validation"]
+    assert stored["random"].shape[0] == 2 * 9
+    # reproducible with the same seed
+    again = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=9, n_models=16,
+                                       subgroups=["planted", "random-set"])
+    pd.testing.assert_frame_equal(table, again)
+    adata.write_h5ad(tmp_path / "v.h5ad")
+    back = read_h5ad(tmp_path / "v.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scdm.pl.validation(back, subgroup_key="proposal", metric="margin", show=False)
+        scdm.pl.lds(back, targets=[back.obs_names[0]], show=False)
+    plt.close("all")
+
+
+def test_signal_to_noise_separates_subset_from_seed_variance(planted):
+    out = scdm.tl.signal_to_noise(planted, "disease", use_rep="X_pca", stratify_key="batch",
+                                  n_masks=8, n_seeds=2)
+    assert out["snr"].shape == (planted.n_obs,)
+    assert out["median_signal"] > 0 and out["median_noise"] > 0
+    assert out["params"]["alpha"] == 0.5 and 0.5 < out["mean_heldout_accuracy"] <= 1
+    # pure seed noise: margins independent of the subset have no signal
+    rng = np.random.default_rng(0)
+    noise_only = signal_to_noise(rng.normal(size=(200, 4, 30)))
+    assert noise_only["median_snr"] < 0.1
+    planted_signal = signal_to_noise(rng.normal(size=(200, 1, 30)) * 2 +
+                                     rng.normal(size=(200, 4, 30)))
+    assert 2.5 < planted_signal["median_snr"] < 6  # signal variance 4 / noise variance 1
+
+
+def test_evaluation_rejects_bad_input(planted):
+    adata = planted.copy()
+    with pytest.raises(ValueError, match="n_models must be at least 1"):
+        scdm.tl.lds(adata, n_models=0)
+    with pytest.raises(KeyError, match="no fitted datamodels"):
+        scdm.tl.lds(scdm.datasets.planted_subtypes(n_controls=20, n_per_subtype=10))
+    changed = adata.copy()
+    changed.obsm["X_pca"] = changed.obsm["X_pca"] + np.random.default_rng(0).normal(
+        size=changed.obsm["X_pca"].shape)  # e.g. a PCA recomputed since training
+    with pytest.raises(ValueError, match="differ from those"):
+        scdm.tl.lds(changed)
+    with pytest.raises(KeyError, match="no column"):
+        scdm.tl.validate_subgroups(adata, subgroup_key="missing")
+    adata.obs["mixed"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 2, "a", "b"))
+    with pytest.raises(ValueError, match="spans the classes"):
+        scdm.tl.validate_subgroups(adata, subgroup_key="mixed")
+    with pytest.raises(ValueError, match="unknown subgroups"):
+        scdm.tl.validate_subgroups(adata, subgroup_key="mixed", subgroups=["c"])
+    with pytest.raises(ValueError, match="n_seeds >= 2"):
+        scdm.tl.signal_to_noise(adata, "disease", use_rep="X_pca", n_seeds=1)
+    with pytest.raises(KeyError, match="no LDS"):
+        scdm.pl.lds(adata, show=False)
+    with pytest.raises(KeyError, match="no validation"):
+        scdm.pl.validation(adata, show=False)
