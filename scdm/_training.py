@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,18 +25,20 @@ def store_schema(n_obs: int, n_targets: int | None = None) -> dict:
 def train_into_store(
     store: ModelStore,
     trainer: EnsembleTrainer,
-    sampler: MaskSampler,
+    sampler: MaskSampler | Any,
     model_indices: Sequence[int] | np.ndarray | None = None,
     *,
     chunk_size: int | None = None,
     progress: bool = True,
     desc: str = "training models",
+    on_chunk: Callable[[int], None] | None = None,
 ) -> int:
     """Train every incomplete model among ``model_indices`` (default: all) and write it.
 
     Models are trained ``chunk_size`` at a time; each chunk is written (and flagged complete)
     before the next starts, so an interrupted run loses at most one chunk and a rerun resumes.
-    Returns the number of models trained.
+    ``on_chunk(trained_so_far)`` is called after each chunk. Returns the number of models
+    trained.
     """
     completed = store.completed
     if model_indices is None:
@@ -56,4 +59,6 @@ def train_into_store(
             store.write(chunk, masks=masks, margins=result.margins,
                         heldout_accuracy=result.heldout_accuracy)
             bar.update(chunk.size)
+            if on_chunk is not None:
+                on_chunk(start + chunk.size)
     return int(todo.size)

@@ -1,4 +1,5 @@
-"""Command line: ``scdm run`` — datamodels end to end on an .h5ad (or bundled data)."""
+"""Command line: ``scdm run`` — datamodels end to end on an .h5ad (or bundled data) — and the
+scheduler-friendly pieces ``scdm store init``, ``scdm train``, ``scdm fit``, ``scdm status``."""
 
 from __future__ import annotations
 
@@ -171,6 +172,86 @@ def _figures(adata, out: Path) -> list[str]:
     return written
 
 
+def _store_init(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from .tl._train import create_training_store, default_n_models, training_parts
+
+    adata = ad.read_h5ad(args.input)
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h) if args.hidden else ()
+    inputs, sampler, config = training_parts(
+        adata, args.label_key, use_rep=args.use_rep, layer=None, group_key=args.group_key,
+        stratify_key=args.stratify_key, alpha=args.alpha, mask_mode="balanced", hidden=hidden,
+        epochs=args.epochs, batch_size=None, lr=1e-3, weight_decay=args.weight_decay, l1=0.0,
+        scale=True, random_state=args.random_state)
+    n_models = args.n_models or default_n_models(sampler.n_units)
+    store = create_training_store(
+        adata, inputs, sampler, config, label_key=args.label_key, group_key=args.group_key,
+        stratify_key=args.stratify_key, mask_mode="balanced", scale=True, n_models=n_models,
+        min_heldout=20, store=args.store, key_added="datamodels", recipe=True)
+    print(f"store {store.path}: {store.n_completed}/{store.n_models} models complete. Train "
+          f"ranges with: scdm train --store {store.path} --models START:STOP")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ._workers import parse_range, run_worker
+    from .store import ModelStore
+
+    store = ModelStore.open(args.store)
+    start, stop = parse_range(args.models, store.n_models)
+    trained = run_worker(args.store, start, stop, device=args.device,
+                         chunk_size=args.chunk_size, progress=not args.quiet)
+    store = ModelStore.open(args.store)
+    print(f"trained {trained} models of [{start}, {stop}); store {store.n_completed}/"
+          f"{store.n_models} complete")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .io import write_datamodels_pt
+    from .regression import HELDOUT, LassoPath
+    from .store import ModelStore
+
+    store = ModelStore.open(args.store)
+    completed = store.completed_indices()
+    if completed.size < store.n_models and not args.allow_incomplete:
+        raise ValueError(f"the store has {completed.size} of {store.n_models} models complete; "
+                         "finish it with scdm train, or pass --allow-incomplete.")
+    X, Y = ((store.masks, store.margins) if completed.size == store.n_models else
+            (store.masks[completed], store.margins[completed]))
+    model = LassoPath(device=args.device, verbose=not args.quiet).fit(
+        X, Y, sample_weight=HELDOUT)
+    out = Path(args.out) if args.out else Path(args.store) / "datamodels.pt"
+    write_datamodels_pt(model, out)
+    print(f"datamodels of {Y.shape[1]} targets from {X.shape[0]} models written to {out}; "
+          f"mean held-out correlation {float(np.nanmean(model.val_corr_)):.3f}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ._workers import WORKERS_DIR
+    from .store import ModelStore
+
+    store = ModelStore.open(args.store)
+    beats = [json.loads(p.read_text()) for p in sorted(Path(args.store, WORKERS_DIR).glob(
+        "*.json"))] if Path(args.store, WORKERS_DIR).is_dir() else []
+    now = time.time()
+    running = [b for b in beats if b["state"] == "running" and now - b["updated"] < 300]
+    trained = sum(b["trained"] for b in beats)
+    span = (max(b["updated"] for b in beats) - min(b["started"] for b in beats)) if beats else 0
+    status = {"store": str(store.path), "completed": store.n_completed, "total": store.n_models,
+              "workers_running": len(running), "workers_seen": len(beats),
+              "models_per_second": round(trained / span, 2) if span > 0 else None,
+              "failed_workers": [f"{b['host']}:{b['pid']}" for b in beats
+                                 if b["state"] == "failed"]}
+    print(json.dumps(status, indent=2) if args.json else
+          f"{status['completed']}/{status['total']} models complete; "
+          f"{status['workers_running']} worker(s) running; throughput "
+          f"{status['models_per_second'] or '-'} models/s over {len(beats)} worker run(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scdm", description="single-cell datamodels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,9 +275,42 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--random-state", type=int, default=0)
     run.add_argument("--out", required=True, help="output directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    store_cmd = sub.add_parser("store", help="create a store for workers")
+    store_sub = store_cmd.add_subparsers(dest="store_command", required=True)
+    init = store_sub.add_parser("init", help="write a store and its training recipe from .h5ad")
+    init.add_argument("input", help=".h5ad file")
+    init.add_argument("--store", required=True, help="store directory (shared filesystem)")
+    init.add_argument("--label-key", required=True)
+    init.add_argument("--use-rep")
+    init.add_argument("--group-key")
+    init.add_argument("--stratify-key")
+    init.add_argument("--alpha", type=float, default=0.5)
+    init.add_argument("--n-models", type=int, default=None)
+    init.add_argument("--hidden", default="64", help="hidden widths, e.g. 64 or 128,64; '' = "
+                      "logistic regression")
+    init.add_argument("--epochs", type=int, default=20)
+    init.add_argument("--weight-decay", type=float, default=1e-2)
+    init.add_argument("--random-state", type=int, default=0)
+    train = sub.add_parser("train", help="one idempotent worker: train a range of models")
+    train.add_argument("--store", required=True)
+    train.add_argument("--models", default=":", help="START:STOP (default: all)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--chunk-size", type=int, default=None)
+    train.add_argument("--quiet", action="store_true")
+    fit = sub.add_parser("fit", help="fit held-out datamodels of a store → datamodels.pt")
+    fit.add_argument("--store", required=True)
+    fit.add_argument("--out", help="default STORE/datamodels.pt")
+    fit.add_argument("--device", default="auto")
+    fit.add_argument("--allow-incomplete", action="store_true")
+    fit.add_argument("--quiet", action="store_true")
+    status = sub.add_parser("status", help="completed / total models and throughput")
+    status.add_argument("--store", required=True)
+    status.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    commands = {"run": _run, "store": _store_init, "train": _train, "fit": _fit,
+                "status": _status}
     try:
-        return _run(args)
+        return commands[args.command](args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"scdm {args.command}: error: {err}", file=sys.stderr)
         return 2

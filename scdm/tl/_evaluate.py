@@ -11,27 +11,18 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
+from .._ray import fill_store_with_ray
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from .._training import store_schema, train_into_store
+from .._workers import Recipe, _RepeatedMasks, write_recipe
 from ..evaluation import linear_datamodeling_score
-from ..masks import MaskSampler
 from ..regression import HELDOUT
 from ..store import ModelStore
 from ._fit import datamodel_weights, lasso_for
 from ._train import _check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
-
-
-class _RepeatedMasks:
-    """Model ``m·n_seeds + s`` trains on mask ``m``: ``n_seeds`` initialisations per subset."""
-
-    def __init__(self, sampler: MaskSampler, n_seeds: int) -> None:
-        self.sampler, self.n_seeds = sampler, n_seeds
-
-    def sample(self, model_indices) -> np.ndarray:
-        return self.sampler.sample(np.asarray(model_indices) // self.n_seeds)
 
 
 def _evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
@@ -52,6 +43,11 @@ def lds(
     store: str | Path | None = None,
     device: str = "auto",
     chunk_size: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    num_cpus_per_task: float = 1,
+    num_gpus_per_task: float = 0,
+    task_size: int = 256,
     random_state: int = 0,
     verbose: bool | None = None,
     copy: bool = False,
@@ -83,6 +79,8 @@ def lds(
         configuration.
     device, chunk_size
         Where to train and how many models at once (default from the device's memory).
+    backend, ray_address, num_cpus_per_task, num_gpus_per_task, task_size
+        Train the evaluation models as Ray tasks, as in :func:`scdm.tl.train_models`.
     random_state
         Seed of the evaluation stream (combined with the training seed; never the same
         subsets as the training models).
@@ -100,6 +98,8 @@ def lds(
     n_masks = _check_n_models(n_models)
     n_seeds = _check_n_models(n_seeds)
     random_state = check_random_state(random_state)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}.")
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     adata = adata.copy() if copy else adata
@@ -111,9 +111,22 @@ def lds(
     path = Path(store) if store is not None else default_store_path(f"{key}_lds", fingerprint)
     eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
                                    schema=store_schema(adata.n_obs), fingerprint=fingerprint)
-    train_into_store(eval_store, training.trainer(seed, device), _RepeatedMasks(sampler, n_seeds),
-                     np.arange(n_masks * n_seeds), chunk_size=chunk_size,
-                     progress=settings.progress(verbose), desc="evaluation models")
+    if backend == "ray":
+        inputs = training.inputs
+        write_recipe(eval_store.path, Recipe(
+            X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=sampler.alpha,
+            config=training.config, random_state=seed, mask_mode=sampler.mode,
+            groups=inputs.groups, strata=inputs.strata, seeds_per_mask=n_seeds))
+        fill_store_with_ray(eval_store.path, 0, n_masks * n_seeds, task_size=task_size,
+                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+                            num_gpus_per_task=num_gpus_per_task, device=device,
+                            chunk_size=chunk_size, progress=settings.progress(verbose),
+                            desc="evaluation models (ray)")
+    else:
+        train_into_store(eval_store, training.trainer(seed, device),
+                         _RepeatedMasks(sampler, n_seeds), np.arange(n_masks * n_seeds),
+                         chunk_size=chunk_size, progress=settings.progress(verbose),
+                         desc="evaluation models")
 
     masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
     heldout = bool(fit_params.get("heldout", True))

@@ -14,9 +14,11 @@ import numpy as np
 from anndata import AnnData
 
 from .._anndata import ModelInputs, model_inputs, uns_safe
+from .._ray import fill_store_with_ray, import_ray
 from .._seeding import check_random_state
 from .._settings import settings
 from .._training import store_schema, train_into_store
+from .._workers import Recipe, write_recipe
 from ..ensemble import EnsembleTrainer, TrainConfig, resolve_device
 from ..masks import MaskMode, MaskSampler, check_alpha
 from ..store import ModelStore
@@ -92,6 +94,29 @@ def training_parts(adata: AnnData, label_key: str, *, use_rep: str | None,
     sampler = MaskSampler(inputs.y, alpha, groups=inputs.groups, mode=mask_mode,
                           strata=inputs.strata, random_state=random_state)
     return inputs, sampler, config
+
+
+def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSampler,
+                          config: TrainConfig, *, label_key: str, group_key: str | None,
+                          stratify_key: str | None, mask_mode: str, scale: bool, n_models: int,
+                          min_heldout: int, store: str | Path | None, key_added: str,
+                          recipe: bool) -> ModelStore:
+    """Create (or resume) the store of a training configuration; with ``recipe``, also save
+    what workers elsewhere need to train its models (``scdm train --store``, Ray tasks)."""
+    sampler.check_heldout(n_models, min_heldout, obs_names=list(adata.obs_names))
+    fingerprint = training_fingerprint(
+        inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key,
+        stratify_key=stratify_key, alpha=sampler.alpha, mask_mode=mask_mode, config=config,
+        scale=scale, random_state=sampler.random_state)
+    path = Path(store) if store is not None else default_store_path(key_added, fingerprint)
+    model_store = ModelStore.create(path, n_models=n_models, schema=store_schema(adata.n_obs),
+                                    fingerprint=fingerprint)
+    if recipe:
+        write_recipe(model_store.path, Recipe(
+            X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=sampler.alpha,
+            config=config, random_state=sampler.random_state, mask_mode=mask_mode,
+            groups=inputs.groups, strata=inputs.strata))
+    return model_store
 
 
 def store_of(adata: AnnData, store: str | Path | None, key: str) -> ModelStore:
@@ -184,6 +209,11 @@ def train_models(
     chunk_size: int | None = None,
     model_range: tuple[int, int] | None = None,
     min_heldout: int = 20,
+    backend: str = "local",
+    ray_address: str | None = None,
+    num_cpus_per_task: float = 1,
+    num_gpus_per_task: float = 0,
+    task_size: int = 256,
     random_state: int = 0,
     key_added: str = "datamodels",
     verbose: bool | None = None,
@@ -243,6 +273,19 @@ def train_models(
         across processes or machines sharing the store). Default: all.
     min_heldout
         Refuse to train if some observation would be held out of fewer models than this.
+    backend
+        ``"local"`` (this process) or ``"ray"``: ranges of ``task_size`` models become Ray
+        tasks (retried when a worker dies) that write disjoint rows of the store, which must
+        then lie on a filesystem every Ray node sees. The store also receives its training
+        recipe, so CLI workers (``scdm train --store``) can join. Results are identical to
+        ``"local"`` on CPU.
+    ray_address
+        Ray cluster to connect to (default: ``RAY_ADDRESS``, else a local Ray is started).
+    num_cpus_per_task, num_gpus_per_task
+        Ray resources per task; fractional GPUs put several tasks on one GPU.
+    task_size
+        Models per Ray task (a task costs ~0.1-1 s of overhead; see
+        ``workflows/benchmarks/scaling.py``).
     random_state
         Seed of masks, initialisations and data orders.
     key_added
@@ -266,7 +309,11 @@ def train_models(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, l1=l1,
         scale=scale, random_state=random_state)
     alpha, random_state = sampler.alpha, sampler.random_state
-    device = resolve_device(device)
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}.")
+    if backend == "ray":
+        import_ray()  # fail before any work when Ray is missing
+    device_arg, device = device, resolve_device(device)
     adata = adata.copy() if copy else adata
 
     if n_models is None:
@@ -276,20 +323,22 @@ def train_models(
     if not 0 <= start < stop <= n_models:
         raise ValueError(f"model_range must satisfy 0 <= start < stop <= n_models={n_models}, "
                          f"got {model_range}.")
-    sampler.check_heldout(n_models, min_heldout, obs_names=list(adata.obs_names))
+    model_store = create_training_store(
+        adata, inputs, sampler, config, label_key=label_key, group_key=group_key,
+        stratify_key=stratify_key, mask_mode=mask_mode, scale=scale, n_models=n_models,
+        min_heldout=min_heldout, store=store, key_added=key_added, recipe=backend == "ray")
 
-    fingerprint = training_fingerprint(
-        inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key,
-        stratify_key=stratify_key, alpha=alpha,
-        mask_mode=mask_mode, config=config, scale=scale, random_state=random_state)
-    path = Path(store) if store is not None else default_store_path(key_added, fingerprint)
-    model_store = ModelStore.create(path, n_models=n_models,
-                                    schema=store_schema(adata.n_obs), fingerprint=fingerprint)
-
-    trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
-                              device=device, random_state=random_state)
-    train_into_store(model_store, trainer, sampler, np.arange(start, stop), chunk_size=chunk_size,
-                     progress=settings.progress(verbose))
+    if backend == "ray":
+        fill_store_with_ray(model_store.path, start, stop, task_size=task_size,
+                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+                            num_gpus_per_task=num_gpus_per_task,
+                            device="auto" if device_arg == "auto" else str(device),
+                            chunk_size=chunk_size, progress=settings.progress(verbose))
+    else:
+        trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
+                                  device=device, random_state=random_state)
+        train_into_store(model_store, trainer, sampler, np.arange(start, stop),
+                         chunk_size=chunk_size, progress=settings.progress(verbose))
 
     completed = model_store.completed_indices()
     params = {

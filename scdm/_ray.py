@@ -1,0 +1,83 @@
+"""Fill a store with Ray: model-index ranges become tasks that write disjoint rows.
+
+Tasks run :func:`scdm._workers.run_worker` on the store directory (a shared filesystem across
+the cluster), so they need nothing but the path: the store carries its recipe. A task whose
+worker dies is retried by Ray (``max_retries``) and, being idempotent, finishes the models its
+first attempt left incomplete. Progress is read from the store's completion flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._workers import run_worker
+from .store import ModelStore
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend='ray' needs Ray: pip install 'scdm[ray]' (or pip install "
+                          "ray).") from None
+    return ray
+
+
+def _task(path: str, start: int, stop: int, device: str, chunk_size: int | None,
+          num_threads: int) -> int:
+    return run_worker(path, start, stop, device=device, chunk_size=chunk_size,
+                      num_threads=num_threads)
+
+
+def task_ranges(completed: np.ndarray, start: int, stop: int, task_size: int
+                ) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into ranges of ``task_size`` models, without finished ranges."""
+    return [(a, min(a + task_size, stop)) for a in range(start, stop, task_size)
+            if not completed[a : min(a + task_size, stop)].all()]
+
+
+def fill_store_with_ray(store_path: str | Path, start: int, stop: int, *,
+                        task_size: int = 256, ray_address: str | None = None,
+                        num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
+                        device: str = "auto", chunk_size: int | None = None,
+                        max_retries: int = 3, progress: bool = True,
+                        desc: str = "training models (ray)") -> int:
+    """Train the incomplete models in ``[start, stop)`` as Ray tasks; return how many tasks ran.
+
+    Connects to ``ray_address`` (or the cluster of ``RAY_ADDRESS``), or starts a local Ray when
+    none is running. ``num_gpus_per_task`` may be fractional (several tasks share a GPU); tasks
+    with GPUs train on CUDA, tasks without on CPU (``device`` overrides).
+    """
+    ray = import_ray()
+    if int(task_size) < 1:
+        raise ValueError(f"task_size must be at least 1, got {task_size}.")
+    if num_cpus_per_task <= 0 or num_gpus_per_task < 0:
+        raise ValueError("num_cpus_per_task must be positive and num_gpus_per_task >= 0.")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False)
+    path = str(Path(store_path).resolve())
+    store = ModelStore.open(path)
+    ranges = task_ranges(store.completed, start, stop, int(task_size))
+    if not ranges:
+        return 0
+    if device == "auto":
+        device = "cuda" if num_gpus_per_task > 0 else "cpu"
+    remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
+                        max_retries=int(max_retries))(_task)
+    threads = max(1, int(num_cpus_per_task))
+    pending = [remote.remote(path, a, b, device, chunk_size, threads) for a, b in ranges]
+    total = stop - start
+    with tqdm(total=total, desc=desc, unit="model", disable=not progress) as bar:
+        bar.update(int(store.completed[start:stop].sum()))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                ray.get(ref)  # a task that failed after its retries raises here
+            bar.update(int(store.completed[start:stop].sum()) - bar.n)
+    if not store.completed[start:stop].all():
+        raise RuntimeError(f"Ray tasks finished but {int((~store.completed[start:stop]).sum())}"
+                           f" models of [{start}, {stop}) are incomplete in {path}.")
+    return len(ranges)

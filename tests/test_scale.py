@@ -1,0 +1,135 @@
+"""Scale-out: a real local Ray cluster and CLI workers fill the same store as one local run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import make_adata
+
+import scdm
+from scdm.io import read_datamodels_pt
+from scdm.store import ModelStore
+
+ray = pytest.importorskip("ray")
+
+TRAIN = {"n_models": 600, "random_state": 3}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The store a plain local run fills."""
+    scdm.settings.verbosity = 0
+    adata = make_adata(n_obs=80)
+    path = tmp_path_factory.mktemp("local") / "store"
+    scdm.tl.train_models(adata, "disease", store=path, **TRAIN)
+    return adata, ModelStore.open(path)
+
+
+def assert_same_store(a: ModelStore, b: ModelStore) -> None:
+    assert a.n_completed == a.n_models == b.n_completed == b.n_models
+    for field in ("masks", "margins", "heldout_accuracy"):
+        np.testing.assert_array_equal(a.field(field), b.field(field))
+
+
+def test_ray_backend_fills_the_same_store(cluster, reference, tmp_path):
+    adata, local = reference
+    scdm.tl.train_models(adata, "disease", store=tmp_path / "ray", backend="ray", task_size=128,
+                         **TRAIN)
+    assert_same_store(local, ModelStore.open(tmp_path / "ray"))
+    assert adata.uns["datamodels"]["n_completed"] == 600
+
+
+def test_killed_ray_worker_is_retried_and_results_are_identical(cluster, reference, tmp_path):
+    adata, local = reference
+    path = tmp_path / "ray_killed"
+    errors = []
+
+    def run():
+        try:
+            scdm.tl.train_models(adata, "disease", store=path, backend="ray", task_size=600,
+                                 chunk_size=32, **TRAIN)
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and thread.is_alive():
+        for beat_file in (path / "workers").glob("*.json") if (path / "workers").is_dir() else ():
+            beat = json.loads(beat_file.read_text())
+            if beat["state"] == "running" and 0 < beat["trained"] < beat["to_train"]:
+                os.kill(beat["pid"], signal.SIGKILL)  # mid-task: some chunks written
+                killed = beat
+                break
+        time.sleep(0.02)
+    thread.join(timeout=300)
+    assert killed is not None, "no running Ray task was seen to kill"
+    assert not errors, errors
+    beats = [json.loads(p.read_text()) for p in (path / "workers").glob("*.json")]
+    retried = [b for b in beats if b["pid"] != killed["pid"]]
+    assert retried and retried[0]["state"] == "done"
+    assert retried[0]["to_train"] < 600  # the retry skipped what the killed worker finished
+    assert_same_store(local, ModelStore.open(path))
+
+
+def scdm_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scdm.cli", *args], capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_cli_workers_on_overlapping_ranges(reference, tmp_path):
+    adata, local = reference
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    store = tmp_path / "cli"
+    init = scdm_cli("store", "init", str(tmp_path / "in.h5ad"), "--store", str(store),
+                    "--label-key", "disease", "--n-models", "600", "--random-state", "3")
+    assert init.returncode == 0, init.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "scdm.cli", "train", "--store", str(store),
+                                 "--models", models, "--quiet", "--chunk-size", "64"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for models in ("0:400", "200:600")]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+    assert_same_store(local, ModelStore.open(store))
+    before = (store / "margins.npy").stat().st_mtime_ns
+    third = scdm_cli("train", "--store", str(store))
+    assert third.returncode == 0 and "trained 0 models" in third.stdout
+    assert (store / "margins.npy").stat().st_mtime_ns == before
+    status = scdm_cli("status", "--store", str(store), "--json")
+    info = json.loads(status.stdout)
+    assert info["completed"] == info["total"] == 600 and info["workers_running"] == 0
+    assert info["models_per_second"] > 0
+    fit = scdm_cli("fit", "--store", str(store), "--quiet")
+    assert fit.returncode == 0, fit.stderr
+    assert read_datamodels_pt(store / "datamodels.pt")["weight"].shape == (80, 80)
+    # failures exit non-zero, with the reason
+    bad = scdm_cli("train", "--store", str(store), "--models", "500:100")
+    assert bad.returncode == 2 and "START < STOP" in bad.stderr
+    no_recipe = scdm_cli("train", "--store", str(local.path))
+    assert no_recipe.returncode == 2 and "no training recipe" in no_recipe.stderr
+
+
+def test_lds_on_ray_equals_local(cluster, planted, tmp_path):
+    adata = planted.copy()
+    scdm.tl.lds(adata, n_models=40, n_seeds=2, store=tmp_path / "local")
+    local = adata.obs["datamodels_lds"].copy()
+    scdm.tl.lds(adata, n_models=40, n_seeds=2, store=tmp_path / "ray", backend="ray",
+                task_size=32)
+    np.testing.assert_array_equal(adata.obs["datamodels_lds"], local)
+    assert_same_store(ModelStore.open(tmp_path / "local"), ModelStore.open(tmp_path / "ray"))
