@@ -15,7 +15,7 @@ from .._ray import fill_store_with_ray
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from .._training import store_schema, train_into_store
-from .._workers import Recipe, _RepeatedMasks, write_recipe
+from .._workers import _RepeatedMasks, write_recipe
 from ..evaluation import linear_datamodeling_score
 from ..regression import HELDOUT
 from ..store import ModelStore
@@ -112,11 +112,7 @@ def lds(
     eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
                                    schema=store_schema(adata.n_obs), fingerprint=fingerprint)
     if backend == "ray":
-        inputs = training.inputs
-        write_recipe(eval_store.path, Recipe(
-            X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=sampler.alpha,
-            config=training.config, random_state=seed, mask_mode=sampler.mode,
-            groups=inputs.groups, strata=inputs.strata, seeds_per_mask=n_seeds))
+        write_recipe(eval_store.path, training.recipe(seed, seeds_per_mask=n_seeds))
         fill_store_with_ray(eval_store.path, 0, n_masks * n_seeds, task_size=task_size,
                             ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
                             num_gpus_per_task=num_gpus_per_task, device=device,

@@ -154,10 +154,17 @@ class RecordedTraining:
                            strata=None if strata is None else strata[sel],
                            random_state=random_state)
 
+    def recipe(self, random_state: int, seeds_per_mask: int = 1) -> Recipe:
+        """The recorded settings with another seed, as workers and Ray tasks read them."""
+        inputs = self.inputs
+        return Recipe(X=inputs.X, y=inputs.y, n_classes=len(inputs.classes),
+                      alpha=float(self.params["alpha"]), config=self.config,
+                      random_state=random_state,
+                      mask_mode=self.params.get("mask_mode", "balanced"), groups=inputs.groups,
+                      strata=inputs.strata, seeds_per_mask=seeds_per_mask)
+
     def trainer(self, random_state: int, device: str = "auto") -> EnsembleTrainer:
-        return EnsembleTrainer(self.inputs.X, self.inputs.y, self.config,
-                               n_classes=len(self.inputs.classes),
-                               device=resolve_device(device), random_state=random_state)
+        return self.recipe(random_state).trainer(device)
 
 
 def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraining:
