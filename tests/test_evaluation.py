@@ -84,6 +84,8 @@ def test_model_count_curve_rises_and_recommends(evaluated):
     curve = adata.uns["datamodels"]["model_curve"]
     assert list(curve["n_models"]) == [250, 1000, 4000]
     assert np.all(np.diff(curve["mean_lds"]) > 0) and np.all(np.diff(curve["mean_corr"]) > 0)
+    gains = np.diff(curve["mean_lds"])  # each step quadruples the models: it flattens
+    assert gains[1] < gains[0]
     # the last point is the fit already in adata
     assert curve["mean_lds"][-1] == pytest.approx(adata.uns["datamodels"]["lds"]["mean"])
     assert ("still rising" in curve["recommendation"]) != curve["flat"]
