@@ -105,6 +105,12 @@ def validate_subgroups(
     same-size sets; the drop in accuracy (and mean margin) of each set relative to the
     training models' held-out baseline gives an empirical one-sided p-value.
 
+    A small p-value says that the classifier treats the subgroup as a unit: any coherent cluster
+    of the features it uses (a batch too) passes. Whether that unit is biology is for its
+    markers and known nuisances (``stratify_key``) to tell. Leaving a set out also shrinks its
+    class's share of each training set; the random sets pay the same, so the p-value is fair,
+    but the absolute drops include it.
+
     Parameters
     ----------
     adata
