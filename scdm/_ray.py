@@ -13,8 +13,38 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._workers import run_worker
+from ._training import train_into_store
+from ._workers import Recipe, run_worker, write_recipe
 from .store import ModelStore
+
+BACKENDS = ("local", "ray")
+
+
+def check_backend(backend: str) -> None:
+    """Refuse an unknown backend, or ``"ray"`` without Ray installed, before any work."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "ray":
+        import_ray()
+
+
+def fill_store(store: ModelStore, recipe: Recipe, start: int, stop: int, *, backend: str,
+               device: str = "auto", chunk_size: int | None = None, progress: bool = True,
+               desc: str = "training models", task_size: int = 256,
+               ray_address: str | None = None, num_cpus_per_task: float = 1,
+               num_gpus_per_task: float = 0) -> None:
+    """Train the incomplete models in ``[start, stop)`` of ``store`` following ``recipe``:
+    in this process (``"local"``), or as Ray tasks after saving the recipe into the store."""
+    if backend == "ray":
+        write_recipe(store.path, recipe)
+        fill_store_with_ray(store.path, start, stop, task_size=task_size,
+                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+                            num_gpus_per_task=num_gpus_per_task, device=device,
+                            chunk_size=chunk_size, progress=progress, desc=f"{desc} (ray)")
+    else:
+        train_into_store(store, recipe.trainer(device), recipe.mask_source(),
+                         np.arange(start, stop), chunk_size=chunk_size, progress=progress,
+                         desc=desc)
 
 
 def import_ray():

@@ -46,6 +46,14 @@ class Recipe:
     strata: np.ndarray | None = None
     seeds_per_mask: int = 1
 
+    @classmethod
+    def from_inputs(cls, inputs, config: TrainConfig, *, alpha: float, mask_mode: str,
+                    random_state: int, seeds_per_mask: int = 1) -> Recipe:
+        """From ``ModelInputs`` (features, labels, groups, strata) and the model settings."""
+        return cls(X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=float(alpha),
+                   config=config, random_state=random_state, mask_mode=mask_mode,
+                   groups=inputs.groups, strata=inputs.strata, seeds_per_mask=seeds_per_mask)
+
     def sampler(self) -> MaskSampler:
         return MaskSampler(self.y, self.alpha, groups=self.groups, mode=self.mask_mode,
                            strata=self.strata, random_state=self.random_state)

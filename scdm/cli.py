@@ -175,6 +175,7 @@ def _figures(adata, out: Path) -> list[str]:
 def _store_init(args: argparse.Namespace) -> int:
     import anndata as ad
 
+    from ._workers import Recipe
     from .tl._train import create_training_store, default_n_models, training_parts
 
     adata = ad.read_h5ad(args.input)
@@ -188,7 +189,9 @@ def _store_init(args: argparse.Namespace) -> int:
     store = create_training_store(
         adata, inputs, sampler, config, label_key=args.label_key, group_key=args.group_key,
         stratify_key=args.stratify_key, mask_mode="balanced", scale=True, n_models=n_models,
-        min_heldout=20, store=args.store, key_added="datamodels", recipe=True)
+        min_heldout=20, store=args.store, key_added="datamodels",
+        recipe=Recipe.from_inputs(inputs, config, alpha=sampler.alpha, mask_mode="balanced",
+                                  random_state=sampler.random_state))
     print(f"store {store.path}: {store.n_completed}/{store.n_models} models complete. Train "
           f"ranges with: scdm train --store {store.path} --models START:STOP")
     return 0

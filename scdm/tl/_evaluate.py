@@ -11,11 +11,10 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
-from .._ray import fill_store_with_ray
+from .._ray import check_backend, fill_store
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
-from .._training import store_schema, train_into_store
-from .._workers import _RepeatedMasks, write_recipe
+from .._training import store_schema
 from ..evaluation import linear_datamodeling_score
 from ..regression import HELDOUT
 from ..store import ModelStore
@@ -98,31 +97,22 @@ def lds(
     n_masks = _check_n_models(n_models)
     n_seeds = _check_n_models(n_seeds)
     random_state = check_random_state(random_state)
-    if backend not in ("local", "ray"):
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}.")
+    check_backend(backend)
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     adata = adata.copy() if copy else adata
 
     seed = derived_seed(int(training.params["random_state"]), LDS_PURPOSE, random_state)
-    sampler = training.sampler(seed)
     fingerprint = {**training.store.fingerprint, "purpose": "lds",
                    "evaluation_random_state": random_state, "n_seeds": n_seeds}
     path = Path(store) if store is not None else default_store_path(f"{key}_lds", fingerprint)
     eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
                                    schema=store_schema(adata.n_obs), fingerprint=fingerprint)
-    if backend == "ray":
-        write_recipe(eval_store.path, training.recipe(seed, seeds_per_mask=n_seeds))
-        fill_store_with_ray(eval_store.path, 0, n_masks * n_seeds, task_size=task_size,
-                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
-                            num_gpus_per_task=num_gpus_per_task, device=device,
-                            chunk_size=chunk_size, progress=settings.progress(verbose),
-                            desc="evaluation models (ray)")
-    else:
-        train_into_store(eval_store, training.trainer(seed, device),
-                         _RepeatedMasks(sampler, n_seeds), np.arange(n_masks * n_seeds),
-                         chunk_size=chunk_size, progress=settings.progress(verbose),
-                         desc="evaluation models")
+    fill_store(eval_store, training.recipe(seed, seeds_per_mask=n_seeds), 0, n_masks * n_seeds,
+               backend=backend, device=device, chunk_size=chunk_size,
+               progress=settings.progress(verbose), desc="evaluation models",
+               task_size=task_size, ray_address=ray_address,
+               num_cpus_per_task=num_cpus_per_task, num_gpus_per_task=num_gpus_per_task)
 
     masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
     heldout = bool(fit_params.get("heldout", True))

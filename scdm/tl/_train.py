@@ -14,10 +14,10 @@ import numpy as np
 from anndata import AnnData
 
 from .._anndata import ModelInputs, model_inputs, uns_safe
-from .._ray import fill_store_with_ray, import_ray
+from .._ray import check_backend, fill_store
 from .._seeding import check_random_state
 from .._settings import settings
-from .._training import store_schema, train_into_store
+from .._training import store_schema
 from .._workers import Recipe, write_recipe
 from ..ensemble import EnsembleTrainer, TrainConfig, resolve_device
 from ..masks import MaskMode, MaskSampler, check_alpha
@@ -100,9 +100,9 @@ def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSamp
                           config: TrainConfig, *, label_key: str, group_key: str | None,
                           stratify_key: str | None, mask_mode: str, scale: bool, n_models: int,
                           min_heldout: int, store: str | Path | None, key_added: str,
-                          recipe: bool) -> ModelStore:
+                          recipe: Recipe | None = None) -> ModelStore:
     """Create (or resume) the store of a training configuration; with ``recipe``, also save
-    what workers elsewhere need to train its models (``scdm train --store``, Ray tasks)."""
+    what workers elsewhere need to train its models (``scdm train --store``)."""
     sampler.check_heldout(n_models, min_heldout, obs_names=list(adata.obs_names))
     fingerprint = training_fingerprint(
         inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key,
@@ -111,11 +111,8 @@ def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSamp
     path = Path(store) if store is not None else default_store_path(key_added, fingerprint)
     model_store = ModelStore.create(path, n_models=n_models, schema=store_schema(adata.n_obs),
                                     fingerprint=fingerprint)
-    if recipe:
-        write_recipe(model_store.path, Recipe(
-            X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=sampler.alpha,
-            config=config, random_state=sampler.random_state, mask_mode=mask_mode,
-            groups=inputs.groups, strata=inputs.strata))
+    if recipe is not None:
+        write_recipe(model_store.path, recipe)
     return model_store
 
 
@@ -156,12 +153,9 @@ class RecordedTraining:
 
     def recipe(self, random_state: int, seeds_per_mask: int = 1) -> Recipe:
         """The recorded settings with another seed, as workers and Ray tasks read them."""
-        inputs = self.inputs
-        return Recipe(X=inputs.X, y=inputs.y, n_classes=len(inputs.classes),
-                      alpha=float(self.params["alpha"]), config=self.config,
-                      random_state=random_state,
-                      mask_mode=self.params.get("mask_mode", "balanced"), groups=inputs.groups,
-                      strata=inputs.strata, seeds_per_mask=seeds_per_mask)
+        return Recipe.from_inputs(self.inputs, self.config, alpha=self.params["alpha"],
+                                  mask_mode=self.params.get("mask_mode", "balanced"),
+                                  random_state=random_state, seeds_per_mask=seeds_per_mask)
 
     def trainer(self, random_state: int, device: str = "auto") -> EnsembleTrainer:
         return self.recipe(random_state).trainer(device)
@@ -316,11 +310,8 @@ def train_models(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, l1=l1,
         scale=scale, random_state=random_state)
     alpha, random_state = sampler.alpha, sampler.random_state
-    if backend not in ("local", "ray"):
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}.")
-    if backend == "ray":
-        import_ray()  # fail before any work when Ray is missing
-    device_arg, device = device, resolve_device(device)
+    check_backend(backend)
+    resolve_device(device)  # an unusable device fails before any work
     adata = adata.copy() if copy else adata
 
     if n_models is None:
@@ -333,19 +324,13 @@ def train_models(
     model_store = create_training_store(
         adata, inputs, sampler, config, label_key=label_key, group_key=group_key,
         stratify_key=stratify_key, mask_mode=mask_mode, scale=scale, n_models=n_models,
-        min_heldout=min_heldout, store=store, key_added=key_added, recipe=backend == "ray")
-
-    if backend == "ray":
-        fill_store_with_ray(model_store.path, start, stop, task_size=task_size,
-                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
-                            num_gpus_per_task=num_gpus_per_task,
-                            device="auto" if device_arg == "auto" else str(device),
-                            chunk_size=chunk_size, progress=settings.progress(verbose))
-    else:
-        trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
-                                  device=device, random_state=random_state)
-        train_into_store(model_store, trainer, sampler, np.arange(start, stop),
-                         chunk_size=chunk_size, progress=settings.progress(verbose))
+        min_heldout=min_heldout, store=store, key_added=key_added)
+    recipe = Recipe.from_inputs(inputs, config, alpha=alpha, mask_mode=mask_mode,
+                                random_state=random_state)
+    fill_store(model_store, recipe, start, stop, backend=backend, device=device,
+               chunk_size=chunk_size, progress=settings.progress(verbose), task_size=task_size,
+               ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+               num_gpus_per_task=num_gpus_per_task)
 
     completed = model_store.completed_indices()
     params = {

@@ -13,6 +13,7 @@ from .._anndata import uns_safe
 from .._memmap import read_rows
 from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
+from .._workers import _RepeatedMasks
 from ..ensemble import EnsembleTrainer, resolve_device
 from ..evaluation import permutation_p_value
 from ..evaluation import signal_to_noise as _snr
@@ -284,7 +285,7 @@ def signal_to_noise(
                               device=resolve_device(device), random_state=sampler.random_state)
     chunk = int(chunk_size or trainer.auto_chunk_size())
     total = n_masks * n_seeds
-    masks = sampler.sample(np.arange(total) // n_seeds)  # model m·n_seeds + s: subset m
+    masks = _RepeatedMasks(sampler, n_seeds).sample(np.arange(total))
     margins = np.empty((total, adata.n_obs), dtype=np.float32)
     accuracy = np.empty(total, dtype=np.float32)
     with tqdm(total=total, desc="signal-to-noise models", unit="model",
