@@ -10,6 +10,7 @@ ranges are split, repeated, retried or resumed.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -54,6 +56,26 @@ class Recipe:
                    config=config, random_state=random_state, mask_mode=mask_mode,
                    groups=inputs.groups, strata=inputs.strata, seeds_per_mask=seeds_per_mask)
 
+    kind: ClassVar[str] = "mlp"
+    targets_are_training: ClassVar[bool] = True  # margins are recorded on the samples
+
+    def to_files(self) -> tuple[dict, dict]:
+        """``(arrays for inputs.npz, settings for recipe.json)``."""
+        arrays = {"X": self.X, "y": self.y, "groups": self.groups, "strata": self.strata}
+        settings = {"n_classes": self.n_classes, "alpha": self.alpha,
+                    "config": self.config.to_dict(), "random_state": self.random_state,
+                    "mask_mode": self.mask_mode, "seeds_per_mask": self.seeds_per_mask}
+        return arrays, settings
+
+    @classmethod
+    def from_files(cls, arrays: dict, settings: dict) -> Recipe:
+        return cls(X=arrays["X"], y=arrays["y"], groups=arrays.get("groups"),
+                   strata=arrays.get("strata"), n_classes=int(settings["n_classes"]),
+                   alpha=float(settings["alpha"]), config=TrainConfig(**settings["config"]),
+                   random_state=check_random_state(settings["random_state"]),
+                   mask_mode=settings["mask_mode"],
+                   seeds_per_mask=int(settings.get("seeds_per_mask", 1)))
+
     def sampler(self) -> MaskSampler:
         return MaskSampler(self.y, self.alpha, groups=self.groups, mode=self.mask_mode,
                            strata=self.strata, random_state=self.random_state)
@@ -80,21 +102,34 @@ class _RepeatedMasks:
         return self.sampler.sample(np.asarray(model_indices) // self.n_seeds)
 
 
-def write_recipe(store_path: str | Path, recipe: Recipe) -> None:
-    """Save ``recipe`` into the store directory (atomically; an identical one is kept)."""
+# Recipe kinds: ``recipe.json``'s "kind" → the class that reads it (imported when needed).
+RECIPE_KINDS = {"mlp": "scdm._workers:Recipe", "resnet9": "scdm.vision._recipe:ImageRecipe"}
+
+
+def _recipe_class(kind: str):
+    if kind not in RECIPE_KINDS:
+        raise ValueError(f"unknown recipe kind {kind!r} (known: {sorted(RECIPE_KINDS)}); the "
+                         "store was written by a newer scdm.")
+    module, name = RECIPE_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def write_recipe(store_path: str | Path, recipe) -> None:
+    """Save ``recipe`` into the store directory (atomically; an identical one is kept).
+
+    ``recipe`` is any recipe kind (:data:`RECIPE_KINDS`): it gives its arrays and settings
+    through ``to_files()``, and the ``kind`` is saved with the settings.
+    """
     path = Path(store_path)
-    arrays = {"X": recipe.X, "y": recipe.y}
-    if recipe.groups is not None:
-        arrays["groups"] = recipe.groups
-    if recipe.strata is not None:
-        arrays["strata"] = recipe.strata
-    settings = {"n_classes": recipe.n_classes, "alpha": recipe.alpha,
-                "config": recipe.config.to_dict(), "random_state": recipe.random_state,
-                "mask_mode": recipe.mask_mode, "seeds_per_mask": recipe.seeds_per_mask}
+    arrays, settings = recipe.to_files()
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    settings = {"kind": recipe.kind, **settings}
     if (path / RECIPE_FILE).exists() and (path / INPUTS_FILE).exists():
-        old = read_recipe(path)
-        same = json.loads((path / RECIPE_FILE).read_text()) == json.loads(json.dumps(settings))
-        same = same and all(np.array_equal(getattr(old, k), v) for k, v in arrays.items())
+        stored = json.loads((path / RECIPE_FILE).read_text())
+        stored.setdefault("kind", "mlp")
+        with np.load(path / INPUTS_FILE) as old:
+            same = (stored == json.loads(json.dumps(settings)) and set(old.files) == set(arrays)
+                    and all(np.array_equal(old[k], v) for k, v in arrays.items()))
         if not same:
             raise ValueError(f"the store {path} already holds a different training recipe; "
                              "use a new store path for these settings.")
@@ -107,7 +142,19 @@ def write_recipe(store_path: str | Path, recipe: Recipe) -> None:
         os.replace(tmp, path / name)
 
 
-def read_recipe(store_path: str | Path) -> Recipe:
+def targets_are_training_samples(store_path: str | Path, masks_width: int,
+                                 margins_width: int) -> bool:
+    """Whether target ``j`` of a store is training sample ``j`` (datamodels are then fitted on
+    the models that did not train on it): as its recipe says, else when the widths agree."""
+    recipe_file = Path(store_path) / RECIPE_FILE
+    if recipe_file.exists():
+        kind = json.loads(recipe_file.read_text()).get("kind", "mlp")
+        return bool(_recipe_class(kind).targets_are_training)
+    return masks_width == margins_width
+
+
+def read_recipe(store_path: str | Path):
+    """The recipe saved in a store (its class follows the saved ``kind``)."""
     path = Path(store_path)
     if not (path / RECIPE_FILE).exists():
         raise FileNotFoundError(
@@ -116,12 +163,7 @@ def read_recipe(store_path: str | Path) -> Recipe:
     settings = json.loads((path / RECIPE_FILE).read_text())
     with np.load(path / INPUTS_FILE) as arrays:
         data = {k: arrays[k] for k in arrays.files}
-    return Recipe(X=data["X"], y=data["y"], groups=data.get("groups"),
-                  strata=data.get("strata"), n_classes=int(settings["n_classes"]),
-                  alpha=float(settings["alpha"]), config=TrainConfig(**settings["config"]),
-                  random_state=check_random_state(settings["random_state"]),
-                  mask_mode=settings["mask_mode"],
-                  seeds_per_mask=int(settings.get("seeds_per_mask", 1)))
+    return _recipe_class(settings.pop("kind", "mlp")).from_files(data, settings)
 
 
 def parse_range(text: str, n_models: int) -> tuple[int, int]:

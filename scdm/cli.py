@@ -212,6 +212,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from ._workers import targets_are_training_samples
     from .io import write_datamodels_pt
     from .regression import HELDOUT, LassoPath
     from .store import ModelStore
@@ -223,12 +224,14 @@ def _fit(args: argparse.Namespace) -> int:
                          "finish it with scdm train, or pass --allow-incomplete.")
     X, Y = ((store.masks, store.margins) if completed.size == store.n_models else
             (store.masks[completed], store.margins[completed]))
+    heldout = targets_are_training_samples(args.store, X.shape[1], Y.shape[1])
     model = LassoPath(device=args.device, verbose=not args.quiet).fit(
-        X, Y, sample_weight=HELDOUT)
+        X, Y, sample_weight=HELDOUT if heldout else None)
     out = Path(args.out) if args.out else Path(args.store) / "datamodels.pt"
     write_datamodels_pt(model, out)
     print(f"datamodels of {Y.shape[1]} targets from {X.shape[0]} models written to {out}; "
-          f"mean held-out correlation {float(np.nanmean(model.val_corr_)):.3f}")
+          f"mean {'held-out' if heldout else 'validation'} correlation "
+          f"{float(np.nanmean(model.val_corr_)):.3f}")
     return 0
 
 
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--device", default="auto")
     train.add_argument("--chunk-size", type=int, default=None)
     train.add_argument("--quiet", action="store_true")
-    fit = sub.add_parser("fit", help="fit held-out datamodels of a store → datamodels.pt")
+    fit = sub.add_parser("fit", help="fit a store's datamodels → datamodels.pt (held out "
+                         "where the targets are the training samples)")
     fit.add_argument("--store", required=True)
     fit.add_argument("--out", help="default STORE/datamodels.pt")
     fit.add_argument("--device", default="auto")

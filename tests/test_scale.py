@@ -133,3 +133,27 @@ def test_lds_on_ray_equals_local(cluster, planted, tmp_path):
                 task_size=32)
     np.testing.assert_array_equal(adata.obs["datamodels_lds"], local)
     assert_same_store(ModelStore.open(tmp_path / "local"), ModelStore.open(tmp_path / "ray"))
+
+
+def test_image_store_on_ray_equals_local(cluster, tmp_path):
+    """Ray tasks read the ResNet-9 recipe from the store (scdm.vision imported on the workers)
+    and fill it as one local run does."""
+    from scdm._ray import fill_store
+    from scdm.vision import (
+        ImageRecipe,
+        ResNetConfig,
+        binary_labels,
+        create_image_store,
+        synthetic_cifar10,
+    )
+
+    data = synthetic_cifar10(n_train=40, n_test=10, random_state=2)
+    recipe = ImageRecipe(data.train_images, binary_labels(data.train_labels), data.test_images,
+                         binary_labels(data.test_labels), 0.5,
+                         ResNetConfig(width=4, epochs=1, batch_size=20, lr_peak_epoch=0.5), 4)
+    stores = {}
+    for backend in ("local", "ray"):
+        stores[backend] = create_image_store(tmp_path / backend, recipe, 8)
+        fill_store(stores[backend], recipe, 0, 8, backend=backend, task_size=4,
+                   progress=False)
+    assert_same_store(ModelStore.open(stores["local"].path), ModelStore.open(stores["ray"].path))

@@ -1,0 +1,25 @@
+"""Image datamodels: CIFAR-10 in its official format and batched ResNet-9 ensembles."""
+
+from ._cifar import (
+    BINARY_CLASSES,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    CLASSES,
+    Cifar10,
+    binary_labels,
+    download_cifar10,
+    find_cifar10,
+    load_cifar10,
+    synthetic_cifar10,
+    write_cifar10,
+)
+from ._plots import embedding_pca, influencer_grid
+from ._recipe import ImageRecipe, create_image_store
+from ._resnet import GroupedResNet9, ResNetConfig, ResNetEnsembleTrainer
+
+__all__ = [
+    "BINARY_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "CLASSES", "Cifar10", "GroupedResNet9",
+    "ImageRecipe", "ResNetConfig", "ResNetEnsembleTrainer", "binary_labels", "create_image_store",
+    "download_cifar10", "embedding_pca", "find_cifar10", "influencer_grid", "load_cifar10",
+    "synthetic_cifar10", "write_cifar10",
+]
