@@ -171,6 +171,20 @@ def test_trainer_is_deterministic_and_independent_of_chunks(data):
     assert not np.array_equal(other.margins, together.margins[1:2])
 
 
+def test_grouped_training_matches_models_trained_alone(data):
+    """The GPU path (several models per grouped network), run on CPU: the same models up to
+    rounding, after a short schedule that has not yet amplified it."""
+    recipe = tiny_recipe(data)
+    recipe.config = ResNetConfig(width=4, epochs=1, batch_size=15, lr=0.05, lr_peak_epoch=1)
+    masks = recipe.sampler().sample(np.arange(3))
+    alone = recipe.trainer("cpu").train(masks, np.arange(3))
+    trainer = ResNetEnsembleTrainer(recipe.train_images, recipe.train_labels,
+                                    recipe.target_images, recipe.target_labels, recipe.config,
+                                    device="cpu", models_at_once=3)
+    together = trainer.train(masks, np.arange(3))
+    np.testing.assert_allclose(together.margins, alone.margins, rtol=1e-4, atol=1e-6)
+
+
 def test_bad_images_and_masks_are_refused(data):
     y = binary_labels(data.train_labels)
     with pytest.raises(ValueError, match=r"uint8 \[n, 3, H, W\]"):

@@ -198,6 +198,10 @@ class ResNetEnsembleTrainer:
         Seeds every model's initialisation, data order and flips, by model index.
     mean, std
         Per-channel normalisation on the 0-255 scale (default: CIFAR-10's).
+    models_at_once
+        Models trained together as one grouped network (default: all models of a
+        :meth:`train` call on CUDA, one on CPU, where grouping is slower and would make a
+        model's result depend on its companions).
 
     ``train`` returns, per model, the margin on every target image and the accuracy on them
     (``heldout_accuracy``: the targets are held out of every model's training).
@@ -207,7 +211,8 @@ class ResNetEnsembleTrainer:
                  target_labels: np.ndarray, config: ResNetConfig | None = None, *,
                  n_classes: int | None = None, device: str | torch.device = "auto",
                  random_state: int = 0, mean: Sequence[float] = CIFAR_MEAN,
-                 std: Sequence[float] = CIFAR_STD, eval_batch_size: int = 1024) -> None:
+                 std: Sequence[float] = CIFAR_STD, eval_batch_size: int = 1024,
+                 models_at_once: int | None = None) -> None:
         self.config = config or ResNetConfig()
         self.device = resolve_device(device)
         for name, array in (("images", images), ("target_images", target_images)):
@@ -226,6 +231,9 @@ class ResNetEnsembleTrainer:
         self.n, self.n_targets = len(labels), len(target_labels)
         self.random_state = int(random_state)
         self.eval_batch_size = int(eval_batch_size)
+        if models_at_once is not None and int(models_at_once) < 1:
+            raise ValueError(f"models_at_once must be at least 1, got {models_at_once}.")
+        self.models_at_once = models_at_once
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
         self.target_images = torch.from_numpy(np.ascontiguousarray(target_images)).to(self.device)
@@ -265,10 +273,8 @@ class ResNetEnsembleTrainer:
             raise ValueError("every mask trained together must select the same, non-zero "
                              f"number of images (got {sorted(set(counts.tolist()))}); use "
                              "balanced masks.")
-        # On CPU one model at a time: grouped convolutions are slower there, and they round
-        # differently from a lone model, which training amplifies; this way a model's result
-        # does not depend on which models it was trained with.
-        at_once = model_indices.size if self.device.type == "cuda" else 1
+        at_once = self.models_at_once or (model_indices.size if self.device.type == "cuda"
+                                          else 1)
         threads = torch.get_num_threads()
         if self.device.type == "cpu" and self.config.cpu_threads is not None:
             torch.set_num_threads(int(self.config.cpu_threads))
