@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._training import train_into_store
-from ._workers import Recipe, run_worker, write_recipe
+from ._workers import TrainingRecipe, run_worker, write_recipe
 from .store import ModelStore
 
 BACKENDS = ("local", "ray")
@@ -28,7 +28,7 @@ def check_backend(backend: str) -> None:
         import_ray()
 
 
-def fill_store(store: ModelStore, recipe: Recipe, start: int, stop: int, *, backend: str,
+def fill_store(store: ModelStore, recipe: TrainingRecipe, start: int, stop: int, *, backend: str,
                device: str = "auto", chunk_size: int | None = None, progress: bool = True,
                desc: str = "training models", task_size: int = 256,
                ray_address: str | None = None, num_cpus_per_task: float = 1,

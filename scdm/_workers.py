@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -31,6 +31,19 @@ from .store import ModelStore
 RECIPE_FILE = "recipe.json"
 INPUTS_FILE = "inputs.npz"
 WORKERS_DIR = "workers"
+
+
+class TrainingRecipe(Protocol):
+    """What a worker needs of a recipe kind (:class:`Recipe`, ``scdm.vision.ImageRecipe``)."""
+
+    kind: ClassVar[str]
+    targets_are_training: ClassVar[bool]
+
+    def to_files(self) -> tuple[dict, dict]: ...
+
+    def trainer(self, device: str = "auto") -> Any: ...
+
+    def mask_source(self) -> Any: ...
 
 
 @dataclass
@@ -114,7 +127,7 @@ def _recipe_class(kind: str):
     return getattr(importlib.import_module(module), name)
 
 
-def write_recipe(store_path: str | Path, recipe) -> None:
+def write_recipe(store_path: str | Path, recipe: TrainingRecipe) -> None:
     """Save ``recipe`` into the store directory (atomically; an identical one is kept).
 
     ``recipe`` is any recipe kind (:data:`RECIPE_KINDS`): it gives its arrays and settings
@@ -153,7 +166,7 @@ def targets_are_training_samples(store_path: str | Path, masks_width: int,
     return masks_width == margins_width
 
 
-def read_recipe(store_path: str | Path):
+def read_recipe(store_path: str | Path) -> TrainingRecipe:
     """The recipe saved in a store (its class follows the saved ``kind``)."""
     path = Path(store_path)
     if not (path / RECIPE_FILE).exists():

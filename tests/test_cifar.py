@@ -190,6 +190,12 @@ def test_bad_images_and_masks_are_refused(data):
     with pytest.raises(ValueError, match=r"uint8 \[n, 3, H, W\]"):
         ResNetEnsembleTrainer(data.train_images.astype(np.float32), y, data.test_images,
                               binary_labels(data.test_labels), TINY)
+    with pytest.raises(ValueError, match="one class only"):
+        ResNetEnsembleTrainer(data.train_images, np.ones_like(y), data.test_images,
+                              binary_labels(data.test_labels), TINY)
+    with pytest.raises(ValueError, match="one class only"):  # before any store is made
+        ImageRecipe(data.train_images, np.zeros_like(y), data.test_images,
+                    binary_labels(data.test_labels), 0.5, TINY)
     with pytest.raises(ValueError, match="lr_peak_epoch"):
         ResNetConfig(epochs=2, lr_peak_epoch=3)
     trainer = tiny_recipe(data).trainer("cpu")

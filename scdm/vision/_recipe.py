@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,7 +15,7 @@ from .._training import store_schema
 from .._workers import write_recipe
 from ..masks import MaskSampler, check_alpha
 from ..store import ModelStore
-from ._resnet import ResNetConfig, ResNetEnsembleTrainer
+from ._resnet import ResNetConfig, ResNetEnsembleTrainer, check_images
 
 
 @dataclass
@@ -40,8 +40,9 @@ class ImageRecipe:
     def __post_init__(self) -> None:
         self.alpha = check_alpha(self.alpha)
         self.random_state = check_random_state(self.random_state)
-        self.train_labels = np.asarray(self.train_labels, dtype=np.int64)
-        self.target_labels = np.asarray(self.target_labels, dtype=np.int64)
+        self.train_labels, self.target_labels = check_images(
+            self.train_images, self.train_labels, self.target_images, self.target_labels)
+        self.sampler()  # every class can be split with this alpha (else a clear error now)
 
     @property
     def n_classes(self) -> int:
@@ -63,8 +64,7 @@ class ImageRecipe:
 
     def with_random_state(self, random_state: int) -> ImageRecipe:
         """The same models on other subsets and initialisations (e.g. for LDS)."""
-        return ImageRecipe(self.train_images, self.train_labels, self.target_images,
-                           self.target_labels, self.alpha, self.config, random_state)
+        return replace(self, random_state=random_state)
 
     def sampler(self) -> MaskSampler:
         return MaskSampler(self.train_labels, self.alpha, random_state=self.random_state)

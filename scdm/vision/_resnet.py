@@ -173,6 +173,26 @@ class GroupedResNet9(nn.Module):
                 weight[i * rows : (i + 1) * rows] = torch.from_numpy(values)
 
 
+def check_images(images: np.ndarray, labels: np.ndarray, target_images: np.ndarray,
+                 target_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse images or labels a ResNet ensemble cannot train on; labels as int64."""
+    for name, array in (("images", images), ("target_images", target_images)):
+        array = np.asarray(array)
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] != 3 or not len(array):
+            raise ValueError(f"{name} must be non-empty uint8 [n, 3, H, W] (CIFAR's layout), "
+                             f"got {array.dtype} {array.shape}.")
+    labels = np.asarray(labels, dtype=np.int64)
+    target_labels = np.asarray(target_labels, dtype=np.int64)
+    if labels.shape != (len(images),) or target_labels.shape != (len(target_images),):
+        raise ValueError("labels and target_labels need one class code per image.")
+    if min(labels.min(), target_labels.min()) < 0:
+        raise ValueError("labels must be non-negative class codes.")
+    if np.unique(labels).size < 2:
+        raise ValueError(f"the training images hold one class only ({labels[0]}); a classifier "
+                         "needs two. Choose more training images (--n-train) or another subset.")
+    return labels, target_labels
+
+
 def _one_cycle(step: int, steps_per_epoch: int, config: ResNetConfig) -> float:
     total = config.epochs * steps_per_epoch
     peak = config.lr_peak_epoch * steps_per_epoch
@@ -215,19 +235,10 @@ class ResNetEnsembleTrainer:
                  models_at_once: int | None = None) -> None:
         self.config = config or ResNetConfig()
         self.device = resolve_device(device)
-        for name, array in (("images", images), ("target_images", target_images)):
-            if np.asarray(array).dtype != np.uint8 or np.asarray(array).ndim != 4 or (
-                    np.asarray(array).shape[1] != 3):
-                raise ValueError(f"{name} must be uint8 [n, 3, H, W] (CIFAR's layout), got "
-                                 f"{np.asarray(array).dtype} {np.asarray(array).shape}.")
-        labels = np.asarray(labels, dtype=np.int64)
-        target_labels = np.asarray(target_labels, dtype=np.int64)
-        if labels.shape != (len(images),) or target_labels.shape != (len(target_images),):
-            raise ValueError("labels and target_labels need one class code per image.")
-        self.n_classes = int(n_classes or labels.max() + 1)
-        if self.n_classes < 2 or labels.min() < 0 or labels.max() >= self.n_classes:
-            raise ValueError(f"labels must be class codes in [0, {self.n_classes}) with at least "
-                             "two classes.")
+        labels, target_labels = check_images(images, labels, target_images, target_labels)
+        self.n_classes = int(n_classes or max(labels.max(), target_labels.max()) + 1)
+        if max(labels.max(), target_labels.max()) >= self.n_classes:
+            raise ValueError(f"labels must be class codes in [0, {self.n_classes}).")
         self.n, self.n_targets = len(labels), len(target_labels)
         self.random_state = int(random_state)
         self.eval_batch_size = int(eval_batch_size)
