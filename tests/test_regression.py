@@ -70,8 +70,8 @@ def test_heldout_mode_matches_sklearn_on_kept_rows():
 def test_planted_support_and_lambda_choice_match_sklearn_path(precompute):
     X, Y, W = planted(n=1500, p=40, n_targets=5, noise=1.0)
     val = np.arange(1200, 1500)
-    model = LassoPath(n_lambdas=20, eps=1e-3, val_rows=val, tol=1e-6, early_stopping=False,
-                      precompute=precompute, verbose=False).fit(X, Y)
+    model = LassoPath(n_lambdas=20, eps=1e-3, val_rows=val, tol=1e-6, path_tol=1e-6,
+                      early_stopping=False, precompute=precompute, verbose=False).fit(X, Y)
     strong = np.abs(W) > 0
     assert (model.coef_[strong] != 0).all()  # every planted weight found
     # sklearn lasso_path on the same training rows and λ grid, λ picked on the same rows
@@ -88,6 +88,61 @@ def test_planted_support_and_lambda_choice_match_sklearn_path(precompute):
     assert (model.val_corr_ > 0.7).all()  # noise sd 1 vs signal of 4 weights of 1-2
     pred = model.predict(X[val])
     assert np.corrcoef(pred[:, 0], Y[val, 0])[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_default_loose_path_then_exact_refit_matches_sklearn_at_chosen_lambda(precompute):
+    """Path points solved to path_tol=1e-3 only pick λ; the returned weights are solved to tol
+    (default 1e-5) and match scikit-learn's Lasso at that λ on all rows."""
+    X, Y, _ = planted(n=1500, p=40, n_targets=5, noise=1.0)
+    val = np.arange(1200, 1500)
+    loose = LassoPath(n_lambdas=20, val_rows=val, early_stopping=False, precompute=precompute,
+                      verbose=False).fit(X, Y)
+    exact = LassoPath(n_lambdas=20, val_rows=val, early_stopping=False, precompute=precompute,
+                      path_tol=1e-8, tol=1e-8, dtype=torch.float64, verbose=False).fit(X, Y)
+    np.testing.assert_allclose(loose.lambda_, exact.lambda_, rtol=1e-5)  # the same λ chosen
+    assert loose.converged_.all()
+    Xs = standardised(X)
+    for t in range(Y.shape[1]):
+        ref = Lasso(alpha=loose.lambda_[t], tol=1e-12, max_iter=100_000).fit(Xs, Y[:, t])
+        coef = loose.coef_[:, t] * X.std(0)
+        assert np.abs(coef - ref.coef_).max() <= 1e-4 * np.abs(ref.coef_).max()
+
+
+def test_validation_rows_scored_per_target_and_too_few_refused():
+    """val_sample_weight='heldout' scores target t on the validation rows with X[:, t] == 0,
+    while every row trains it (the datamodels default: own mask column absorbed)."""
+    rng = np.random.default_rng(3)
+    X = rng.random((1200, 10)) < 0.5
+    Y = (X @ rng.normal(size=(10, 10)) + 0.3 * rng.normal(size=(1200, 10))).astype(np.float32)
+    Y += 5 * X  # each target's own column dominates the rows that include it
+    val = np.arange(1000, 1200)
+    both = LassoPath(val_rows=val, verbose=False).fit(X, Y)
+    held = LassoPath(val_rows=val, verbose=False).fit(X, Y, val_sample_weight="heldout")
+    np.testing.assert_array_equal(held.n_val_rows_, (~X[val]).sum(0))
+    np.testing.assert_array_equal(both.n_val_rows_, np.full(10, 200))
+    assert held.precompute_  # training rows still from the Gram matrix
+    np.testing.assert_allclose(held.coef_, both.coef_, atol=0.05)  # same fit, other score
+    # one λ: the validation MSE is that of the training-row fit on the kept validation rows
+    one = LassoPath(lambdas=[0.05], val_rows=val, tol=1e-8, path_tol=1e-8, dtype=torch.float64,
+                    verbose=False).fit(X, Y, val_sample_weight="heldout")
+    Xs = (X - one.mean_) / one.scale_
+    for t in (0, 4):
+        ref = Lasso(alpha=0.05, tol=1e-12, max_iter=100_000).fit(Xs[:1000], Y[:1000, t])
+        kept = val[~X[val, t]]
+        expected = ((ref.predict(Xs[kept]) - Y[kept, t]) ** 2).mean()
+        assert one.val_mse_[t] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="only 2 of the 4 validation rows"):
+        X2 = X.copy()
+        X2[1000:1002], X2[1002:1004] = True, False  # every target keeps 2 of these 4 rows
+        LassoPath(val_rows=[1000, 1001, 1002, 1003], verbose=False).fit(
+            X2, Y, val_sample_weight="heldout")
+    X2[1004:1010] = False  # now 8 kept validation rows each: too few to trust, enough to run
+    with pytest.warns(UserWarning, match="8 of the 10 validation rows .fewer than 10"):
+        LassoPath(val_rows=np.arange(1000, 1010), verbose=False).fit(
+            X2, Y, val_sample_weight="heldout")
+    with pytest.raises(ValueError, match="val_sample_weight"):
+        LassoPath(verbose=False).fit(X, Y, val_sample_weight="other")
 
 
 @pytest.mark.parametrize("precompute", [True, False])
