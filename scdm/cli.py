@@ -45,6 +45,14 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit("scdm run: --label-key is required with an input file.")
         adata = ad.read_h5ad(args.input)
         label_key, use_rep, source = args.label_key, args.use_rep, str(args.input)
+    if label_key in adata.obs:  # a missing column is reported by train_models
+        counts = adata.obs[label_key].value_counts()
+        smallest = 2 * args.n_neighbors if args.resolution is None else args.n_neighbors + 1
+        if (counts < smallest).any():  # refuse before training, not after
+            raise ValueError(
+                f"classes {counts[counts < smallest].to_dict()} have fewer than {smallest} "
+                f"cells, too few to check subgroups on two halves with n_neighbors="
+                f"{args.n_neighbors}; lower n_neighbors (--n-neighbors) or drop those classes.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.store) if args.store else out / "store"
@@ -86,6 +94,9 @@ def _run(args: argparse.Namespace) -> int:
                                        "min": float(corr.min())},
         "mean_nonzero_weights_per_target": info["summary"]["mean_nonzero_weights"],
         "subgroups": _subgroup_summary(adata),
+        "subgroup_evidence": {str(k): dict(v) for k, v in adata.uns["datamodels_subgroup"].get(
+            "reproducibility", {}).items()},
+        "degenerate_datamodels": int((~adata.obs["datamodels_ok"]).sum()),
         "seconds": {"train": round(trained - start, 1), "fit": round(fitted - trained, 1),
                     "subgroups": round(grouped - fitted, 1),
                     "evaluation": round(evaluated - grouped, 1)},
@@ -124,6 +135,12 @@ def _run(args: argparse.Namespace) -> int:
                                                 summary["model_curve"]["mean_lds"], strict=True)),
             f"enough models? {summary['model_curve']['recommendation']}",
         ]
+    if summary["degenerate_datamodels"]:
+        lines.append(f"degenerate datamodels (left out, subgroup 'unassigned'): "
+                     f"{summary['degenerate_datamodels']}")
+    if summary["subgroup_evidence"]:
+        lines.append("how many subgroups:")
+        lines += _evidence_lines(adata)
     lines.append("subgroups (size: top markers):")
     for name, group in summary["subgroups"].items():
         markers = ", ".join(group["top_markers"]) or "-"
@@ -143,6 +160,25 @@ def _subgroup_summary(adata, n_markers: int = 5) -> dict:
         top = markers[markers["subgroup"] == name].sort_values("rank")["gene"].head(n_markers)
         summary[name] = {"size": int(size), "top_markers": [str(g) for g in top]}
     return summary
+
+
+def _evidence_lines(adata) -> list[str]:
+    """Per class, why it has the subgroups it has (the reproducibility check)."""
+    evidence = adata.uns["datamodels_subgroup"].get("reproducibility", {})
+    lines = []
+    for cls, e in evidence.items():
+        if e.get("split"):
+            lines.append(
+                f"  {cls}: {e['n_subgroups']} subgroups; two halves of the models agree on "
+                f"them (ARI {e['reproducibility']:.2f} at resolution {e['resolution']:g}) and "
+                f"they are more separated than in cluster-free null halves ({e['separation']:.2f}"
+                f" vs at most {e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
+        else:
+            lines.append(
+                f"  {cls}: one subgroup; no split both reproduces and beats the null (best "
+                f"ARI between halves {e['best_reproducibility']:.2f} at resolution "
+                f"{e['best_resolution']:g}; separation p = {e['p_value']:.2f})")
+    return lines
 
 
 def _figures(adata, out: Path) -> list[str]:
@@ -214,7 +250,7 @@ def _train(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     from ._workers import targets_are_training_samples
     from .io import write_datamodels_pt
-    from .regression import HELDOUT, LassoPath
+    from .regression import LassoPath, fit_datamodels_path
     from .store import ModelStore
 
     store = ModelStore.open(args.store)
@@ -224,13 +260,13 @@ def _fit(args: argparse.Namespace) -> int:
                          "finish it with scdm train, or pass --allow-incomplete.")
     X, Y = ((store.masks, store.margins) if completed.size == store.n_models else
             (store.masks[completed], store.margins[completed]))
-    heldout = targets_are_training_samples(args.store, X.shape[1], Y.shape[1])
-    model = LassoPath(device=args.device, verbose=not args.quiet).fit(
-        X, Y, sample_weight=HELDOUT if heldout else None)
+    in_sample = targets_are_training_samples(args.store, X.shape[1], Y.shape[1])
+    model = fit_datamodels_path(LassoPath(device=args.device, verbose=not args.quiet), X, Y,
+                                targets_are_training=in_sample)
     out = Path(args.out) if args.out else Path(args.store) / "datamodels.pt"
     write_datamodels_pt(model, out)
     print(f"datamodels of {Y.shape[1]} targets from {X.shape[0]} models written to {out}; "
-          f"mean {'held-out' if heldout else 'validation'} correlation "
+          f"mean {'held-out' if in_sample else 'validation'} correlation "
           f"{float(np.nanmean(model.val_corr_)):.3f}")
     return 0
 
@@ -273,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--alpha", type=float, default=0.5)
     run.add_argument("--n-models", type=int, default=None, help="default: ~25 per sample")
     run.add_argument("--n-neighbors", type=int, default=15, help="kNN of the subgroup graph")
-    run.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution")
+    run.add_argument("--resolution", type=float, default=None,
+                     help="fixed Leiden resolution (default: chosen per class by "
+                     "reproducibility across halves of the models; no split without one)")
     run.add_argument("--lds-models", type=int, default=200,
                      help="evaluation models for the LDS and the model-count curve (0: skip)")
     run.add_argument("--store", help="store directory (default OUT/store)")

@@ -15,15 +15,21 @@ def write_datamodels_pt(model: LassoPath, path: str | os.PathLike) -> Path:
     """Save a fitted :class:`~scdm.regression.LassoPath` as MadryLab's ``datamodels.pt``.
 
     The file holds ``{"weight": n_train × n_targets, "bias": n_targets, "lam": n_targets}``
-    in raw mask units, as ``torch.load`` users of the published datamodels expect.
+    in raw mask units, as ``torch.load`` users of the published datamodels expect, and
+    ``"self_influence"`` (n_targets) when the targets are the training samples and the fit
+    absorbed each one's own mask column (``weight`` then has a zero diagonal).
     """
     if not hasattr(model, "coef_"):
         raise RuntimeError("the LassoPath is not fitted yet; call fit first.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"weight": torch.from_numpy(np.ascontiguousarray(model.coef_)),
-                "bias": torch.from_numpy(np.asarray(model.intercept_, dtype=np.float32)),
-                "lam": torch.from_numpy(np.asarray(model.lambda_, dtype=np.float32))}, path)
+    data = {"weight": torch.from_numpy(np.ascontiguousarray(model.coef_)),
+            "bias": torch.from_numpy(np.asarray(model.intercept_, dtype=np.float32)),
+            "lam": torch.from_numpy(np.asarray(model.lambda_, dtype=np.float32))}
+    if getattr(model, "self_influence_", None) is not None:
+        data["self_influence"] = torch.from_numpy(np.asarray(model.self_influence_,
+                                                             dtype=np.float32))
+    torch.save(data, path)
     return path
 
 

@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 from anndata import read_h5ad
 from scipy.stats import spearmanr
+from sklearn.cluster import KMeans
 
 import scdm
 from scdm.evaluation import linear_datamodeling_score, signal_to_noise, spearman_columns
@@ -107,20 +109,28 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
     rng = np.random.default_rng(3)
     disease = np.flatnonzero(adata.obs["disease"] == "disease")
     proposal = np.where(adata.obs["disease"] == "disease", "rest", "control").astype(object)
-    proposal[rng.choice(disease, 20, replace=False)] = "random-set"
     subtype = adata.obs["subtype"].astype(str).to_numpy()
-    proposal[np.flatnonzero(subtype == subtype[disease[0]])[:20]] = "planted"
+    planted = np.flatnonzero(subtype == subtype[disease[0]])  # a whole subtype (40 cells)
+    proposal[planted] = "planted"
+    controls = np.flatnonzero(adata.obs["disease"] == "control")
+    proposal[rng.choice(controls, 20, replace=False)] = "random-set"
     adata.obs["proposal"] = pd.Categorical(proposal)
-    table = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=9, n_models=16,
+    # against feature-space neighbourhoods of the same size (the default comparison sets); half
+    # a subtype would not pass them (the other half still supports it), a whole one does
+    table = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=19, n_models=8,
                                        subgroups=["planted", "random-set"])
     assert list(table.index) == ["planted", "random-set"]
-    assert table.loc["planted", "p_value_margin"] == pytest.approx(0.1)  # the smallest possible
+    assert table.loc["planted", "p_value_margin"] == pytest.approx(0.05)  # the smallest possible
     assert table.loc["planted", "margin_drop"] > table.loc["planted", "random_margin_drop"] + 0.1
     assert table.loc["random-set", "p_value_margin"] > 0.2
+    # Benjamini-Hochberg across the two tested subgroups
+    assert table.loc["planted", "q_value_margin"] == pytest.approx(
+        min(0.1, table.loc["random-set", "p_value_margin"]))
+    assert (table["q_value"] >= table["p_value"]).all()
     stored = adata.uns["proposal"]["validation"]
-    assert stored["random"].shape[0] == 2 * 9
+    assert stored["random"].shape[0] == 2 * 19 and stored["params"]["null"] == "neighbourhood"
     # reproducible with the same seed
-    again = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=9, n_models=16,
+    again = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=19, n_models=8,
                                        subgroups=["planted", "random-set"])
     pd.testing.assert_frame_equal(table, again)
     adata.write_h5ad(tmp_path / "v.h5ad")
@@ -130,6 +140,31 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
         scdm.pl.validation(back, subgroup_key="proposal", metric="margin", show=False)
         scdm.pl.lds(back, targets=[back.obs_names[0]], show=False)
     plt.close("all")
+
+
+def test_feature_space_clusters_of_null_data_do_not_validate(tmp_path):
+    """No subtypes: clusters of the input features are coherent but meaningless. Against
+    uniform random sets they "validate"; against feature-space neighbourhoods (the default)
+    they must not."""
+    adata = scdm.datasets.planted_subtypes(n_controls=80, n_per_subtype=80, n_subtypes=1,
+                                           n_genes=200, batch_genes=100, random_state=2)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.datamodels(adata, "disease", use_rep="X_pca", stratify_key="batch",
+                       n_models=2000, store=tmp_path / "s")
+    disease = np.flatnonzero(adata.obs["disease"] == "disease")
+    clusters = KMeans(4, n_init=10, random_state=0).fit_predict(adata.obsm["X_pca"][disease])
+    proposal = np.full(adata.n_obs, "control", dtype=object)
+    proposal[disease] = [f"cluster-{c}" for c in clusters]
+    adata.obs["proposal"] = pd.Categorical(proposal)
+    tested = [f"cluster-{c}" for c in range(4)]
+    fair = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
+                                      n_random=19, n_models=8)
+    assert (fair["q_value"] > 0.05).all() and (fair["q_value_margin"] > 0.05).all()
+    uniform = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
+                                         n_random=19, n_models=8, null="random")
+    assert (uniform["p_value_margin"] <= 0.1).sum() >= 3  # the unfair null passes them
+    with pytest.raises(ValueError, match="null must be one of"):
+        scdm.tl.validate_subgroups(adata, subgroup_key="proposal", null="uniform")
 
 
 def test_signal_to_noise_separates_subset_from_seed_variance(planted):

@@ -1,3 +1,5 @@
+import shutil
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -30,8 +32,10 @@ def test_fit_writes_obsp_obs_uns_and_roundtrips(trained, tmp_path):
     assert info["lambda"].shape == (40,) and (info["lambda"] > 0).all()
     assert info["summary"]["n_models_used"] == 800
     assert info["params"]["label_key"] == "disease"  # training record kept
-    # in held-out mode a target's own column is always 0 (it never trains on itself)
+    # the own column absorbs the self-influence, which is moved out of W into uns
     assert np.allclose(W.diagonal(), 0)
+    assert info["self_influence"].shape == (40,) and np.mean(info["self_influence"] > 0) > 0.9
+    assert adata.obs["datamodels_ok"].all() and info["summary"]["n_degenerate"] == 0
     # weights are in raw mask units: they predict the margins of the stored models
     store = ModelStore.open(info["store"])
     heldout = ~store.masks[:, 5]
@@ -64,4 +68,50 @@ def test_too_few_heldout_models_for_a_target(tmp_path):
     scdm.tl.train_models(adata, "disease", n_models=60, store=tmp_path / "s", min_heldout=5,
                          **TRAIN)
     with pytest.raises(ValueError, match="held out of only"):
-        scdm.tl.fit_datamodels(adata, min_rows=100)
+        scdm.tl.fit_datamodels(adata, heldout=True, min_rows=100)
+    # the default fit chooses λ on the held-out validation models: 60 models are too few
+    with pytest.raises(ValueError, match=r"held out of only \d+ of 60 models.*validation"):
+        scdm.tl.fit_datamodels(adata)
+
+
+def test_default_fit_agrees_with_heldout_fit_and_predicts_heldout_margins(trained):
+    """Every model, own column absorbed (default) vs each target on the models that did not
+    train on it: the same off-diagonal weights up to noise, the same held-out predictions."""
+    adata = trained.copy()
+    scdm.tl.fit_datamodels(adata)
+    scdm.tl.fit_datamodels(adata, heldout=True, key_added="heldout")
+    W = adata.obsp["datamodels"]
+    W = W.toarray() if sparse.issparse(W) else W
+    H = adata.obsp["heldout"]
+    H = H.toarray() if sparse.issparse(H) else H
+    off = ~np.eye(40, dtype=bool)
+    assert np.corrcoef(W[off], H[off])[0, 1] > 0.9
+    assert "self_influence" not in adata.uns["heldout"]
+    assert adata.uns["datamodels"]["fit_params"]["heldout"] is False
+    # the correlations are on held-out validation models in both modes: comparable
+    assert abs(adata.obs["datamodels_corr"].mean() - adata.obs["heldout_corr"].mean()) < 0.1
+    # moving the diagonal out leaves predictions for models without the target unchanged
+    store = ModelStore.open(adata.uns["datamodels"]["store"])
+    masks, margins = np.asarray(store.masks), np.asarray(store.margins)
+    for t in (3, 30):
+        out = ~masks[:, t]
+        pred = masks[out].astype(np.float32) @ W[t] + adata.uns["datamodels"]["intercept"][t]
+        assert np.corrcoef(pred, margins[out, t])[0, 1] > 0.3
+
+
+def test_degenerate_datamodels_are_flagged(trained, tmp_path):
+    """A target whose margin the masks cannot explain gets an all-zero datamodel: flagged,
+    warned about, and left out of the embedding."""
+    adata = trained.copy()
+    copy = tmp_path / "noisy"
+    shutil.copytree(adata.uns["datamodels"]["store"], copy)
+    margins = np.load(copy / "margins.npy", mmap_mode="r+")
+    margins[:, 7] = np.random.default_rng(0).normal(size=margins.shape[0])  # pure noise
+    margins.flush()
+    del margins
+    with pytest.warns(scdm.tl._fit.DegenerateDatamodelsWarning, match="cell7"):
+        scdm.tl.fit_datamodels(adata, store=copy)
+    assert not adata.obs["datamodels_ok"].iloc[7] and adata.obs["datamodels_ok"].sum() >= 35
+    scdm.tl.embed_datamodels(adata, label_key="disease")
+    assert np.isnan(adata.obsm["X_datamodels"][7]).all()
+    assert np.isfinite(adata.obsm["X_datamodels"][adata.obs["datamodels_ok"].to_numpy()]).all()

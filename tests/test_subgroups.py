@@ -51,7 +51,7 @@ def test_embedding_and_subgroups_recover_blocks(as_sparse):
     scdm.tl.embed_datamodels(adata, n_comps=10)
     assert adata.obsm["X_datamodels"].shape == (adata.n_obs, 10)
     assert adata.uns["datamodels"]["embedding"]["params"]["standardize"] is True
-    scdm.tl.subgroups(adata, n_neighbors=10)
+    scdm.tl.subgroups(adata, n_neighbors=10, resolution=1.0)
     groups = adata.obs["datamodels_subgroup"]
     assert isinstance(groups.dtype, pd.CategoricalDtype)
     disease = (adata.obs["disease"] == "disease").to_numpy()
@@ -70,8 +70,8 @@ def test_embedding_and_subgroups_recover_blocks(as_sparse):
 def test_subgroups_deterministic_and_seeded():
     adata = planted_w_adata()
     scdm.tl.embed_datamodels(adata, n_comps=10)
-    first = scdm.tl.subgroups(adata, n_neighbors=10, markers=False, copy=True)
-    second = scdm.tl.subgroups(adata, n_neighbors=10, markers=False, copy=True)
+    first = scdm.tl.subgroups(adata, n_neighbors=10, resolution=1.0, markers=False, copy=True)
+    second = scdm.tl.subgroups(adata, n_neighbors=10, resolution=1.0, markers=False, copy=True)
     assert first.obs["datamodels_subgroup"].equals(second.obs["datamodels_subgroup"])
     assert "datamodels_subgroup" not in adata.obs  # copy=True leaves the input alone
     embedded_twice = scdm.tl.embed_datamodels(adata, n_comps=10, copy=True)
@@ -81,7 +81,7 @@ def test_subgroups_deterministic_and_seeded():
 def test_subgroups_h5ad_roundtrip(tmp_path):
     adata = planted_w_adata()
     scdm.tl.embed_datamodels(adata, n_comps=10)
-    scdm.tl.subgroups(adata, n_neighbors=10)
+    scdm.tl.subgroups(adata, n_neighbors=10, resolution=1.0)
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = read_h5ad(tmp_path / "a.h5ad")
     assert back.obs["datamodels_subgroup"].equals(adata.obs["datamodels_subgroup"])
@@ -90,7 +90,7 @@ def test_subgroups_h5ad_roundtrip(tmp_path):
                                   check_dtype=False, check_index_type=False)
     np.testing.assert_array_equal(back.obsm["X_datamodels"], adata.obsm["X_datamodels"])
     # Results read back are enough to recompute subgroups identically.
-    scdm.tl.subgroups(back, n_neighbors=10, markers=False)
+    scdm.tl.subgroups(back, n_neighbors=10, resolution=1.0, markers=False)
     assert back.obs["datamodels_subgroup"].equals(adata.obs["datamodels_subgroup"])
 
 
@@ -117,7 +117,7 @@ def test_subgroups_bad_input():
 def test_plots_render_without_warnings(tmp_path):
     adata = planted_w_adata()
     scdm.tl.embed_datamodels(adata, n_comps=10)
-    scdm.tl.subgroups(adata, n_neighbors=10)
+    scdm.tl.subgroups(adata, n_neighbors=10, resolution=1.0)
     lam = np.geomspace(1, 1e-2, 5)[:, None] * np.ones((1, adata.n_obs))
     mse = np.linspace(2, 1, 5)[:, None] * np.ones((1, adata.n_obs))
     adata.uns["datamodels"].update({
@@ -142,3 +142,99 @@ def test_plots_render_without_warnings(tmp_path):
         scdm.pl.embedding(adata, basis="other", show=False)
     with pytest.raises(KeyError, match="run scdm"):
         scdm.pl.path(adata, 0, key="other", show=False)
+
+
+# ---------------------------------------------------------------- how many subgroups
+def trained_small(adata, tmp_path, **kwargs):
+    import scanpy as sc
+
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.datamodels(adata, "disease", use_rep="X_pca", store=tmp_path / "store", **kwargs)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def null_trained(tmp_path_factory):
+    """No subtypes: the disease is one program, under a 4-batch effect (Poisson generator)."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_controls=80, n_per_subtype=80, n_subtypes=1,
+                                           n_genes=200, batch_genes=100, random_state=1)
+    return trained_small(adata, tmp_path_factory.mktemp("null"), stratify_key="batch")
+
+
+def test_no_structure_gives_one_subgroup_per_class(null_trained):
+    adata = null_trained.copy()
+    scdm.tl.subgroups(adata)
+    assert set(adata.obs["datamodels_subgroup"]) == {"control-0", "disease-0"}
+    info = adata.uns["datamodels_subgroup"]
+    for cls in ("control", "disease"):
+        evidence = info["reproducibility"][cls]
+        assert not evidence["split"] and evidence["n_subgroups"] == 1
+        assert evidence["best_reproducibility"] < info["params"]["min_reproducibility"]
+        assert not info["reproducibility_scan"][cls]["accepted"].any()
+    assert info["markers"].empty  # nothing to contrast within a class
+    # the halves were cached: a second call reuses them instead of refitting
+    cached = adata.obsm["X_datamodels_half1"].copy()
+    scdm.tl.subgroups(adata, markers=False)
+    np.testing.assert_array_equal(adata.obsm["X_datamodels_half1"], cached)
+    # Leiden at a fixed resolution cuts the same structureless classes into pieces
+    forced = scdm.tl.subgroups(adata, resolution=1.0, markers=False, copy=True)
+    assert forced.obs["datamodels_subgroup"].nunique() > 2
+
+
+def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
+    """Gaussian features (not the Poisson counts the defaults were tuned on), three subtypes
+    of unequal size with strong programs under a batch effect."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.gaussian_subtypes({"control": [90], "disease": [50, 60, 70]},
+                                            program_effect=2.0, random_state=1)
+    trained_small(adata, tmp_path)
+    scdm.tl.subgroups(adata)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    groups = adata.obs["datamodels_subgroup"]
+    assert groups[disease].nunique() == 3 and groups[~disease].nunique() == 1
+    assert adjusted_rand_score(adata.obs["subtype"][disease], groups[disease]) > 0.9
+    evidence = adata.uns["datamodels_subgroup"]["reproducibility"]["disease"]
+    assert evidence["split"] and evidence["reproducibility"] > 0.8 and evidence["p_value"] < 0.05
+    # features are centred Gaussians: markers come with mean differences, no log-fold changes
+    markers = adata.uns["datamodels_subgroup"]["markers"]
+    assert markers["logfoldchange"].isna().all() and (markers["mean_difference"].abs() > 0).all()
+
+
+def test_subgroups_bad_input_for_the_reproducibility_check(null_trained):
+    adata = null_trained.copy()
+    with pytest.raises(ValueError, match="resolutions"):
+        scdm.tl.subgroups(adata, resolutions=[0.5, -1])
+    with pytest.raises(ValueError, match="resolutions"):
+        scdm.tl.subgroups(adata, resolutions=[])
+    with pytest.raises(ValueError, match="min_reproducibility"):
+        scdm.tl.subgroups(adata, min_reproducibility=1.5)
+    with pytest.raises(ValueError, match="n_null"):
+        scdm.tl.subgroups(adata, n_null=5)
+    with pytest.raises(ValueError, match="fewer than 100 usable datamodels"):
+        scdm.tl.subgroups(adata, n_neighbors=50)
+    with pytest.raises(ValueError, match="needs a fixed resolution"):
+        scdm.tl.subgroups(adata, use_rep="X_pca")
+
+
+def test_too_few_models_to_split_in_halves(tmp_path):
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_controls=40, n_per_subtype=20, n_subtypes=2,
+                                           n_genes=100, batch_genes=40, random_state=0)
+    trained_small(adata, tmp_path, n_models=400)
+    with pytest.raises(ValueError, match="too few to split into two halves"):
+        scdm.tl.subgroups(adata, n_neighbors=10)
+    scdm.tl.subgroups(adata, n_neighbors=10, resolution=0.5, markers=False)  # still possible
+
+
+def test_degenerate_datamodels_are_unassigned(null_trained):
+    adata = null_trained.copy()
+    ok = adata.obs["datamodels_ok"].to_numpy().copy()
+    ok[[3, 100]] = False  # as fit_datamodels flags them
+    adata.obs["datamodels_ok"] = ok
+    scdm.tl.embed_datamodels(adata)
+    scdm.tl.subgroups(adata, resolution=1.0)
+    groups = adata.obs["datamodels_subgroup"].astype(str)
+    assert groups.iloc[3] == groups.iloc[100] == "unassigned"
+    assert (groups == "unassigned").sum() == (~ok).sum()
+    assert "unassigned" not in set(adata.uns["datamodels_subgroup"]["markers"]["subgroup"])

@@ -1,5 +1,6 @@
 """Example and synthetic datasets."""
 
+from ._gaussian import gaussian_subtypes
 from ._planted import planted_subtypes
 
-__all__ = ["planted_subtypes"]
+__all__ = ["gaussian_subtypes", "planted_subtypes"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -19,7 +21,7 @@ def _counts_to_lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarra
 
 def planted_subtypes(
     n_controls: int = 300,
-    n_per_subtype: int = 100,
+    n_per_subtype: int | Sequence[int] = 100,
     n_subtypes: int = 3,
     *,
     n_genes: int = 500,
@@ -48,15 +50,19 @@ def planted_subtypes(
     n_controls
         Control cells.
     n_per_subtype
-        Disease cells of each subtype.
+        Disease cells of each subtype, or one count per subtype (unequal sizes; then
+        ``n_subtypes`` is its length).
     n_subtypes
-        Hidden subtypes of the disease.
+        Hidden subtypes of the disease (1: a disease without subtypes, the null case).
     n_genes
         Genes in total (programs and batch genes are disjoint subsets).
     program_size, program_effect
         Genes per subtype program and their log-rate increase.
     n_batches, batch_genes, batch_effect
         The nuisance: batches, genes they shift, and the log-rate shift per batch.
+    gradient_genes, gradient_effect
+        A continuous nuisance: ``obs["state"]`` ~ U(-1, 1), independent of class and subtype,
+        shifts the log-rate of ``gradient_genes`` genes by ``±gradient_effect · state``.
     base_log_rate
         Mean log-rate of a gene (genes vary around it with standard deviation 0.5).
     random_state
@@ -69,7 +75,12 @@ def planted_subtypes(
     (the subtype a gene marks, or ``"none"``) and ``.var["batch_gene"]``.
     """
     seed = check_random_state(random_state)
-    for name, value in (("n_controls", n_controls), ("n_per_subtype", n_per_subtype),
+    if np.ndim(n_per_subtype) == 1:
+        sizes = [int(v) for v in n_per_subtype]
+        n_subtypes = len(sizes)
+    else:
+        sizes = [int(n_per_subtype)] * int(n_subtypes)
+    for name, value in (("n_controls", n_controls), ("n_per_subtype", min(sizes, default=0)),
                         ("n_subtypes", n_subtypes), ("n_batches", n_batches)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
@@ -80,9 +91,8 @@ def planted_subtypes(
             f"needed but n_genes={n_genes}; raise n_genes or shrink the programs."
         )
     rng = np.random.default_rng(seed)
-    n_obs = n_controls + n_subtypes * n_per_subtype
-    subtype = np.concatenate([np.full(n_controls, -1),
-                              np.repeat(np.arange(n_subtypes), n_per_subtype)])
+    n_obs = n_controls + sum(sizes)
+    subtype = np.concatenate([np.full(n_controls, -1), np.repeat(np.arange(n_subtypes), sizes)])
     # Batches dealt round-robin within every subtype (and the controls) keep them balanced.
     batch = np.empty(n_obs, dtype=np.int64)
     for k in range(-1, n_subtypes):
@@ -129,7 +139,7 @@ def planted_subtypes(
     adata = AnnData(X=_counts_to_lognorm(counts), obs=obs, var=var)
     adata.layers["counts"] = sparse.csr_matrix(counts)
     adata.uns["planted_subtypes"] = {
-        "n_controls": n_controls, "n_per_subtype": n_per_subtype, "n_subtypes": n_subtypes,
+        "n_controls": n_controls, "n_per_subtype": sizes, "n_subtypes": n_subtypes,
         "n_genes": n_genes, "program_size": program_size, "program_effect": program_effect,
         "n_batches": n_batches, "batch_genes": batch_genes, "batch_effect": batch_effect,
         "random_state": seed,

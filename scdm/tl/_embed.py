@@ -63,6 +63,44 @@ def _svd_scores(M: np.ndarray, n_comps: int, seed: int) -> tuple[np.ndarray, np.
     return U * signs * S, S
 
 
+def usable_targets(adata: AnnData, key: str) -> np.ndarray:
+    """``adata.obs[f"{key}_ok"]`` (datamodels that are not degenerate), or all True."""
+    column = f"{key}_ok"
+    if column not in adata.obs:
+        return np.ones(adata.n_obs, dtype=bool)
+    return adata.obs[column].to_numpy(dtype=bool)
+
+
+def embedding_blocks(adata: AnnData, label_key: str | None) -> dict[str, np.ndarray]:
+    """Members of each class of ``label_key`` (in order of appearance), or one block of all."""
+    if label_key is None:
+        return {"all": np.arange(adata.n_obs)}
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    return {str(c): np.flatnonzero(labels == c) for c in pd.unique(labels)}
+
+
+def embed_blocks(W, blocks: dict[str, np.ndarray], *, ok: np.ndarray, n_comps: int,
+                 standardize: bool, within_class: bool, seed: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per block of targets, the SVD scores of their rows of ``W`` (the block's own columns
+    when ``within_class``, else all columns), columns standardised first if asked.
+
+    Targets that are not ``ok`` (degenerate datamodels) take no part and get NaN coordinates.
+    """
+    dense = np.asarray(W.toarray() if sparse.issparse(W) else W, dtype=np.float64)
+    embedding = np.full((dense.shape[0], n_comps), np.nan, dtype=np.float32)
+    singular_values = {}
+    for name, members in blocks.items():
+        rows = members[ok[members]]
+        block = dense[np.ix_(rows, members)] if within_class else dense[rows]
+        M = standardized_columns(block) if standardize else block
+        scores, S = _svd_scores(M, n_comps, seed)
+        embedding[rows] = 0.0
+        embedding[rows, : scores.shape[1]] = scores
+        singular_values[name] = S.astype(np.float32)
+    return embedding, singular_values
+
+
 def embed_datamodels(
     adata: AnnData,
     *,
@@ -115,6 +153,9 @@ def embed_datamodels(
     copy
         Return a copy instead of writing into ``adata``.
 
+    Degenerate datamodels (``adata.obs[f"{key}_ok"]`` False, see
+    :func:`scdm.tl.fit_datamodels`) are left out and get NaN coordinates.
+
     Returns
     -------
     ``None`` or a copy. Sets ``adata.obsm[key_added]`` (n_obs × n_comps) and
@@ -130,21 +171,13 @@ def embed_datamodels(
     key_added = key_added or f"X_{key}"
     if within_class:
         label_key = label_key_of(adata, key, label_key)
-        labels = adata.obs[label_key].astype(str).to_numpy()
-        blocks = {str(c): np.flatnonzero(labels == c) for c in pd.unique(labels)}
-    else:
-        blocks = {"all": np.arange(adata.n_obs)}
+    blocks = embedding_blocks(adata, label_key if within_class else None)
     adata = adata.copy() if copy else adata
 
-    dense = np.asarray(W.toarray() if sparse.issparse(W) else W, dtype=np.float64)
-    embedding = np.zeros((adata.n_obs, n_comps), dtype=np.float32)
-    singular_values = {}
-    for name, members in blocks.items():
-        block = dense[np.ix_(members, members)] if within_class else dense
-        M = standardized_columns(block) if standardize else block
-        scores, S = _svd_scores(M, n_comps, seed)
-        embedding[members, : scores.shape[1]] = scores
-        singular_values[name] = S.astype(np.float32)
+    ok = usable_targets(adata, key)
+    embedding, singular_values = embed_blocks(W, blocks, ok=ok, n_comps=n_comps,
+                                              standardize=standardize,
+                                              within_class=within_class, seed=seed)
     adata.obsm[key_added] = embedding
 
     info = dict(adata.uns.get(key, {}))

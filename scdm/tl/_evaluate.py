@@ -11,14 +11,14 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
+from .._memmap import read_rows
 from .._ray import check_backend, fill_store
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from .._training import store_schema
 from ..evaluation import linear_datamodeling_score
-from ..regression import HELDOUT
 from ..store import ModelStore
-from ._fit import datamodel_weights, lasso_for
+from ._fit import datamodel_weights, heldout_rows_needed, solve_datamodels
 from ._train import _check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
@@ -57,9 +57,10 @@ def lds(
     models, trains models on them exactly as recorded in ``adata.uns[key]["params"]`` (same
     features, labels, alpha, strata and hyper-parameters), and correlates (Spearman, across the
     evaluation models) each target's actual margin with the margin its datamodel predicts from
-    the subset alone. With held-out datamodels (the default fit), only evaluation models that
-    did not train on the target count for it. Evaluation models go into their own store, which
-    a rerun resumes and a larger ``n_models`` extends.
+    the subset alone. Only evaluation models that did not train on a target count for it,
+    whatever the fit mode: a model that trained on the target raises its margin by the
+    self-influence, which is trivially predictable and would inflate the score. Evaluation
+    models go into their own store, which a rerun resumes and a larger ``n_models`` extends.
 
     Parameters
     ----------
@@ -98,7 +99,7 @@ def lds(
     n_seeds = _check_n_models(n_seeds)
     random_state = check_random_state(random_state)
     check_backend(backend)
-    weights, intercept, fit_params = datamodel_weights(adata, key)
+    weights, intercept, _ = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     adata = adata.copy() if copy else adata
 
@@ -115,9 +116,8 @@ def lds(
                num_cpus_per_task=num_cpus_per_task, num_gpus_per_task=num_gpus_per_task)
 
     masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
-    heldout = bool(fit_params.get("heldout", True))
     scores = linear_datamodeling_score(weights, masks, margins, intercept=intercept,
-                                       heldout=heldout)
+                                       heldout=True)
     adata.obs[f"{key}_lds"] = scores.astype(np.float32)
     accuracy = eval_store.field("heldout_accuracy")[: n_masks * n_seeds]
     info = dict(adata.uns[key])
@@ -126,7 +126,7 @@ def lds(
         "median": float(np.nanmedian(scores)),
         "store": str(eval_store.path.resolve()),
         "params": {"n_models": n_masks, "n_seeds": n_seeds, "random_state": random_state,
-                   "heldout": heldout},
+                   "heldout": True},
         "mean_heldout_accuracy": float(np.nanmean(accuracy)),
     }
     adata.uns[key] = uns_safe(info)
@@ -134,9 +134,10 @@ def lds(
     return adata if copy else None
 
 
-def _default_curve_sizes(n_completed: int) -> list[int]:
+def _default_curve_sizes(n_completed: int, min_models: float) -> list[int]:
+    """1/8, 1/4, 1/2 and all of the models, from where a refit can choose λ (``min_models``)."""
     sizes = sorted({max(1, n_completed // d) for d in (8, 4, 2, 1)})
-    return [s for s in sizes if s >= min(100, n_completed)]
+    return [s for s in sizes if s >= max(min_models, min(100, n_completed))]
 
 
 def model_count_curve(
@@ -165,7 +166,8 @@ def model_count_curve(
         Key of the datamodels.
     n_models
         Model counts to refit with (default: 1/8, 1/4, 1/2 and all of the completed models,
-        from 100 up).
+        from 100 up and from where every target is held out of enough validation models to
+        choose its λ, with a margin).
     flat_tol
         Gain of the score over the last step below which the curve counts as flat.
     device, verbose, copy
@@ -179,7 +181,13 @@ def model_count_curve(
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     completed = training.store.completed_indices()
-    sizes = (_default_curve_sizes(completed.size) if n_models is None
+    # a target is held out of about (1 - alpha) of the models; the margin covers the targets
+    # that, by chance, are held out of the fewest validation models
+    min_models = heldout_rows_needed(
+        heldout=bool(fit_params.get("heldout", True)),
+        val_fraction=float(fit_params["val_fraction"]),
+        min_rows=int(fit_params["min_rows"])) / (1 - float(training.params["alpha"]))
+    sizes = (_default_curve_sizes(completed.size, 2.5 * min_models) if n_models is None
              else sorted({_check_n_models(int(m)) for m in n_models}))
     if not sizes or sizes[-1] > completed.size:
         raise ValueError(f"n_models must be a non-empty list of counts up to the "
@@ -187,7 +195,6 @@ def model_count_curve(
     if len(sizes) < 2:
         raise ValueError("a curve needs at least two model counts; train more models (the "
                          "default list starts at 100) or pass n_models=.")
-    heldout = bool(fit_params.get("heldout", True))
     lds_info = adata.uns[key].get("lds")
     evaluation = None
     if lds_info is not None:
@@ -205,17 +212,16 @@ def model_count_curve(
             corr = adata.obs[f"{key}_corr"].to_numpy(dtype=np.float64)  # the fit we have
             W, b = weights, intercept
         else:
-            model = lasso_for(fit_params, device=device, verbose=False)
             try:
-                model.fit(np.asarray(masks[rows]), np.asarray(margins[rows]),
-                          sample_weight=HELDOUT if heldout else None)
+                model = solve_datamodels(read_rows(masks, rows), read_rows(margins, rows),
+                                         fit_params, device=device, verbose=False)
             except ValueError as err:
                 raise ValueError(f"cannot refit on {m} models: {err} Start the curve at more "
                                  "models (n_models=).") from err
             corr, W, b = model.val_corr_, model.coef_.T, model.intercept_
         mean_corr.append(float(np.nanmean(corr)))
         if evaluation is not None:
-            scores = linear_datamodeling_score(W, *evaluation, intercept=b, heldout=heldout)
+            scores = linear_datamodeling_score(W, *evaluation, intercept=b, heldout=True)
             mean_lds.append(float(np.nanmean(scores)))
         else:
             mean_lds.append(float("nan"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,78 @@ from scipy import sparse
 from .._anndata import uns_safe
 from .._memmap import read_rows
 from .._settings import settings
-from ..regression import HELDOUT, LassoPath
+from ..regression import MIN_VAL_ROWS, LassoPath, fit_datamodels_path
 from ._train import store_of
+
+
+class DegenerateDatamodelsWarning(UserWarning):
+    """Some datamodels are unusable (all zero, not converged, not finite) and were flagged."""
 
 
 def lasso_for(fit_params: Mapping[str, Any], *, device: str = "auto",
               verbose: bool | None = None) -> LassoPath:
-    """The solver ``fit_datamodels`` uses for the recorded ``fit_params`` (refits use it too)."""
+    """The solver ``fit_datamodels`` uses for the recorded ``fit_params`` (refits use it too).
+
+    Parameters recorded before a setting existed take the value that reproduces those fits.
+    """
+    tol = float(fit_params["tol"])
     return LassoPath(n_lambdas=int(fit_params["n_lambdas"]), eps=float(fit_params["eps"]),
-                     val_fraction=float(fit_params["val_fraction"]), tol=float(fit_params["tol"]),
-                     min_rows=int(fit_params["min_rows"]), device=device,
+                     val_fraction=float(fit_params["val_fraction"]), tol=tol,
+                     path_tol=float(fit_params.get("path_tol", tol)),
+                     min_rows=int(fit_params["min_rows"]),
+                     precompute=fit_params.get("precompute", "auto"),
+                     memory_budget=int(fit_params.get("memory_budget", 2 << 30)), device=device,
                      random_state=int(fit_params["random_state"]),
                      verbose=settings.progress(verbose))
+
+
+def solve_datamodels(X, Y, fit_params: Mapping[str, Any], *, device: str = "auto",
+                     verbose: bool | None = None) -> LassoPath:
+    """Fit the datamodels of store rows ``X`` (masks), ``Y`` (margins) as ``fit_params`` say
+    (targets are the training samples); see :func:`scdm.regression.fit_datamodels_path`."""
+    model = lasso_for(fit_params, device=device, verbose=verbose)
+    return fit_datamodels_path(model, X, Y, heldout=bool(fit_params.get("heldout", True)))
+
+
+def heldout_rows_needed(*, heldout: bool, val_fraction: float, min_rows: int) -> float:
+    """Models a target must be held out of: its λ is chosen on the validation models among
+    them (at least ``MIN_VAL_ROWS``) and, with ``heldout``, it is fitted on the rest."""
+    needed = MIN_VAL_ROWS / val_fraction if val_fraction > 0 else 0.0
+    if heldout:
+        needed = max(needed, min_rows / (1 - val_fraction))
+    return needed
+
+
+def check_heldout_rows(X, obs_names, *, heldout: bool, val_fraction: float, min_rows: int
+                       ) -> None:
+    """Refuse, before any fitting, targets held out of too few models (see
+    :func:`heldout_rows_needed`)."""
+    kept = np.zeros(X.shape[1], dtype=np.int64)
+    for start in range(0, X.shape[0], 8192):
+        kept += (~read_rows(X, slice(start, min(start + 8192, X.shape[0])))).sum(0)
+    worst = int(np.argmin(kept))
+    needed = heldout_rows_needed(heldout=heldout, val_fraction=val_fraction, min_rows=min_rows)
+    if kept[worst] < needed:
+        why = (f"fitted on the models that did not train on it (min_rows={min_rows}) and its "
+               f"λ chosen on the {val_fraction:g} of them held out for validation"
+               if heldout else f"its λ is chosen on the validation models ({val_fraction:g} of "
+               f"all) that did not train on it, and at least {MIN_VAL_ROWS} are needed")
+        raise ValueError(
+            f"observation {obs_names[worst]!r} is held out of only {kept[worst]} of "
+            f"{X.shape[0]} models, but about {int(np.ceil(needed))} are needed: {why}. Train "
+            "more models (n_models), lower alpha or raise val_fraction.")
+
+
+def degenerate_targets(model: LassoPath) -> np.ndarray:
+    """Targets whose datamodel cannot be used: all weights zero (besides the self-influence),
+    not converged, not finite, or without skill on the held-out validation models
+    (correlation ≤ 0, as a margin of pure noise gets). A fit without validation rows has no
+    correlation, which is no fault."""
+    corr = model.val_corr_
+    corr_ok = (corr > 0) | np.isnan(corr).all()
+    usable = (model.converged_ & corr_ok & np.isfinite(model.coef_).all(axis=0)
+              & (model.coef_ != 0).any(axis=0))
+    return ~usable
 
 
 def datamodel_weights(adata: AnnData, key: str = "datamodels") -> tuple[Any, np.ndarray, dict]:
@@ -42,13 +103,16 @@ def fit_datamodels(
     store: str | Path | None = None,
     key: str = "datamodels",
     key_added: str | None = None,
-    heldout: bool = True,
+    heldout: bool = False,
     allow_incomplete: bool = False,
     n_lambdas: int = 20,
     eps: float = 1e-3,
     val_fraction: float = 0.1,
-    tol: float = 1e-3,
+    tol: float = 1e-5,
+    path_tol: float = 1e-3,
     min_rows: int = 20,
+    precompute: bool | str = "auto",
+    memory_budget: int = 2 << 30,
     sparse_threshold: float = 0.3,
     device: str = "auto",
     random_state: int = 0,
@@ -58,10 +122,17 @@ def fit_datamodels(
     """Fit each observation's datamodel: a LASSO from training masks to its margins.
 
     For target ``j`` the rows are the models in the store and the features are the masks; the
-    weight vector says how including each training sample moves ``j``'s margin. By default
-    (``heldout=True``) target ``j`` uses only the models that did *not* train on ``j``, so its
-    margins are out-of-sample. λ is chosen per target on held-out models
-    (``val_fraction``), then refit on all of them (see :class:`scdm.regression.LassoPath`).
+    weight vector says how including each training sample moves ``j``'s margin.
+
+    By default (``heldout=False``) every target is fitted on *all* models with its own mask
+    column kept as a feature: that column absorbs the self-influence (how much training on
+    ``j`` raises ``j``'s own margin), and all targets share one Gram matrix, so the fit is
+    ~20× faster than fitting each target on its own rows. The self-influence is then taken
+    out of ``W`` (its diagonal is 0) and kept in ``adata.uns[key_added]["self_influence"]``.
+    Predictions for models that did not train on ``j`` are unaffected, and λ is chosen on
+    exactly those validation models. With ``heldout=True`` target ``j`` is fitted only on the
+    models that did not train on it (the original datamodels recipe). Measured on planted data
+    (``workflows/benchmarks/fit_modes.py``) the default has the higher LDS.
 
     Parameters
     ----------
@@ -73,15 +144,18 @@ def fit_datamodels(
         Key of ``adata.uns`` written by ``train_models``.
     key_added
         Where results go (default ``key``): ``adata.obsp[key_added]``,
-        ``adata.obs[f"{key_added}_corr"]``, ``adata.uns[key_added]``.
+        ``adata.obs[f"{key_added}_corr"]``, ``adata.obs[f"{key_added}_ok"]``,
+        ``adata.uns[key_added]``.
     heldout
-        Fit target ``j`` on the models that did not train on ``j`` only.
+        Fit target ``j`` on the models that did not train on ``j`` only (slower).
     allow_incomplete
         Fit on the completed models of an unfinished store instead of refusing.
-    n_lambdas, eps, val_fraction, tol
-        The regularisation path (see :class:`~scdm.regression.LassoPath`).
+    n_lambdas, eps, val_fraction, tol, path_tol, precompute, memory_budget
+        The regularisation path and solver (see :class:`~scdm.regression.LassoPath`): ``tol``
+        is the duality-gap tolerance of the returned weights (1e-5 matches scikit-learn's
+        ``Lasso``), ``path_tol`` that of the path points that only choose λ.
     min_rows
-        Refuse if some target keeps fewer models than this.
+        With ``heldout``: refuse if some target keeps fewer models than this.
     sparse_threshold
         Store ``W`` as CSR when at most this fraction of its entries is non-zero.
     device
@@ -96,10 +170,14 @@ def fit_datamodels(
     Returns
     -------
     ``None`` or a copy. Sets ``adata.obsp[key_added]`` (``W``, n_obs × n_obs, row = target,
-    column = training sample, raw units; CSR float32 when sparse enough),
+    column = training sample, raw units, zero diagonal; CSR float32 when sparse enough),
     ``adata.obs[f"{key_added}_corr"]`` (Pearson correlation of predicted and actual margins on
-    validation models, before the refit) and in ``adata.uns[key_added]``: ``"lambda"``,
-    ``"intercept"``, ``"val_mse"``, ``"path"``, ``"fit_params"`` and ``"summary"``.
+    the validation models that did not train on the target, before the refit),
+    ``adata.obs[f"{key_added}_ok"]`` (False for a degenerate datamodel: all zero, no skill on
+    held-out validation models, not converged or not finite; such targets are left out of the
+    embedding and subgroups, and a warning names them) and in
+    ``adata.uns[key_added]``: ``"lambda"``, ``"intercept"``, ``"self_influence"`` (unless
+    ``heldout``), ``"val_mse"``, ``"path"``, ``"fit_params"`` and ``"summary"``.
     """
     key_added = key_added or key
     model_store = store_of(adata, store, key)
@@ -126,30 +204,31 @@ def fit_datamodels(
         X, Y = model_store.masks, model_store.margins
     else:
         X, Y = model_store.masks[completed], model_store.margins[completed]
-    if heldout:
-        kept = np.zeros(n_samples, dtype=np.int64)
-        for start in range(0, X.shape[0], 8192):
-            kept += (~read_rows(X, slice(start, min(start + 8192, X.shape[0])))).sum(0)
-        worst = int(np.argmin(kept))
-        expected_train = kept[worst] * (1 - val_fraction)
-        if expected_train < min_rows:
-            raise ValueError(
-                f"observation {adata.obs_names[worst]!r} is held out of only {kept[worst]} of "
-                f"{X.shape[0]} models, too few for its datamodel (min_rows={min_rows}); train "
-                "more models (n_models) or lower alpha."
-            )
+    check_heldout_rows(X, adata.obs_names, heldout=heldout, val_fraction=val_fraction,
+                       min_rows=min_rows)
     adata = adata.copy() if copy else adata
 
     fit_params = {"heldout": heldout, "n_lambdas": n_lambdas, "eps": eps,
-                  "val_fraction": val_fraction, "tol": tol, "min_rows": min_rows,
-                  "random_state": random_state, "n_models_used": int(X.shape[0])}
-    model = lasso_for(fit_params, device=device, verbose=verbose)
-    model.fit(X, Y, sample_weight=HELDOUT if heldout else None)
+                  "val_fraction": val_fraction, "tol": tol, "path_tol": path_tol,
+                  "min_rows": min_rows, "precompute": precompute,
+                  "memory_budget": int(memory_budget), "random_state": random_state,
+                  "n_models_used": int(X.shape[0])}
+    model = solve_datamodels(X, Y, fit_params, device=device, verbose=verbose)
+    bad = degenerate_targets(model)
+    if bad.any():
+        names = ", ".join(map(repr, adata.obs_names[bad][:5])) + (" …" if bad.sum() > 5 else "")
+        warnings.warn(
+            f"{int(bad.sum())} of {adata.n_obs} datamodels are degenerate (all weights zero, no "
+            f"held-out skill, not converged or not finite: {names}); they are flagged False in "
+            f"adata.obs[{f'{key_added}_ok'!r}] and left out of the embedding and subgroups. "
+            "Train more models (n_models) or check those observations' margins.",
+            DegenerateDatamodelsWarning, stacklevel=2)
 
     W = np.ascontiguousarray(model.coef_.T, dtype=np.float32)  # row = target
     density = float(np.count_nonzero(W)) / W.size
     adata.obsp[key_added] = sparse.csr_matrix(W) if density <= sparse_threshold else W
     adata.obs[f"{key_added}_corr"] = model.val_corr_.astype(np.float32)
+    adata.obs[f"{key_added}_ok"] = ~bad
     info = dict(adata.uns.get(key, {})) if key_added == key else {}
     info.update({
         "store": str(model_store.path.resolve()),
@@ -164,7 +243,11 @@ def fit_datamodels(
             "median_corr": float(np.nanmedian(model.val_corr_)),
             "mean_nonzero_weights": float(np.count_nonzero(W) / W.shape[0]),
             "density": density,
+            "n_degenerate": int(bad.sum()),
         },
     })
+    info.pop("self_influence", None)  # from an earlier fit: never leave a stale one
+    if model.self_influence_ is not None:
+        info["self_influence"] = model.self_influence_.astype(np.float32)
     adata.uns[key_added] = uns_safe(info)
     return adata if copy else None

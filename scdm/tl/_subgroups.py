@@ -1,57 +1,24 @@
-"""``scdm.tl.subgroups``: Leiden clusters of the datamodel embedding, within each class."""
+"""``scdm.tl.subgroups``: reproducible Leiden clusters of the datamodel embedding, per class."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
 from .._seeding import check_random_state
-from ._embed import label_key_of
+from .._settings import settings
+from ..clustering import check_resolutions, choose_resolution, leiden_labels, n_substantial
+from ._embed import label_key_of, usable_targets
+from ._halves import half_embeddings
 
-
-def knn_adjacency(rep: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
-    """Symmetric, unweighted exact kNN graph (an edge where either point lists the other).
-
-    Unweighted on purpose: kernel weights need a per-point bandwidth, which is zero (and the
-    weights undefined) where several targets share an identical embedding.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(rep)
-    _, neighbors = index.kneighbors(rep)
-    rows = np.repeat(np.arange(rep.shape[0]), n_neighbors)
-    cols = neighbors[:, 1:].ravel()
-    graph = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(rep.shape[0],) * 2)
-    graph = graph.maximum(graph.T)
-    graph.setdiag(0)
-    graph.eliminate_zeros()
-    return graph.tocsr()
-
-
-def _leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolution: float,
-                   random_state: int) -> np.ndarray:
-    """Leiden (igraph, modularity) on the exact kNN graph, as integer labels ordered by size."""
-    import scanpy as sc
-
-    sub = AnnData(np.zeros((rep.shape[0], 0), dtype=np.float32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        sc.tl.leiden(sub, resolution=resolution, flavor="igraph", n_iterations=2,
-                     directed=False, random_state=random_state,
-                     adjacency=knn_adjacency(rep, n_neighbors))
-    # Order clusters by size (largest = 0), ties by first member, so names are stable.
-    codes = sub.obs["leiden"].astype(int).to_numpy()
-    sizes = np.bincount(codes)
-    first = np.array([np.flatnonzero(codes == c)[0] for c in range(sizes.size)])
-    order = np.lexsort((first, -sizes))
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return rank[codes]
+UNASSIGNED = "unassigned"
 
 
 def subgroups(
@@ -61,19 +28,39 @@ def subgroups(
     label_key: str | None = None,
     use_rep: str | None = None,
     n_neighbors: int = 15,
-    resolution: float = 1.0,
-    classes: list[str] | None = None,
+    resolution: float | None = None,
+    resolutions: Sequence[float] | None = None,
+    min_reproducibility: float = 0.8,
+    n_null: int = 20,
+    min_size: int = 5,
+    classes: Sequence[str] | None = None,
     markers: bool = True,
     n_genes: int = 20,
+    device: str = "auto",
     random_state: int = 0,
-    key_added: str = "datamodels_subgroup",
+    key_added: str | None = None,
+    verbose: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
-    """Propose subgroups: Leiden clusters of the datamodel embedding within each class.
+    """Propose subgroups within each class, only where a split reproduces.
 
-    Within each class of the label, a kNN graph is built on the datamodel embedding and
-    clustered with Leiden (igraph, seeded). Clusters are named after their class and numbered
-    by size, e.g. ``"disease-0"`` is the largest subgroup of ``"disease"``.
+    Within each class of the label, a kNN graph of the datamodel embedding is clustered with
+    Leiden (igraph, seeded). Clusters are named after their class and numbered by size, e.g.
+    ``"disease-0"`` is the largest subgroup of ``"disease"``.
+
+    How many subgroups, including none, is decided per class by the data
+    (``resolution=None``, the default): the datamodels are fitted again on two disjoint halves
+    of the models, both halves are clustered at every resolution of a grid, and a resolution
+    counts only if the two partitions agree (ARI ≥ ``min_reproducibility``) and agree better
+    than every one of ``n_null`` pairs of cluster-free Gaussian halves with the same signal
+    and noise (see :mod:`scdm.clustering`). The most reproducible accepted partition (ties to
+    the one with more clusters) gives the resolution used on the full embedding; a class
+    with no accepted resolution stays one
+    subgroup. A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
+    one of pure noise: use it to explore, not to report).
+
+    Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
+    and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
 
     Parameters
     ----------
@@ -84,11 +71,24 @@ def subgroups(
     label_key
         Class column; default the one the models were trained on.
     use_rep
-        Embedding in ``adata.obsm``; default ``f"X_{key}"``.
+        Embedding in ``adata.obsm`` (default ``f"X_{key}"``); another one needs ``resolution``
+        (the halves are embedded like ``f"X_{key}"``).
     n_neighbors
         Neighbours of the kNN graph (within a class).
     resolution
-        Leiden resolution; higher gives more subgroups.
+        ``None``: chosen per class by reproducibility (above). A number: Leiden at that
+        resolution in every class, no check.
+    resolutions
+        The grid scanned when ``resolution=None`` (default
+        :data:`scdm.clustering.DEFAULT_RESOLUTIONS`, 0.05-2).
+    min_reproducibility
+        Smallest ARI between the halves' partitions that counts as a reproducible split.
+    n_null
+        Null pairs per class; the smallest p-value is ``1 / (n_null + 1)``, which must not
+        exceed 0.05.
+    min_size
+        Clusters smaller than this are no subgroup: their cells are ``"unassigned"`` (and
+        they do not count when the halves' partitions are compared).
     classes
         Classes to split (default all); the others get one subgroup each.
     markers
@@ -96,19 +96,33 @@ def subgroups(
         (:func:`scdm.tl.subgroup_markers`).
     n_genes
         Marker genes kept per subgroup.
+    device
+        Where the halves are fitted (``"auto"``, ``"cpu"``, ``"cuda"``).
     random_state
-        Seed of the kNN graph and Leiden.
+        Seed of Leiden and the null draws.
     key_added
-        ``adata.obs`` column of the subgroups; parameters go to ``adata.uns[key_added]``.
+        ``adata.obs`` column of the subgroups (default ``f"{key}_subgroup"``); parameters and
+        evidence go to ``adata.uns[key_added]``.
+    verbose
+        Progress bars (default: ``scdm.settings.verbosity >= 1``).
     copy
         Return a copy instead of writing into ``adata``.
 
     Returns
     -------
     ``None`` or a copy. Sets categorical ``adata.obs[key_added]`` and ``adata.uns[key_added]``
-    (``params``, ``sizes`` and, with ``markers``, a ``markers`` DataFrame).
+    with ``params``, ``sizes``, per class ``reproducibility`` (the chosen resolution, or
+    ``None``, its reproducibility, the null's mean and maximum and the p-value, and the whole
+    scan as a table in ``reproducibility_scan``) and, with ``markers``, a ``markers``
+    DataFrame. The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
+    ``[f"X_{key}_half2"]``.
     """
     label_key = label_key_of(adata, key, label_key)
+    key_added = key_added or f"{key}_subgroup"
+    automatic = resolution is None
+    if use_rep is not None and use_rep != f"X_{key}" and automatic:
+        raise ValueError(f"use_rep={use_rep!r} needs a fixed resolution=: the reproducibility "
+                         f"check clusters halves embedded like 'X_{key}'.")
     use_rep = use_rep or f"X_{key}"
     if use_rep not in adata.obsm:
         raise KeyError(
@@ -116,8 +130,16 @@ def subgroups(
             "first (or scdm.tl.embed_datamodels after fit_datamodels)."
         )
     seed = check_random_state(random_state)
-    if not resolution > 0:
+    if not automatic and not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution}.")
+    grid = check_resolutions(resolutions)
+    if not 0.0 < min_reproducibility <= 1.0:
+        raise ValueError(f"min_reproducibility must lie in (0, 1], got {min_reproducibility}.")
+    if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 19:
+        raise ValueError(f"n_null must be an integer >= 19 (p-values down to 0.05), got "
+                         f"{n_null!r}.")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+        raise ValueError(f"min_size must be a positive integer, got {min_size!r}.")
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
             or n_neighbors < 2:
         raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
@@ -128,40 +150,83 @@ def subgroups(
     if unknown:
         raise ValueError(f"classes {unknown} are not in adata.obs[{label_key!r}] "
                          f"(classes: {all_classes}).")
-    counts = labels.astype(str).value_counts()
-    too_small = {c: int(counts[c]) for c in chosen if counts[c] <= n_neighbors}
+    ok = usable_targets(adata, key)
+    label_values = labels.astype(str).to_numpy()
+    # a kNN graph needs more points than neighbours; two halves' partitions need a few more
+    smallest = 2 * n_neighbors if automatic else n_neighbors + 1
+    counts = {c: int((ok & (label_values == c)).sum()) for c in chosen}
+    too_small = {c: n for c, n in counts.items() if n < smallest}
     if too_small:
         raise ValueError(
-            f"classes {too_small} have no more samples than n_neighbors={n_neighbors}; lower "
-            "n_neighbors or leave those classes out with classes=[...]."
-        )
+            f"classes {too_small} have fewer than {smallest} usable datamodels, too few to "
+            f"split with n_neighbors={n_neighbors}"
+            + (" and check the split on two halves" if automatic else "")
+            + "; lower n_neighbors or leave those classes out with classes=[...].")
 
-    rep = np.asarray(adata.obsm[use_rep], dtype=np.float32)
-    names = np.empty(adata.n_obs, dtype=object)
-    label_values = labels.astype(str).to_numpy()
-    for cls in all_classes:
-        members = np.flatnonzero(label_values == cls)
-        if cls in chosen:
-            codes = _leiden_labels(rep[members], n_neighbors=n_neighbors, resolution=resolution,
-                                   random_state=seed)
-        else:
-            codes = np.zeros(members.size, dtype=np.int64)
-        names[members] = [f"{cls}-{c}" for c in codes]
+    adata = adata.copy() if copy else adata  # before the halves, which are cached in adata
+    rep = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+    halves = (half_embeddings(adata, key, device=device, verbose=verbose) if automatic
+              else None)
+    names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
+    evidence, scans = {}, {}
+    for cls in tqdm(all_classes, desc="subgroups", unit="class",
+                    disable=not settings.progress(verbose) or not automatic):
+        members = np.flatnonzero((label_values == cls) & ok)
+        codes = np.zeros(members.size, dtype=np.int64)
+        if cls in chosen and automatic:
+            choice = choose_resolution(
+                np.asarray(halves[0], dtype=np.float64)[members],
+                np.asarray(halves[1], dtype=np.float64)[members], n_neighbors=n_neighbors,
+                resolutions=grid, min_reproducibility=min_reproducibility, n_null=n_null,
+                min_size=min_size, random_state=seed)
+            evidence[cls] = choice.summary()
+            scans[cls] = choice.table
+            if choice.resolution is not None:
+                codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
+                                      resolutions=[choice.resolution], random_state=seed)[0]
+        elif cls in chosen:
+            codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
+                                  resolutions=[resolution], random_state=seed)[0]
+        big = np.bincount(codes)[codes] >= min(min_size, members.size)
+        if cls in evidence:
+            evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
+        # clusters are numbered by size, so the substantial ones keep 0..k-1
+        names[members[big]] = [f"{cls}-{c}" for c in codes[big]]
 
-    adata = adata.copy() if copy else adata
-    order = sorted(set(names), key=lambda n: (all_classes.index(n.rsplit("-", 1)[0]),
-                                              int(n.rsplit("-", 1)[1])))
+
+    def order_key(name: str) -> tuple[int, int]:
+        if name == UNASSIGNED:
+            return (len(all_classes), 0)
+        cls, number = name.rsplit("-", 1)
+        return (all_classes.index(cls), int(number))
+
+    order = sorted(set(names), key=order_key)
     adata.obs[key_added] = pd.Categorical(names, categories=order)
     sizes = adata.obs[key_added].value_counts().reindex(order)
-    adata.uns[key_added] = uns_safe({
+    info = {
         "params": {"key": key, "label_key": label_key, "use_rep": use_rep,
                    "n_neighbors": n_neighbors, "resolution": resolution,
-                   "classes": chosen, "random_state": seed},
+                   "resolutions": list(grid), "min_reproducibility": min_reproducibility,
+                   "n_null": n_null, "min_size": min_size, "classes": chosen,
+                   "random_state": seed},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
-    })
+    }
+    if automatic:
+        info["reproducibility"] = evidence
+        info["reproducibility_scan"] = scans
+    adata.uns[key_added] = uns_safe(info)
     if markers:
         subgroup_markers(adata, key=key_added, n_genes=n_genes)
     return adata if copy else None
+
+
+def _expression(adata: AnnData, use_raw: bool | None, layer: str | None):
+    """The matrix and gene names that :func:`scanpy.tl.rank_genes_groups` ranks."""
+    if layer is not None:
+        return adata.layers[layer], adata.var_names
+    if use_raw or (use_raw is None and adata.raw is not None):
+        return adata.raw.X, adata.raw.var_names
+    return adata.X, adata.var_names
 
 
 def subgroup_markers(
@@ -193,7 +258,10 @@ def subgroup_markers(
     Returns
     -------
     DataFrame with columns ``class``, ``subgroup``, ``rank``, ``gene``, ``score``,
-    ``logfoldchange``, ``pval``, ``pval_adj``; also stored in ``adata.uns[key]["markers"]``.
+    ``logfoldchange`` (NaN unless the expression is non-negative, i.e. log-normalised),
+    ``mean_difference`` (mean in the subgroup minus the rest of its class, any input),
+    ``pval``, ``pval_adj``; also stored in ``adata.uns[key]["markers"]``. Cells labelled
+    ``"unassigned"`` take no part.
     """
     import scanpy as sc
 
@@ -202,9 +270,13 @@ def subgroup_markers(
     label_key = adata.uns[key]["params"]["label_key"]
     groups = adata.obs[key].astype(str)
     labels = adata.obs[label_key].astype(str)
+    expression, gene_names = _expression(adata, use_raw, layer)
+    # log fold changes assume log-normalised counts; on scaled or signed data they are
+    # undefined (scanpy takes log2 of negative numbers), so they are left NaN there
+    log_scale = (expression.data if sparse.issparse(expression) else expression).min() >= 0
     frames = []
     for cls in pd.unique(labels):
-        in_class = (labels == cls).to_numpy()
+        in_class = ((labels == cls) & (groups != UNASSIGNED)).to_numpy()
         counts = groups[in_class].value_counts()
         testable = [g for g, n in counts.items() if n >= 2]
         if len(counts) < 2 or not testable:
@@ -216,6 +288,8 @@ def subgroup_markers(
             # user's business here.
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=pd.errors.PerformanceWarning)
+            if not log_scale:
+                warnings.simplefilter("ignore", category=RuntimeWarning)
             sc.tl.rank_genes_groups(sub, "_subgroup", groups=testable, reference="rest",
                                     method=method, use_raw=use_raw, layer=layer,
                                     n_genes=n_genes, key_added="_markers")
@@ -227,8 +301,17 @@ def subgroup_markers(
                 df.insert(0, "rank", np.arange(len(df)))
                 df.insert(0, "subgroup", group)
                 df.insert(0, "class", cls)
+                if not log_scale:
+                    df["logfoldchange"] = np.nan
+                cells = np.flatnonzero(in_class)
+                inside = (groups[in_class] == group).to_numpy()
+                genes = gene_names.get_indexer(df["gene"])
+                part = expression[cells][:, genes]
+                part = np.asarray(part.toarray() if sparse.issparse(part) else part)
+                df["mean_difference"] = part[inside].mean(0) - part[~inside].mean(0)
                 frames.append(df)
-    columns = ["class", "subgroup", "rank", "gene", "score", "logfoldchange", "pval", "pval_adj"]
+    columns = ["class", "subgroup", "rank", "gene", "score", "logfoldchange", "mean_difference",
+               "pval", "pval_adj"]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     table = table.reindex(columns=columns)
     for column in ("class", "subgroup", "gene"):

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy.stats import false_discovery_control
 from tqdm.auto import tqdm
 
-from .._anndata import uns_safe
+from .._anndata import dense_features, get_features, uns_safe
 from .._memmap import read_rows
 from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
@@ -19,6 +20,7 @@ from ..evaluation import permutation_p_value
 from ..evaluation import signal_to_noise as _snr
 from ..masks import MaskMode
 from ..store import ModelStore
+from ._subgroups import UNASSIGNED
 from ._train import RecordedTraining, _check_n_models, recorded_training, training_parts
 
 
@@ -40,6 +42,24 @@ def _heldout_performance(store: ModelStore, chunk_rows: int = 4096
         margin += np.where(out, margins, 0.0).sum(0)
     held = np.maximum(held, 1)
     return correct / held, margin / held
+
+
+NULL_SETS = ("neighbourhood", "random")
+
+
+def comparison_sets(X: np.ndarray, pool: np.ndarray, size: int, n_sets: int,
+                    rng: np.random.Generator, null: str) -> list[np.ndarray]:
+    """``n_sets`` sets of ``size`` observations of ``pool``: uniform draws (``"random"``), or
+    the ``size`` nearest members of ``pool`` (rows of ``X``) to a random member
+    (``"neighbourhood"``)."""
+    if null == "random":
+        return [np.sort(rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=size).fit(X[pool])
+    centres = rng.choice(pool.size, n_sets, replace=n_sets > pool.size)
+    _, nearest = index.kneighbors(X[pool[centres]])
+    return [np.sort(pool[row]) for row in nearest]
 
 
 def _train_without(training: RecordedTraining, heldout_sets: Sequence[np.ndarray],
@@ -86,8 +106,9 @@ def validate_subgroups(
     key: str = "datamodels",
     subgroup_key: str = "datamodels_subgroup",
     subgroups: Sequence[str] | None = None,
-    n_random: int = 19,
-    n_models: int = 32,
+    null: str = "neighbourhood",
+    n_random: int = 99,
+    n_models: int = 16,
     min_size: int = 5,
     device: str = "auto",
     chunk_size: int | None = None,
@@ -95,22 +116,31 @@ def validate_subgroups(
     verbose: bool | None = None,
     copy: bool = False,
 ) -> AnnData | pd.DataFrame:
-    """Test each proposed subgroup by retraining without it.
+    """Test each proposed subgroup by retraining without it, against equally coherent sets.
 
     A subgroup whose members share a biology that the classifier relies on loses that support
     when all of it is left out of training: its members are then predicted worse than when
-    they were held out one model at a time. A set of the same size drawn at random from the
-    same class keeps its support (its members' look-alikes are still in training). For each
-    subgroup, ``n_models`` models are trained (with the recorded settings) on masks drawn from
-    everything but the subgroup, and as many for each of ``n_random`` random same-class,
-    same-size sets; the drop in accuracy (and mean margin) of each set relative to the
-    training models' held-out baseline gives an empirical one-sided p-value.
+    they were held out one model at a time. For each subgroup, ``n_models`` models are trained
+    (with the recorded settings) on masks drawn from everything but the subgroup, and as many
+    for each of ``n_random`` comparison sets of the same size and class; the drop in accuracy
+    (and mean margin) of each set relative to the training models' held-out baseline gives an
+    empirical one-sided p-value, and Benjamini-Hochberg q-values across the tested subgroups.
 
-    A small p-value says that the classifier treats the subgroup as a unit: any coherent cluster
-    of the features it uses (a batch too) passes. Whether that unit is biology is for its
-    markers and known nuisances (``stratify_key``) to tell. Leaving a set out also shrinks its
-    class's share of each training set; the random sets pay the same, so the p-value is fair,
-    but the absolute drops include it.
+    The comparison sets matter. Any coherent region of feature space loses support when it is
+    left out whole, so a subgroup compared with sets drawn uniformly from its class always
+    "validates", even a cluster of structureless data (measured: every such cluster got the
+    smallest p-value). With ``null="neighbourhood"`` (the default) each comparison set is the
+    ``size`` nearest cells of its class to a random cell of the class, in the representation
+    the models were trained on (``use_rep``/``layer``, unscaled): as coherent as a cluster of
+    that representation can be. A subgroup then validates only if the
+    classifier treats it as a unit *more* than any feature-space neighbourhood of its size —
+    which a subtype the classifier relies on is, and a cut through a continuum is not. A
+    subgroup that is itself a tight, isolated cluster of the input features cannot beat
+    neighbourhoods (they are the same sets) and will not validate here; expression clustering
+    already shows it. ``null="random"`` restores uniform sets (a weaker check).
+
+    Leaving a set out also shrinks its class's share of each training set; the comparison
+    sets pay the same, so the p-value is fair, but the absolute drops include it.
 
     Parameters
     ----------
@@ -119,20 +149,24 @@ def validate_subgroups(
     key
         Key of the datamodels (for the recorded training settings and store).
     subgroup_key
-        Column of ``adata.obs`` with the proposed subgroups (each within one class).
+        Column of ``adata.obs`` with the proposed subgroups (each within one class;
+        ``"unassigned"`` is never tested).
     subgroups
         Subgroups to test (default: all).
+    null
+        ``"neighbourhood"`` or ``"random"`` comparison sets (see above).
     n_random
-        Random sets per subgroup; the smallest attainable p-value is ``1 / (n_random + 1)``.
+        Comparison sets per subgroup; the smallest attainable p-value is
+        ``1 / (n_random + 1)`` (0.01 by default, so that q ≤ 0.01 is reachable).
     n_models
         Models trained per held-out set.
     min_size
-        Subgroups smaller than this, or larger than half their class (a random same-class set
+        Subgroups smaller than this, or larger than half their class (a comparison set
         would then largely be the subgroup), are reported as skipped.
     device, chunk_size
         Where to train and how many models at once.
     random_state
-        Seed of the random sets and the retraining (independent of the training models).
+        Seed of the comparison sets and the retraining (independent of the training models).
     verbose
         Progress bar (default: ``scdm.settings.verbosity >= 1``).
     copy
@@ -141,11 +175,16 @@ def validate_subgroups(
     Returns
     -------
     The table (a DataFrame, one row per subgroup) if not ``copy``, else the annotated copy.
-    Also sets ``adata.uns[subgroup_key]["validation"]`` with ``"table"``, ``"random"`` (the
-    drop of every random set) and ``"params"``.
+    Columns: ``class``, ``n_cells``, ``status``, baseline/held-out accuracy and margin, the
+    drops and the comparison sets' mean drops, ``p_value`` / ``q_value`` (accuracy) and
+    ``p_value_margin`` / ``q_value_margin``. Also sets
+    ``adata.uns[subgroup_key]["validation"]`` with ``"table"``, ``"random"`` (the drop of
+    every comparison set) and ``"params"``.
     """
     n_random = _check_n_models(n_random)
     n_models = _check_n_models(n_models)
+    if null not in NULL_SETS:
+        raise ValueError(f"null must be one of {NULL_SETS}, got {null!r}.")
     random_state = check_random_state(random_state)
     if subgroup_key not in adata.obs:
         raise KeyError(f"adata.obs has no column {subgroup_key!r}; run scdm.tl.subgroups first "
@@ -153,7 +192,7 @@ def validate_subgroups(
     training = recorded_training(adata, key)
     resolve_device(device)
     labels = adata.obs[subgroup_key].astype("category")
-    names = [str(c) for c in labels.cat.categories if (labels == c).any()]
+    names = [str(c) for c in labels.cat.categories if (labels == c).any() and c != UNASSIGNED]
     if subgroups is not None:
         unknown = sorted(set(map(str, subgroups)) - set(names))
         if unknown:
@@ -163,6 +202,12 @@ def validate_subgroups(
     values = labels.astype(str).to_numpy()
     seed = derived_seed(int(training.params["random_state"]), VALIDATION_PURPOSE, random_state)
     rng = np.random.default_rng(seed)
+    # neighbourhoods in the representation as the user gave it (e.g. PCA, whose top axes
+    # carry most of the variance), not standardised per feature as the models see it: a
+    # cluster of that geometry is then as tight as the neighbourhoods it is compared with
+    params = training.params
+    space = dense_features(get_features(adata, params.get("use_rep"), params.get("layer")),
+                           scale=False) if null == "neighbourhood" else None
 
     rows, sets, owners = [], [], []
     for name in names:
@@ -179,10 +224,12 @@ def validate_subgroups(
                              f"{same_class.size // 2}] (half its class)")
         else:
             row["status"] = "tested"
-            for k in range(n_random + 1):
-                sets.append(cells if k == 0 else np.sort(rng.choice(same_class, cells.size,
-                                                                    replace=False)))
-                owners.append((len(rows), k))
+            sets.append(cells)
+            owners.append((len(rows), 0))
+            for k, other in enumerate(comparison_sets(space, same_class, cells.size,
+                                                      n_random, rng, null)):
+                sets.append(other)
+                owners.append((len(rows), k + 1))
         rows.append(row)
     if not sets:
         raise ValueError(f"no subgroup of {subgroup_key!r} can be tested (sizes must lie in "
@@ -199,24 +246,28 @@ def validate_subgroups(
         members = [j for j, (owner, _) in enumerate(owners) if owner == i]
         if not members:
             continue
-        own, null = members[0], members[1:]
+        own, others = members[0], members[1:]
         row.update({
             "baseline_accuracy": float(base_accuracy[sets[own]].mean()),
             "heldout_accuracy": float(accuracy[own]),
             "accuracy_drop": float(acc_drop[own]),
-            "random_accuracy_drop": float(acc_drop[null].mean()),
+            "random_accuracy_drop": float(acc_drop[others].mean()),
             "baseline_margin": float(base_margin[sets[own]].mean()),
             "heldout_margin": float(margin[own]),
             "margin_drop": float(margin_drop[own]),
-            "random_margin_drop": float(margin_drop[null].mean()),
-            "p_value": permutation_p_value(acc_drop[own], acc_drop[null]),
-            "p_value_margin": permutation_p_value(margin_drop[own], margin_drop[null]),
+            "random_margin_drop": float(margin_drop[others].mean()),
+            "p_value": permutation_p_value(acc_drop[own], acc_drop[others]),
+            "p_value_margin": permutation_p_value(margin_drop[own], margin_drop[others]),
         })
         random_rows += [{"subgroup": row["subgroup"], "set": k + 1,
                          "accuracy_drop": float(acc_drop[j]), "margin_drop": float(margin_drop[j])}
-                        for k, j in enumerate(null)]
+                        for k, j in enumerate(others)]
     table = pd.DataFrame(rows).set_index("subgroup")
     table.index = table.index.astype(str)
+    tested = table["status"] == "tested"
+    for p, q in (("p_value", "q_value"), ("p_value_margin", "q_value_margin")):
+        table[q] = np.nan
+        table.loc[tested, q] = false_discovery_control(table.loc[tested, p].to_numpy())
     random = pd.DataFrame(random_rows)
 
     adata = adata.copy() if copy else adata
@@ -224,8 +275,8 @@ def validate_subgroups(
     info["validation"] = {
         "table": table,
         "random": random,
-        "params": {"key": key, "n_random": n_random, "n_models": n_models, "min_size": min_size,
-                   "random_state": random_state},
+        "params": {"key": key, "null": null, "n_random": n_random, "n_models": n_models,
+                   "min_size": min_size, "random_state": random_state},
     }
     adata.uns[subgroup_key] = uns_safe(info)
     return adata if copy else table

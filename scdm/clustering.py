@@ -1,0 +1,302 @@
+"""Subgroups of an embedding: kNN graphs, Leiden, and how many clusters the data support.
+
+Array-level engine behind :func:`scdm.tl.subgroups`; it knows nothing of AnnData.
+
+How many subgroups, including none, is decided by reproducibility and separation against a
+null. The models are split into two disjoint halves and the datamodels of each half embedded
+on their own, so the two embeddings share the signal and nothing of each other's noise. At
+every resolution of a grid, both halves are clustered (kNN graph, Leiden), and two numbers are
+measured: how well the two partitions agree (``reproducibility``, the adjusted Rand index; a
+resolution at which neither half splits scores 0) and how far apart each half's clusters lie
+in the *other* half's embedding (``separation``, the share of variance between them).
+
+Noise alone does not reproduce, but a smooth, unclustered signal does, partly: two halves of
+a continuum are cut in similar places (measured on planted data without subtypes: ARI up to
+0.64), and a long Gaussian cloud cut across its long axis reproduces as well as two clusters
+do. So the null is not "no signal" but "no clusters": pairs of Gaussian halves with the same
+shared (signal) and independent (noise) covariance as the observed halves, clustered the same
+way. A resolution is accepted when the halves find the same number of clusters, their
+partitions agree at least ``min_reproducibility`` and the clusters are more separated than in
+every null draw (empirical p-value ``≤ alpha``). Among accepted resolutions the most
+reproducible partition wins, ties (within 0.02) going to the one with more clusters (merging
+true groups reproduces as well as keeping them apart). If none is accepted, the class is one
+subgroup.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.linalg import orthogonal_procrustes
+from sklearn.metrics import adjusted_rand_score
+
+DEFAULT_RESOLUTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
+
+
+def knn_adjacency(rep: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Symmetric, unweighted exact kNN graph (an edge where either point lists the other).
+
+    Unweighted on purpose: kernel weights need a per-point bandwidth, which is zero (and the
+    weights undefined) where several targets share an identical embedding.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(rep)
+    _, neighbors = index.kneighbors(rep)
+    rows = np.repeat(np.arange(rep.shape[0]), n_neighbors)
+    cols = neighbors[:, 1:].ravel()
+    graph = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(rep.shape[0],) * 2)
+    graph = graph.maximum(graph.T)
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    return graph.tocsr()
+
+
+def _graph(adjacency: sparse.csr_matrix):
+    import igraph as ig
+
+    upper = sparse.triu(adjacency, k=1).tocoo()
+    return ig.Graph(n=adjacency.shape[0], edges=np.column_stack([upper.row, upper.col]).tolist())
+
+
+def _by_size(codes: np.ndarray) -> np.ndarray:
+    """Relabel clusters by size (largest = 0), ties by first member, so names are stable."""
+    sizes = np.bincount(codes)
+    first = np.array([np.flatnonzero(codes == c)[0] for c in range(sizes.size)])
+    order = np.lexsort((first, -sizes))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[codes]
+
+
+def leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolutions: Sequence[float],
+                  random_state: int = 0) -> list[np.ndarray]:
+    """Leiden (igraph, modularity, iterated to convergence) on the exact kNN graph of ``rep``,
+    one partition per resolution, each as integer labels ordered by size.
+
+    igraph's generator is seeded with ``random_state`` for every call (then set back to its
+    default), so the result does not depend on what ran before.
+    """
+    import igraph as ig
+
+    graph = _graph(knn_adjacency(rep, n_neighbors))
+    out = []
+    for resolution in resolutions:
+        ig.set_random_number_generator(random.Random(random_state))
+        try:
+            part = graph.community_leiden(objective_function="modularity",
+                                          resolution=float(resolution), n_iterations=-1)
+        finally:
+            ig.set_random_number_generator(random)  # igraph's default
+        out.append(_by_size(np.asarray(part.membership, dtype=np.int64)))
+    return out
+
+
+def n_substantial(labels: np.ndarray, min_size: int) -> int:
+    """Clusters of at least ``min_size`` points."""
+    return int((np.bincount(labels) >= min_size).sum())
+
+
+def split_reproducibility(a: np.ndarray, b: np.ndarray) -> float:
+    """Agreement of two partitions of the same points as a split: their adjusted Rand index,
+    and 0 when neither splits (an unsplit class reproduces no split)."""
+    if a.max() == 0 and b.max() == 0:
+        return 0.0
+    return float(adjusted_rand_score(a, b))
+
+
+def cross_separation(half1: np.ndarray, half2: np.ndarray, labels1: np.ndarray,
+                     labels2: np.ndarray, min_size: int = 5) -> float:
+    """How cleanly the clusters found on one half are separated in the other half.
+
+    For every pair of clusters (of at least ``min_size`` points) found on one half, the other
+    half's points of the pair are projected onto the line through their two centroids; the
+    share of the projection's variance that lies between the two clusters is 2/π ≈ 0.64 for
+    a Gaussian cut at its mean and approaches 1 for two clusters with a gap between them. The
+    weakest pair counts (every boundary reported must be a gap), averaged over both ways.
+    Labels and points come from independent halves, so noise that one half's clustering
+    latched onto does not inflate the other's separation.
+    """
+    def weakest_pair(points: np.ndarray, labels: np.ndarray) -> float:
+        counts = np.bincount(labels)
+        big = np.flatnonzero(counts >= min_size)
+        if big.size < 2:
+            return 0.0
+        centroids = {c: points[labels == c].mean(0) for c in big}
+        worst = 1.0
+        for i, a in enumerate(big):
+            for b in big[i + 1:]:
+                direction = centroids[b] - centroids[a]
+                norm = np.linalg.norm(direction)
+                if norm == 0:
+                    return 0.0
+                xa = points[labels == a] @ direction / norm
+                xb = points[labels == b] @ direction / norm
+                x = np.concatenate([xa, xb])
+                total = float(((x - x.mean()) ** 2).sum())
+                between = xa.size * xb.size / x.size * (xa.mean() - xb.mean()) ** 2
+                worst = min(worst, between / total if total > 0 else 0.0)
+        return worst
+
+    return (weakest_pair(half2, labels1) + weakest_pair(half1, labels2)) / 2
+
+
+def gaussian_null_halves(half1: np.ndarray, half2: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Two halves without clusters but with the observed halves' signal and noise.
+
+    ``half2`` is rotated onto ``half1`` (orthogonal Procrustes: each half's SVD has its own
+    axes); the covariance of their mean less that of their half-difference estimates the
+    shared signal's covariance, twice that of the half-difference the noise's. The null draws
+    one Gaussian signal and adds independent Gaussian noise to it twice.
+    """
+    h1 = half1 - half1.mean(0)
+    h2 = half2 - half2.mean(0)
+    rotation, _ = orthogonal_procrustes(h2, h1)
+    h2 = h2 @ rotation
+    shared, diff = (h1 + h2) / 2, (h1 - h2) / 2
+    cov_diff = np.atleast_2d(np.cov(diff, rowvar=False))
+    cov_signal = np.atleast_2d(np.cov(shared, rowvar=False)) - cov_diff
+
+    def factor(cov: np.ndarray) -> np.ndarray:
+        values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+        return vectors * np.sqrt(np.clip(values, 0.0, None))
+
+    signal_f, noise_f = factor(cov_signal), factor(2 * cov_diff)
+    n, d = h1.shape
+    signal = rng.standard_normal((n, d)) @ signal_f.T
+    return (signal + rng.standard_normal((n, d)) @ noise_f.T,
+            signal + rng.standard_normal((n, d)) @ noise_f.T)
+
+
+@dataclass
+class ResolutionChoice:
+    """The resolution chosen for one class and the evidence behind it.
+
+    ``resolution`` is ``None`` when no resolution passed (the class stays one subgroup).
+    ``table`` has one row per resolution: the number of clusters (of at least ``min_size``)
+    in each half, ``reproducibility`` (ARI between the halves' partitions) and the null's
+    maximum of it, ``separation`` (see :func:`cross_separation`) with the null's mean and
+    maximum, the empirical ``p_value`` of the separation and whether it was ``accepted``.
+    """
+
+    resolution: float | None
+    table: pd.DataFrame
+
+    def summary(self) -> dict:
+        """The chosen row as a flat dict, or without a split the most reproducible row."""
+        if self.resolution is None:
+            row = self.table.sort_values(["reproducibility", "resolution"],
+                                         ascending=[False, True]).iloc[0]
+            return {"split": False, "best_resolution": float(row["resolution"]),
+                    "best_reproducibility": float(row["reproducibility"]),
+                    "separation": float(row["separation"]),
+                    "null_separation_max": float(row["null_separation_max"]),
+                    "p_value": float(row["p_value"])}
+        row = self.table.set_index("resolution").loc[self.resolution]
+        return {"split": True, "resolution": float(self.resolution),
+                "reproducibility": float(row["reproducibility"]),
+                "separation": float(row["separation"]),
+                "null_separation_max": float(row["null_separation_max"]),
+                "p_value": float(row["p_value"])}
+
+
+def check_resolutions(resolutions: Sequence[float] | None) -> tuple[float, ...]:
+    """A non-empty, increasing grid of positive resolutions (default ``DEFAULT_RESOLUTIONS``)."""
+    if resolutions is None:
+        return DEFAULT_RESOLUTIONS
+    grid = np.asarray(resolutions, dtype=np.float64).ravel()
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or (grid <= 0).any():
+        raise ValueError(f"resolutions must be a non-empty list of positive numbers, got "
+                         f"{resolutions!r}.")
+    return tuple(float(r) for r in np.unique(grid))
+
+
+def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
+                      resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
+                      min_reproducibility: float = 0.8, n_null: int = 20, alpha: float = 0.05,
+                      min_size: int = 5, random_state: int = 0) -> ResolutionChoice:
+    """Choose the Leiden resolution whose split reproduces across halves beyond the null.
+
+    Parameters
+    ----------
+    half1, half2
+        Embeddings of the same points from two disjoint halves of the models.
+    n_neighbors
+        Neighbours of the kNN graphs.
+    resolutions
+        Leiden resolutions to scan.
+    min_reproducibility
+        Smallest ARI between the halves' partitions that counts as a reproducible split.
+    n_null
+        Gaussian null pairs (see :func:`gaussian_null_halves`); the smallest attainable
+        p-value is ``1 / (n_null + 1)``.
+    alpha
+        A resolution's p-value must not exceed this.
+    min_size
+        Clusters smaller than this do not count as subgroups (Leiden splits off a few
+        outlying points at high resolution; the ARI barely notices them).
+    random_state
+        Seed of Leiden and of the null draws.
+    """
+    if not 0.0 < min_reproducibility <= 1.0:
+        raise ValueError(f"min_reproducibility must lie in (0, 1], got {min_reproducibility}.")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    if (n_null + 1) * alpha < 1:
+        raise ValueError(f"with n_null={n_null} null draws the smallest p-value is "
+                         f"{1 / (n_null + 1):.3f} > alpha={alpha}; raise n_null.")
+    if half1.shape != half2.shape:
+        raise ValueError(f"the halves must embed the same points alike, got shapes "
+                         f"{half1.shape} and {half2.shape}.")
+    resolutions = check_resolutions(resolutions)
+    kw = {"n_neighbors": n_neighbors, "resolutions": resolutions, "random_state": random_state}
+    parts1, parts2 = leiden_labels(half1, **kw), leiden_labels(half2, **kw)
+    observed = np.array([split_reproducibility(a, b) for a, b in zip(parts1, parts2,
+                                                                      strict=True)])
+    separation = np.array([cross_separation(half1, half2, a, b, min_size) for a, b in zip(
+        parts1, parts2, strict=True)])
+    rng = np.random.default_rng(random_state)
+    null_rep = np.empty((n_null, len(resolutions)))
+    null_sep = np.empty((n_null, len(resolutions)))
+    for i in range(n_null):
+        n1, n2 = gaussian_null_halves(half1, half2, rng)
+        for j, (a, b) in enumerate(zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw),
+                                       strict=True)):
+            null_rep[i, j] = split_reproducibility(a, b)
+            null_sep[i, j] = cross_separation(n1, n2, a, b, min_size)
+    p_value = (1 + (null_sep >= separation[None, :] - 1e-12).sum(0)) / (1 + n_null)
+    k1 = np.array([n_substantial(p, min_size) for p in parts1])
+    k2 = np.array([n_substantial(p, min_size) for p in parts2])
+    accepted = ((observed >= min_reproducibility) & (p_value <= alpha) & (k1 == k2)
+                & (k1 > 1))
+    table = pd.DataFrame({"resolution": resolutions, "n_clusters_half1": k1,
+                          "n_clusters_half2": k2, "reproducibility": observed,
+                          "null_reproducibility_max": null_rep.max(0),
+                          "separation": separation, "null_separation_mean": null_sep.mean(0),
+                          "null_separation_max": null_sep.max(0), "p_value": p_value,
+                          "accepted": accepted})
+    if not accepted.any():
+        return ResolutionChoice(None, table)
+    return ResolutionChoice(resolutions[_most_refined(accepted, observed, np.maximum(k1, k2))],
+                            table)
+
+
+def _most_refined(accepted: np.ndarray, observed: np.ndarray, n_clusters: np.ndarray,
+                  tolerance: float = 0.02) -> int:
+    """Among accepted resolutions reproducing within ``tolerance`` of the best, the partition
+    with the most clusters, at the middle of the resolutions that give it.
+
+    Coarser partitions that merge true groups reproduce just as well (both halves merge the
+    same groups), so ties go to the finer one; finer partitions that cut a group in two
+    reproduce worse and fall outside the tolerance.
+    """
+    best = observed[accepted].max()
+    candidates = np.flatnonzero(accepted & (observed >= best - tolerance))
+    finest = candidates[n_clusters[candidates] == n_clusters[candidates].max()]
+    return int(finest[(finest.size - 1) // 2])

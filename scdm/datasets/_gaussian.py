@@ -1,0 +1,118 @@
+"""Synthetic Gaussian features with planted subtypes: a second generator, unlike the first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._seeding import check_random_state
+
+
+def gaussian_subtypes(
+    classes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    n_features: int = 80,
+    program_size: int = 5,
+    program_effect: float = 1.5,
+    n_batches: int = 3,
+    batch_features: int = 50,
+    batch_effect: float = 1.5,
+    gradient_features: int = 0,
+    gradient_effect: float = 1.5,
+    random_state: int = 0,
+) -> AnnData:
+    """Gaussian features of classes made of hidden subtypes, under a batch effect.
+
+    Unlike :func:`planted_subtypes` (Poisson counts, log-normalised), every feature here is
+    Gaussian with unit noise, and the batch shifts each of ``batch_features`` features by a
+    normal draw of scale ``batch_effect`` per batch. The first class is the reference (e.g.
+    controls) and has no program; every subtype of every other class (a class without
+    subtypes counts as one) shifts its own program of ``program_size`` features by
+    ``program_effect``, so a classifier must recognise each subtype by its own program.
+    Batches are dealt round-robin within every subtype, so they are balanced.
+
+    Parameters
+    ----------
+    classes
+        Class name → subtype sizes, e.g. ``{"control": [300], "disease": [70, 80, 90]}`` (the
+        default); a single size is a class without subtypes. The first class is the reference.
+    n_features
+        Features in total; programs, batch and gradient features are disjoint.
+    program_size, program_effect
+        Features per (class, subtype) program and their mean shift.
+    n_batches, batch_features, batch_effect
+        The nuisance: batches, features they shift, and the scale of the shifts.
+    gradient_features, gradient_effect
+        A continuous nuisance: ``obs["state"]`` ~ U(-1, 1) shifts ``gradient_features``
+        features by ``±gradient_effect · state``.
+    random_state
+        Seed.
+
+    Returns
+    -------
+    AnnData (``.X`` float32) with ``.obs["disease"]`` (the class), ``.obs["subtype"]`` (the
+    ground truth: ``"{class}-{k}"``, or the class name for a class without subtypes),
+    ``.obs["batch"]``, ``.obs["state"]`` and ``.var["program"]``.
+    """
+    seed = check_random_state(random_state)
+    classes = dict(classes if classes is not None else
+                   {"control": [300], "disease": [70, 80, 90]})
+    if len(classes) < 2 or any(len(v) < 1 or min(v) < 1 for v in classes.values()):
+        raise ValueError("classes needs at least two classes, each with positive subtype sizes.")
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be at least 1, got {n_batches}.")
+    reference = next(iter(classes))
+    programs = [(c, k) for c, sizes in classes.items() if c != reference
+                for k in range(len(sizes))]
+    needed = len(programs) * program_size + batch_features + gradient_features
+    if needed > n_features:
+        raise ValueError(f"{len(programs)} programs of {program_size} features, "
+                         f"{batch_features} batch and {gradient_features} gradient features "
+                         f"need {needed} features but n_features={n_features}.")
+    rng = np.random.default_rng(seed)
+    cls_of, sub_of = [], []
+    for c, sizes in classes.items():
+        for k, size in enumerate(sizes):
+            cls_of += [c] * int(size)
+            sub_of += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
+    cls_of, sub_of = np.array(cls_of), np.array(sub_of)
+    n_obs = cls_of.size
+    batch = np.empty(n_obs, dtype=np.int64)
+    for s in pd.unique(sub_of):
+        members = np.flatnonzero(sub_of == s)
+        batch[members] = rng.permutation(np.arange(members.size) % n_batches)
+    features = rng.permutation(n_features)
+    X = rng.standard_normal((n_obs, n_features))
+    program = np.full(n_features, "none", dtype=object)
+    for i, (c, k) in enumerate(programs):
+        cols = features[i * program_size:(i + 1) * program_size]
+        name = c if len(classes[c]) == 1 else f"{c}-{k}"
+        X[np.ix_(sub_of == name, cols)] += program_effect
+        program[cols] = name
+    start = len(programs) * program_size
+    batch_cols = features[start:start + batch_features]
+    X[:, batch_cols] += batch_effect * rng.standard_normal((n_batches, batch_features))[batch]
+    grad_cols = features[start + batch_features:start + batch_features + gradient_features]
+    state = rng.uniform(-1.0, 1.0, size=n_obs)
+    X[:, grad_cols] += state[:, None] * (gradient_effect * rng.choice([-1.0, 1.0],
+                                                                      size=grad_cols.size))
+    obs = pd.DataFrame({
+        "disease": pd.Categorical(cls_of, categories=list(classes)),
+        "subtype": pd.Categorical(sub_of, categories=list(pd.unique(sub_of))),
+        "batch": pd.Categorical([f"batch-{b}" for b in batch]),
+        "state": state.astype(np.float32),
+    }, index=[f"cell-{i}" for i in range(n_obs)])
+    var = pd.DataFrame({"program": pd.Categorical(program)},
+                       index=[f"feature-{f}" for f in range(n_features)])
+    adata = AnnData(X=X.astype(np.float32), obs=obs, var=var)
+    adata.uns["gaussian_subtypes"] = {
+        "classes": {c: [int(v) for v in sizes] for c, sizes in classes.items()},
+        "n_features": n_features, "program_size": program_size,
+        "program_effect": program_effect, "n_batches": n_batches,
+        "batch_features": batch_features, "batch_effect": batch_effect,
+        "gradient_features": gradient_features, "gradient_effect": gradient_effect,
+        "random_state": seed}
+    return adata
