@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from .._anndata import uns_safe
 from .._memmap import read_rows
+from ..store import fingerprint_differences
 from ._embed import embed_blocks, embedding_blocks, usable_targets
 from ._fit import heldout_rows_needed, solve_datamodels
 from ._train import recorded_training
@@ -46,8 +47,8 @@ def half_embeddings(adata: AnnData, key: str = "datamodels", *, device: str = "a
     settings = {"fit_params": fit_params, "embedding": embed_params}
     keys = half_keys(key)
     cached = info.get("halves", {}).get("params")
-    if cached is not None and all(k in adata.obsm for k in keys) and _same(cached, uns_safe(
-            settings)):
+    if cached is not None and all(k in adata.obsm for k in keys) and not fingerprint_differences(
+            cached, uns_safe(settings)):
         return adata.obsm[keys[0]], adata.obsm[keys[1]]
 
     store = recorded_training(adata, key).store
@@ -86,11 +87,3 @@ def half_embeddings(adata: AnnData, key: str = "datamodels", *, device: str = "a
     adata.uns[key] = uns_safe(info)
     return halves[0], halves[1]
 
-
-def _same(a, b) -> bool:
-    """Equality of settings read back from h5ad (numpy scalars, lists) and fresh ones."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        return np.array_equal(np.asarray(a), np.asarray(b))
-    return a == b

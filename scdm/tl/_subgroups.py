@@ -51,13 +51,14 @@ def subgroups(
     How many subgroups, including none, is decided per class by the data
     (``resolution=None``, the default): the datamodels are fitted again on two disjoint halves
     of the models, both halves are clustered at every resolution of a grid, and a resolution
-    counts only if the two partitions agree (ARI ≥ ``min_reproducibility``) and agree better
-    than every one of ``n_null`` pairs of cluster-free Gaussian halves with the same signal
-    and noise (see :mod:`scdm.clustering`). The most reproducible accepted partition (ties to
-    the one with more clusters) gives the resolution used on the full embedding; a class
-    with no accepted resolution stays one
-    subgroup. A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
-    one of pure noise: use it to explore, not to report).
+    counts only if both halves find the same number of clusters, their partitions agree
+    (ARI ≥ ``min_reproducibility``), and each half's clusters are more separated in the other
+    half than in every one of ``n_null`` pairs of cluster-free Gaussian halves with the same
+    signal and noise (see :mod:`scdm.clustering`). The most reproducible accepted partition
+    (ties to the one with more clusters) gives the resolution used on the full embedding; a
+    class with no accepted resolution stays one subgroup. A fixed ``resolution`` skips the
+    check (Leiden always splits a kNN graph, also one of pure noise: use it to explore, not
+    to report).
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -111,9 +112,10 @@ def subgroups(
     Returns
     -------
     ``None`` or a copy. Sets categorical ``adata.obs[key_added]`` and ``adata.uns[key_added]``
-    with ``params``, ``sizes``, per class ``reproducibility`` (the chosen resolution, or
-    ``None``, its reproducibility, the null's mean and maximum and the p-value, and the whole
-    scan as a table in ``reproducibility_scan``) and, with ``markers``, a ``markers``
+    with ``params``, ``sizes``, per class ``reproducibility`` (``split``, the resolution, the
+    reproducibility, the separation, the null's maximum separation, the p-value and
+    ``n_subgroups``; without a split, the most reproducible resolution's figures), the whole
+    scan per class as a table in ``reproducibility_scan`` and, with ``markers``, a ``markers``
     DataFrame. The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
     ``[f"X_{key}_half2"]``.
     """
@@ -192,7 +194,6 @@ def subgroups(
             evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
         # clusters are numbered by size, so the substantial ones keep 0..k-1
         names[members[big]] = [f"{cls}-{c}" for c in codes[big]]
-
 
     def order_key(name: str) -> tuple[int, int]:
         if name == UNASSIGNED:
