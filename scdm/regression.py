@@ -824,7 +824,7 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
       out of the weights: ``model.self_influence_`` keeps the diagonal and ``coef_``'s diagonal
       is set to 0, which leaves every prediction for a model that did not train on the target
       unchanged. Measured on planted data (``workflows/benchmarks/fit_modes.py``) this is
-      ~20× faster than ``heldout=True`` at a higher LDS.
+      8-17× faster than ``heldout=True`` (the gap grows with the samples) at a higher LDS.
     - ``heldout=True``: target ``t`` is fitted only on the models that did not train on it.
     """
     if not targets_are_training:

@@ -19,7 +19,8 @@ from ._train import store_of
 
 
 class DegenerateDatamodelsWarning(UserWarning):
-    """Some datamodels are unusable (all zero, not converged, not finite) and were flagged."""
+    """Some datamodels are unusable (all zero, no held-out skill, not converged, not finite)
+    and were flagged."""
 
 
 def lasso_for(fit_params: Mapping[str, Any], *, device: str = "auto",
@@ -127,7 +128,8 @@ def fit_datamodels(
     By default (``heldout=False``) every target is fitted on *all* models with its own mask
     column kept as a feature: that column absorbs the self-influence (how much training on
     ``j`` raises ``j``'s own margin), and all targets share one Gram matrix, so the fit is
-    ~20× faster than fitting each target on its own rows. The self-influence is then taken
+    much faster than fitting each target on its own rows (8× at 300 samples, 17× at 600, more
+    with more samples). The self-influence is then taken
     out of ``W`` (its diagonal is 0) and kept in ``adata.uns[key_added]["self_influence"]``.
     Predictions for models that did not train on ``j`` are unaffected, and λ is chosen on
     exactly those validation models. With ``heldout=True`` target ``j`` is fitted only on the
