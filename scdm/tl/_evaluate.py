@@ -18,7 +18,7 @@ from .._settings import settings
 from .._training import store_schema
 from ..evaluation import linear_datamodeling_score
 from ..store import ModelStore
-from ._fit import datamodel_weights, heldout_rows_needed, solve_datamodels
+from ._fit import datamodel_weights, models_needed, solve_datamodels
 from ._train import _check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
@@ -181,12 +181,9 @@ def model_count_curve(
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     completed = training.store.completed_indices()
-    # a target is held out of about (1 - alpha) of the models; the margin covers the targets
-    # that, by chance, are held out of the fewest validation models
-    min_models = heldout_rows_needed(
-        heldout=bool(fit_params.get("heldout", True)),
-        val_fraction=float(fit_params["val_fraction"]),
-        min_rows=int(fit_params["min_rows"])) / (1 - float(training.params["alpha"]))
+    # the margin covers the targets that, by chance, are held out of the fewest validation
+    # models (1.5x still left some with fewer than 10 at 300 models for 700 cells)
+    min_models = models_needed(fit_params, training.params["alpha"])
     sizes = (_default_curve_sizes(completed.size, 2.5 * min_models) if n_models is None
              else sorted({_check_n_models(int(m)) for m in n_models}))
     if not sizes or sizes[-1] > completed.size:

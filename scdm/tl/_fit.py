@@ -57,6 +57,15 @@ def heldout_rows_needed(*, heldout: bool, val_fraction: float, min_rows: int) ->
     return needed
 
 
+def models_needed(fit_params: Mapping[str, Any], alpha: float) -> float:
+    """Models a refit with the recorded ``fit_params`` needs on average: a target is held out
+    of about ``1 - alpha`` of them (see :func:`heldout_rows_needed`). Callers add a margin for
+    the targets held out of the fewest."""
+    return heldout_rows_needed(heldout=bool(fit_params.get("heldout", True)),
+                               val_fraction=float(fit_params["val_fraction"]),
+                               min_rows=int(fit_params["min_rows"])) / (1 - float(alpha))
+
+
 def check_heldout_rows(X, obs_names, *, heldout: bool, val_fraction: float, min_rows: int
                        ) -> None:
     """Refuse, before any fitting, targets held out of too few models (see

@@ -17,7 +17,7 @@ from .._anndata import uns_safe
 from .._memmap import read_rows
 from ..store import fingerprint_differences
 from ._embed import embed_blocks, embedding_blocks, usable_targets
-from ._fit import heldout_rows_needed, solve_datamodels
+from ._fit import models_needed, solve_datamodels
 from ._train import recorded_training
 
 logger = logging.getLogger("scdm")
@@ -53,11 +53,8 @@ def half_embeddings(adata: AnnData, key: str = "datamodels", *, device: str = "a
 
     store = recorded_training(adata, key).store
     completed = store.completed_indices()[: int(fit_params["n_models_used"])]
-    alpha = float(adata.uns[key]["params"]["alpha"])
     per_half = completed.size // 2
-    needed = heldout_rows_needed(heldout=bool(fit_params.get("heldout", True)),
-                                 val_fraction=float(fit_params["val_fraction"]),
-                                 min_rows=int(fit_params["min_rows"])) / (1 - alpha)
+    needed = models_needed(fit_params, adata.uns[key]["params"]["alpha"])
     if per_half < 1.5 * needed:
         raise ValueError(
             f"{completed.size} models are too few to split into two halves whose datamodels "
