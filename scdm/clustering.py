@@ -146,14 +146,15 @@ def cross_separation(half1: np.ndarray, half2: np.ndarray, labels1: np.ndarray,
     return (weakest_pair(half2, labels1) + weakest_pair(half1, labels2)) / 2
 
 
-def gaussian_null_halves(half1: np.ndarray, half2: np.ndarray, rng: np.random.Generator
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Two halves without clusters but with the observed halves' signal and noise.
+def gaussian_null_factors(half1: np.ndarray, half2: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Factors ``(signal, noise)`` of Gaussian halves without clusters but with the observed
+    halves' signal and noise: draw one signal ``z @ signal.T`` and add ``z' @ noise.T`` to it
+    twice (``z``, ``z'`` standard normal, n × d).
 
     ``half2`` is rotated onto ``half1`` (orthogonal Procrustes: each half's SVD has its own
     axes); the covariance of their mean less that of their half-difference estimates the
-    shared signal's covariance, twice that of the half-difference the noise's. The null draws
-    one Gaussian signal and adds independent Gaussian noise to it twice.
+    shared signal's covariance, twice that of the half-difference the noise's.
     """
     h1 = half1 - half1.mean(0)
     h2 = half2 - half2.mean(0)
@@ -167,8 +168,14 @@ def gaussian_null_halves(half1: np.ndarray, half2: np.ndarray, rng: np.random.Ge
         values, vectors = np.linalg.eigh((cov + cov.T) / 2)
         return vectors * np.sqrt(np.clip(values, 0.0, None))
 
-    signal_f, noise_f = factor(cov_signal), factor(2 * cov_diff)
-    n, d = h1.shape
+    return factor(cov_signal), factor(2 * cov_diff)
+
+
+def gaussian_null_halves(factors: tuple[np.ndarray, np.ndarray], n: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One pair of null halves of ``n`` points from :func:`gaussian_null_factors`."""
+    signal_f, noise_f = factors
+    d = signal_f.shape[0]
     signal = rng.standard_normal((n, d)) @ signal_f.T
     return (signal + rng.standard_normal((n, d)) @ noise_f.T,
             signal + rng.standard_normal((n, d)) @ noise_f.T)
@@ -234,7 +241,7 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     min_reproducibility
         Smallest ARI between the halves' partitions that counts as a reproducible split.
     n_null
-        Gaussian null pairs (see :func:`gaussian_null_halves`); the smallest attainable
+        Gaussian null pairs (see :func:`gaussian_null_factors`); the smallest attainable
         p-value is ``1 / (n_null + 1)``.
     alpha
         A resolution's p-value must not exceed this.
@@ -262,10 +269,11 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     separation = np.array([cross_separation(half1, half2, a, b, min_size) for a, b in zip(
         parts1, parts2, strict=True)])
     rng = np.random.default_rng(random_state)
+    factors = gaussian_null_factors(half1, half2)  # the same for every draw
     null_rep = np.empty((n_null, len(resolutions)))
     null_sep = np.empty((n_null, len(resolutions)))
     for i in range(n_null):
-        n1, n2 = gaussian_null_halves(half1, half2, rng)
+        n1, n2 = gaussian_null_halves(factors, half1.shape[0], rng)
         for j, (a, b) in enumerate(zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw),
                                        strict=True)):
             null_rep[i, j] = split_reproducibility(a, b)
