@@ -133,11 +133,16 @@ def validate_subgroups(
     ``size`` nearest cells of its class to a random cell of the class, in the representation
     the models were trained on (``use_rep``/``layer``, unscaled): as coherent as a cluster of
     that representation can be. A subgroup then validates only if the
-    classifier treats it as a unit *more* than any feature-space neighbourhood of its size —
-    which a subtype the classifier relies on is, and a cut through a continuum is not. A
-    subgroup that is itself a tight, isolated cluster of the input features cannot beat
-    neighbourhoods (they are the same sets) and will not validate here; expression clustering
-    already shows it. ``null="random"`` restores uniform sets (a weaker check).
+    classifier treats it as a unit *more* than a feature-space neighbourhood of its size —
+    measured: true planted subtypes do, k-means clusters of structureless Poisson data do
+    not, but k-means cuts through one well-separated batch cluster sometimes still do
+    (``workflows/benchmarks/validation.py``). A subgroup that is itself a tight, isolated
+    cluster of the input features cannot beat neighbourhoods (they are the same sets) and
+    will not validate here; expression clustering already shows it. ``null="random"``
+    restores uniform sets (a weaker check).
+
+    A small p-value says that the classifier treats the subgroup as a unit; whether that unit
+    is biology is for its markers and known nuisances (``stratify_key``, donors) to tell.
 
     Leaving a set out also shrinks its class's share of each training set; the comparison
     sets pay the same, so the p-value is fair, but the absolute drops include it.
