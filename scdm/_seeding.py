@@ -42,6 +42,7 @@ def check_random_state(random_state: int | None) -> int:
 LDS_PURPOSE = 1
 VALIDATION_PURPOSE = 2
 SNR_PURPOSE = 3
+COMPOSITION_PURPOSE = 4  # permutation draws of the composition check
 
 
 def derived_seed(random_state: int, purpose: int, *keys: int) -> int:

@@ -1,5 +1,6 @@
 """Tools: the steps of a datamodels analysis on AnnData."""
 
+from ._composition import subgroup_composition
 from ._datamodels import datamodels
 from ._embed import embed_datamodels
 from ._evaluate import lds, model_count_curve
@@ -15,6 +16,7 @@ __all__ = [
     "lds",
     "model_count_curve",
     "signal_to_noise",
+    "subgroup_composition",
     "subgroup_markers",
     "subgroups",
     "train_models",

@@ -115,8 +115,10 @@ def subgroups(
     with ``params``, ``sizes``, per class ``reproducibility`` (``split``, the resolution, the
     reproducibility, the separation, the null's maximum separation, the p-value and
     ``n_subgroups``; without a split, the most reproducible resolution's figures), the whole
-    scan per class as a table in ``reproducibility_scan`` and, with ``markers``, a ``markers``
-    DataFrame. The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
+    scan per class as a table in ``reproducibility_scan``, with ``markers`` a ``markers``
+    DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
+    confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
+    The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
     ``[f"X_{key}_half2"]``.
     """
     label_key = label_key_of(adata, key, label_key)
@@ -218,6 +220,10 @@ def subgroups(
     adata.uns[key_added] = uns_safe(info)
     if markers:
         subgroup_markers(adata, key=key_added, n_genes=n_genes)
+    from ._composition import covariates_of, subgroup_composition  # it imports UNASSIGNED
+
+    if covariates_of(adata, key_added):  # the donors and batches the models knew of
+        subgroup_composition(adata, key=key_added, random_state=seed)
     return adata if copy else None
 
 
