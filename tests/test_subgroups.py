@@ -125,8 +125,8 @@ def test_plots_render_without_warnings(tmp_path):
                                    "nnz": np.arange(5)[:, None] * np.ones((1, adata.n_obs))}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ax = scdm.pl.embedding(adata, show=False)
-        assert len(ax) == 2  # label and subgroups by default
+        axes = scdm.pl.embedding(adata, show=False)
+        assert axes.shape == (1, 2)  # the subgroups by default, one panel per class
         ax = scdm.pl.influencers(adata, "c100", show=False)
         assert len(ax.patches) > 0
         assert scdm.pl.similarity(adata, show=False).images
@@ -238,3 +238,73 @@ def test_degenerate_datamodels_are_unassigned(null_trained):
     assert groups.iloc[3] == groups.iloc[100] == "unassigned"
     assert (groups == "unassigned").sum() == (~ok).sum()
     assert "unassigned" not in set(adata.uns["datamodels_subgroup"]["markers"]["subgroup"])
+
+
+def _as_attribution(adata, key: str):
+    """The datamodel results of ``planted_w_adata`` under another attribution key."""
+    if key != "datamodels":
+        adata.obsp[key] = adata.obsp.pop("datamodels")
+        adata.uns[key] = adata.uns.pop("datamodels")
+    return adata
+
+
+@pytest.mark.parametrize("key", ["datamodels", "trak"])
+def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
+    """Per-class embedding panels, markers, composition (with its flag) and a per-class UMAP,
+    for datamodels and another attribution key, on results read back from h5ad, under
+    warnings-as-errors."""
+    adata = _as_attribution(planted_w_adata(), key)
+    subgroup_key = f"{key}_subgroup"
+    truth = adata.obs["subtype"].astype(str).to_numpy()
+    # subtype s0's cells all come from one donor; the rest of the class from three others
+    donor = np.array([f"d{1 + i % 3}" for i in range(adata.n_obs)], dtype=object)
+    donor[truth == "s0"] = "d0"
+    donor[truth == "control"] = [f"c{i % 2}" for i in range((truth == "control").sum())]
+    adata.obs["donor"] = pd.Categorical(donor)
+    adata.obs["depth"] = np.random.default_rng(0).normal(1000, 100, adata.n_obs)
+    scdm.tl.embed_datamodels(adata, key=key, n_comps=10)
+    scdm.tl.subgroups(adata, key=key, n_neighbors=10, resolution=1.0)
+    assert subgroup_key in adata.obs
+    scdm.tl.subgroup_composition(adata, ["donor", "depth"], key=subgroup_key)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = read_h5ad(tmp_path / "a.h5ad")
+    flagged = scdm.tl._composition.composition_flags(back, subgroup_key)
+    s0 = pd.crosstab(back.obs[subgroup_key], back.obs["subtype"])["s0"].idxmax()
+    assert list(flagged.loc[flagged["flag"] == "dominated", "subgroup"]) == [s0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        axes = scdm.pl.embedding(back, key=key, color=[subgroup_key, "donor", "depth", "g0"],
+                                 show=False)
+        assert axes.shape == (4, 2)
+        sizes = back.obs["disease"].value_counts()
+        for col, cls in enumerate(["control", "disease"]):  # each panel: its class only
+            assert axes[0, col].collections[0].get_offsets().shape[0] == sizes[cls]
+        assert axes[0, 0].get_xlabel() == f"{key} 1"
+        panels = scdm.pl.markers(back, key=subgroup_key, show=False)
+        assert "disease" in panels
+        ax = scdm.pl.composition(back, "donor", key=subgroup_key, show=False)
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert f"{s0} [dominated]" in labels and "disease (all)" in labels
+        assert scdm.pl.composition(back, "depth", key=subgroup_key, show=False)
+        scdm.pl.markers(back, key=subgroup_key, kind="matrixplot", save=tmp_path / "m.png",
+                        show=False)
+        if key == "trak":  # one UMAP per test run: its first call compiles (~10 s)
+            scdm.tl.umap(back, key=key, n_neighbors=10)
+            assert np.isfinite(back.obsm[f"X_{key}_umap"]).all()
+            axes = scdm.pl.embedding(back, key=key, show=False)
+            assert axes[0, 0].get_xlabel() == f"{key}_umap 1"
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    plt.close("all")
+    with pytest.raises(KeyError, match="neither a column"):
+        scdm.pl.embedding(back, key=key, color="nope", show=False)
+    with pytest.raises(ValueError, match="are not in"):
+        scdm.pl.embedding(back, key=key, classes=["nope"], show=False)
+    with pytest.raises(ValueError, match="one panel"):
+        scdm.pl.embedding(back, key=key, ax=plt.subplots()[1], show=False)
+    with pytest.raises(ValueError, match="kind"):
+        scdm.pl.markers(back, key=subgroup_key, kind="bar", show=False)
+    with pytest.raises(KeyError, match="by="):
+        scdm.pl.composition(back, "nope", key=subgroup_key, show=False)
+    with pytest.raises(KeyError, match="resolution=None"):  # a fixed resolution has no scan
+        scdm.pl.reproducibility(back, key=subgroup_key, show=False)
+    plt.close("all")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ..tl._embed import datamodel_matrix
+from ..tl._embed import datamodel_matrix, label_key_of
+from ..tl._subgroups import UNASSIGNED
 
 
 def _finish(fig, axes, *, show: bool | None, save: str | Path | None, return_fig: bool | None):
@@ -55,52 +55,158 @@ def _grouping_columns(adata: AnnData, key: str) -> list[str]:
     return [c for c in candidates if c is not None and c in adata.obs]
 
 
+def _palette(adata: AnnData, column: str, categories) -> dict:
+    """Category → colour, from ``adata.uns[f"{column}_colors"]`` (scanpy's) when it fits."""
+    import matplotlib.pyplot as plt
+
+    stored = adata.uns.get(f"{column}_colors")
+    if stored is not None and len(stored) == len(categories):
+        return dict(zip(categories, stored, strict=True))
+    cmap = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20")
+    named = [c for c in categories if c != UNASSIGNED]
+    colours = {c: cmap(i % cmap.N) for i, c in enumerate(named)}
+    colours[UNASSIGNED] = "lightgray"
+    return colours
+
+
+def _values(adata: AnnData, name: str) -> pd.Series:
+    """An ``.obs`` column or a gene's expression (``.raw`` when present, like scanpy)."""
+    if name in adata.obs:
+        return adata.obs[name]
+    for source in (adata.raw, adata):
+        if source is not None and name in source.var_names:
+            column = source[:, name].X
+            column = column.toarray() if sparse.issparse(column) else np.asarray(column)
+            return pd.Series(column.ravel(), index=adata.obs_names, name=name)
+    raise KeyError(f"color={name!r} is neither a column of adata.obs nor a gene in "
+                   "adata.var_names (or adata.raw.var_names).")
+
+
+def _classes_to_draw(adata: AnnData, label_key: str, classes) -> list[str]:
+    labels = adata.obs[label_key].astype("category")
+    present = [str(c) for c in labels.cat.categories if (labels == c).any()]
+    if classes is None:
+        return present
+    chosen = [classes] if isinstance(classes, str) else [str(c) for c in classes]
+    unknown = sorted(set(chosen) - set(present))
+    if unknown:
+        raise ValueError(f"classes {unknown} are not in adata.obs[{label_key!r}] (classes: "
+                         f"{present}).")
+    return chosen
+
+
 def embedding(
     adata: AnnData,
     *,
-    basis: str = "datamodels",
+    key: str = "datamodels",
+    basis: str | None = None,
     color: str | Sequence[str] | None = None,
+    classes: str | Sequence[str] | None = None,
+    components: tuple[int, int] = (1, 2),
+    size: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
     ax=None,
     return_fig: bool | None = None,
-    **kwargs,
 ):
-    """Scatter plot of the datamodel embedding (``adata.obsm[f"X_{basis}"]``).
+    """The attribution embedding, one panel per class.
 
-    A thin wrapper of :func:`scanpy.pl.embedding` (which works with ``basis="datamodels"`` as
-    well). With ``color=None`` it colours by the label and, when computed, the subgroups.
+    The embedding is computed within each class (:func:`scdm.tl.embed_datamodels`,
+    :func:`scdm.tl.umap`), so coordinates are comparable only within a class: each class gets
+    its own panel (columns), each colour its own row. Categorical colours keep one palette
+    across classes (``"unassigned"`` is grey); numeric columns and genes use a colour bar.
 
     Parameters
     ----------
     adata
-        AnnData after :func:`scdm.tl.datamodels`.
+        AnnData after :func:`scdm.tl.datamodels` (or another attribution with the same keys).
+    key
+        Key of the attribution results; its label and subgroups are found from it.
     basis
-        ``adata.obsm[f"X_{basis}"]`` is plotted.
+        ``adata.obsm[f"X_{basis}"]`` is drawn; default ``f"{key}_umap"`` when
+        :func:`scdm.tl.umap` has run, else ``key`` (the SVD components).
     color
-        ``.obs`` columns or genes to colour by.
+        ``.obs`` columns or genes; default the subgroups (``f"{key}_subgroup"``) when computed,
+        else the label.
+    classes
+        Classes to draw (default all).
+    components
+        The two components of ``basis`` to draw (1-based).
+    size
+        Point size (default from the number of cells in a panel).
     show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path.
-    **kwargs
-        Passed to :func:`scanpy.pl.embedding`.
+        As in scanpy; ``save`` is a file path; ``ax`` only for one class and one colour.
 
     Returns
     -------
-    Axes (a list for several colours) when ``show=False``, the Figure with ``return_fig=True``.
+    A 2-D array of Axes (rows: colours, columns: classes) when ``show=False``, the Figure
+    with ``return_fig=True``.
     """
-    import scanpy as sc
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    basis = basis or (f"{key}_umap" if f"X_{key}_umap" in adata.obsm else key)
     if f"X_{basis}" not in adata.obsm:
         raise KeyError(f"adata.obsm['X_{basis}'] not found; run scdm.tl.datamodels(adata, "
-                       "label_key=...) first.")
+                       "label_key=...) first (scdm.tl.umap for a UMAP).")
+    label_key = label_key_of(adata, key, None)
     if color is None:
-        color = _grouping_columns(adata, basis)[::-1] or None
-    with warnings.catch_warnings():
-        # matplotlib's deprecation notices about calls inside scanpy are not the user's to fix.
-        warnings.simplefilter("ignore", PendingDeprecationWarning)
-        axes = sc.pl.embedding(adata, basis=basis, color=color, show=False, ax=ax, **kwargs)
-    first = axes[0] if isinstance(axes, list) else axes
-    return _finish(first.figure, axes, show=show, save=save, return_fig=return_fig)
+        color = _grouping_columns(adata, key)[:1] or [label_key]
+    colors = [color] if isinstance(color, str) else list(color)
+    columns = {name: _values(adata, name) for name in colors}  # bad names fail before drawing
+    drawn = _classes_to_draw(adata, label_key, classes)
+    first, second = components
+    coords = np.asarray(adata.obsm[f"X_{basis}"], dtype=np.float64)
+    if not 1 <= first <= coords.shape[1] or not 1 <= second <= coords.shape[1]:
+        raise ValueError(f"components {components} are out of range for X_{basis} with "
+                         f"{coords.shape[1]} components (1-based).")
+    coords = coords[:, [first - 1, second - 1]]
+    if ax is not None and len(colors) * len(drawn) > 1:
+        raise ValueError(f"ax= draws one panel, but {len(colors)} colour(s) × {len(drawn)} "
+                         "class(es) were asked for; pass classes=[one] and color=one.")
+    if ax is None:
+        fig, axes = plt.subplots(len(colors), len(drawn), squeeze=False,
+                                 figsize=(4.2 * len(drawn), 3.6 * len(colors)))
+    else:
+        fig, axes = ax.figure, np.array([[ax]])
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    for row, name in enumerate(colors):
+        values = columns[name]
+        categorical = not pd.api.types.is_numeric_dtype(values) or \
+            pd.api.types.is_bool_dtype(values)
+        if categorical:
+            values = values.astype(str).astype("category")
+            lookup = _palette(adata, name, list(values.cat.categories))
+        numbers = None if categorical else values.to_numpy(dtype=np.float64)
+        for col, cls in enumerate(drawn):
+            panel = axes[row, col]
+            members = np.flatnonzero((labels == cls) & np.isfinite(coords).all(axis=1))
+            dots = size or max(4.0, min(40.0, 6000 / max(members.size, 1)))
+            x, y = coords[members, 0], coords[members, 1]
+            if categorical:
+                shown = values.iloc[members]
+                # unassigned cells first, so that the subgroups are drawn on top of them
+                order = np.argsort((shown != UNASSIGNED).to_numpy(), kind="stable")
+                panel.scatter(x[order], y[order], s=dots, linewidths=0,
+                              c=[lookup[v] for v in shown.iloc[order]])
+                present = [c for c in values.cat.categories if (shown == c).any()]
+                panel.legend(handles=[Line2D([], [], marker="o", linestyle="", color=lookup[c],
+                                             label=f"{c} ({int((shown == c).sum())})")
+                                      for c in present],
+                             fontsize=7, frameon=False, loc="center left",
+                             bbox_to_anchor=(1.0, 0.5))
+            else:
+                points = panel.scatter(x, y, s=dots, linewidths=0, c=numbers[members],
+                                       cmap="viridis")
+                fig.colorbar(points, ax=panel, shrink=0.8)
+            panel.set_title(f"{cls} ({members.size} cells): {name}", fontsize=9)
+            panel.set_xlabel(f"{basis} {first}", fontsize=8)
+            panel.set_ylabel(f"{basis} {second}", fontsize=8)
+            panel.set_xticks([])
+            panel.set_yticks([])
+    if ax is None:
+        fig.tight_layout()
+    return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
 def influencers(

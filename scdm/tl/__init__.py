@@ -2,7 +2,7 @@
 
 from ._composition import subgroup_composition
 from ._datamodels import datamodels
-from ._embed import embed_datamodels
+from ._embed import embed_datamodels, umap
 from ._evaluate import lds, model_count_curve
 from ._fit import fit_datamodels
 from ._subgroups import subgroup_markers, subgroups
@@ -20,5 +20,6 @@ __all__ = [
     "subgroup_markers",
     "subgroups",
     "train_models",
+    "umap",
     "validate_subgroups",
 ]

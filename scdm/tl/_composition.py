@@ -182,5 +182,5 @@ def describe_flag(row) -> str:
         return (f"{row['subgroup']}: its {row['covariate']} make-up differs from the rest of "
                 f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g})")
     return (f"{row['subgroup']}: {row['covariate']} is shifted against the rest of its class "
-            f"(mean {row['mean']:.3g} vs {row['class_mean']:.3g} in the class, AUC "
+            f"(mean {row['mean']:.4g} vs {row['class_mean']:.4g} in the class, AUC "
             f"{row['auc']:.2f}, q = {row['q_value']:.2g})")

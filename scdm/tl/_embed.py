@@ -189,3 +189,88 @@ def embed_datamodels(
     }
     adata.uns[key] = uns_safe(info)
     return adata if copy else None
+
+
+def umap(
+    adata: AnnData,
+    *,
+    key: str = "datamodels",
+    use_rep: str | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.5,
+    random_state: int = 0,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """A two-dimensional UMAP of the attribution embedding, computed within each class.
+
+    The embedding (:func:`scdm.tl.embed_datamodels`) is per class, so its UMAP is too: each
+    class is laid out on its own, for one panel per class in :func:`scdm.pl.embedding`.
+    Like any UMAP it draws clusters more separated than they are and can draw apparent
+    clusters in structureless data; whether a split is real is what
+    :func:`scdm.tl.subgroups` decides (the colours), not the layout. Needs ``umap-learn`` (a
+    scanpy dependency); the first call in a process compiles it (~10 s).
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`scdm.tl.datamodels`.
+    key
+        Key of the attribution results (label in ``adata.uns[key]["params"]``).
+    use_rep
+        The embedding to lay out (default ``f"X_{key}"``).
+    n_neighbors, min_dist
+        Passed to ``umap.UMAP`` (``n_neighbors`` is capped below a class's size).
+    random_state
+        Seed of the layout.
+    key_added
+        ``adata.obsm`` key of the layout (default ``f"X_{key}_umap"``).
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy. Sets ``adata.obsm[key_added]`` (n_obs × 2; NaN for degenerate
+    datamodels) and ``adata.uns[key]["umap"]["params"]``.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        # umap-learn announces at import that its optional TensorFlow part is unavailable
+        warnings.simplefilter("ignore", ImportWarning)
+        from umap import UMAP
+
+    seed = check_random_state(random_state)
+    use_rep = use_rep or f"X_{key}"
+    if use_rep not in adata.obsm:
+        raise KeyError(f"adata.obsm[{use_rep!r}] not found; run scdm.tl.datamodels(adata, "
+                       "label_key=...) first (or scdm.tl.embed_datamodels).")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
+            or n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    label_key = label_key_of(adata, key, None)
+    key_added = key_added or f"X_{key}_umap"
+    rep = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+    ok = usable_targets(adata, key) & np.isfinite(rep).all(axis=1)
+    small = {cls: int(ok[members].sum()) for cls, members in
+             embedding_blocks(adata, label_key).items() if ok[members].sum() < 4}
+    if small:
+        raise ValueError(f"classes {small} have fewer than 4 usable datamodels, too few for a "
+                         "UMAP layout.")
+    layout = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
+    for members in embedding_blocks(adata, label_key).values():
+        rows = members[ok[members]]
+        reducer = UMAP(n_neighbors=int(min(n_neighbors, rows.size - 1)), min_dist=min_dist,
+                       random_state=seed, n_jobs=1)
+        with warnings.catch_warnings():
+            # a fixed seed already implies one thread; umap says so on every call
+            warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+            layout[rows] = reducer.fit_transform(rep[rows])
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = layout
+    info = dict(adata.uns.get(key, {}))
+    info["umap"] = {"params": {"use_rep": use_rep, "n_neighbors": n_neighbors,
+                               "min_dist": min_dist, "random_state": seed,
+                               "key_added": key_added}}
+    adata.uns[key] = uns_safe(info)
+    return adata if copy else None
