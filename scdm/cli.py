@@ -4,6 +4,7 @@ scheduler-friendly pieces ``scdm store init``, ``scdm train``, ``scdm fit``, ``s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -12,6 +13,27 @@ from pathlib import Path
 import numpy as np
 
 MYELOID = ("CD14+ Monocyte", "Dendritic")
+# obs columns of pbmc68k_reduced a reviewer would check a subgroup against: cell-cycle phase,
+# library size and mitochondrial fraction (it has no donors or batches)
+BUNDLED_COVARIATES = ("phase", "n_counts", "percent_mito")
+
+
+class Stages:
+    """Times the stages of a run and says when each starts and ends."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if not self.quiet:
+            print(f"[{len(self.seconds) + 1}] {name} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        if not self.quiet:
+            print(f"[{len(self.seconds)}] {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
 def bundled_pbmc():
@@ -33,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     import anndata as ad
 
     import scdm
+    from scdm.tl._composition import composition_flags, describe_flag
 
     scdm.settings.verbosity = 0 if args.quiet else 1
     if args.input is None:
@@ -57,28 +80,49 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.store) if args.store else out / "store"
 
-    start = time.perf_counter()
-    scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
-                         stratify_key=args.stratify_key, alpha=args.alpha,
-                         n_models=args.n_models, store=store, device=args.device,
-                         random_state=args.random_state)
-    trained = time.perf_counter()
-    scdm.tl.fit_datamodels(adata, device=args.device, random_state=args.random_state)
-    fitted = time.perf_counter()
-    scdm.tl.embed_datamodels(adata, random_state=args.random_state)
-    scdm.tl.subgroups(adata, n_neighbors=args.n_neighbors, resolution=args.resolution,
-                      random_state=args.random_state)
-    grouped = time.perf_counter()
+    covariates = [c for c in (args.covariates.split(",") if args.covariates is not None
+                              else BUNDLED_COVARIATES if args.input is None else ()) if c]
+    unknown = [c for c in covariates if c not in adata.obs]
+    if unknown:  # before training, not after
+        raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
+    stages = Stages(quiet=args.quiet)
+    with stages("train models"):
+        scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
+                             stratify_key=args.stratify_key, alpha=args.alpha,
+                             n_models=args.n_models, store=store, device=args.device,
+                             random_state=args.random_state)
+    with stages("fit datamodels"):
+        scdm.tl.fit_datamodels(adata, device=args.device, random_state=args.random_state)
+        scdm.tl.embed_datamodels(adata, random_state=args.random_state)
+    with stages("subgroups"):
+        scdm.tl.subgroups(adata, n_neighbors=args.n_neighbors, resolution=args.resolution,
+                          random_state=args.random_state)
+        checked = list(dict.fromkeys(
+            [c for c in (args.group_key, args.stratify_key) if c] + covariates))
+        if checked:
+            scdm.tl.subgroup_composition(adata, checked, random_state=args.random_state)
+        if args.umap:
+            scdm.tl.umap(adata, random_state=args.random_state)
     if args.lds_models:
-        scdm.tl.lds(adata, n_models=args.lds_models, store=out / "lds_store", device=args.device,
-                    random_state=args.random_state)
-        scdm.tl.model_count_curve(adata, device=args.device)
-    evaluated = time.perf_counter()
-    adata.write_h5ad(out / "adata.h5ad")
-    figures = _figures(adata, out)
+        with stages("evaluation (LDS, model-count curve)"):
+            scdm.tl.lds(adata, n_models=args.lds_models, store=out / "lds_store",
+                        device=args.device, random_state=args.random_state)
+            scdm.tl.model_count_curve(adata, device=args.device)
+    with stages("write adata.h5ad and report.html"):
+        import matplotlib
+
+        matplotlib.use("Agg")  # figures go to files; no display needed
+        adata.write_h5ad(out / "adata.h5ad")
+        report = scdm.pl.report(
+            adata, out / "report.html", figure_dir=out,
+            title=f"scdm: datamodels of {label_key!r}",
+            run_info={"input": source, "command": "scdm " + " ".join(sys.argv[1:]),
+                      **{f"{name} (s)": round(t, 1) for name, t in stages.seconds.items()}})
+    figures = sorted(str(p) for p in out.glob("*.png"))
 
     info = adata.uns["datamodels"]
     corr = adata.obs["datamodels_corr"]
+    flags = composition_flags(adata)
     summary = {
         "input": source,
         "label_key": label_key,
@@ -97,10 +141,10 @@ def _run(args: argparse.Namespace) -> int:
         "subgroup_evidence": {str(k): dict(v) for k, v in adata.uns["datamodels_subgroup"].get(
             "reproducibility", {}).items()},
         "degenerate_datamodels": int((~adata.obs["datamodels_ok"]).sum()),
-        "seconds": {"train": round(trained - start, 1), "fit": round(fitted - trained, 1),
-                    "subgroups": round(grouped - fitted, 1),
-                    "evaluation": round(evaluated - grouped, 1)},
-        "outputs": {"adata": str(out / "adata.h5ad"), "figures": figures},
+        "composition_flags": [describe_flag(row) for _, row in flags.iterrows()],
+        "seconds": {name: round(t, 1) for name, t in stages.seconds.items()},
+        "outputs": {"adata": str(out / "adata.h5ad"), "report": str(report),
+                    "figures": figures},
     }
     if args.lds_models:
         curve = info["model_curve"]
@@ -122,8 +166,9 @@ def _run(args: argparse.Namespace) -> int:
         f"scdm datamodels on {source}",
         f"label {label_key!r}: " + ", ".join(f"{k} ({v})" for k, v in summary["classes"].items()),
         f"models trained: {summary['models_trained']} (mean held-out accuracy "
-        f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train']} s",
-        f"datamodels fitted in {summary['seconds']['fit']} s; held-out margin correlation "
+        f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train models']} s",
+        f"datamodels fitted in {summary['seconds']['fit datamodels']} s; held-out margin "
+        "correlation "
         f"mean {corr.mean():.3f}, median {corr.median():.3f}",
     ]
     if args.lds_models:
@@ -141,12 +186,18 @@ def _run(args: argparse.Namespace) -> int:
     if summary["subgroup_evidence"]:
         lines.append("how many subgroups:")
         lines += _evidence_lines(adata)
+    if checked:
+        lines.append(f"confounding check on {', '.join(checked)}: " + (
+            f"{len(flags)} flag(s) (a question to answer, not a verdict):" if len(flags)
+            else "no subgroup is dominated by or shifted in them"))
+        lines += [f"  {text}" for text in summary["composition_flags"]]
     lines.append("subgroups (size: top markers):")
     for name, group in summary["subgroups"].items():
         markers = ", ".join(group["top_markers"]) or "-"
         lines.append(f"  {name} ({group['size']}): {markers}")
+    lines.append(f"report (one page, opens offline): {report}")
     lines.append(f"results: {out / 'adata.h5ad'} (obsp/obsm/obs/uns 'datamodels', "
-                 "obs 'datamodels_subgroup'); figures: " + ", ".join(figures))
+                 f"obs 'datamodels_subgroup'); figures ({len(figures)} PNG) in {out}")
     text = "\n".join(lines)
     (out / "summary.txt").write_text(text + "\n")
     print(text)
@@ -179,33 +230,6 @@ def _evidence_lines(adata) -> list[str]:
                 f"ARI between halves {e['best_reproducibility']:.2f} at resolution "
                 f"{e['best_resolution']:g}; separation p = {e['p_value']:.2f})")
     return lines
-
-
-def _figures(adata, out: Path) -> list[str]:
-    """Embedding, similarity, and one target's influencers and regularisation path, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import scdm
-
-    # A target from the largest subgroup of the first class: its datamodel is the typical one.
-    largest = adata.obs["datamodels_subgroup"].cat.categories[0]
-    target = adata.obs_names[np.flatnonzero(adata.obs["datamodels_subgroup"] == largest)[0]]
-    written = []
-    for name, draw in (
-        ("embedding.png", lambda f: scdm.pl.embedding(adata, save=f, show=False)),
-        ("similarity.png", lambda f: scdm.pl.similarity(adata, save=f, show=False)),
-        ("influencers.png", lambda f: scdm.pl.influencers(adata, target, save=f, show=False)),
-        ("path.png", lambda f: scdm.pl.path(adata, target, save=f, show=False)),
-        *((("lds.png", lambda f: scdm.pl.lds(adata, save=f, show=False)),)
-          if "lds" in adata.uns["datamodels"] else ()),
-    ):
-        draw(out / name)
-        plt.close("all")
-        written.append(str(out / name))
-    return written
 
 
 def _store_init(args: argparse.Namespace) -> int:
@@ -312,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--resolution", type=float, default=None,
                      help="fixed Leiden resolution (default: chosen per class by "
                      "reproducibility across halves of the models; no split without one)")
+    run.add_argument("--covariates", default=None,
+                     help="comma-separated obs columns to check each subgroup's make-up "
+                     "against (donor, batch, QC metrics), besides --group-key and "
+                     "--stratify-key; default for the bundled data: phase,n_counts,"
+                     "percent_mito")
+    run.add_argument("--umap", action="store_true",
+                     help="also lay out each class's embedding with UMAP for the figures "
+                     "(~10 s more)")
     run.add_argument("--lds-models", type=int, default=200,
                      help="evaluation models for the LDS and the model-count curve (0: skip)")
     run.add_argument("--store", help="store directory (default OUT/store)")

@@ -22,8 +22,21 @@ def test_run_on_bundled_data_writes_its_outputs(tmp_path):
         "mean_lds"][0]
     assert "enough models?" in (tmp_path / "o" / "summary.txt").read_text()
     assert "datamodels_lds" in result.obs
-    for name in ("embedding", "similarity", "influencers", "path", "lds"):
+    split = any(e["split"] for e in summary["subgroup_evidence"].values())
+    for name in ("embedding", "similarity", "influencers", "path", "lds", "reproducibility",
+                 "composition_phase", "composition_n_counts") + (("markers",) if split else ()):
         assert (tmp_path / "o" / f"{name}.png").stat().st_size > 1000
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert summary["outputs"]["report"] == str(tmp_path / "o" / "report.html")
+    assert 'id="subgroups"' in page and page.count("<img ") == len(summary["outputs"][
+        "figures"])
+    # the bundled data's QC columns are checked; every flag is in the summary and the page
+    text = (tmp_path / "o" / "summary.txt").read_text()
+    assert "confounding check on phase, n_counts, percent_mito" in text
+    assert all(line in text for line in summary["composition_flags"])
+    assert list(summary["seconds"]) == ["train models", "fit datamodels", "subgroups",
+                                        "evaluation (LDS, model-count curve)",
+                                        "write adata.h5ad and report.html"]
     groups = summary["subgroups"]
     assert sum(g["size"] for g in groups.values()) == 700
     assert all(name.startswith(("myeloid-", "other-")) or name == "unassigned"
@@ -38,6 +51,10 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
     make_adata(n_obs=40).write_h5ad(path)
     assert main(["run", str(path), "--label-key", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "not a column of adata.obs" in capsys.readouterr().err
+    assert main(["run", str(path), "--label-key", "disease", "--covariates", "donor",
+                 "--n-neighbors", "5", "--out", str(tmp_path / "o")]) == 2
+    assert "--covariates ['donor']" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "store").exists()  # refused before any training
     # 20 cells per class are too few for 15 neighbours in each half's graph: refused, with
     # the fix in the message
     assert main(["run", str(path), "--label-key", "disease", "--n-models", "600", "--quiet",

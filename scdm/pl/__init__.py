@@ -1,6 +1,10 @@
-"""Plotting: datamodel embeddings, influencers, similarity, regularisation paths, evaluation."""
+"""Plotting: attribution embeddings per class, subgroups (markers, make-up, reproducibility),
+influencers, similarity, regularisation paths, evaluation."""
 
 from ._evaluation import lds, validation
 from ._plots import embedding, influencers, path, similarity
+from ._report import report
+from ._subgroups import composition, markers, reproducibility
 
-__all__ = ["embedding", "influencers", "lds", "path", "similarity", "validation"]
+__all__ = ["composition", "embedding", "influencers", "lds", "markers", "path",
+           "report", "reproducibility", "similarity", "validation"]

@@ -1,0 +1,118 @@
+"""report.html: self-contained, complete, and rendered by a real browser (headless Chromium)."""
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import read_h5ad
+
+import scdm
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="module")
+def reported(planted, tmp_path_factory):
+    """The planted pipeline with reproducible subgroups, a one-donor subtype, the confounding
+    check, the LDS, and its report."""
+    adata = planted.copy()
+    truth = adata.obs["subtype"].astype(str).to_numpy()
+    donor = np.array([f"d{1 + i % 3}" for i in range(adata.n_obs)], dtype=object)
+    donor[truth == "subtype-0"] = "d0"
+    donor[truth == "control"] = [f"c{i % 3}" for i in range((truth == "control").sum())]
+    adata.obs["donor"] = pd.Categorical(donor)
+    folder = tmp_path_factory.mktemp("report")
+    scdm.tl.subgroups(adata)
+    scdm.tl.subgroup_composition(adata, ["donor", "batch"])
+    scdm.tl.lds(adata, n_models=60, store=folder / "lds")
+    path = scdm.pl.report(adata, folder / "out" / "report.html", figure_dir=folder / "figs",
+                          run_info={"input": "planted_subtypes"})
+    return adata, path
+
+
+def _figure_count(page: str) -> int:
+    return len(re.findall(r"<img ", page))
+
+
+def test_report_is_self_contained_and_complete(reported, tmp_path):
+    adata, path = reported
+    page = path.read_text()
+    for section in ("overview", "subgroups", "figures", "parameters", "reading", "flags"):
+        assert f'id="{section}"' in page
+    sizes = adata.uns["datamodels_subgroup"]["sizes"]
+    for name in sizes:
+        if name != "unassigned":
+            assert f'id="subgroup-{name}"' in page
+    # the one-donor subtype's card is flagged and the banner says why
+    s0 = pd.crosstab(adata.obs["datamodels_subgroup"], adata.obs["subtype"])[
+        "subtype-0"].idxmax()
+    assert re.search(rf'class="subgroup-card flagged" id="subgroup-{s0}"', page)
+    assert "it may be that donor, not a subtype" in page
+    assert page.count('class="subgroup-card flagged"') == 1
+    # nothing is loaded from elsewhere: no scripts, stylesheets, fonts or remote images
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == _figure_count(page) >= 7
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    written = sorted(p.name for p in (path.parent.parent / "figs").glob("*.png"))
+    assert len(written) == len(images) and "composition_donor.png" in written
+    assert "reproducibility.png" in written and "lds.png" in written
+    # a round trip through h5ad gives the same page (but for its time stamp)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    again = scdm.pl.report(read_h5ad(tmp_path / "a.h5ad"), tmp_path / "again.html",
+                           run_info={"input": "planted_subtypes"}).read_text()
+    stamp = re.compile(r"<td>written</td><td>[^<]*</td>")
+    assert stamp.sub("", again) == stamp.sub("", page)
+
+
+def test_report_bad_input(reported, tmp_path):
+    adata, _ = reported
+    with pytest.raises(KeyError, match="run scdm"):
+        scdm.pl.report(adata, tmp_path / "r.html", key="trak")
+    with pytest.raises(KeyError, match="subgroup_key"):
+        scdm.pl.report(adata, tmp_path / "r.html", subgroup_key="nope")
+    assert not (tmp_path / "r.html").exists()
+
+
+def _browser() -> str | None:
+    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found is None and os.environ.get("SCDM_REQUIRE_BROWSER"):
+        pytest.fail("SCDM_REQUIRE_BROWSER is set but no Chromium is on PATH (.ci/run installs "
+                    "Debian's chromium-headless-shell).")
+    return found
+
+
+def test_report_renders_in_headless_chromium(reported, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium-headless-shell)")
+    _, path = reported
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,4000",
+                    path.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (4000, 1200)
+    background = np.array([0xF4, 0xF6, 0xF8]) / 255  # the page's background colour
+    # it rendered: most of the page is content (sections, text, figures), not background,
+    # and the figures' colours are there, not just text on white
+    assert (np.abs(pixels - background).sum(-1) > 0.05).mean() > 0.3
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 500
+    dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], check=True,
+                         capture_output=True, timeout=120, text=True).stdout
+    for section in ("overview", "subgroups", "figures", "parameters", "flags"):
+        assert f'id="{section}"' in dom
+    assert dom.count('class="subgroup-card') >= 3
+    assert _figure_count(dom) == _figure_count(path.read_text())
