@@ -79,7 +79,9 @@ def categorical_test(
     Returns
     -------
     dict with ``dominant`` (code), ``dominant_fraction``, ``class_fraction`` (the dominant
-    level's share of the whole class), ``imbalance`` (total variation distance between the
+    level's share of the whole class), ``n_levels`` (levels present in the subgroup),
+    ``effective_levels`` (inverse Simpson index: a subgroup spread evenly over 4 donors has 4,
+    one that is 97 % one donor about 1), ``imbalance`` (total variation distance between the
     subgroup and the rest), ``statistic`` and ``p_value`` (NaN when there is no rest or only
     one level).
     """
@@ -90,10 +92,14 @@ def categorical_test(
     totals = np.bincount(levels, minlength=n_levels).astype(np.float64)
     counts = np.bincount(levels[inside], minlength=n_levels).astype(np.float64)
     dominant = int(np.argmax(counts)) if size else -1
+    shares = counts / size if size else counts
     result = {
         "dominant": dominant,
         "dominant_fraction": float(counts[dominant] / size) if size else np.nan,
         "class_fraction": float(totals[dominant] / n) if size else np.nan,
+        "n_levels": int((counts > 0).sum()),
+        # inverse Simpson index: how many equally large donors the subgroup amounts to
+        "effective_levels": float(1.0 / (shares**2).sum()) if size else np.nan,
         "imbalance": np.nan, "statistic": np.nan, "p_value": np.nan,
     }
     present = totals > 0

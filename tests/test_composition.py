@@ -34,6 +34,10 @@ def test_categorical_test_detects_a_one_donor_subgroup_but_not_an_inherited_one(
     assert result["dominant"] == 2 and result["dominant_fraction"] == 1.0
     assert result["class_fraction"] == 0.25
     assert result["imbalance"] == pytest.approx(1.0)
+    assert result["n_levels"] == 1 and result["effective_levels"] == pytest.approx(1.0)
+    spread = categorical_test(donors, donors < 2, n_permutations=99,
+                              rng=np.random.default_rng(1))
+    assert spread["n_levels"] == 2 and spread["effective_levels"] == pytest.approx(2.0)
     assert result["p_value"] == pytest.approx(1 / 1000)
     # A class that is one donor: a subgroup of it is 100 % that donor, and that is no finding.
     same = categorical_test(np.zeros(50, dtype=np.int64), np.arange(50) < 20,

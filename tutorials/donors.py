@@ -79,3 +79,18 @@ scdm.tl.subgroups(adata, markers=False)
 cells = (adata.obs["disease"] == "disease").to_numpy()
 print("ARI vs planted subtypes (cells):", round(adjusted_rand_score(
     adata.obs["subtype"][cells], adata.obs["datamodels_subgroup"][cells]), 3))
+
+# %% [markdown]
+# ## Is a subgroup just one donor?
+# `tl.subgroups` checked each subgroup's donor make-up against the rest of its class (the
+# `group_key` the models were trained with). Here every donor carries one subtype, so each
+# subtype subgroup spans only its own donors: "imbalanced" by donor, by design. What would
+# make it suspect is "dominated": one donor making up most of it. `effective_levels` says how
+# many equally large donors a subgroup amounts to — several donors carrying the same program
+# is what a subtype looks like.
+
+# %%
+composition = adata.uns["datamodels_subgroup"]["composition"]
+print(composition[["subgroup", "covariate", "n_levels", "effective_levels",
+                   "dominant_fraction", "q_value", "flag"]].to_string())
+scdm.pl.composition(adata, "donor", show=False)

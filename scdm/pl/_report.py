@@ -267,7 +267,9 @@ def _subgroup_card(adata: AnnData, subgroup_key: str, name: str, size: int,
             else:
                 what = (f"{_fmt(float(row['dominant_fraction']) * 100, 3)}% "
                         f"{escape(str(row['dominant']))} (class "
-                        f"{_fmt(float(row['class_fraction']) * 100, 3)}%)")
+                        f"{_fmt(float(row['class_fraction']) * 100, 3)}%), spans "
+                        f"{int(row['n_levels'])} (≈ {_fmt(float(row['effective_levels']), 2)} "
+                        "equal)")
             verdict = (f' <span class="flag">{escape(flag)}</span>' if flag else "")
             lines.append(f"{escape(str(row['covariate']))}: {what}, q = "
                          f"{_fmt(float(row['q_value']), 2)}{verdict}")

@@ -61,6 +61,9 @@ def subgroup_composition(
     - ``"shifted"``: a numeric covariate has AUC ≥ 0.5 + ``min_auc_shift`` or ≤ 0.5 −
       ``min_auc_shift`` against the rest of the class.
 
+    Where subtypes are properties of patients (each donor has one subtype), every subtype
+    spans only its own donors and is "imbalanced" by donor by design; what matters then is
+    that it is not "dominated", i.e. that it spans several donors (``effective_levels``).
     A class with a single subgroup has nothing to compare with and is never flagged;
     ``"unassigned"`` cells take no part. :func:`scdm.tl.subgroups` runs this check itself on
     the ``group_key`` and ``stratify_key`` the models were trained with.
@@ -89,7 +92,9 @@ def subgroup_composition(
     The table (one row per subgroup and covariate) unless ``copy``, else the copy. Columns:
     ``class``, ``subgroup``, ``covariate``, ``kind`` (``"categorical"``/``"numeric"``),
     ``n_cells``, ``n_missing``, ``dominant``, ``dominant_fraction``, ``class_fraction`` (the
-    dominant level's share of the class), ``imbalance``, ``mean``, ``class_mean``, ``auc``,
+    dominant level's share of the class), ``n_levels`` and ``effective_levels`` (how many
+    donors the subgroup spans, and the inverse Simpson index: how many equally large donors
+    that amounts to), ``imbalance``, ``mean``, ``class_mean``, ``auc``,
     ``statistic``, ``p_value``, ``q_value``, ``flag`` (``""`` when none). Also stored in
     ``adata.uns[key]["composition"]`` with the rule in ``["composition_params"]``.
     """
@@ -134,7 +139,7 @@ def subgroup_composition(
                 if numeric:
                     row.update(numeric_test(column.to_numpy()[members], inside))
                     row.update(dominant="", dominant_fraction=np.nan, class_fraction=np.nan,
-                               imbalance=np.nan)
+                               n_levels=0, effective_levels=np.nan, imbalance=np.nan)
                 else:
                     rng = np.random.default_rng([seed, COMPOSITION_PURPOSE, stream,
                                                  zlib.crc32(str(subgroup).encode())])
@@ -146,8 +151,9 @@ def subgroup_composition(
                 rows.append(row)
     rows = adjust_and_flag(rows, rule)
     columns = ["class", "subgroup", "covariate", "kind", "n_cells", "n_missing", "dominant",
-               "dominant_fraction", "class_fraction", "imbalance", "mean", "class_mean", "auc",
-               "statistic", "p_value", "q_value", "flag"]
+               "dominant_fraction", "class_fraction", "n_levels", "effective_levels",
+               "imbalance", "mean", "class_mean", "auc", "statistic", "p_value", "q_value",
+               "flag"]
     table = pd.DataFrame(rows, columns=columns)
     for column in ("class", "subgroup", "covariate", "kind", "dominant", "flag"):
         table[column] = table[column].astype(str)
@@ -180,7 +186,9 @@ def describe_flag(row) -> str:
                 "not a subtype")
     if row["flag"] == "imbalanced":
         return (f"{row['subgroup']}: its {row['covariate']} make-up differs from the rest of "
-                f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g})")
+                f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g}); "
+                f"it spans {row['n_levels']} {row['covariate']} levels (as many as "
+                f"{row['effective_levels']:.1f} equal ones)")
     return (f"{row['subgroup']}: {row['covariate']} is shifted against the rest of its class "
             f"(mean {row['mean']:.4g} vs {row['class_mean']:.4g} in the class, AUC "
             f"{row['auc']:.2f}, q = {row['q_value']:.2g})")
