@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 
 import matplotlib
 
@@ -69,8 +70,10 @@ def test_report_is_self_contained_and_complete(reported, tmp_path):
     assert "reproducibility.png" in written and "lds.png" in written
     # a round trip through h5ad gives the same page (but for its time stamp)
     adata.write_h5ad(tmp_path / "a.h5ad")
-    again = scdm.pl.report(read_h5ad(tmp_path / "a.h5ad"), tmp_path / "again.html",
-                           run_info={"input": "planted_subtypes"}).read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = scdm.pl.report(read_h5ad(tmp_path / "a.h5ad"), tmp_path / "again.html",
+                               run_info={"input": "planted_subtypes"}).read_text()
     stamp = re.compile(r"<td>written</td><td>[^<]*</td>")
     assert stamp.sub("", again) == stamp.sub("", page)
 

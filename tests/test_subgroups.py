@@ -288,6 +288,9 @@ def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
         assert scdm.pl.composition(back, "depth", key=subgroup_key, show=False)
         scdm.pl.markers(back, key=subgroup_key, kind="matrixplot", save=tmp_path / "m.png",
                         show=False)
+        page = scdm.pl.report(back, tmp_path / "report.html", key=key).read_text()
+        assert f'id="subgroup-{s0}"' in page and "[dominated]" not in page
+        assert "it may be that donor, not a subtype" in page
         if key == "trak":  # one UMAP per test run: its first call compiles (~10 s)
             scdm.tl.umap(back, key=key, n_neighbors=10)
             assert np.isfinite(back.obsm[f"X_{key}_umap"]).all()
