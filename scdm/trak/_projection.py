@@ -1,0 +1,105 @@
+"""Random projections of per-example gradients, in plain PyTorch.
+
+A projection ``P`` (``grad_dim × proj_dim``) with independent ±1 (Rademacher) or standard
+normal entries keeps inner products of gradients in expectation (Johnson–Lindenstrauss). It is
+generated in blocks of rows from seeds derived from ``(seed, model_id, block)``, so memory
+stays at one block however large the model, every process regenerates the same matrix, and a
+checkpoint's projection never depends on how its examples were batched. When the whole matrix
+fits in ``cache_bytes`` it is kept between calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PROJECTIONS = ("rademacher", "normal")
+
+
+def _seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+def random_matrix(rows: int, cols: int, *, kind: str, seed: int, device, dtype=torch.float32
+                  ) -> torch.Tensor:
+    """A ``rows × cols`` matrix of ±1 or N(0, 1) entries from ``seed`` (CPU generator, so the
+    same numbers on every device)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if kind == "rademacher":
+        values = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
+        matrix = values.to(dtype).mul_(2).sub_(1)
+    elif kind == "normal":
+        matrix = torch.randn(rows, cols, generator=generator, dtype=dtype)
+    else:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
+    return matrix.to(device)
+
+
+ROW_BLOCK = 4096  # rows of P drawn from one seed: fixes the matrix whatever the memory settings
+
+
+class RandomProjector:
+    """Project ``[batch, grad_dim]`` gradients to ``[batch, proj_dim]``.
+
+    ``P`` is drawn in blocks of :data:`ROW_BLOCK` rows, each from a seed derived from
+    ``(seed, model_id, block)``: the matrix is the same whichever way it is generated or
+    applied, and applying it block by block needs memory for one block
+    (``ROW_BLOCK × proj_dim`` floats) besides the gradients.
+
+    Parameters
+    ----------
+    grad_dim
+        Length of the flattened gradient.
+    proj_dim
+        Dimension of the projection.
+    seed
+        Seed of the matrices; each ``model_id`` gets its own matrix.
+    kind
+        ``"rademacher"`` (±1) or ``"normal"``.
+    device
+        Where matrices are made and multiplied.
+    cache_bytes
+        Keep the whole matrix of the last ``model_id`` when it is at most this large.
+    """
+
+    def __init__(self, grad_dim: int, proj_dim: int, *, seed: int = 0,
+                 kind: str = "rademacher", device: str | torch.device = "cpu",
+                 cache_bytes: int = 512 << 20):
+        if isinstance(proj_dim, bool) or not isinstance(proj_dim, (int, np.integer)) \
+                or proj_dim < 1:
+            raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}.")
+        if kind not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
+        self.grad_dim, self.proj_dim = int(grad_dim), int(proj_dim)
+        self.seed, self.kind, self.device = int(seed), kind, torch.device(device)
+        self.cache_bytes = cache_bytes
+        self.n_blocks = -(-self.grad_dim // ROW_BLOCK)
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def _rows(self, model_id: int, block: int) -> torch.Tensor:
+        height = min(ROW_BLOCK, self.grad_dim - block * ROW_BLOCK)
+        return random_matrix(height, self.proj_dim, kind=self.kind,
+                             seed=_seed(self.seed, model_id, block), device=self.device)
+
+    def matrix(self, model_id: int) -> torch.Tensor:
+        """The whole ``grad_dim × proj_dim`` matrix of ``model_id``."""
+        if self._cached is not None and self._cached[0] == model_id:
+            return self._cached[1]
+        full = torch.cat([self._rows(model_id, b) for b in range(self.n_blocks)], dim=0)
+        if 4 * full.numel() <= self.cache_bytes:
+            self._cached = (model_id, full)
+        return full
+
+    def project(self, grads: torch.Tensor, model_id: int) -> torch.Tensor:
+        """``grads @ P`` for ``model_id``'s matrix ``P``."""
+        if grads.dim() != 2 or grads.shape[1] != self.grad_dim:
+            raise ValueError(f"gradients must be [batch, {self.grad_dim}], got "
+                             f"{tuple(grads.shape)}.")
+        grads = grads.to(self.device, torch.float32)
+        if 4 * self.grad_dim * self.proj_dim <= self.cache_bytes:
+            return grads @ self.matrix(model_id)
+        out = torch.zeros(grads.shape[0], self.proj_dim, device=self.device)
+        for b in range(self.n_blocks):
+            out += grads[:, b * ROW_BLOCK:(b + 1) * ROW_BLOCK] @ self._rows(model_id, b)
+        return out

@@ -1,0 +1,222 @@
+"""TRAK engine: projection, closed-form MLP features, TRAKer against exact TRAK, bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch.func import grad, vmap
+
+from scdm.trak import (
+    RandomProjector,
+    TRAKer,
+    dense_projection,
+    inverse_gram,
+    margins_and_out_to_loss,
+    mlp_features,
+)
+
+
+def test_projector_is_deterministic_and_blocked():
+    grads = torch.randn(10, 9000, generator=torch.Generator().manual_seed(0))
+    blocked = RandomProjector(9000, 64, seed=3, cache_bytes=0)
+    cached = RandomProjector(9000, 64, seed=3)
+    # three row blocks applied one at a time = the whole matrix at once
+    np.testing.assert_allclose(blocked.project(grads, 1), cached.project(grads, 1),
+                               rtol=1e-5, atol=1e-3)
+    # a batch projected in two parts = at once; another model_id, another matrix
+    np.testing.assert_allclose(torch.cat([cached.project(grads[:4], 1),
+                                          cached.project(grads[4:], 1)]),
+                               cached.project(grads, 1), rtol=1e-6, atol=1e-5)
+    assert not torch.equal(cached.matrix(1), cached.matrix(2))
+    assert set(torch.unique(cached.matrix(1)).tolist()) == {-1.0, 1.0}
+    with pytest.raises(ValueError, match="proj_dim"):
+        RandomProjector(300, 0)
+    with pytest.raises(ValueError, match=r"\[batch, 300\]"):
+        RandomProjector(300, 4).project(torch.ones(2, 5), 0)
+
+
+def _stacked_mlp(sizes, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        params += [torch.randn(K, fan_in, fan_out, generator=g) / np.sqrt(fan_in),
+                   0.1 * torch.randn(K, fan_out, generator=g)]
+    return params
+
+
+def _exact_margin_grads(params, c, X, y):
+    """Per-example gradients of TRAK's margin for checkpoint c by autodiff (torch.func)."""
+    own = [p[c] for p in params]
+
+    def logits(ps, x):
+        h = x
+        for layer in range(len(ps) // 2):
+            h = h @ ps[2 * layer] + ps[2 * layer + 1]
+            if layer < len(ps) // 2 - 1:
+                h = torch.relu(h)
+        if h.shape[-1] == 1:  # scdm's two-class logit difference
+            h = torch.cat([-h / 2, h / 2], dim=-1)
+        return h
+
+    def margin(ps, x, yi):
+        return margins_and_out_to_loss(logits(ps, x.unsqueeze(0)), yi.view(1))[0].sum()
+
+    grads = vmap(grad(margin), in_dims=(None, 0, 0))(own, X, y)
+    flat = torch.cat([g.reshape(X.shape[0], -1) for g in grads], dim=1)
+    return flat, margins_and_out_to_loss(logits(own, X), y)[1]
+
+
+@pytest.mark.parametrize("sizes", [[5, 7, 1], [5, 7, 6, 3], [4, 2]])
+def test_mlp_features_equal_projected_autodiff_gradients(sizes):
+    K, n, k = 3, 11, 16
+    params = _stacked_mlp(sizes, K)
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(n, sizes[0], generator=g)
+    y = torch.randint(0, max(2, sizes[-1]), (n,), generator=g)
+    G, Q = mlp_features(params, X, y, proj_dim=k, seed=7, model_ids=[4, 5, 6], batch_size=4)
+    n_params = sum(int(np.prod(p.shape[1:])) for p in params)
+    for c, model_id in enumerate([4, 5, 6]):
+        exact, q = _exact_margin_grads(params, c, X, y)
+        projected = exact @ dense_projection(sizes, k, 7, model_id) / np.sqrt(n_params)
+        np.testing.assert_allclose(G[c], projected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(Q[c], q, rtol=1e-5, atol=1e-6)
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, d=4, h=5, c=3):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(),
+                                        torch.nn.Linear(h, c))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _data(n=60, d=4, c=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    return X, y.clamp_max(c - 1)
+
+
+def _checkpoint(seed):
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in TinyNet().state_dict().items()}
+
+
+def _run_traker(tmp_path, checkpoints, X, y, Xt, yt, proj_dim, **kwargs):
+    traker = TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path, proj_dim=proj_dim,
+                    projection="normal", device="cpu", **kwargs)
+    for model_id, ckpt in enumerate(checkpoints):
+        traker.load_checkpoint(ckpt, model_id)
+        for start in range(0, len(X), 16):
+            traker.featurize((X[start:start + 16], y[start:start + 16]),
+                             num_samples=len(X[start:start + 16]))
+    traker.finalize_features()
+    for model_id, ckpt in enumerate(checkpoints):
+        traker.start_scoring_checkpoint("test", ckpt, model_id, len(Xt))
+        traker.score((Xt, yt), num_samples=len(Xt))
+    return traker, traker.finalize_scores("test")
+
+
+def test_traker_equals_exact_trak_when_the_projection_is_invertible(tmp_path):
+    """With proj_dim = grad_dim the projection cancels in g(z)ᵀ P (PᵀGᵀGP)⁻¹ Pᵀ g_i, so TRAKer's
+    scores are exact TRAK's (unprojected gradients, torch.autograd) up to traker's positive
+    per-checkpoint scale. Gradients w.r.t. the first layer only: the margin is invariant to
+    shifting all logits, which makes the full gradient Gram matrix singular."""
+    X, y = _data()
+    Xt, yt = _data(n=7, seed=1)
+    model = TinyNet()
+    ckpt = _checkpoint(0)
+    first = ["body.0.weight", "body.0.bias"]
+    grad_dim = sum(p.numel() for name, p in model.named_parameters() if name in first)
+    _, scores = _run_traker(tmp_path, [ckpt], X, y, Xt, yt, proj_dim=grad_dim, grad_wrt=first)
+    model.load_state_dict(ckpt)
+
+    def per_example(Xs, ys):
+        rows, q = [], []
+        for xi, yi in zip(Xs, ys, strict=True):
+            model.zero_grad()
+            logits = model(xi.unsqueeze(0))
+            m, qi = margins_and_out_to_loss(logits, yi.view(1))
+            m.sum().backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for name, p in model.named_parameters()
+                                   if name in first]))
+            q.append(qi.detach())
+        return torch.stack(rows).double(), torch.cat(q).double()
+
+    G, q = per_example(X, y)
+    Gt, _ = per_example(Xt, yt)
+    exact = (G @ torch.linalg.inv(G.T @ G) @ Gt.T * q[:, None]).numpy()
+    assert scores.shape == (60, 7)
+    scale = float((scores * exact).sum() / (exact * exact).sum())  # least-squares scale
+    assert scale > 0
+    # float32 storage of gradients and features: agreement to 1e-3 of the largest score
+    assert np.abs(scores - scale * exact).max() < 1e-3 * np.abs(scale * exact).max()
+
+
+def test_traker_resumes_and_refuses_mismatched_checkpoints(tmp_path):
+    X, y = _data()
+    Xt, yt = _data(n=5, seed=1)
+    ckpts = [_checkpoint(0), _checkpoint(1)]
+    _, scores = _run_traker(tmp_path / "a", ckpts, X, y, Xt, yt, proj_dim=20, damping=0.1)
+    # a second process featurizing half of the examples, then a restart: same scores
+    partial = TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "b",
+                     proj_dim=20, projection="normal", device="cpu", damping=0.1)
+    partial.load_checkpoint(ckpts[0], 0)
+    assert partial.featurize((X[:30], y[:30]), inds=np.arange(30)) == 30
+    _, again = _run_traker(tmp_path / "b", ckpts, X, y, Xt, yt, proj_dim=20, damping=0.1)
+    np.testing.assert_allclose(again, scores, rtol=1e-5, atol=1e-7)
+    assert np.load(tmp_path / "b" / "experiments" / "test" / "scores.npy").shape == (60, 5)
+
+    traker = TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a",
+                    proj_dim=20, projection="normal", device="cpu", damping=0.1)
+    with pytest.raises(ValueError, match="another checkpoint"):
+        traker.load_checkpoint(ckpts[1], 0)
+    with pytest.raises(ValueError, match="same checkpoint"):
+        traker.start_scoring_checkpoint("test", ckpts[1], 0, 5)
+    with pytest.raises(ValueError, match="another setting"):
+        TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a", proj_dim=30,
+               projection="normal", device="cpu")
+
+
+def test_traker_bad_input_fails_before_writing(tmp_path):
+    X, y = _data()
+    with pytest.raises(ValueError, match="proj_dim"):
+        TRAKer(TinyNet(), "classification", 60, save_dir=tmp_path / "p", proj_dim=0)
+    with pytest.raises(ValueError, match="task"):
+        TRAKer(TinyNet(), "regression", 60, save_dir=tmp_path / "t")
+
+    class Flat(TinyNet):
+        def forward(self, x):
+            return self.body(x)[:, 0]
+
+    flat = TRAKer(Flat(), "classification", 60, save_dir=tmp_path / "f", proj_dim=8,
+                  device="cpu")
+    flat.load_checkpoint(Flat().state_dict(), 0)
+    with pytest.raises(ValueError, match=r"\[batch, classes\]"):
+        flat.featurize((X[:10], y[:10]), num_samples=10)
+    assert not (tmp_path / "f" / "model_0" / "grads.npy").exists()
+
+    traker = TRAKer(TinyNet(), "classification", 60, save_dir=tmp_path / "n", proj_dim=8,
+                    device="cpu")
+    with pytest.raises(RuntimeError, match="load a checkpoint"):
+        traker.featurize((X[:10], y[:10]), num_samples=10)
+    broken = _checkpoint(0)
+    broken["body.0.weight"][0, 0] = float("nan")
+    traker.load_checkpoint(broken, 0)
+    with pytest.raises(FloatingPointError, match="nothing was written"):
+        traker.featurize((X[:10], y[:10]), num_samples=10)
+    assert not (tmp_path / "n" / "model_0" / "grads.npy").exists()
+    with pytest.raises(ValueError, match="not featurized"):
+        traker.finalize_features()
+    with pytest.raises(IndexError, match="indices"):
+        traker.featurize((X[:2], y[:2]), inds=[0, 60])
+
+
+def test_inverse_gram_refuses_a_singular_system():
+    G = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="damping"):
+        inverse_gram(G)
+    assert torch.isfinite(inverse_gram(G, damping=0.1)).all()
