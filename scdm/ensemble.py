@@ -230,11 +230,14 @@ class EnsembleTrainer:
         return int(max(1, min(cap, memory_budget // self.bytes_per_model())))
 
     # ------------------------------------------------------------------ training
-    def train(self, masks: np.ndarray, model_indices: Sequence[int] | np.ndarray) -> TrainResult:
+    def train(self, masks: np.ndarray, model_indices: Sequence[int] | np.ndarray, *,
+              keep_params: bool = False) -> TrainResult:
         """Train one model per mask row and return margins on all samples.
 
         ``masks`` is ``k × n`` bool (True = trains on it); ``model_indices`` are the models'
-        global indices, which seed their initialisation and data order.
+        global indices, which seed their initialisation and data order. With ``keep_params``
+        the trained parameters (stacked, ``[k, ...]`` per tensor) are in
+        ``result.extras["params"]`` (TRAK's checkpoints).
         """
         masks = np.asarray(masks, dtype=bool)
         model_indices = np.asarray(model_indices, dtype=np.int64).reshape(-1)
@@ -257,7 +260,8 @@ class EnsembleTrainer:
         correct = (margins > 0) & heldout
         with np.errstate(invalid="ignore", divide="ignore"):
             accuracy = (correct.sum(axis=1) / heldout.sum(axis=1)).astype(np.float32)
-        return TrainResult(margins=margins, heldout_accuracy=accuracy)
+        extras = {"params": [p[:k] for p in params]} if keep_params else {}
+        return TrainResult(margins=margins, heldout_accuracy=accuracy, extras=extras)
 
     def _init_params(self, model_indices: np.ndarray) -> list[torch.Tensor]:
         per_model = [init_model(self.sizes, self.random_state, int(m)) for m in model_indices]

@@ -220,3 +220,116 @@ def test_inverse_gram_refuses_a_singular_system():
     with pytest.raises(ValueError, match="damping"):
         inverse_gram(G)
     assert torch.isfinite(inverse_gram(G, damping=0.1)).all()
+
+
+# ------------------------------------------------------------------ low rank and tl.trak
+def test_lowrank_embedding_equals_the_dense_computation():
+    from scdm.tl._embed import standardized_columns
+    from scdm.trak._lowrank import lowrank_embedding
+
+    rng = np.random.default_rng(0)
+    A = 0.3 * rng.normal(size=(90, 200))
+    for g in range(3):
+        A[30 * g:30 * (g + 1), 10 * g:10 * (g + 1)] += 1.0
+    q = rng.uniform(0.05, 0.9, 90)
+    M = standardized_columns(A @ A.T * q[None, :])  # the n × n way
+    U, S, _ = np.linalg.svd(M)
+    signs = np.sign(U[np.argmax(np.abs(U[:, :6]), axis=0), np.arange(6)])
+    np.testing.assert_allclose(lowrank_embedding(A, q, n_comps=6), U[:, :6] * S[:6] * signs,
+                               atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def small_trak(tmp_path_factory):
+    import scanpy as sc
+
+    import scdm
+
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+                                           n_genes=200, batch_genes=100, random_state=0)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path_factory.mktemp("t") / "s")
+    return adata
+
+
+def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_path):
+    import scdm
+    from scdm.tl._embed import embed_blocks, embedding_blocks
+    from scdm.tl._train import recorded_training
+    from scdm.trak._core import inverse_gram
+
+    adata = small_trak.copy()
+    info = adata.uns["trak"]
+    assert info["method"] == "trak" and info["trak_params"]["n_checkpoints"] == 40
+    assert adata.obsm["X_trak"].shape == (240, 10) and adata.obs["trak_ok"].all()
+    # the stored matrix is τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i
+    training = recorded_training(adata, "trak")
+    completed = training.store.completed_indices()
+    trainer = training.trainer(0, "cpu")
+    params = trainer.train(np.asarray(training.store.masks)[completed], completed,
+                           keep_params=True).extras["params"]
+    G, Q = mlp_features(params, trainer.X, trainer.y, proj_dim=512, seed=0,
+                        model_ids=completed)
+    W = sum((G[c] @ inverse_gram(G[c], damping=1.0, normalize=False) @ G[c].T).numpy()
+            for c in range(G.shape[0])) / G.shape[0] * Q.mean(0).numpy()[None, :]
+    np.testing.assert_allclose(adata.obsp["trak"], W, rtol=1e-3, atol=1e-3 * np.abs(W).max())
+    np.testing.assert_allclose(info["self_influence"], np.diag(W), rtol=1e-3)
+    # and the embedding from the factors is the datamodels embedding of that matrix
+    dense, _ = embed_blocks(W, embedding_blocks(adata, "disease"), ok=np.ones(240, bool),
+                            n_comps=10, standardize=True, within_class=True, seed=0)
+    np.testing.assert_allclose(np.abs(adata.obsm["X_trak"][:, :2]), np.abs(dense[:, :2]),
+                               atol=1e-2 * np.abs(dense[:, :2]).max())
+
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    assert adata.uns["trak_subgroup"]["reproducibility"]["disease"]["split"]
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(adata.obs["subtype"][disease],
+                               adata.obs["trak_subgroup"][disease]) > 0.9
+    scdm.tl.lds(adata, key="trak", n_models=60, store=tmp_path / "lds")
+    assert adata.uns["trak"]["lds"]["mean"] > 0.3
+    with pytest.raises(ValueError, match="TRAK"):
+        scdm.tl.model_count_curve(adata, key="trak")
+
+
+def test_tl_trak_without_the_matrix_is_the_same_and_deterministic(small_trak):
+    import scdm
+
+    store = small_trak.uns["trak"]["store"]
+    again = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=store, max_obsp=100,
+                         copy=True)
+    assert "trak" not in again.obsp  # 240 cells > max_obsp
+    np.testing.assert_allclose(again.obsm["X_trak"], small_trak.obsm["X_trak"], atol=1e-5)
+    np.testing.assert_allclose(again.obsm["X_trak_half1"], small_trak.obsm["X_trak_half1"],
+                               atol=1e-5)
+
+
+def test_tl_trak_on_null_data_finds_one_subgroup(tmp_path):
+    import scanpy as sc
+
+    import scdm
+
+    adata = scdm.datasets.gaussian_subtypes({"control": [150], "disease": [150]},
+                                            random_state=1)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path / "s")
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    assert adata.obs.loc[adata.obs["disease"] == "disease", "trak_subgroup"].nunique() == 1
+
+
+def test_tl_trak_bad_input(small_trak, tmp_path):
+    import scdm
+
+    with pytest.raises(ValueError, match="n_models"):
+        scdm.tl.trak(small_trak, "disease", n_models=2, copy=True)
+    with pytest.raises(ValueError, match="proj_dim"):
+        scdm.tl.trak(small_trak, "disease", proj_dim=0, copy=True)
+    with pytest.raises(ValueError, match="damping"):
+        scdm.tl.trak(small_trak, "disease", damping=-1, copy=True)
+    with pytest.raises(TypeError, match="train_kwds"):
+        scdm.tl.trak(small_trak, "disease", train_kwds={"alpha": 0.3}, copy=True)
+    with pytest.raises(KeyError, match="label_key"):
+        scdm.tl.trak(small_trak, "nope", store=tmp_path / "x", copy=True)
+    assert not (tmp_path / "x").exists()

@@ -7,6 +7,7 @@ from ._evaluate import lds, model_count_curve
 from ._fit import fit_datamodels
 from ._subgroups import subgroup_markers, subgroups
 from ._train import train_models
+from ._trak import trak
 from ._validate import signal_to_noise, validate_subgroups
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "subgroup_markers",
     "subgroups",
     "train_models",
+    "trak",
     "umap",
     "validate_subgroups",
 ]

@@ -178,6 +178,10 @@ def model_count_curve(
     ``None`` or a copy. Sets ``adata.uns[key]["model_curve"]``: ``"n_models"``, ``"mean_corr"``,
     ``"mean_lds"`` (NaN without an LDS run), ``"flat"`` and a ``"recommendation"`` sentence.
     """
+    if adata.uns.get(key, {}).get("method") == "trak":
+        raise ValueError(f"model_count_curve refits datamodels on subsets of the models; "
+                         f"{key!r} holds TRAK scores. Compare tl.trak runs with different "
+                         "n_models (and tl.lds) instead.")
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     completed = training.store.completed_indices()

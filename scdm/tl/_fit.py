@@ -104,7 +104,8 @@ def datamodel_weights(adata: AnnData, key: str = "datamodels") -> tuple[Any, np.
     if key not in adata.obsp or not isinstance(info, dict) or "intercept" not in info:
         raise KeyError(f"no fitted datamodels under key {key!r}; run scdm.tl.datamodels or "
                        "scdm.tl.fit_datamodels first.")
-    return adata.obsp[key], np.asarray(info["intercept"], dtype=np.float64), info["fit_params"]
+    return (adata.obsp[key], np.asarray(info["intercept"], dtype=np.float64),
+            info.get("fit_params", {}))  # TRAK's matrix has no fit
 
 
 def fit_datamodels(

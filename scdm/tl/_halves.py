@@ -38,6 +38,13 @@ def half_embeddings(adata: AnnData, key: str = "datamodels", *, device: str = "a
     settings reuses them.
     """
     info = adata.uns.get(key)
+    if isinstance(info, dict) and info.get("method") == "trak":
+        # tl.trak embeds its even- and odd-numbered checkpoints itself
+        keys = half_keys(key)
+        if not all(k in adata.obsm for k in keys):
+            raise KeyError(f"adata.obsm has no {keys}; rerun scdm.tl.trak(adata, ..., "
+                           f"key_added={key!r}), which makes them.")
+        return adata.obsm[keys[0]], adata.obsm[keys[1]]
     if not isinstance(info, dict) or "fit_params" not in info or "embedding" not in info:
         raise KeyError(f"adata.uns[{key!r}] holds no fitted and embedded datamodels; run "
                        "scdm.tl.datamodels (or fit_datamodels and embed_datamodels) first, or "

@@ -77,7 +77,7 @@ def _output_signal(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def mlp_features(params: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor, *,
                  proj_dim: int, seed: int = 0, model_ids: Sequence[int] | None = None,
-                 batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                 batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected margin gradients and out-to-loss terms of every example for every checkpoint.
 
     Parameters

@@ -1,0 +1,218 @@
+"""``scdm.tl.trak``: TRAK attribution of every cell, a sibling of ``tl.datamodels``."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from .._anndata import uns_safe
+from .._memmap import read_rows
+from .._seeding import check_random_state
+from .._settings import settings
+from ..ensemble import resolve_device
+from ..trak._core import inverse_sqrt_gram
+from ..trak._lowrank import lowrank_embedding
+from ..trak._mlp import mlp_features
+from ._embed import embedding_blocks
+from ._halves import half_keys
+from ._train import recorded_training, train_models
+
+logger = logging.getLogger("scdm")
+
+# chosen by workflows/benchmarks/trak.py (see RESULTS.md): subgroup ARI and LDS across the
+# Poisson and Gaussian generators
+DEFAULT_DAMPING = 1.0
+TRAIN_KWDS = ("hidden", "epochs", "batch_size", "lr", "weight_decay", "l1", "mask_mode",
+              "scale", "chunk_size", "backend", "ray_address", "num_cpus_per_task",
+              "num_gpus_per_task", "task_size")
+
+
+def _class_factors(A: list[torch.Tensor], members: np.ndarray) -> np.ndarray:
+    """``[A_1[C], …, A_K[C]] / sqrt(K)``: rows of one class, all given checkpoints."""
+    return (torch.cat([a[members] for a in A], dim=1) / np.sqrt(len(A))).cpu().numpy()
+
+
+def trak(
+    adata: AnnData,
+    label_key: str,
+    *,
+    use_rep: str | None = None,
+    layer: str | None = None,
+    group_key: str | None = None,
+    stratify_key: str | None = None,
+    n_models: int = 40,
+    alpha: float = 0.5,
+    proj_dim: int = 512,
+    damping: float = DEFAULT_DAMPING,
+    n_comps: int = 10,
+    rank: int = 256,
+    max_obsp: int = 5000,
+    train_kwds: Mapping | None = None,
+    store: str | Path | None = None,
+    device: str = "auto",
+    random_state: int = 0,
+    key_added: str = "trak",
+    verbose: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """TRAK attribution of every observation, embedded per class like datamodels.
+
+    Trains ``n_models`` classifiers (checkpoints) on random ``alpha``-subsets exactly as
+    :func:`scdm.tl.train_models` does (same store, recipe and resumability), computes every
+    observation's gradient of its margin for every checkpoint in closed form, projected to
+    ``proj_dim`` (:func:`scdm.trak.mlp_features`), and the attribution of training cell ``i`` to
+    cell ``j``, ``τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i`` (Park et al.
+    2023) with ``λ_c = damping · mean(diag(G_cᵀG_c))``. The per-class embedding is that of the
+    attribution rows with centred and scaled columns (as :func:`scdm.tl.embed_datamodels`),
+    computed from the low-rank factors: the ``n × n`` matrix is never formed for the
+    embedding, and is stored only when ``n_obs <= max_obsp``.
+
+    ``damping`` is the knob that matters for subgroups: undamped (``0``, MadryLab ``traker``'s
+    default) the inverse whitens away the directions that groups of cells share; very large it
+    becomes plain gradient similarity. The default was chosen by measurement (RESULTS.md).
+
+    The even- and odd-numbered checkpoints give two independent half-size TRAK embeddings
+    (``obsm[f"X_{key_added}_half1"]``, ``[..._half2]``), so :func:`scdm.tl.subgroups` with
+    ``key=key_added`` decides how many subgroups reproduce exactly as for datamodels.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    label_key, use_rep, layer, group_key, stratify_key, alpha, store, device, random_state
+        As in :func:`scdm.tl.train_models`.
+    n_models
+        Checkpoints (classifiers). Each half gets ``n_models // 2``.
+    proj_dim
+        Dimension of the projected gradients.
+    damping
+        Ridge relative to the mean diagonal of each checkpoint's ``GᵀG``.
+    n_comps
+        Components of the embedding.
+    rank
+        Components of the class's factor matrix kept for the embedding (exact when the
+        class has fewer than ``2 * rank`` cells).
+    max_obsp
+        Store the ``n × n`` attribution matrix in ``adata.obsp[key_added]`` (rows = targets,
+        like datamodels; for :func:`scdm.pl.influencers`, :func:`scdm.tl.lds`) only up to this
+        many observations.
+    train_kwds
+        Further :func:`scdm.tl.train_models` arguments (``hidden``, ``epochs``,
+        ``weight_decay``, ``backend``, …).
+    key_added
+        Key of the results.
+    verbose
+        Progress bars (default ``scdm.settings.verbosity >= 1``).
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy. Sets ``adata.obsm[f"X_{key_added}"]`` and its halves,
+    ``adata.obs[f"{key_added}_ok"]``, ``adata.uns[key_added]`` (training ``params``, the
+    store, ``method="trak"``, ``trak_params``, ``self_influence``, ``embedding``, ``halves``,
+    timings) and, for small data, ``adata.obsp[key_added]``.
+    """
+    train_kwds = dict(train_kwds or {})
+    unknown = sorted(set(train_kwds) - set(TRAIN_KWDS))
+    if unknown:
+        raise TypeError(f"train_kwds {unknown} are not train_models settings (allowed: "
+                        f"{', '.join(TRAIN_KWDS)}).")
+    if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)) or n_models < 4:
+        raise ValueError(f"n_models must be an integer >= 4 (two halves of at least 2 "
+                         f"checkpoints), got {n_models!r}.")
+    if isinstance(proj_dim, bool) or not isinstance(proj_dim, (int, np.integer)) or proj_dim < 1:
+        raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}.")
+    if not damping >= 0:
+        raise ValueError(f"damping must be non-negative, got {damping!r}.")
+    if isinstance(n_comps, bool) or not isinstance(n_comps, (int, np.integer)) or n_comps < 1:
+        raise ValueError(f"n_comps must be a positive integer, got {n_comps!r}.")
+    seed = check_random_state(random_state)
+    dev = resolve_device(device)
+    adata = adata.copy() if copy else adata
+    progress = settings.progress(verbose)
+
+    start = time.perf_counter()
+    train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+                 stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
+                 device=device, min_heldout=0, random_state=seed, key_added=key_added,
+                 verbose=verbose, **train_kwds)
+    trained = time.perf_counter()
+    training = recorded_training(adata, key_added)
+    completed = training.store.completed_indices()
+    masks = read_rows(training.store.masks, completed)
+    # The store keeps masks and margins; the checkpoints are retrained from the same seeds
+    # (bitwise the same on CPU, tested) — K small models cost far less than featurizing.
+    trainer = training.trainer(seed, device)
+    result = trainer.train(masks, completed, keep_params=True)
+    stored = read_rows(training.store.margins, completed)
+    if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
+        warnings.warn("the retrained checkpoints' margins differ from the stored ones (another "
+                      "device or torch version?); TRAK uses the retrained checkpoints.",
+                      RuntimeWarning, stacklevel=2)
+    X = trainer.X
+    y = trainer.y
+    G, Q = mlp_features(result.extras["params"], X, y, proj_dim=int(proj_dim), seed=seed,
+                        model_ids=completed)
+    featurized = time.perf_counter()
+
+    A = []
+    for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",
+                  disable=not progress):
+        # in place: the features replace the gradients, so memory holds one copy
+        G[c] = G[c] @ inverse_sqrt_gram(G[c], damping=damping, normalize=False).to(dev)
+        A.append(G[c])
+    q = Q.mean(0).cpu().numpy().astype(np.float64)
+    finite = np.isfinite(q) & np.all([torch.isfinite(a).all(1).cpu().numpy() for a in A], axis=0)
+    self_influence = (sum((a * a).sum(1) for a in A) / len(A)).cpu().numpy() * q
+
+    blocks = embedding_blocks(adata, label_key)
+    embeddings = {name: np.full((adata.n_obs, n_comps), np.nan, dtype=np.float32)
+                  for name in ("full", "half1", "half2")}
+    parts = {"full": A, "half1": A[0::2], "half2": A[1::2]}
+    for members in blocks.values():
+        rows = members[finite[members]]
+        for name, factors in parts.items():
+            F = _class_factors(factors, torch.as_tensor(rows, device=A[0].device))
+            embeddings[name][rows] = lowrank_embedding(F, q[rows], n_comps=n_comps, rank=rank,
+                                                       seed=seed)
+    embedded = time.perf_counter()
+
+    adata.obsm[f"X_{key_added}"] = embeddings["full"]
+    for name, obsm_key in zip(("half1", "half2"), half_keys(key_added), strict=True):
+        adata.obsm[obsm_key] = embeddings[name]
+    adata.obs[f"{key_added}_ok"] = finite
+    if adata.n_obs <= max_obsp:
+        factors = torch.cat(A, dim=1) / np.sqrt(len(A))
+        W = (factors @ factors.T).cpu().numpy() * q[None, :]
+        adata.obsp[key_added] = W.astype(np.float32)
+    elif key_added in adata.obsp:
+        del adata.obsp[key_added]
+    info = dict(adata.uns[key_added])
+    info.update({
+        "method": "trak",
+        "trak_params": {"n_checkpoints": len(A), "proj_dim": int(proj_dim),
+                        "damping": float(damping), "rank": int(rank),
+                        "projection": "kronecker-rademacher", "random_state": seed},
+        "self_influence": self_influence.astype(np.float32),
+        "intercept": np.zeros(adata.n_obs, dtype=np.float32),
+        "embedding": {"params": {"n_comps": int(n_comps), "standardize": True,
+                                 "within_class": True, "label_key": label_key,
+                                 "random_state": seed, "key_added": f"X_{key_added}"}},
+        "halves": {"obsm": list(half_keys(key_added)),
+                   "n_models": [len(parts["half1"]), len(parts["half2"])]},
+        "seconds": {"train": trained - start, "featurize": featurized - trained,
+                    "embed": embedded - featurized},
+    })
+    adata.uns[key_added] = uns_safe(info)
+    logger.info("TRAK on %d cells from %d checkpoints: %.1f s", adata.n_obs, len(A),
+                embedded - start)
+    return adata if copy else None

@@ -1,0 +1,299 @@
+"""TRAK in scdm: choosing its damping and checkpoint count, and TRAK vs datamodels.
+
+Part 1 (``--sweep``): on the scenario suite's generators (Poisson ``P-*``, Gaussian ``G-*``;
+planted and null), ``scdm.tl.trak`` at several ``damping`` values and checkpoint counts, then
+``scdm.tl.subgroups(key="trak")`` at its defaults (how many subgroups decided by the
+reproducibility of the even/odd checkpoint halves). Prints per setting the ARI with the
+planted subtypes, the subgroups found, false splits on null classes, and the LDS of the TRAK
+scores on 100 fresh subset models.
+
+Part 2 (``--scale N [N ...]``): ``tl.trak`` + ``tl.subgroups`` on N synthetic cells
+(``gaussian_subtypes``, 3 subtypes) with wall time, peak RSS (of a fresh process per size) and
+ARI; the growth exponent between sizes.
+
+    python workflows/benchmarks/trak.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
+    python workflows/benchmarks/trak.py --scale 5000 20000
+    python workflows/benchmarks/trak.py --vs-traker --scenarios P-3 G-3   # traker installed
+
+Part 3 (``--vs-traker``): MadryLab ``traker`` (CPU ``BasicProjector``), ``scdm.trak.TRAKer``
+(undamped, and ``damping=1``) and ``tl.trak``'s closed-form fast path on the same checkpoints
+and ``proj_dim``; LDS of each on fresh subset models and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+import scdm
+
+P, G = scdm.datasets.planted_subtypes, scdm.datasets.gaussian_subtypes
+SCENARIOS = {
+    "P-3": (P, {}),
+    "P-5": (P, dict(n_subtypes=5, n_per_subtype=60)),
+    "P-unequal": (P, dict(n_per_subtype=[30, 90, 180])),
+    "P-null": (P, dict(n_subtypes=1, n_per_subtype=300)),
+    "G-3": (G, {}),
+    "G-5": (G, dict(classes={"control": [300], "disease": [50] * 5})),
+    "G-3class": (G, dict(classes={"control": [200], "A": [100, 100], "B": [200]})),
+    "G-null": (G, dict(classes={"control": [300], "disease": [240]})),
+}
+
+
+def data(name: str, seed: int):
+    generator, arguments = SCENARIOS[name]
+    adata = generator(random_state=seed, **arguments)
+    sc.pp.pca(adata, n_comps=min(50, adata.n_vars - 1), random_state=seed)
+    return adata
+
+
+def evaluate(adata, key: str = "trak") -> list[dict]:
+    scdm.tl.subgroups(adata, key=key, markers=False)
+    rows = []
+    for cls in adata.obs["disease"].cat.categories:
+        members = (adata.obs["disease"] == cls).to_numpy()
+        truth = adata.obs["subtype"].astype(str).to_numpy()[members]
+        found = adata.obs[f"{key}_subgroup"].astype(str).to_numpy()[members]
+        assigned = found != "unassigned"
+        rows.append({"class": str(cls), "true_k": len(set(truth)),
+                     "found_k": len(set(found[assigned])),
+                     "ari": adjusted_rand_score(truth[assigned], found[assigned])})
+    return rows
+
+
+def sweep(args) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.scenarios:
+            for seed in args.seeds:
+                adata = data(name, seed)
+                for n_models in args.n_models:
+                    for damping in args.damping:
+                        a = adata.copy()
+                        start = time.perf_counter()
+                        scdm.tl.trak(a, "disease", use_rep="X_pca", n_models=n_models,
+                                     damping=damping, random_state=seed,
+                                     store=Path(tmp, f"{name}-{seed}-{n_models}"))
+                        seconds = time.perf_counter() - start
+                        lds = np.nan
+                        if args.lds:
+                            scdm.tl.lds(a, key="trak", n_models=100,
+                                        store=Path(tmp, f"lds-{name}-{seed}-{n_models}"))
+                            lds = a.uns["trak"]["lds"]["mean"]
+                        for row in evaluate(a):
+                            row.update(scenario=name, seed=seed, n_models=n_models,
+                                       damping=damping, seconds=seconds, lds=lds)
+                            rows.append(row)
+                            print(f"{name:10s} seed {seed} K={n_models:3d} damping "
+                                  f"{damping:<5g} {row['class']:>8s}: true {row['true_k']} "
+                                  f"found {row['found_k']} ARI {row['ari']:.2f} LDS {lds:.3f} "
+                                  f"({seconds:.1f} s)", flush=True)
+    table = pd.DataFrame(rows)
+    planted = table[table["true_k"] > 1]
+    null = table[(table["true_k"] == 1) & table["scenario"].str.endswith("null")]
+    summary = planted.groupby(["n_models", "damping"]).agg(
+        mean_ari=("ari", "mean"), right_k=("found_k", "size"), lds=("lds", "mean"),
+        seconds=("seconds", "mean"))
+    summary["right_k"] = planted.assign(ok=planted["found_k"] == planted["true_k"]).groupby(
+        ["n_models", "damping"])["ok"].sum().astype(int).astype(str) + "/" + summary[
+        "right_k"].astype(str)
+    summary["null_splits"] = null.assign(split=null["found_k"] > 1).groupby(
+        ["n_models", "damping"])["split"].sum().astype(int).astype(str) + "/" + null.groupby(
+        ["n_models", "damping"]).size().astype(str)
+    print("\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def one_scale(n: int, seed: int) -> dict:
+    """tl.trak + tl.subgroups on n cells, in this process (run fresh per size)."""
+    per = n // 2 // 3
+    adata = G(classes={"control": [n // 2], "disease": [per, per, n // 2 - 2 * per]},
+              random_state=seed)
+    sc.pp.pca(adata, n_comps=50, random_state=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        scdm.tl.trak(adata, "disease", use_rep="X_pca", random_state=seed,
+                     store=Path(tmp, "store"))
+        trak_s = time.perf_counter() - start
+        scdm.tl.subgroups(adata, key="trak", markers=False)
+        total = time.perf_counter() - start
+    d = (adata.obs["disease"] == "disease").to_numpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    return {"n": n, "trak_s": trak_s, "total_s": total, "peak_rss_gib": peak,
+            "ari": adjusted_rand_score(adata.obs["subtype"][d], adata.obs["trak_subgroup"][d]),
+            "found_k": int(adata.obs["trak_subgroup"][d].nunique()),
+            "seconds": adata.uns["trak"]["seconds"]}
+
+
+def scale(args) -> None:
+    results = []
+    for n in args.scale:
+        out = subprocess.run([sys.executable, __file__, "--one-scale", str(n)],
+                             capture_output=True, text=True, check=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(row)
+        print(f"n = {n:7d}: tl.trak {row['trak_s']:.1f} s (train {row['seconds']['train']:.1f}"
+              f", featurize {row['seconds']['featurize']:.1f}, embed "
+              f"{row['seconds']['embed']:.1f}), + subgroups {row['total_s']:.1f} s total, "
+              f"peak RSS {row['peak_rss_gib']:.2f} GiB, ARI {row['ari']:.2f} "
+              f"({row['found_k']} subgroups for 3)", flush=True)
+    for a, b in itertools.pairwise(results):
+        exponent = np.log(b["total_s"] / a["total_s"]) / np.log(b["n"] / a["n"])
+        print(f"growth {a['n']} → {b['n']}: time ∝ n^{exponent:.2f}")
+
+
+def _module_from_stacked(params, c: int) -> torch.nn.Module:
+    """Checkpoint ``c`` of scdm's stacked two-class MLP as an ``nn.Module`` with two logits
+    ``[-z/2, z/2]`` (the margin, logit_y - logit_other, is unchanged)."""
+    (w1, b1, w2, b2) = (p[c].detach().cpu() for p in params)
+    model = torch.nn.Sequential(torch.nn.Linear(w1.shape[0], w1.shape[1]), torch.nn.ReLU(),
+                                torch.nn.Linear(w1.shape[1], 2))
+    with torch.no_grad():
+        model[0].weight.copy_(w1.T)
+        model[0].bias.copy_(b1)
+        model[2].weight.copy_(torch.cat([-w2.T / 2, w2.T / 2]))
+        model[2].bias.copy_(torch.cat([-b2 / 2, b2 / 2]))
+    return model
+
+
+def _run_traker(make, label: str, case: dict, rows: list) -> np.ndarray:
+    """Featurize, finalize and score every cell with the TRAKer that ``make(save_dir)`` builds;
+    record its LDS and time."""
+
+    X, y, n = case["X"], case["y"], case["X"].shape[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        traker = make(tmp)
+        for c, ckpt in enumerate(case["checkpoints"]):
+            traker.load_checkpoint(ckpt, model_id=c)
+            for s in range(0, n, 200):
+                traker.featurize((X[s:s + 200], y[s:s + 200]), num_samples=len(X[s:s + 200]))
+        traker.finalize_features()
+        for c, ckpt in enumerate(case["checkpoints"]):
+            traker.start_scoring_checkpoint("all", ckpt, c, n)
+            for s in range(0, n, 200):
+                traker.score((X[s:s + 200], y[s:s + 200]), num_samples=len(X[s:s + 200]))
+        scores = np.asarray(traker.finalize_scores("all"), dtype=np.float64)
+        seconds = time.perf_counter() - start
+    _record(scores, label, seconds, case, rows)
+    return scores
+
+
+def _record(scores: np.ndarray, label: str, seconds: float, case: dict, rows: list) -> None:
+    from scdm.evaluation import linear_datamodeling_score
+
+    lds = linear_datamodeling_score(scores.T, case["eval_masks"], case["eval_margins"],
+                                    heldout=True)
+    rows.append({"scenario": case["name"], "method": label, "seconds": seconds,
+                 "lds": float(np.nanmean(lds))})
+    print(f"{case['name']:10s} {label:34s} LDS {np.nanmean(lds):.3f}  {seconds:6.1f} s",
+          flush=True)
+
+
+def vs_traker(args) -> None:
+    """scdm.trak.TRAKer and tl.trak's fast path against MadryLab traker (BasicProjector, CPU)
+    on the same checkpoints and proj_dim; LDS on fresh subset models."""
+    from trak import TRAKer as MadryTRAKer  # pip install --no-deps traker
+
+    from scdm.ensemble import EnsembleTrainer, TrainConfig
+    from scdm.masks import MaskSampler
+
+    torch.set_num_threads(2)
+    rows = []
+    for name in args.scenarios:
+        adata = data(name, 0)
+        X = torch.tensor(adata.obsm["X_pca"], dtype=torch.float32)
+        X = (X - X.mean(0)) / X.std(0)
+        y = torch.tensor(adata.obs["disease"].cat.codes.to_numpy(), dtype=torch.long)
+        n, K = X.shape[0], args.checkpoints
+        trainer = EnsembleTrainer(X, y, TrainConfig(hidden=(64,), epochs=20, batch_size=75),
+                                  n_classes=2, device="cpu", random_state=0)
+        sampler = MaskSampler(y.numpy(), 0.5, random_state=0)
+        params = trainer.train(sampler.sample(np.arange(K)), np.arange(K),
+                               keep_params=True).extras["params"]
+        eval_masks = MaskSampler(y.numpy(), 0.5, random_state=12345).sample(
+            np.arange(args.eval_models))
+        case = {"name": name, "X": X, "y": y, "eval_masks": eval_masks,
+                "eval_margins": trainer.train(eval_masks, np.arange(args.eval_models)
+                                              + 10**6).margins,
+                "checkpoints": [_module_from_stacked(params, c).state_dict()
+                                for c in range(K)]}
+        model = _module_from_stacked(params, 0)
+        madry = _run_traker(
+            lambda d, m=model, n=n: MadryTRAKer(
+                model=m, task="image_classification", train_set_size=n, save_dir=d,
+                proj_dim=args.proj_dim, device="cpu", use_half_precision=False,
+                logging_level=40), "traker (MadryLab)", case, rows)
+        ours = _run_traker(
+            lambda d, m=model, n=n: scdm.trak.TRAKer(m, "classification", n, save_dir=d,
+                                                     proj_dim=args.proj_dim, device="cpu",
+                                                     verbose=False),
+            "scdm.trak.TRAKer", case, rows)
+        _run_traker(
+            lambda d, m=model, n=n: scdm.trak.TRAKer(m, "classification", n, save_dir=d,
+                                                     proj_dim=args.proj_dim, device="cpu",
+                                                     damping=1.0, verbose=False),
+            "scdm.trak.TRAKer damping=1", case, rows)
+        corr = np.corrcoef(madry.ravel(), ours.ravel())[0, 1]
+        print(f"{name:10s} correlation of traker's and scdm's undamped scores: {corr:.3f}")
+        start = time.perf_counter()
+        G, Q = scdm.trak.mlp_features(params, X, y, proj_dim=args.proj_dim)
+        featurized = time.perf_counter() - start
+        for damping, label in ((None, "tl.trak fast path, undamped"),
+                               (1.0, "tl.trak fast path, damping=1")):
+            t0 = time.perf_counter()
+            total = np.zeros((n, n))
+            for c in range(K):
+                inverse = scdm.trak.inverse_gram(G[c], damping=damping, normalize=False)
+                total += (G[c] @ inverse @ G[c].T).numpy()
+            scores = total / K * Q.mean(0).numpy()[:, None]
+            _record(scores, label, time.perf_counter() - t0 + featurized, case, rows)
+    table = pd.DataFrame(rows).pivot(index="method", columns="scenario",
+                                     values=["lds", "seconds"])
+    print("\n" + table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--n-models", type=int, nargs="+", default=[40, 100])
+    parser.add_argument("--damping", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0, 10.0])
+    parser.add_argument("--lds", action="store_true", help="also the LDS on 100 fresh models")
+    parser.add_argument("--scale", type=int, nargs="+")
+    parser.add_argument("--vs-traker", action="store_true",
+                        help="against MadryLab traker (pip install --no-deps traker)")
+    parser.add_argument("--checkpoints", type=int, default=20)
+    parser.add_argument("--proj-dim", type=int, default=512)
+    parser.add_argument("--eval-models", type=int, default=200)
+    parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    scdm.settings.verbosity = 0
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    if args.one_scale:
+        print(json.dumps(one_scale(args.one_scale, 0)))
+        return
+    if args.sweep:
+        sweep(args)
+    if args.scale:
+        scale(args)
+    if args.vs_traker:
+        vs_traker(args)
+
+
+if __name__ == "__main__":
+    main()
