@@ -27,7 +27,7 @@ from ._train import recorded_training, train_models
 
 logger = logging.getLogger("scdm")
 
-# chosen by workflows/benchmarks/trak.py (see RESULTS.md): subgroup ARI and LDS across the
+# chosen by workflows/benchmarks/trak_benchmark.py (see RESULTS.md): subgroup ARI and LDS across the
 # Poisson and Gaussian generators
 DEFAULT_DAMPING = 1.0
 TRAIN_KWDS = ("hidden", "epochs", "batch_size", "lr", "weight_decay", "l1", "mask_mode",

@@ -11,9 +11,9 @@ Part 2 (``--scale N [N ...]``): ``tl.trak`` + ``tl.subgroups`` on N synthetic ce
 (``gaussian_subtypes``, 3 subtypes) with wall time, peak RSS (of a fresh process per size) and
 ARI; the growth exponent between sizes.
 
-    python workflows/benchmarks/trak.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
-    python workflows/benchmarks/trak.py --scale 5000 20000
-    python workflows/benchmarks/trak.py --vs-traker --scenarios P-3 G-3   # traker installed
+    python workflows/benchmarks/trak_benchmark.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
+    python workflows/benchmarks/trak_benchmark.py --scale 5000 20000
+    python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
 Part 3 (``--vs-traker``): MadryLab ``traker`` (CPU ``BasicProjector``), ``scdm.trak.TRAKer``
 (undamped, and ``damping=1``) and ``tl.trak``'s closed-form fast path on the same checkpoints
