@@ -19,10 +19,18 @@ class ScdmSettings:
         Where :func:`scdm.tl.train_models` puts a store when ``store=None``. Each configuration
         gets its own sub-directory named after its fingerprint, so re-running the same call
         resumes and a different configuration never touches an existing store.
+    max_memory
+        Bytes a run may need (estimated before it starts); ``None``: 80 % of physical memory.
+        :func:`scdm.tl.datamodels` and :func:`scdm.tl.trak` refuse larger runs and say what
+        to do instead.
+    max_hours
+        Longest estimated CPU run accepted (``None``: no limit).
     """
 
     verbosity: int = 1
     store_dir: Path = Path("scdm_stores")
+    max_memory: float | None = None
+    max_hours: float | None = 24.0
 
     def progress(self, verbose: bool | None) -> bool:
         """Whether a loop should show a progress bar, given a function's ``verbose`` argument."""

@@ -85,6 +85,12 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [c for c in covariates if c not in adata.obs]
     if unknown:  # before training, not after
         raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
+    from scdm.tl._cost import check_datamodels_cost
+
+    estimate = check_datamodels_cost(adata, group_key=args.group_key, n_models=args.n_models,
+                                     epochs=20, device=args.device, store=store)
+    if not args.quiet:
+        print(f"estimated: {estimate.describe()}", flush=True)
     stages = Stages(quiet=args.quiet)
     with stages("train models"):
         scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 "status": _status}
     try:
         return commands[args.command](args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, MemoryError) as err:
         print(f"scdm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -333,3 +333,26 @@ def test_tl_trak_bad_input(small_trak, tmp_path):
     with pytest.raises(KeyError, match="label_key"):
         scdm.tl.trak(small_trak, "nope", store=tmp_path / "x", copy=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path, monkeypatch):
+    import anndata as ad
+    import pandas as pd
+
+    import scdm
+    from scdm.tl._cost import estimate_datamodels, estimate_trak
+
+    small, large = estimate_datamodels(700, 17_500), estimate_datamodels(20_000, 500_000)
+    assert small.seconds < 120 and large.seconds > 10 * 3600
+    assert large.disk_bytes == 5.0 * 500_000 * 20_000
+    assert estimate_trak(20_000, 40).seconds < 600
+    cells = ad.AnnData(np.zeros((20_000, 5), np.float32), obs=pd.DataFrame(
+        {"y": pd.Categorical(["a", "b"] * 10_000)}, index=[f"c{i}" for i in range(20_000)]))
+    monkeypatch.setattr(scdm.settings, "max_hours", 1.0)
+    with pytest.raises(MemoryError, match=r"max_hours.*scdm\.tl\.trak \(trak on 20,000 cells"):
+        scdm.tl.datamodels(cells, "y", store=tmp_path / "dm")
+    assert not (tmp_path / "dm").exists()
+    monkeypatch.setattr(scdm.settings, "max_memory", 2**20)  # 1 MiB
+    with pytest.raises(MemoryError, match="max_memory"):
+        scdm.tl.trak(cells, "y", store=tmp_path / "t")
+    assert not (tmp_path / "t").exists()

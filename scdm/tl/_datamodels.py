@@ -8,6 +8,7 @@ from typing import Any
 
 from anndata import AnnData
 
+from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
 from ._fit import fit_datamodels
 from ._train import train_models
@@ -87,6 +88,10 @@ def datamodels(
     copy
         Return a copy instead of writing into ``adata``.
 
+    Before training, the disk, memory and CPU time of the whole run are estimated and logged;
+    a run beyond ``scdm.settings.max_memory``, the free disk or ``scdm.settings.max_hours`` is
+    refused with the alternatives (``scdm.tl.trak`` and its estimate among them).
+
     Returns
     -------
     ``None`` or a copy, with
@@ -104,6 +109,8 @@ def datamodels(
     for name, kwds in (("train_kwds", train_kwds), ("fit_kwds", fit_kwds)):
         if clash := sorted(set(kwds) & reserved):
             raise TypeError(f"{name} must not set {clash}; pass them to datamodels directly.")
+    check_datamodels_cost(adata, group_key=group_key, n_models=n_models,
+                          epochs=int(train_kwds.get("epochs", 20)), device=device, store=store)
     adata = adata.copy() if copy else adata
     train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,

@@ -21,6 +21,7 @@ from ..ensemble import resolve_device
 from ..trak._core import inverse_sqrt_gram
 from ..trak._lowrank import lowrank_embedding
 from ..trak._mlp import mlp_features
+from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
 from ._halves import half_keys
 from ._train import recorded_training, train_models
@@ -137,6 +138,9 @@ def trak(
         raise ValueError(f"n_comps must be a positive integer, got {n_comps!r}.")
     seed = check_random_state(random_state)
     dev = resolve_device(device)
+    check_cost(estimate_trak(adata.n_obs, n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
+                             cpu=dev.type == "cpu"), store=store,
+               alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix).")
     adata = adata.copy() if copy else adata
     progress = settings.progress(verbose)
 
