@@ -87,12 +87,16 @@ def embed_blocks(W, blocks: dict[str, np.ndarray], *, ok: np.ndarray, n_comps: i
 
     Targets that are not ``ok`` (degenerate datamodels) take no part and get NaN coordinates.
     """
-    dense = np.asarray(W.toarray() if sparse.issparse(W) else W, dtype=np.float64)
-    embedding = np.full((dense.shape[0], n_comps), np.nan, dtype=np.float32)
+    if sparse.issparse(W):
+        W = W.tocsr()
+    embedding = np.full((W.shape[0], n_comps), np.nan, dtype=np.float32)
     singular_values = {}
     for name, members in blocks.items():
         rows = members[ok[members]]
-        block = dense[np.ix_(rows, members)] if within_class else dense[rows]
+        # only this block is made dense (float64 for the standardisation), never all of W
+        block = W[rows][:, members] if within_class else W[rows]
+        block = np.asarray(block.toarray() if sparse.issparse(block) else block,
+                           dtype=np.float64)
         M = standardized_columns(block) if standardize else block
         scores, S = _svd_scores(M, n_comps, seed)
         embedding[rows] = 0.0
