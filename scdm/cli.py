@@ -85,51 +85,72 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [c for c in covariates if c not in adata.obs]
     if unknown:  # before training, not after
         raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
-    from scdm.tl._cost import check_datamodels_cost
+    from scdm.tl._cost import check_cost, check_datamodels_cost, estimate_trak
 
-    estimate = check_datamodels_cost(adata, group_key=args.group_key, n_models=args.n_models,
-                                     epochs=20, device=args.device, store=store)
+    key = args.method  # "datamodels" or "trak": the key of every result
+    groups = f"{key}_subgroup"
+    if key == "trak":
+        from scdm.ensemble import resolve_device
+
+        estimate = check_cost(estimate_trak(adata.n_obs, args.n_models or 40,
+                                            cpu=resolve_device(args.device).type == "cpu"),
+                              store=store)
+    else:
+        estimate = check_datamodels_cost(adata, group_key=args.group_key,
+                                         n_models=args.n_models, epochs=20,
+                                         device=args.device, store=store)
     if not args.quiet:
         print(f"estimated: {estimate.describe()}", flush=True)
     stages = Stages(quiet=args.quiet)
-    with stages("train models"):
-        scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
-                             stratify_key=args.stratify_key, alpha=args.alpha,
-                             n_models=args.n_models, store=store, device=args.device,
-                             random_state=args.random_state)
-    with stages("fit datamodels"):
-        scdm.tl.fit_datamodels(adata, device=args.device, random_state=args.random_state)
-        scdm.tl.embed_datamodels(adata, random_state=args.random_state)
+    if key == "trak":
+        with stages("TRAK (checkpoints, projected gradients, embedding)"):
+            scdm.tl.trak(adata, label_key, use_rep=use_rep, group_key=args.group_key,
+                         stratify_key=args.stratify_key, alpha=args.alpha,
+                         n_models=args.n_models or 40, store=store, device=args.device,
+                         random_state=args.random_state)
+    else:
+        with stages("train models"):
+            scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,
+                                 stratify_key=args.stratify_key, alpha=args.alpha,
+                                 n_models=args.n_models, store=store, device=args.device,
+                                 random_state=args.random_state)
+        with stages("fit datamodels"):
+            scdm.tl.fit_datamodels(adata, device=args.device, random_state=args.random_state)
+            scdm.tl.embed_datamodels(adata, random_state=args.random_state)
     with stages("subgroups"):
-        scdm.tl.subgroups(adata, n_neighbors=args.n_neighbors, resolution=args.resolution,
-                          random_state=args.random_state)
+        scdm.tl.subgroups(adata, key=key, n_neighbors=args.n_neighbors,
+                          resolution=args.resolution, random_state=args.random_state)
         checked = list(dict.fromkeys(
             [c for c in (args.group_key, args.stratify_key) if c] + covariates))
         if checked:
-            scdm.tl.subgroup_composition(adata, checked, random_state=args.random_state)
+            scdm.tl.subgroup_composition(adata, checked, key=groups,
+                                         random_state=args.random_state)
         if args.umap:
-            scdm.tl.umap(adata, random_state=args.random_state)
+            scdm.tl.umap(adata, key=key, random_state=args.random_state)
     if args.lds_models:
-        with stages("evaluation (LDS, model-count curve)"):
-            scdm.tl.lds(adata, n_models=args.lds_models, store=out / "lds_store",
+        with stages("evaluation (LDS" + (", model-count curve)" if key == "datamodels"
+                                         else ")")):
+            scdm.tl.lds(adata, key=key, n_models=args.lds_models, store=out / "lds_store",
                         device=args.device, random_state=args.random_state)
-            scdm.tl.model_count_curve(adata, device=args.device)
+            if key == "datamodels":  # the curve refits datamodels on subsets of the models
+                scdm.tl.model_count_curve(adata, device=args.device)
     with stages("write adata.h5ad and report.html"):
         import matplotlib
 
         matplotlib.use("Agg")  # figures go to files; no display needed
         adata.write_h5ad(out / "adata.h5ad")
         report = scdm.pl.report(
-            adata, out / "report.html", figure_dir=out,
-            title=f"scdm: datamodels of {label_key!r}",
+            adata, out / "report.html", key=key, figure_dir=out,
+            title=f"scdm: {key} of {label_key!r}",
             run_info={"input": source, "command": "scdm " + " ".join(sys.argv[1:]),
                       **{f"{name} (s)": round(t, 1) for name, t in stages.seconds.items()}})
     figures = sorted(str(p) for p in out.glob("*.png"))
 
-    info = adata.uns["datamodels"]
-    corr = adata.obs["datamodels_corr"]
-    flags = composition_flags(adata)
+    info = adata.uns[key]
+    corr = adata.obs[f"{key}_corr"] if f"{key}_corr" in adata.obs else None
+    flags = composition_flags(adata, groups)
     summary = {
+        "method": key,
         "input": source,
         "label_key": label_key,
         "classes": {str(k): int(v) for k, v in adata.obs[label_key].value_counts().items()},
@@ -139,23 +160,26 @@ def _run(args: argparse.Namespace) -> int:
         "store": info["store"],
         "models_trained": int(info["n_completed"]),
         "mean_heldout_accuracy": float(info["mean_heldout_accuracy"]),
-        "heldout_margin_correlation": {"mean": float(corr.mean()),
-                                       "median": float(corr.median()),
-                                       "min": float(corr.min())},
-        "mean_nonzero_weights_per_target": info["summary"]["mean_nonzero_weights"],
-        "subgroups": _subgroup_summary(adata),
-        "subgroup_evidence": {str(k): dict(v) for k, v in adata.uns["datamodels_subgroup"].get(
+        "subgroups": _subgroup_summary(adata, groups),
+        "subgroup_evidence": {str(k): dict(v) for k, v in adata.uns[groups].get(
             "reproducibility", {}).items()},
-        "degenerate_datamodels": int((~adata.obs["datamodels_ok"]).sum()),
+        "degenerate_datamodels": int((~adata.obs[f"{key}_ok"]).sum()),
         "composition_flags": [describe_flag(row) for _, row in flags.iterrows()],
         "seconds": {name: round(t, 1) for name, t in stages.seconds.items()},
         "outputs": {"adata": str(out / "adata.h5ad"), "report": str(report),
                     "figures": figures},
     }
+    if corr is not None:
+        summary["heldout_margin_correlation"] = {
+            "mean": float(corr.mean()), "median": float(corr.median()), "min": float(corr.min())}
+        summary["mean_nonzero_weights_per_target"] = info["summary"]["mean_nonzero_weights"]
+    if key == "trak":
+        summary["trak"] = dict(info["trak_params"])
     if args.lds_models:
-        curve = info["model_curve"]
         summary["lds"] = {"mean": info["lds"]["mean"], "median": info["lds"]["median"],
                           "evaluation_models": args.lds_models}
+    if args.lds_models and key == "datamodels":
+        curve = info["model_curve"]
         summary["model_curve"] = {
             "n_models": [int(n) for n in curve["n_models"]],
             "mean_heldout_correlation": [round(float(c), 4) for c in curve["mean_corr"]],
@@ -163,24 +187,33 @@ def _run(args: argparse.Namespace) -> int:
             "recommendation": str(curve["recommendation"])}
     if args.input is None:
         # The bundled label lumps cell types together: show how subgroups split them.
-        table = adata.obs.groupby(["datamodels_subgroup", "bulk_labels"], observed=True).size()
+        table = adata.obs.groupby([groups, "bulk_labels"], observed=True).size()
         summary["subgroups_vs_bulk_labels"] = {
             str(group): {str(cell): int(n) for cell, n in counts.items() if n}
             for group, counts in table.unstack(fill_value=0).iterrows()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
-        f"scdm datamodels on {source}",
+        f"scdm {key} on {source}",
         f"label {label_key!r}: " + ", ".join(f"{k} ({v})" for k, v in summary["classes"].items()),
-        f"models trained: {summary['models_trained']} (mean held-out accuracy "
-        f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train models']} s",
-        f"datamodels fitted in {summary['seconds']['fit datamodels']} s; held-out margin "
-        "correlation "
-        f"mean {corr.mean():.3f}, median {corr.median():.3f}",
     ]
-    if args.lds_models:
+    if key == "trak":
+        lines.append(
+            f"TRAK from {summary['models_trained']} checkpoints (mean held-out accuracy "
+            f"{summary['mean_heldout_accuracy']:.3f}), proj_dim {info['trak_params']['proj_dim']},"
+            f" damping {info['trak_params']['damping']:g}, in "
+            f"{summary['seconds']['TRAK (checkpoints, projected gradients, embedding)']} s")
+    else:
         lines += [
+            f"models trained: {summary['models_trained']} (mean held-out accuracy "
+            f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train models']} s",
+            f"datamodels fitted in {summary['seconds']['fit datamodels']} s; held-out margin "
+            f"correlation mean {corr.mean():.3f}, median {corr.median():.3f}"]
+    if args.lds_models:
+        lines.append(
             f"LDS on {args.lds_models} new models: mean {summary['lds']['mean']:.3f}, median "
-            f"{summary['lds']['median']:.3f}",
+            f"{summary['lds']['median']:.3f}")
+    if "model_curve" in summary:
+        lines += [
             "models vs mean LDS: " + ", ".join(
                 f"{n}: {v:.3f}" for n, v in zip(summary["model_curve"]["n_models"],
                                                 summary["model_curve"]["mean_lds"], strict=True)),
@@ -191,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
                      f"{summary['degenerate_datamodels']}")
     if summary["subgroup_evidence"]:
         lines.append("how many subgroups:")
-        lines += _evidence_lines(adata)
+        lines += _evidence_lines(adata, groups)
     if checked:
         lines.append(f"confounding check on {', '.join(checked)}: " + (
             f"{len(flags)} flag(s) (a question to answer, not a verdict):" if len(flags)
@@ -202,26 +235,26 @@ def _run(args: argparse.Namespace) -> int:
         markers = ", ".join(group["top_markers"]) or "-"
         lines.append(f"  {name} ({group['size']}): {markers}")
     lines.append(f"report (one page, opens offline): {report}")
-    lines.append(f"results: {out / 'adata.h5ad'} (obsp/obsm/obs/uns 'datamodels', "
-                 f"obs 'datamodels_subgroup'); figures ({len(figures)} PNG) in {out}")
+    lines.append(f"results: {out / 'adata.h5ad'} (obsm/obs/uns {key!r}, obs {groups!r}); "
+                 f"figures ({len(figures)} PNG) in {out}")
     text = "\n".join(lines)
     (out / "summary.txt").write_text(text + "\n")
     print(text)
     return 0
 
 
-def _subgroup_summary(adata, n_markers: int = 5) -> dict:
-    markers = adata.uns["datamodels_subgroup"]["markers"]
+def _subgroup_summary(adata, groups: str, n_markers: int = 5) -> dict:
+    markers = adata.uns[groups]["markers"]
     summary = {}
-    for name, size in adata.uns["datamodels_subgroup"]["sizes"].items():
+    for name, size in adata.uns[groups]["sizes"].items():
         top = markers[markers["subgroup"] == name].sort_values("rank")["gene"].head(n_markers)
         summary[name] = {"size": int(size), "top_markers": [str(g) for g in top]}
     return summary
 
 
-def _evidence_lines(adata) -> list[str]:
+def _evidence_lines(adata, groups: str) -> list[str]:
     """Per class, why it has the subgroups it has (the reproducibility check)."""
-    evidence = adata.uns["datamodels_subgroup"].get("reproducibility", {})
+    evidence = adata.uns[groups].get("reproducibility", {})
     lines = []
     for cls, e in evidence.items():
         if e.get("split"):
@@ -336,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--group-key", help="obs column of donors kept in/out together")
     run.add_argument("--stratify-key", help="obs column of a nuisance (batch) held fixed "
                      "across masks")
+    run.add_argument("--method", choices=("datamodels", "trak"), default="datamodels",
+                     help="attribution: datamodels (thousands of models, exact) or trak (40 "
+                     "checkpoints, projected gradients; for large data)")
     run.add_argument("--alpha", type=float, default=0.5)
-    run.add_argument("--n-models", type=int, default=None, help="default: ~25 per sample")
+    run.add_argument("--n-models", type=int, default=None,
+                     help="default: ~25 per sample (datamodels), 40 checkpoints (trak)")
     run.add_argument("--n-neighbors", type=int, default=15, help="kNN of the subgroup graph")
     run.add_argument("--resolution", type=float, default=None,
                      help="fixed Leiden resolution (default: chosen per class by "

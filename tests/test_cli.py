@@ -64,3 +64,21 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
                  "--lds-models", "0", "--n-neighbors", "5", "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert "lds" not in summary and not (tmp_path / "o" / "lds.png").exists()
+
+
+def test_run_with_trak_writes_the_same_outputs(tmp_path):
+    out = tmp_path / "o"
+    assert main(["run", "--method", "trak", "--lds-models", "60", "--quiet", "--out",
+                 str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "trak" and summary["models_trained"] == 40
+    assert summary["trak"]["damping"] == 1.0 and "model_curve" not in summary
+    assert summary["lds"]["mean"] > 0.3
+    result = ad.read_h5ad(out / "adata.h5ad")
+    assert "trak_subgroup" in result.obs and "X_trak" in result.obsm
+    # the bundled myeloid cells split (monocytes vs dendritic cells) by TRAK as well
+    assert summary["subgroup_evidence"]["myeloid"]["split"]
+    text = (out / "summary.txt").read_text()
+    assert text.startswith("scdm trak on") and "TRAK from 40 checkpoints" in text
+    page = (out / "report.html").read_text()
+    assert 'id="subgroup-myeloid-0"' in page and "<script" not in page
