@@ -128,12 +128,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.umap:
             scdm.tl.umap(adata, key=key, random_state=args.random_state)
     if args.lds_models:
-        with stages("evaluation (LDS" + (", model-count curve)" if key == "datamodels"
-                                         else ")")):
+        with stages("evaluation (LDS, model-count curve)"):
             scdm.tl.lds(adata, key=key, n_models=args.lds_models, store=out / "lds_store",
                         device=args.device, random_state=args.random_state)
-            if key == "datamodels":  # the curve refits datamodels on subsets of the models
-                scdm.tl.model_count_curve(adata, device=args.device)
+            # datamodels: refits on subsets of the models; TRAK: the first m checkpoints
+            scdm.tl.model_count_curve(adata, key=key, device=args.device)
     with stages("write adata.h5ad and report.html"):
         import matplotlib
 
@@ -178,11 +177,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.lds_models:
         summary["lds"] = {"mean": info["lds"]["mean"], "median": info["lds"]["median"],
                           "evaluation_models": args.lds_models}
-    if args.lds_models and key == "datamodels":
+    if args.lds_models:
         curve = info["model_curve"]
         summary["model_curve"] = {
             "n_models": [int(n) for n in curve["n_models"]],
-            "mean_heldout_correlation": [round(float(c), 4) for c in curve["mean_corr"]],
+            "mean_heldout_correlation": [round(float(c), 4) if np.isfinite(c) else None
+                                         for c in curve["mean_corr"]],
             "mean_lds": [round(float(c), 4) for c in curve["mean_lds"]],
             "recommendation": str(curve["recommendation"])}
     if args.input is None:

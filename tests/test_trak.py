@@ -288,10 +288,24 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
 
     assert adjusted_rand_score(adata.obs["subtype"][disease],
                                adata.obs["trak_subgroup"][disease]) > 0.9
+    with pytest.raises(ValueError, match=r"tl\.lds"):  # the curve needs evaluation models
+        scdm.tl.model_count_curve(adata, key="trak")
     scdm.tl.lds(adata, key="trak", n_models=60, store=tmp_path / "lds")
     assert adata.uns["trak"]["lds"]["mean"] > 0.3
-    with pytest.raises(ValueError, match="TRAK"):
-        scdm.tl.model_count_curve(adata, key="trak")
+    # the LDS from the low-rank factors is the LDS of the stored n × n matrix
+    from scdm.evaluation import linear_datamodeling_score
+    from scdm.store import ModelStore
+    from scdm.tl._evaluate import _evaluation_models
+
+    masks, margins = _evaluation_models(ModelStore.open(adata.uns["trak"]["lds"]["store"]),
+                                        60, 1)
+    dense = linear_datamodeling_score(adata.obsp["trak"], masks, margins, heldout=True)
+    np.testing.assert_allclose(adata.obs["trak_lds"], dense, atol=1e-4)
+    scdm.tl.model_count_curve(adata, key="trak")
+    curve = adata.uns["trak"]["model_curve"]
+    assert list(curve["n_models"]) == [10, 20, 40]
+    assert curve["mean_lds"][-1] == pytest.approx(adata.uns["trak"]["lds"]["mean"], abs=1e-4)
+    assert "checkpoints" in curve["recommendation"]
 
 
 def test_tl_trak_without_the_matrix_is_the_same_and_deterministic(small_trak):

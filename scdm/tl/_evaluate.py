@@ -16,7 +16,7 @@ from .._ray import check_backend, fill_store
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from .._training import store_schema
-from ..evaluation import linear_datamodeling_score
+from ..evaluation import linear_datamodeling_score, spearman_columns
 from ..store import ModelStore
 from ._fit import datamodel_weights, models_needed, solve_datamodels
 from ._train import _check_n_models, default_store_path, recorded_training
@@ -99,7 +99,9 @@ def lds(
     n_seeds = _check_n_models(n_seeds)
     random_state = check_random_state(random_state)
     check_backend(backend)
-    weights, intercept, _ = datamodel_weights(adata, key)
+    trak = adata.uns.get(key, {}).get("method") == "trak"
+    if not trak:
+        weights, intercept, _ = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     adata = adata.copy() if copy else adata
 
@@ -116,8 +118,11 @@ def lds(
                num_cpus_per_task=num_cpus_per_task, num_gpus_per_task=num_gpus_per_task)
 
     masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
-    scores = linear_datamodeling_score(weights, masks, margins, intercept=intercept,
-                                       heldout=True)
+    if trak:  # predictions from the low-rank factors: no n × n matrix needed
+        scores = _trak_lds(adata, key, masks, margins, None, device)
+    else:
+        scores = linear_datamodeling_score(weights, masks, margins, intercept=intercept,
+                                           heldout=True)
     adata.obs[f"{key}_lds"] = scores.astype(np.float32)
     accuracy = eval_store.field("heldout_accuracy")[: n_masks * n_seeds]
     info = dict(adata.uns[key])
@@ -131,6 +136,58 @@ def lds(
     }
     adata.uns[key] = uns_safe(info)
     logger.info("LDS over %d evaluation models: mean %.3f", n_masks, info["lds"]["mean"])
+    return adata if copy else None
+
+
+def _trak_lds(adata: AnnData, key: str, masks: np.ndarray, margins: np.ndarray,
+              sizes: Sequence[int] | None, device: str):
+    """LDS of TRAK scores from the first ``m`` checkpoints, for each ``m`` in ``sizes`` (all
+    when ``None``: one array), on evaluation models that did not train on the target."""
+    from ._trak import checkpoint_factors, trak_factor_settings, trak_predictions
+
+    params = trak_factor_settings(adata, key)
+    A, Q = checkpoint_factors(adata, key, proj_dim=int(params["proj_dim"]),
+                              damping=float(params["damping"]), device=device)
+    out = []
+    for m in ([len(A)] if sizes is None else sizes):
+        q = Q[:m].mean(0).cpu().numpy().astype(np.float64)
+        out.append(spearman_columns(trak_predictions(A[:m], q, masks), margins, ~masks))
+    return out[0] if sizes is None else out
+
+
+def _trak_checkpoint_curve(adata: AnnData, key: str, n_models, flat_tol: float, device: str,
+                           copy: bool) -> AnnData | None:
+    """The model-count curve of a TRAK result: mean LDS of the scores from the first m
+    checkpoints (default a quarter, half and all of them)."""
+    lds_info = adata.uns[key].get("lds")
+    if lds_info is None:
+        raise ValueError(f"the TRAK checkpoint curve scores LDS on evaluation models; run "
+                         f"scdm.tl.lds(adata, key={key!r}) first.")
+    total = int(adata.uns[key]["trak_params"]["n_checkpoints"])
+    sizes = (sorted({max(2, total // d) for d in (4, 2, 1)}) if n_models is None
+             else sorted({_check_n_models(int(m)) for m in n_models}))
+    if len(sizes) < 2 or sizes[-1] > total:
+        raise ValueError(f"n_models must list at least two checkpoint counts up to {total}, "
+                         f"got {n_models}.")
+    eval_store = ModelStore.open(lds_info["store"])
+    masks, margins = _evaluation_models(eval_store, int(lds_info["params"]["n_models"]),
+                                        int(lds_info["params"]["n_seeds"]))
+    mean_lds = [float(np.nanmean(s)) for s in _trak_lds(adata, key, masks, margins, sizes,
+                                                        device)]
+    gain = mean_lds[-1] - mean_lds[-2]
+    flat = bool(gain < flat_tol)
+    text = (f"flattened: going from {sizes[-2]} to {sizes[-1]} checkpoints changed the mean "
+            f"LDS by {gain:+.3f} (< {flat_tol}); more checkpoints will add little." if flat else
+            f"still rising: going from {sizes[-2]} to {sizes[-1]} checkpoints raised the mean "
+            f"LDS by {gain:+.3f}; rerun scdm.tl.trak with n_models={2 * sizes[-1]}.")
+    adata = adata.copy() if copy else adata
+    info = dict(adata.uns[key])
+    info["model_curve"] = {"n_models": np.asarray(sizes),
+                           "mean_corr": np.full(len(sizes), np.nan),
+                           "mean_lds": np.asarray(mean_lds), "flat": flat,
+                           "recommendation": text}
+    adata.uns[key] = uns_safe(info)
+    logger.info("checkpoint-count curve: %s", text)
     return adata if copy else None
 
 
@@ -179,9 +236,7 @@ def model_count_curve(
     ``"mean_lds"`` (NaN without an LDS run), ``"flat"`` and a ``"recommendation"`` sentence.
     """
     if adata.uns.get(key, {}).get("method") == "trak":
-        raise ValueError(f"model_count_curve refits datamodels on subsets of the models; "
-                         f"{key!r} holds TRAK scores. Compare tl.trak runs with different "
-                         "n_models (and tl.lds) instead.")
+        return _trak_checkpoint_curve(adata, key, n_models, flat_tol, device, copy)
     weights, intercept, fit_params = datamodel_weights(adata, key)
     training = recorded_training(adata, key)
     completed = training.store.completed_indices()

@@ -150,30 +150,9 @@ def trak(
                  device=device, min_heldout=0, random_state=seed, key_added=key_added,
                  verbose=verbose, **train_kwds)
     trained = time.perf_counter()
-    training = recorded_training(adata, key_added)
-    completed = training.store.completed_indices()
-    masks = read_rows(training.store.masks, completed)
-    # The store keeps masks and margins; the checkpoints are retrained from the same seeds
-    # (bitwise the same on CPU, tested) — K small models cost far less than featurizing.
-    trainer = training.trainer(seed, device)
-    result = trainer.train(masks, completed, keep_params=True)
-    stored = read_rows(training.store.margins, completed)
-    if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
-        warnings.warn("the retrained checkpoints' margins differ from the stored ones (another "
-                      "device or torch version?); TRAK uses the retrained checkpoints.",
-                      RuntimeWarning, stacklevel=2)
-    X = trainer.X
-    y = trainer.y
-    G, Q = mlp_features(result.extras["params"], X, y, proj_dim=int(proj_dim), seed=seed,
-                        model_ids=completed)
+    A, Q = checkpoint_factors(adata, key_added, proj_dim=int(proj_dim), damping=damping,
+                              device=device, progress=progress)
     featurized = time.perf_counter()
-
-    A = []
-    for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",
-                  disable=not progress):
-        # in place: the features replace the gradients, so memory holds one copy
-        G[c] = G[c] @ inverse_sqrt_gram(G[c], damping=damping, normalize=False).to(dev)
-        A.append(G[c])
     q = Q.mean(0).cpu().numpy().astype(np.float64)
     finite = np.isfinite(q) & np.all([torch.isfinite(a).all(1).cpu().numpy() for a in A], axis=0)
     self_influence = (sum((a * a).sum(1) for a in A) / len(A)).cpu().numpy() * q
@@ -220,3 +199,52 @@ def trak(
     logger.info("TRAK on %d cells from %d checkpoints: %.1f s", adata.n_obs, len(A),
                 embedded - start)
     return adata if copy else None
+
+
+def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: float,
+                       device: str = "auto", progress: bool = False
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per checkpoint of ``adata.uns[key]``'s store, the factors ``G_c (G_cᵀG_c + λ_c I)^(-1/2)``
+    (``n × proj_dim``) and the out-to-loss terms ``[K, n]``.
+
+    The store keeps masks and margins; the checkpoints are retrained from their seeds (bitwise
+    the same on CPU, tested), as K small models cost far less than featurizing them.
+    """
+    training = recorded_training(adata, key)
+    seed = int(training.params["random_state"])
+    completed = training.store.completed_indices()
+    masks = read_rows(training.store.masks, completed)
+    trainer = training.trainer(seed, device)
+    result = trainer.train(masks, completed, keep_params=True)
+    stored = read_rows(training.store.margins, completed)
+    if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
+        warnings.warn("the retrained checkpoints' margins differ from the stored ones (another "
+                      "device or torch version?); TRAK uses the retrained checkpoints.",
+                      RuntimeWarning, stacklevel=2)
+    G, Q = mlp_features(result.extras["params"], trainer.X, trainer.y, proj_dim=proj_dim,
+                        seed=seed, model_ids=completed)
+    dev = resolve_device(device)
+    A = []
+    for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",
+                  disable=not progress):
+        # in place: the features replace the gradients, so memory holds one copy
+        G[c] = G[c] @ inverse_sqrt_gram(G[c], damping=damping, normalize=False).to(dev)
+        A.append(G[c])
+    return A, Q
+
+
+def trak_predictions(A: list[torch.Tensor], q: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Margins that TRAK scores predict for models trained on ``masks`` (``E × n``):
+    ``Σ_i mask_i τ(j, i)`` for every target ``j``, from the factors (no ``n × n`` matrix)."""
+    weights = torch.as_tensor(np.asarray(masks, dtype=np.float32) * q[None, :].astype(
+        np.float32), device=A[0].device)
+    pred = sum((weights @ a) @ a.T for a in A) / len(A)
+    return pred.cpu().numpy().astype(np.float64)
+
+
+def trak_factor_settings(adata: AnnData, key: str) -> dict:
+    """The settings a TRAK result was made with (to rebuild its factors)."""
+    info = adata.uns.get(key, {})
+    if info.get("method") != "trak":
+        raise KeyError(f"adata.uns[{key!r}] holds no TRAK result; run scdm.tl.trak first.")
+    return dict(info["trak_params"])
