@@ -15,6 +15,10 @@ ARI; the growth exponent between sizes.
     python workflows/benchmarks/trak_benchmark.py --scale 5000 20000
     python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
+Part 4 (``--vs-datamodels --cache DIR --scenarios P-3 G-3``): the datamodels of the scenario
+suite (its cache) against ``tl.trak`` at 40 checkpoints and at 1,000 (about the datamodels'
+wall time), on the same evaluation models: time, LDS, subgroup ARI.
+
 Part 3 (``--vs-traker``): MadryLab ``traker`` (CPU ``BasicProjector``), ``scdm.trak.TRAKer``
 (undamped, and ``damping=1``) and ``tl.trak``'s closed-form fast path on the same checkpoints
 and ``proj_dim``; LDS of each on fresh subset models and wall time.
@@ -266,6 +270,41 @@ def vs_traker(args) -> None:
     print("\n" + table.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
+def vs_datamodels(args) -> None:
+    """Datamodels at their default (~25 models per cell) against TRAK at 40 checkpoints and at
+    about the same training compute, on the same data and the same evaluation models."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from subgroups import trained  # the scenario suite's cache of fitted datamodels
+
+    cache = Path(args.cache)
+    for name in args.scenarios:
+        adata = trained(name, 0, cache)
+        seconds = float(adata.uns["benchmark"]["seconds_datamodels"])
+        scdm.tl.lds(adata, n_models=100, store=cache / f"lds-dm-{name}")
+        rows = [("datamodels", int(adata.uns["datamodels"]["n_completed"]), seconds,
+                 adata.uns["datamodels"]["lds"]["mean"], *_ari(adata, "datamodels"))]
+        for k in args.trak_checkpoints:
+            start = time.perf_counter()
+            scdm.tl.trak(adata, "disease", use_rep="X_pca", n_models=k,
+                         store=cache / f"trak-{name}-{k}", key_added="trak")
+            elapsed = time.perf_counter() - start
+            scdm.tl.lds(adata, key="trak", n_models=100, store=cache / f"lds-trak-{name}-{k}")
+            rows.append(("trak", k, elapsed, adata.uns["trak"]["lds"]["mean"],
+                         *_ari(adata, "trak")))
+        for method, k, secs, lds, ari, found in rows:
+            print(f"{name:8s} {method:10s} {k:6d} models  {secs:7.1f} s  LDS {lds:.3f}  "
+                  f"ARI {ari:.2f} ({found} subgroups)", flush=True)
+
+
+def _ari(adata, key: str) -> tuple[float, int]:
+    scdm.tl.subgroups(adata, key=key, markers=False)
+    d = (adata.obs["disease"] == "disease").to_numpy()
+    found = adata.obs[f"{key}_subgroup"].astype(str).to_numpy()[d]
+    truth = adata.obs["subtype"].astype(str).to_numpy()[d]
+    keep = found != "unassigned"
+    return adjusted_rand_score(truth[keep], found[keep]), len(set(found[keep]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true")
@@ -280,6 +319,10 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=20)
     parser.add_argument("--proj-dim", type=int, default=512)
     parser.add_argument("--eval-models", type=int, default=200)
+    parser.add_argument("--vs-datamodels", action="store_true",
+                        help="against the datamodels of subgroups.py's --cache")
+    parser.add_argument("--cache", help="subgroups.py's cache of trained scenarios")
+    parser.add_argument("--trak-checkpoints", type=int, nargs="+", default=[40, 1000])
     parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
@@ -293,6 +336,8 @@ def main() -> None:
         scale(args)
     if args.vs_traker:
         vs_traker(args)
+    if args.vs_datamodels:
+        vs_datamodels(args)
 
 
 if __name__ == "__main__":
