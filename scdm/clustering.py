@@ -190,6 +190,9 @@ class ResolutionChoice:
     in each half, ``reproducibility`` (ARI between the halves' partitions) and the null's
     maximum of it, ``separation`` (see :func:`cross_separation`) with the null's mean and
     maximum, the empirical ``p_value`` of the separation and whether it was ``accepted``.
+    The null columns are NaN at resolutions that could not be accepted anyway (halves
+    disagreeing on the number of clusters, or reproducing below the threshold), except the
+    most reproducible one.
     """
 
     resolution: float | None
@@ -268,21 +271,29 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                                                                       strict=True)])
     separation = np.array([cross_separation(half1, half2, a, b, min_size) for a, b in zip(
         parts1, parts2, strict=True)])
+    k1 = np.array([n_substantial(p, min_size) for p in parts1])
+    k2 = np.array([n_substantial(p, min_size) for p in parts2])
+    candidate = (observed >= min_reproducibility) & (k1 == k2) & (k1 > 1)
+    # The null is needed only where a resolution could be accepted, and at the most
+    # reproducible one that a class without a split reports. Leiden is seeded per call and the
+    # null draws do not depend on the resolutions, so this changes no value that is computed;
+    # it skips most of the work on classes without structure (the others' rows are NaN).
+    best = np.lexsort((np.asarray(resolutions), -observed))[0]
+    needed = np.flatnonzero(candidate | (np.arange(len(resolutions)) == best))
+    null_kw = {**kw, "resolutions": [resolutions[j] for j in needed]}
     rng = np.random.default_rng(random_state)
     factors = gaussian_null_factors(half1, half2)  # the same for every draw
-    null_rep = np.empty((n_null, len(resolutions)))
-    null_sep = np.empty((n_null, len(resolutions)))
+    null_rep = np.full((n_null, len(resolutions)), np.nan)
+    null_sep = np.full((n_null, len(resolutions)), np.nan)
     for i in range(n_null):
         n1, n2 = gaussian_null_halves(factors, half1.shape[0], rng)
-        for j, (a, b) in enumerate(zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw),
-                                       strict=True)):
+        for j, a, b in zip(needed, leiden_labels(n1, **null_kw), leiden_labels(n2, **null_kw),
+                           strict=True):
             null_rep[i, j] = split_reproducibility(a, b)
             null_sep[i, j] = cross_separation(n1, n2, a, b, min_size)
     p_value = (1 + (null_sep >= separation[None, :] - 1e-12).sum(0)) / (1 + n_null)
-    k1 = np.array([n_substantial(p, min_size) for p in parts1])
-    k2 = np.array([n_substantial(p, min_size) for p in parts2])
-    accepted = ((observed >= min_reproducibility) & (p_value <= alpha) & (k1 == k2)
-                & (k1 > 1))
+    p_value[np.isnan(null_sep).all(0)] = np.nan
+    accepted = candidate & (p_value <= alpha)
     table = pd.DataFrame({"resolution": resolutions, "n_clusters_half1": k1,
                           "n_clusters_half2": k2, "reproducibility": observed,
                           "null_reproducibility_max": null_rep.max(0),
