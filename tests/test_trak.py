@@ -370,3 +370,27 @@ def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path
     with pytest.raises(MemoryError, match="max_memory"):
         scdm.tl.trak(cells, "y", store=tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_tl_trak_with_a_known_batch_does_not_split_by_it(tmp_path):
+    """20 PCs of a small planted set are dominated by its 4 batches: the gradients of a batch
+    share its input shift, and without stratify_key TRAK's subgroups were subtype × batch
+    (controls split in two). With stratify_key the gradients are centred within each class and
+    batch: the controls stay one subgroup and the disease splits into its two subtypes."""
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
+
+    import scdm
+
+    adata = scdm.datasets.planted_subtypes(n_controls=150, n_per_subtype=75, n_subtypes=2,
+                                           random_state=0)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", stratify_key="batch",
+                 store=tmp_path / "s")
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    groups = adata.obs["trak_subgroup"].astype(str)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    assert groups[~disease].nunique() == 1
+    assert adjusted_rand_score(adata.obs["subtype"][disease], groups[disease]) > 0.9
+    # the batch check that tl.subgroups ran on the stratify_key finds nothing
+    assert (adata.uns["trak_subgroup"]["composition"]["flag"] == "").all()

@@ -80,6 +80,11 @@ def trak(
     default) the inverse whitens away the directions that groups of cells share; very large it
     becomes plain gradient similarity. The default was chosen by measurement (RESULTS.md).
 
+    A batch shifts the inputs of its cells, and with them their gradients: TRAK's geometry
+    carries batch structure that balanced masks keep out of datamodels. Name a known batch as
+    ``stratify_key``: the gradients are then centred within each (class, batch) cell before
+    everything else (subtypes are balanced across batches, so their signal stays).
+
     The even- and odd-numbered checkpoints give two independent half-size TRAK embeddings
     (``obsm[f"X_{key_added}_half1"]``, ``[..._half2]``), so :func:`scdm.tl.subgroups` with
     ``key=key_added`` decides how many subgroups reproduce exactly as for datamodels.
@@ -223,6 +228,18 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
                       RuntimeWarning, stacklevel=2)
     G, Q = mlp_features(result.extras["params"], trainer.X, trainer.y, proj_dim=proj_dim,
                         seed=seed, model_ids=completed)
+    strata = training.inputs.strata
+    if strata is not None:
+        # A known nuisance (stratify_key) shifts the inputs, and with them every gradient of a
+        # batch: centred within each (class, batch) cell, the gradients keep what varies
+        # within batches (subtypes are balanced across them) and lose the batch means, as
+        # balanced masks do for datamodels.
+        cells = training.inputs.y.astype(np.int64) * (int(strata.max()) + 1) + strata
+        codes = torch.as_tensor(cells, device=G.device)
+        sums = torch.zeros(G.shape[0], int(cells.max()) + 1, G.shape[2], device=G.device)
+        sums.index_add_(1, codes, G)
+        counts = torch.bincount(codes).clamp_min(1).to(G.dtype)
+        G -= (sums / counts[None, :, None])[:, codes]
     dev = resolve_device(device)
     A = []
     for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",
