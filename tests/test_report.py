@@ -35,6 +35,7 @@ def reported(planted, tmp_path_factory):
     scdm.tl.subgroups(adata)
     scdm.tl.subgroup_composition(adata, ["donor", "batch"])
     scdm.tl.lds(adata, n_models=60, store=folder / "lds")
+    scdm.tl.validate_subgroups(adata, n_random=5, n_models=4)
     path = scdm.pl.report(adata, folder / "out" / "report.html", figure_dir=folder / "figs",
                           run_info={"input": "planted_subtypes"})
     return adata, path
@@ -68,6 +69,9 @@ def test_report_is_self_contained_and_complete(reported, tmp_path):
     written = sorted(p.name for p in (path.parent.parent / "figs").glob("*.png"))
     assert len(written) == len(images) and "composition_donor.png" in written
     assert "reproducibility.png" in written and "lds.png" in written
+    assert "validation.png" in written
+    tested = adata.uns["datamodels_subgroup"]["validation"]["table"]["status"] == "tested"
+    assert page.count("<b>validation</b>: accuracy drop") == int(tested.sum()) > 0
     # a round trip through h5ad gives the same page (but for its time stamp)
     adata.write_h5ad(tmp_path / "a.h5ad")
     with warnings.catch_warnings():
