@@ -165,13 +165,16 @@ def trak(
     blocks = embedding_blocks(adata, label_key)
     embeddings = {name: np.full((adata.n_obs, n_comps), np.nan, dtype=np.float32)
                   for name in ("full", "half1", "half2")}
-    parts = {"full": A, "half1": A[0::2], "half2": A[1::2]}
+    # each half from its own checkpoints only, out-to-loss terms included, so that the two
+    # halves are independent replicates
+    parts = {"full": (A, q), "half1": (A[0::2], Q[0::2].mean(0).cpu().numpy()),
+             "half2": (A[1::2], Q[1::2].mean(0).cpu().numpy())}
     for members in blocks.values():
         rows = members[finite[members]]
-        for name, factors in parts.items():
+        for name, (factors, weights) in parts.items():
             F = _class_factors(factors, torch.as_tensor(rows, device=A[0].device))
-            embeddings[name][rows] = lowrank_embedding(F, q[rows], n_comps=n_comps, rank=rank,
-                                                       seed=seed)
+            embeddings[name][rows] = lowrank_embedding(F, np.asarray(weights, np.float64)[rows],
+                                                       n_comps=n_comps, rank=rank, seed=seed)
     embedded = time.perf_counter()
 
     adata.obsm[f"X_{key_added}"] = embeddings["full"]
@@ -196,7 +199,7 @@ def trak(
                                  "within_class": True, "label_key": label_key,
                                  "random_state": seed, "key_added": f"X_{key_added}"}},
         "halves": {"obsm": list(half_keys(key_added)),
-                   "n_models": [len(parts["half1"]), len(parts["half2"])]},
+                   "n_models": [len(parts["half1"][0]), len(parts["half2"][0])]},
         "seconds": {"train": trained - start, "featurize": featurized - trained,
                     "embed": embedded - featurized},
     })
