@@ -85,16 +85,15 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [c for c in covariates if c not in adata.obs]
     if unknown:  # before training, not after
         raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
-    from scdm.tl._cost import check_cost, check_datamodels_cost, estimate_trak
+    from scdm.tl._cost import check_datamodels_cost, estimate_trak
 
     key = args.method  # "datamodels" or "trak": the key of every result
     groups = f"{key}_subgroup"
-    if key == "trak":
+    if key == "trak":  # shown here; tl.trak checks it against the limits before any work
         from scdm.ensemble import resolve_device
 
-        estimate = check_cost(estimate_trak(adata.n_obs, args.n_models or 40,
-                                            cpu=resolve_device(args.device).type == "cpu"),
-                              store=store)
+        estimate = estimate_trak(adata.n_obs, args.n_models or 40,
+                                 cpu=resolve_device(args.device).type == "cpu")
     else:
         estimate = check_datamodels_cost(adata, group_key=args.group_key,
                                          n_models=args.n_models, epochs=20,
@@ -177,7 +176,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.lds_models:
         summary["lds"] = {"mean": info["lds"]["mean"], "median": info["lds"]["median"],
                           "evaluation_models": args.lds_models}
-    if args.lds_models:
         curve = info["model_curve"]
         summary["model_curve"] = {
             "n_models": [int(n) for n in curve["n_models"]],

@@ -292,7 +292,7 @@ def _classes(adata: AnnData, subgroup_key: str | None, label_key: str | None,
     parts = []
     classes = (pd.unique(labels) if labels is not None else ["all"])
     for cls in classes:
-        in_class = (labels == cls) if labels is not None else names == names
+        in_class = (labels == cls) if labels is not None else pd.Series(True, index=names.index)
         members = [g for g in sizes if g != UNASSIGNED and (names[in_class] == g).any()]
         text = (_evidence_text(evidence[cls]) if cls in evidence else
                 f"{len(members)} subgroup(s) at a fixed resolution (not checked for "
