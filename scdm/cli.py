@@ -252,21 +252,10 @@ def _subgroup_summary(adata, groups: str, n_markers: int = 5) -> dict:
 
 def _evidence_lines(adata, groups: str) -> list[str]:
     """Per class, why it has the subgroups it has (the reproducibility check)."""
-    evidence = adata.uns[groups].get("reproducibility", {})
-    lines = []
-    for cls, e in evidence.items():
-        if e.get("split"):
-            lines.append(
-                f"  {cls}: {e['n_subgroups']} subgroups; two halves of the models agree on "
-                f"them (ARI {e['reproducibility']:.2f} at resolution {e['resolution']:g}) and "
-                f"they are more separated than in cluster-free null halves ({e['separation']:.2f}"
-                f" vs at most {e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
-        else:
-            lines.append(
-                f"  {cls}: one subgroup; no split both reproduces and beats the null (best "
-                f"ARI between halves {e['best_reproducibility']:.2f} at resolution "
-                f"{e['best_resolution']:g}; separation p = {e['p_value']:.2f})")
-    return lines
+    from .tl._subgroups import describe_evidence
+
+    return [f"  {cls}: {describe_evidence(e)}"
+            for cls, e in adata.uns[groups].get("reproducibility", {}).items()]
 
 
 def _store_init(args: argparse.Namespace) -> int:

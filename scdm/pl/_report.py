@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..tl._composition import composition_flags, describe_flag
-from ..tl._subgroups import UNASSIGNED
+from ..tl._subgroups import UNASSIGNED, describe_evidence
 
 _STYLE = """
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;color:#1d2329;
@@ -218,18 +218,6 @@ def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:
     return "".join(parts) or '<p class="note">No parameters recorded.</p>'
 
 
-def _evidence_text(e: Mapping) -> str:
-    if e.get("split"):
-        return (f"{e.get('n_subgroups', '?')} subgroups: two independent halves of the models "
-                f"agree on the partition (ARI {_fmt(e['reproducibility'], 2)} at resolution "
-                f"{_fmt(e['resolution'])}) and its clusters are more separated than in "
-                f"cluster-free null halves ({_fmt(e['separation'], 2)} vs at most "
-                f"{_fmt(e['null_separation_max'], 2)}, p = {_fmt(e['p_value'], 2)}).")
-    return ("One subgroup: no partition both reproduces across halves of the models and beats "
-            f"the null (best ARI {_fmt(e.get('best_reproducibility'), 2)} at resolution "
-            f"{_fmt(e.get('best_resolution'))}, separation p = {_fmt(e.get('p_value'), 2)}).")
-
-
 def _subgroup_card(adata: AnnData, subgroup_key: str, name: str, size: int,
                    n_markers: int) -> str:
     groups = adata.uns[subgroup_key]
@@ -294,7 +282,8 @@ def _classes(adata: AnnData, subgroup_key: str | None, label_key: str | None,
     for cls in classes:
         in_class = (labels == cls) if labels is not None else pd.Series(True, index=names.index)
         members = [g for g in sizes if g != UNASSIGNED and (names[in_class] == g).any()]
-        text = (_evidence_text(evidence[cls]) if cls in evidence else
+        sentence = describe_evidence(evidence[cls]) if cls in evidence else ""
+        text = (sentence[:1].upper() + sentence[1:] + "." if cls in evidence else
                 f"{len(members)} subgroup(s) at a fixed resolution (not checked for "
                 "reproducibility).")
         cards = "".join(_subgroup_card(adata, subgroup_key, g, int(sizes[g]), n_markers)

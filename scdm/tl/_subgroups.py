@@ -227,6 +227,19 @@ def subgroups(
     return adata if copy else None
 
 
+def describe_evidence(e: dict) -> str:
+    """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
+    subgroups it has (used by ``scdm run``'s summary and the report)."""
+    if e.get("split"):
+        return (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
+                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
+                f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
+                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
+    return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
+            f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
+            f"separation p = {e['p_value']:.2f})")
+
+
 def _expression(adata: AnnData, use_raw: bool | None, layer: str | None):
     """The matrix and gene names that :func:`scanpy.tl.rank_genes_groups` ranks."""
     if layer is not None:
