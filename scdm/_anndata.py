@@ -111,6 +111,11 @@ def get_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
     categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype(
         "category")
     categorical = categorical.cat.remove_unused_categories()
+    # classes sorted by name, not in the column's category order: a string column becomes a
+    # categorical in another order when written to h5ad, and the same labels must give the
+    # same codes (and models) however they are stored
+    categorical = categorical.cat.reorder_categories(
+        sorted(categorical.cat.categories, key=str))
     classes = [str(c) for c in categorical.cat.categories]
     if len(classes) < 2:
         raise ValueError(

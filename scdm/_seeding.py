@@ -43,6 +43,7 @@ LDS_PURPOSE = 1
 VALIDATION_PURPOSE = 2
 SNR_PURPOSE = 3
 COMPOSITION_PURPOSE = 4  # permutation draws of the composition check
+CLEANING_PURPOSE = 5  # removal sets and retrained models of influence_removal and debias
 
 
 def derived_seed(random_state: int, purpose: int, *keys: int) -> int:

@@ -1,5 +1,6 @@
 """Tools: the steps of a datamodels analysis on AnnData."""
 
+from ._cleaning import debias, influence_removal, label_issues
 from ._composition import subgroup_composition
 from ._datamodels import datamodels
 from ._embed import embed_datamodels, umap
@@ -12,8 +13,11 @@ from ._validate import signal_to_noise, validate_subgroups
 
 __all__ = [
     "datamodels",
+    "debias",
     "embed_datamodels",
     "fit_datamodels",
+    "influence_removal",
+    "label_issues",
     "lds",
     "model_count_curve",
     "signal_to_noise",

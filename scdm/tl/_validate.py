@@ -20,6 +20,7 @@ from ..evaluation import permutation_p_value
 from ..evaluation import signal_to_noise as _snr
 from ..masks import MaskMode
 from ..store import ModelStore
+from ._retrain import retrain_without
 from ._subgroups import UNASSIGNED
 from ._train import RecordedTraining, _check_n_models, recorded_training, training_parts
 
@@ -66,38 +67,15 @@ def _train_without(training: RecordedTraining, heldout_sets: Sequence[np.ndarray
                    n_models: int, seed: int, device: str, chunk_size: int | None,
                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Train ``n_models`` per set on masks drawn from everything but the set; return the
-    accuracy and mean margin of each set's models on the set's own observations.
-
-    Models of all sets train together in chunks (model ``s·n_models + r`` is model ``r`` of set
-    ``s``), so small sets do not each pay for a padded chunk.
-    """
-    n_obs = training.inputs.y.size
-    trainer: EnsembleTrainer = training.trainer(seed, device)
-    chunk = int(chunk_size or trainer.auto_chunk_size())
-    samplers = []
-    for s, cells in enumerate(heldout_sets):
-        keep = np.ones(n_obs, dtype=bool)
-        keep[cells] = False
-        samplers.append((keep, training.sampler(derived_seed(seed, VALIDATION_PURPOSE, s),
-                                                keep=keep)))
-    total = len(heldout_sets) * n_models
-    correct = np.zeros(len(heldout_sets))
-    margin = np.zeros(len(heldout_sets))
-    with tqdm(total=total, desc="retraining without subsets", unit="model",
-              disable=not progress) as bar:
-        for start in range(0, total, chunk):
-            models = np.arange(start, min(start + chunk, total))
-            masks = np.zeros((models.size, n_obs), dtype=bool)
-            for i, m in enumerate(models):
-                keep, sampler = samplers[m // n_models]
-                masks[i, keep] = sampler.sample([m % n_models])[0]
-            margins = trainer.train(masks, models).margins
-            for i, m in enumerate(models):
-                on_set = margins[i, heldout_sets[m // n_models]]
-                correct[m // n_models] += (on_set > 0).mean()
-                margin[m // n_models] += on_set.mean()
-            bar.update(models.size)
-    return correct / n_models, margin / n_models
+    accuracy and mean margin of each set's models on the set's own observations."""
+    held = retrain_without(
+        training, heldout_sets, n_models, seed,
+        [derived_seed(seed, VALIDATION_PURPOSE, s) for s in range(len(heldout_sets))],
+        paired=False, device=device, chunk_size=chunk_size, progress=progress,
+        desc="retraining without subsets")
+    accuracy, margin = held.accuracy(), held.margin()
+    return (np.array([accuracy[s, cells].mean() for s, cells in enumerate(heldout_sets)]),
+            np.array([margin[s, cells].mean() for s, cells in enumerate(heldout_sets)]))
 
 
 def validate_subgroups(

@@ -1,0 +1,77 @@
+"""One view of an attribution result, datamodels or TRAK: ``τ(j, i)``, the effect of training
+sample ``i`` on target ``j``'s margin, applied to weight matrices without forming it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scipy import sparse
+
+
+@dataclass
+class Attribution:
+    """``τ`` (rows = targets, columns = training samples) of ``adata.uns[key]``.
+
+    From ``adata.obsp[key]`` when it is there (datamodels always; TRAK up to ``max_obsp``
+    cells), else from TRAK's per-checkpoint factors ``τ = mean_c A_c A_cᵀ · diag(q)``, so the
+    ``n × n`` matrix is never formed for large data. Sums include each target's own term
+    ``diagonal``; callers that want other samples only subtract it.
+    """
+
+    method: str
+    diagonal: np.ndarray  # τ(j, j): 0 where the fit absorbed it (datamodels), else TRAK's
+    W: np.ndarray | sparse.spmatrix | None = None
+    factors: list[torch.Tensor] | None = None
+    q: np.ndarray | None = None
+
+    def target_sums(self, R: np.ndarray) -> np.ndarray:
+        """``τᵀ R``: for each training sample, its influence summed over targets with weights
+        ``R`` (``n × r``): the effect of including it on each weighted set of targets."""
+        R = np.asarray(R, dtype=np.float64)
+        if self.W is not None:
+            return np.asarray(self.W.T @ R, dtype=np.float64)
+        return self.q[:, None] * self._mean_gram(R)
+
+    def class_sums(self, B: np.ndarray) -> np.ndarray:
+        """``τ B``: for each target, the summed influence of the training samples weighted by
+        ``B`` (``n × r``, e.g. a one-hot class matrix: each class's total push)."""
+        B = np.asarray(B, dtype=np.float64)
+        if self.W is not None:
+            return np.asarray(self.W @ B, dtype=np.float64)
+        return self._mean_gram(self.q[:, None] * B)
+
+    def _mean_gram(self, B: np.ndarray) -> np.ndarray:
+        dev = self.factors[0].device
+        Bt = torch.as_tensor(B, dtype=self.factors[0].dtype, device=dev)
+        out = sum(a @ (a.T @ Bt) for a in self.factors) / len(self.factors)
+        return out.cpu().numpy().astype(np.float64)
+
+
+def attribution(adata: AnnData, key: str, *, device: str = "auto") -> Attribution:
+    """The attribution stored under ``key`` (an error naming the call that computes it)."""
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "params" not in info:
+        raise KeyError(f"adata.uns[{key!r}] holds no attribution; run scdm.tl.datamodels or "
+                       f"scdm.tl.trak (key_added={key!r}) first.")
+    method = str(info.get("method", "datamodels"))
+    diagonal = np.zeros(adata.n_obs)
+    if method == "trak":
+        diagonal = np.asarray(info["self_influence"], dtype=np.float64)
+    if key in adata.obsp:
+        W = adata.obsp[key]
+        if sparse.issparse(W):
+            W = W.tocsr()
+        return Attribution(method=method, diagonal=diagonal, W=W)
+    if method != "trak":
+        raise KeyError(f"adata.obsp[{key!r}] not found: the datamodels were trained but not "
+                       "fitted; run scdm.tl.fit_datamodels(adata, key=...) first.")
+    from ._trak import checkpoint_factors, trak_factor_settings
+
+    params = trak_factor_settings(adata, key)
+    A, Q = checkpoint_factors(adata, key, proj_dim=int(params["proj_dim"]),
+                              damping=float(params["damping"]), device=device)
+    return Attribution(method=method, diagonal=diagonal, factors=A,
+                       q=Q.mean(0).cpu().numpy().astype(np.float64))

@@ -1,0 +1,73 @@
+"""Counterfactual retraining: models trained with the recorded settings on masks drawn from
+everything but a removed set, scored on the cells each model did not train on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..ensemble import EnsembleTrainer
+from ._train import RecordedTraining
+
+
+@dataclass
+class HeldOut:
+    """Per removal set (row) and cell (column): how many of the set's models did not train on
+    the cell, how many of those predicted its label, and the sum of their margins."""
+
+    count: np.ndarray
+    correct: np.ndarray
+    margin_sum: np.ndarray
+
+    def accuracy(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.correct / self.count, np.nan)
+
+    def margin(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.margin_sum / self.count, np.nan)
+
+
+def retrain_without(training: RecordedTraining, removed: Sequence[np.ndarray], n_models: int,
+                    seed: int, mask_seeds: Sequence[int], *, paired: bool, device: str,
+                    chunk_size: int | None, progress: bool, desc: str) -> HeldOut:
+    """Train ``n_models`` models per removed set (an array of cell indices, possibly empty) on
+    masks over the remaining cells, drawn with ``mask_seeds[s]``; removed cells are never
+    trained on, so every model scores them.
+
+    ``paired``: model ``r`` of every set has the same initialisation and data order (model
+    index ``r``), so differences between sets are not seed noise. Otherwise model ``r`` of set
+    ``s`` has index ``s·n_models + r``. Models of all sets train together in chunks, and each
+    model depends only on its seeds, so results do not depend on ``chunk_size``.
+    """
+    n_obs = training.inputs.y.size
+    trainer: EnsembleTrainer = training.trainer(seed, device)
+    chunk = int(chunk_size or trainer.auto_chunk_size())
+    samplers = []
+    for s, cells in enumerate(removed):
+        keep = np.ones(n_obs, dtype=bool)
+        keep[np.asarray(cells, dtype=np.int64)] = False
+        samplers.append((keep, training.sampler(int(mask_seeds[s]), keep=keep)))
+    total = len(removed) * n_models
+    shape = (len(removed), n_obs)
+    held = HeldOut(np.zeros(shape), np.zeros(shape), np.zeros(shape))
+    with tqdm(total=total, desc=desc, unit="model", disable=not progress) as bar:
+        for start in range(0, total, chunk):
+            models = np.arange(start, min(start + chunk, total))
+            sets, reps = models // n_models, models % n_models
+            masks = np.zeros((models.size, n_obs), dtype=bool)
+            for i, (s, r) in enumerate(zip(sets, reps, strict=True)):
+                keep, sampler = samplers[s]
+                masks[i, keep] = sampler.sample([r])[0]
+            margins = trainer.train(masks, reps if paired else models).margins
+            out = ~masks
+            for s in np.unique(sets):
+                rows = sets == s
+                held.count[s] += out[rows].sum(0)
+                held.correct[s] += (out[rows] & (margins[rows] > 0)).sum(0)
+                held.margin_sum[s] += np.where(out[rows], margins[rows], 0.0).sum(0)
+            bar.update(models.size)
+    return held
