@@ -2,5 +2,6 @@
 
 from ._gaussian import gaussian_subtypes
 from ._planted import planted_subtypes
+from ._spurious import spurious_groups
 
-__all__ = ["gaussian_subtypes", "planted_subtypes"]
+__all__ = ["gaussian_subtypes", "planted_subtypes", "spurious_groups"]

@@ -1,0 +1,198 @@
+"""Data cleaning: label issues, influence removal, D3M debiasing (real training, no mocks)."""
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from sklearn.metrics import roc_auc_score
+
+import scdm
+from scdm.cleaning import confident_labels, group_weights, removal_effect, top_influencers
+from scdm.tl._attribution import attribution
+
+# class names with "/" and "+" as cell types have them ("CD4+/CD25 T Reg"): not h5ad keys
+CLASSES = ["B", "CD4+/T", "CD8+/T"]
+
+
+def three_types(n_per: int = 50, n_flip: int = 12, seed: int = 0) -> AnnData:
+    """Three cell types on a line (B - CD4 - CD8: CD4 and CD8 are neighbours), ``n_flip``
+    cells relabelled to a neighbouring type, as annotation errors are."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n_per)
+    X = rng.normal(size=(3 * n_per, 10)).astype(np.float32)
+    X[:, 0] += 6.0 * y
+    X[:, 1] += np.where(y == 0, 2.0, 0.0)
+    noisy = y.copy()
+    flip = rng.choice(y.size, n_flip, replace=False)
+    noisy[flip] = np.where(y[flip] == 1, rng.choice([0, 2], n_flip), 1)
+    names = np.array(CLASSES)
+    obs = pd.DataFrame({"cell_type": pd.Categorical(names[noisy]),
+                        "truth": pd.Categorical(names[y]), "flipped": noisy != y},
+                       index=[f"c{i}" for i in range(y.size)])
+    return AnnData(X=X, obs=obs)
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory):
+    scdm.settings.verbosity = 0
+    adata = three_types()
+    scdm.settings.store_dir = tmp_path_factory.mktemp("stores")
+    scdm.tl.label_issues(adata, "cell_type", n_models=100, device="cpu")
+    return adata
+
+
+def test_confident_labels_use_per_class_thresholds():
+    # class 0 is confidently predicted, class 1 is hard (low probabilities for its own cells)
+    P = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.5, 0.5], [0.55, 0.45]])
+    y = np.array([0, 0, 1, 1, 1])
+    # thresholds: class 0 = 0.85, class 1 = 0.45; cell 2 (p1 = 0.4 < 0.45, p0 = 0.6 < 0.85)
+    # keeps its label although another class is more probable; cell 1 (p0 = 0.8 < 0.85,
+    # p1 = 0.2 < 0.45) too
+    assert confident_labels(P, y).tolist() == [0, 0, 1, 1, 1]
+    P[1] = [0.3, 0.7]  # now class 1 reaches its threshold for a class-0 cell: an issue
+    assert confident_labels(P, y)[1] == 1
+
+
+def test_label_issues_rank_flips_flag_them_and_suggest_the_true_type(flipped):
+    a = flipped
+    flips = a.obs["flipped"].to_numpy()
+    assert roc_auc_score(flips, a.obs["label_issue_score"]) > 0.9
+    flagged = a.obs["label_issue"].to_numpy()
+    # confident learning flags conservatively: few clean cells, a good share of the flips
+    assert flips[flagged].mean() >= 0.6 and flagged[flips].mean() >= 0.3
+    suggested = a.obs["label_issue_suggested"].astype(str).to_numpy()
+    truth = a.obs["truth"].astype(str).to_numpy()
+    assert (suggested[flagged & flips] == truth[flagged & flips]).mean() >= 0.8
+    assert a.obs["label_issue_suggested"].isna().to_numpy()[~flagged].all()
+    info = a.uns["label_issue"]
+    assert "confident-learning" in info["rule"] and info["n_flagged"] == flagged.sum()
+    assert info["params"]["key"] == "label_issue_trak" and info["params"]["method"] == "trak"
+    assert np.isfinite(a.obs["label_issue_self_influence"]).all()
+    # other-label influence pulls flipped cells away from their (wrong) label more
+    assert a.obs["label_issue_other_influence"][flips].mean() < \
+        a.obs["label_issue_other_influence"][~flips].mean()
+
+
+def test_label_issues_round_trip_h5ad_and_reuse_a_key(flipped, tmp_path):
+    a = flipped.copy()
+    path = tmp_path / "a.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a.write_h5ad(path)
+    b = ad.read_h5ad(path)
+    again = scdm.tl.label_issues(b, "cell_type", key="label_issue_trak", key_added="again",
+                                 device="cpu", copy=True)
+    np.testing.assert_array_equal(again.obs["again"], a.obs["label_issue"])
+    np.testing.assert_allclose(again.obs["again_score"], a.obs["label_issue_score"])
+
+
+def test_label_issues_with_datamodels_and_no_flips_flag_almost_nothing(tmp_path):
+    clean = three_types(n_per=40, n_flip=0, seed=1)
+    # models that fit the labels (label_issues' own training settings)
+    scdm.tl.datamodels(clean, "cell_type", n_models=600, store=tmp_path / "dm",
+                       device="cpu", fit_kwds={"n_lambdas": 8},
+                       train_kwds={"epochs": 60, "lr": 1e-2})
+    scdm.tl.label_issues(clean, "cell_type", key="datamodels", device="cpu")
+    assert clean.uns["label_issue"]["params"]["method"] == "datamodels"
+    # separable types, no flips: only cells on the border between CD4 and CD8 may be flagged
+    assert clean.obs["label_issue"].sum() <= 2
+    assert clean.uns["label_issue"]["mean_heldout_accuracy"] > 0.9
+
+
+def test_factors_give_the_same_attribution_as_the_matrix(tmp_path):
+    a = three_types(n_per=20, n_flip=0)
+    scdm.tl.trak(a, "cell_type", n_models=8, store=tmp_path / "t", device="cpu")
+    dense = attribution(a, "trak")
+    del a.obsp["trak"]
+    lowrank = attribution(a, "trak", device="cpu")
+    assert dense.W is not None and lowrank.W is None
+    R = np.random.default_rng(0).normal(size=(a.n_obs, 3))
+    np.testing.assert_allclose(lowrank.target_sums(R), dense.target_sums(R), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(lowrank.class_sums(R), dense.class_sums(R), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.diag(np.asarray(dense.W)), dense.diagonal, rtol=1e-4)
+
+
+def test_influence_removal_moves_targets_against_random_and_is_deterministic(flipped):
+    a = flipped.copy()
+    targets = a.obs_names[(a.obs["cell_type"] == "CD4+/T").to_numpy()][:10]
+    kwds = dict(key="label_issue_trak", targets=targets, n_remove=15, n_models=40,
+                n_random=9, device="cpu")
+    pos = scdm.tl.influence_removal(a, direction="positive", **kwds)
+    summary = a.uns["label_issue_trak_removal"]["summary"]
+    assert list(pos["removal"][:2]) == ["none", "attribution"] and len(pos) == 11
+    assert summary["margin_effect"] < summary["margin_random_mean"]
+    assert summary["margin_p_value"] == pytest.approx(0.1)  # the smallest with 9 random sets
+    assert summary["predicted_margin_change"] < 0
+    removed = a.obs["label_issue_trak_removal_removed"].to_numpy()
+    assert removed.sum() == 15 and not removed[a.obs_names.isin(targets)].any()
+    neg = scdm.tl.influence_removal(a, direction="negative", **kwds)
+    assert neg["margin_change"].iloc[1] > pos["margin_change"].iloc[1]
+    # the same seeds however the models are chunked (to float32 rounding of the batched
+    # three-class forward pass)
+    again = scdm.tl.influence_removal(a.copy(), direction="positive", chunk_size=7, **kwds)
+    pd.testing.assert_frame_equal(again, pos, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_debias_removes_the_shortcut_teachers_and_beats_random(tmp_path):
+    a = scdm.datasets.spurious_groups(300, core_effect=1.5, site_effect=1.0,
+                                      correlation=0.85, unaffected=0.4, random_state=0)
+    scdm.tl.trak(a, "disease", n_models=60, store=tmp_path / "t", device="cpu")
+    table = scdm.tl.debias(a, "disease", "site", key="trak", n_remove=[30, 60], n_models=60,
+                           n_random=3, max_accuracy_loss=0.05, device="cpu")
+    means = table.groupby(["removal", "n_removed"])["worst_group_accuracy"].mean()
+    base = means[("none", 0)]
+    for k in (30, 60):
+        assert means[("d3m", k)] > max(means[("random", k)], base)
+    info = a.uns["debias"]
+    assert info["recommended_n_remove"] in (30, 60)
+    remove = a.obs["debias_remove"].to_numpy()
+    assert remove.sum() == info["recommended_n_remove"]
+    # the cells that teach the site shortcut: disease cells at site B without disease signal
+    assert a.obs["unaffected"].to_numpy()[remove].mean() > 0.5
+    assert set(info["groups"]["names"]) == {"control | A", "control | B", "disease | A",
+                                            "disease | B"}
+
+
+def test_cleaning_bad_input_fails_before_training(flipped, tmp_path):
+    a = flipped.copy()
+    tiny = three_types(n_per=20, n_flip=0)
+    tiny.obs["cell_type"] = tiny.obs["cell_type"].astype(str)
+    tiny.obs.iloc[:17, tiny.obs.columns.get_loc("cell_type")] = "CD4+/T"
+    with pytest.raises(ValueError, match="too small to train on"):
+        scdm.tl.label_issues(tiny, "cell_type")
+    assert not any(scdm.settings.store_dir.glob("*"))  # nothing was trained
+    with pytest.raises(ValueError, match="predict 'cell_type', not 'truth'"):
+        scdm.tl.label_issues(a, "truth", key="label_issue_trak")
+    kw = dict(key="label_issue_trak")
+    with pytest.raises(KeyError, match=r"not in adata\.obs_names"):
+        scdm.tl.influence_removal(a, targets=["nope"], **kw)
+    with pytest.raises(ValueError, match="more than half"):
+        scdm.tl.influence_removal(a, targets=a.obs_names[:10], n_remove=100, **kw)
+    with pytest.raises(ValueError, match="direction"):
+        scdm.tl.influence_removal(a, targets=a.obs_names[:10], direction="up", **kw)
+    with pytest.raises(ValueError, match="select no cell"):
+        scdm.tl.influence_removal(a, targets={"cell_type": "NK"}, **kw)
+    with pytest.raises(KeyError, match="group_key='site'"):
+        scdm.tl.debias(a, "cell_type", "site", **kw)
+    a.obs["site"] = "A"
+    with pytest.raises(ValueError, match="single value"):
+        scdm.tl.debias(a, "cell_type", "site", **kw)
+    a.obs["site"] = np.where(np.arange(a.n_obs) % 2, "A", "B")
+    with pytest.raises(ValueError, match="more than half"):
+        scdm.tl.debias(a, "cell_type", "site", n_remove=[100], **kw)
+
+
+def test_engine_helpers():
+    pool = np.array([0, 2, 3, 5])
+    influence = np.array([9.0, 1.0, 3.0, 3.0, 0.0, -1.0])
+    assert top_influencers(influence, pool, 2, "positive").tolist() == [0, 2]  # tie: index
+    assert top_influencers(influence, pool, 1, "negative").tolist() == [5]
+    w = group_weights(np.array([0.9, 0.5, 0.7]))
+    assert w[1] > 0 > w[0] and np.abs(w).sum() == pytest.approx(1)
+    r = removal_effect(-0.5, np.array([0.0, 0.1, -0.1]), "positive")
+    assert r["p_value"] == pytest.approx(0.25) and r["z"] < 0
