@@ -3,6 +3,7 @@
 import warnings
 
 import anndata as ad
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 import scdm
 from scdm.cleaning import confident_labels, group_weights, removal_effect, top_influencers
 from scdm.tl._attribution import attribution
+
+matplotlib.use("Agg")
 
 # class names with "/" and "+" as cell types have them ("CD4+/CD25 T Reg"): not h5ad keys
 CLASSES = ["B", "CD4+/T", "CD8+/T"]
@@ -71,6 +74,8 @@ def test_label_issues_rank_flips_flag_them_and_suggest_the_true_type(flipped):
     assert "confident-learning" in info["rule"] and info["n_flagged"] == flagged.sum()
     assert info["params"]["key"] == "label_issue_trak" and info["params"]["method"] == "trak"
     assert np.isfinite(a.obs["label_issue_self_influence"]).all()
+    axes = scdm.pl.label_issues(a, show=False)
+    assert len(axes) == 2 and len(axes[0].collections) == 2  # not flagged / flagged
     # other-label influence pulls flipped cells away from their (wrong) label more
     assert a.obs["label_issue_other_influence"][flips].mean() < \
         a.obs["label_issue_other_influence"][~flips].mean()
@@ -156,6 +161,15 @@ def test_debias_removes_the_shortcut_teachers_and_beats_random(tmp_path):
     assert a.obs["unaffected"].to_numpy()[remove].mean() > 0.5
     assert set(info["groups"]["names"]) == {"control | A", "control | B", "disease | A",
                                             "disease | B"}
+    axes = scdm.pl.debias(a, show=False)
+    assert [ax.get_ylabel() for ax in axes] == ["held-out worst-group accuracy",
+                                                "held-out overall accuracy"]
+    with warnings.catch_warnings():  # the results survive h5ad
+        warnings.simplefilter("error")
+        a.write_h5ad(tmp_path / "d.h5ad")
+    b = ad.read_h5ad(tmp_path / "d.h5ad")
+    assert b.uns["debias"]["recommended_n_remove"] == info["recommended_n_remove"]
+    scdm.pl.debias(b, show=False)
 
 
 def test_cleaning_bad_input_fails_before_training(flipped, tmp_path):
