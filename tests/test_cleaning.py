@@ -172,6 +172,17 @@ def test_debias_removes_the_shortcut_teachers_and_beats_random(tmp_path):
     scdm.pl.debias(b, show=False)
 
 
+def test_debias_recommends_nothing_without_a_shortcut(tmp_path):
+    a = scdm.datasets.spurious_groups(300, core_effect=1.5, site_effect=1.0, correlation=0.5,
+                                      random_state=1)
+    scdm.tl.trak(a, "disease", n_models=60, store=tmp_path / "t", device="cpu")
+    scdm.tl.debias(a, "disease", "site", key="trak", n_remove=[15, 30, 60], n_models=60,
+                   n_random=5, device="cpu")
+    assert a.uns["debias"]["recommended_n_remove"] == 0
+    assert not a.obs["debias_remove"].any()
+    assert "no removal size" in a.uns["debias"]["reason"]
+
+
 def test_cleaning_bad_input_fails_before_training(flipped, tmp_path):
     a = flipped.copy()
     tiny = three_types(n_per=20, n_flip=0)

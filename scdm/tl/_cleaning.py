@@ -407,8 +407,9 @@ def debias(
     key: str = "datamodels",
     n_remove: Sequence[int] | None = None,
     n_models: int = 100,
-    n_random: int = 3,
+    n_random: int = 9,
     max_accuracy_loss: float = 0.01,
+    min_gain: float = 0.02,
     min_group_size: int = 4,
     random_state: int = 0,
     device: str = "auto",
@@ -429,8 +430,13 @@ def debias(
     in ``n_remove`` the least aligned cells are removed, ``n_models`` models retrained on fresh
     masks, and worst-group and overall accuracy compared with ``n_random`` random removals of
     the same size and with no removal (same model seeds). The recommended removal is the size
-    with the best worst-group accuracy among those that beat random removal and no removal and
-    lose at most ``max_accuracy_loss`` of overall accuracy; none when no size does.
+    with the best worst-group accuracy among those that beat *every* random removal of that
+    size (an empirical p ≤ 1 / (n_random + 1)), raise worst-group accuracy by at least
+    ``min_gain`` over no removal, and lose at most ``max_accuracy_loss`` of overall accuracy;
+    none when no size does. (On data without a shortcut, D3M removals beat all random ones in
+    3 of 6 runs, for worst-group gains of 0.007-0.017 bought with 0.8 points of overall
+    accuracy; with the shortcut the recommended gains were 0.04-0.10:
+    ``workflows/benchmarks/cleaning.py``.)
 
     Parameters
     ----------
@@ -447,9 +453,11 @@ def debias(
     n_models
         Models per removal set.
     n_random
-        Random removal sets per size.
+        Random removal sets per size; a recommended removal must beat all of them.
     max_accuracy_loss
         Largest drop of overall accuracy a recommended removal may cost.
+    min_gain
+        Smallest worst-group accuracy gain over no removal worth removing cells for.
     min_group_size
         Groups with fewer cells are left out of the worst-group accuracy (listed in ``uns``).
     random_state, device, chunk_size
@@ -478,6 +486,8 @@ def debias(
     n_models, n_random = _check_n_models(n_models), _check_n_models(n_random)
     if not 0 <= max_accuracy_loss < 1:
         raise ValueError(f"max_accuracy_loss must lie in [0, 1), got {max_accuracy_loss!r}.")
+    if not 0 <= min_gain < 1:
+        raise ValueError(f"min_gain must lie in [0, 1), got {min_gain!r}.")
     sizes = _default_removal_sizes(adata.n_obs) if n_remove is None else sorted(
         {_check_n_models(int(k)) for k in n_remove})
     if sizes[-1] > adata.n_obs // 2:
@@ -536,20 +546,24 @@ def debias(
     baseline = table.iloc[0]
     steps = table[table["removal"] != "random"].copy()
     random = table[table["removal"] == "random"].groupby("n_removed")[
-        ["worst_group_accuracy", "overall_accuracy"]].agg(["mean", "std"])
-    recommended, reason = 0, "no removal size beat random removal and no removal"
-    best = baseline["worst_group_accuracy"]
+        ["worst_group_accuracy", "overall_accuracy"]].agg(["mean", "std", "max"])
+    recommended = 0
+    reason = (f"no removal size beat all {n_random} random removals of its size and raised "
+              f"worst-group accuracy by {min_gain} within {max_accuracy_loss:.0%} of overall "
+              "accuracy")
+    best = baseline["worst_group_accuracy"] + min_gain
     for _, row in steps.iloc[1:].iterrows():
         k = int(row["n_removed"])
         beats_random = row["worst_group_accuracy"] > random.loc[k, ("worst_group_accuracy",
-                                                                    "mean")]
+                                                                    "max")]
         keeps_accuracy = row["overall_accuracy"] >= baseline["overall_accuracy"] - \
             max_accuracy_loss
-        if beats_random and keeps_accuracy and row["worst_group_accuracy"] > best:
+        if beats_random and keeps_accuracy and row["worst_group_accuracy"] >= best:
             best, recommended = row["worst_group_accuracy"], k
             reason = (f"removing {k} cells raised worst-group accuracy from "
-                      f"{baseline['worst_group_accuracy']:.3f} to {best:.3f} (random removal: "
-                      f"{random.loc[k, ('worst_group_accuracy', 'mean')]:.3f}) at overall "
+                      f"{baseline['worst_group_accuracy']:.3f} to {best:.3f} (random removals: "
+                      f"{random.loc[k, ('worst_group_accuracy', 'mean')]:.3f} on average, "
+                      f"{random.loc[k, ('worst_group_accuracy', 'max')]:.3f} at best) at overall "
                       f"accuracy {row['overall_accuracy']:.3f} (from "
                       f"{baseline['overall_accuracy']:.3f})")
     if recommended == 0 and len(steps) > 1:
@@ -572,7 +586,7 @@ def debias(
         "reason": reason,
         "params": {"key": key, "label_key": label_key, "group_key": group_key,
                    "n_remove": sizes, "n_models": n_models, "n_random": n_random,
-                   "max_accuracy_loss": float(max_accuracy_loss),
+                   "max_accuracy_loss": float(max_accuracy_loss), "min_gain": float(min_gain),
                    "min_group_size": int(min_group_size), "random_state": seed},
     })
     if left_out:
