@@ -320,6 +320,16 @@ def test_tl_trak_without_the_matrix_is_the_same_and_deterministic(small_trak):
                                atol=1e-5)
 
 
+def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):
+    import scdm
+
+    store = small_trak.uns["trak"]["store"]  # 40 checkpoints
+    fewer = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=store, n_models=10,
+                         copy=True)
+    assert fewer.uns["trak"]["trak_params"]["n_checkpoints"] == 10
+    assert list(fewer.uns["trak"]["halves"]["n_models"]) == [5, 5]
+
+
 def test_tl_trak_on_null_data_finds_one_subgroup(tmp_path):
     import scanpy as sc
 

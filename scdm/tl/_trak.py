@@ -221,6 +221,9 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     training = recorded_training(adata, key)
     seed = int(training.params["random_state"])
     completed = training.store.completed_indices()
+    # a store grown by an earlier, larger call keeps its models; this result uses the first
+    # n_models checkpoints it asked for (its halves, cost estimate and record say so)
+    completed = completed[completed < int(training.params["n_models"])]
     masks = read_rows(training.store.masks, completed)
     trainer = training.trainer(seed, device)
     result = trainer.train(masks, completed, keep_params=True)
