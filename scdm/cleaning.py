@@ -22,6 +22,15 @@ def label_issue_scores(heldout_accuracy: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(heldout_accuracy, dtype=np.float64)
 
 
+def confident_thresholds(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per class, the mean probability of that class over the cells labelled with it (``inf``
+    for a class no cell carries): confident learning's thresholds."""
+    P = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(y)
+    return np.array([P[y == c, c].mean() if (y == c).any() else np.inf
+                     for c in range(P.shape[1])])
+
+
 def confident_labels(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Confident learning (Northcutt et al. 2021) on held-out class probabilities (``n × C``):
     each class's threshold is the mean probability of that class over the cells labelled with
@@ -37,10 +46,7 @@ def confident_labels(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
     """
     P = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(y)
-    C = P.shape[1]
-    thresholds = np.array([P[y == c, c].mean() if (y == c).any() else np.inf
-                           for c in range(C)])
-    above = np.where(P >= thresholds[None, :], P, -np.inf)
+    above = np.where(P >= confident_thresholds(P, y)[None, :], P, -np.inf)
     labels = above.argmax(1)
     return np.where(np.isfinite(above.max(1)), labels, y)
 

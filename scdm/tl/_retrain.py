@@ -3,13 +3,15 @@ everything but a removed set, scored on the cells each model did not train on.""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..ensemble import EnsembleTrainer
+from .._memmap import read_rows
+from ..ensemble import EnsembleTrainer, TrainResult
 from ._train import RecordedTraining
 
 
@@ -71,3 +73,19 @@ def retrain_without(training: RecordedTraining, removed: Sequence[np.ndarray], n
                 held.margin_sum[s] += np.where(out[rows], margins[rows], 0.0).sum(0)
             bar.update(models.size)
     return held
+
+
+def retrain_stored(training: RecordedTraining, trainer: EnsembleTrainer, models: np.ndarray
+                   ) -> tuple[np.ndarray, TrainResult]:
+    """Stored models ``models`` retrained from their seeds with their parameters kept (the
+    store keeps masks and margins only): their masks and the training result. Bitwise the
+    same as the stored models on CPU (tested); a mismatch (another device or torch version)
+    is warned about, and the retrained models are what the caller uses."""
+    masks = read_rows(training.store.masks, models)
+    result = trainer.train(masks, models, keep_params=True)
+    stored = read_rows(training.store.margins, models)
+    if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
+        warnings.warn("the retrained models' margins differ from the stored ones (another "
+                      "device or torch version?); the retrained models are used.",
+                      RuntimeWarning, stacklevel=3)
+    return masks, result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
-from .._memmap import read_rows
 from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import resolve_device
@@ -24,6 +22,7 @@ from ..trak._mlp import mlp_features
 from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
 from ._halves import half_keys
+from ._retrain import retrain_stored
 from ._train import recorded_training, train_models
 
 logger = logging.getLogger("scdm")
@@ -224,14 +223,8 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     # a store grown by an earlier, larger call keeps its models; this result uses the first
     # n_models checkpoints it asked for (its halves, cost estimate and record say so)
     completed = completed[completed < int(training.params["n_models"])]
-    masks = read_rows(training.store.masks, completed)
     trainer = training.trainer(seed, device)
-    result = trainer.train(masks, completed, keep_params=True)
-    stored = read_rows(training.store.margins, completed)
-    if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
-        warnings.warn("the retrained checkpoints' margins differ from the stored ones (another "
-                      "device or torch version?); TRAK uses the retrained checkpoints.",
-                      RuntimeWarning, stacklevel=2)
+    _, result = retrain_stored(training, trainer, completed)
     G, Q = mlp_features(result.extras["params"], trainer.X, trainer.y, proj_dim=proj_dim,
                         seed=seed, model_ids=completed)
     strata = training.inputs.strata

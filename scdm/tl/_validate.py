@@ -26,9 +26,10 @@ from ._train import RecordedTraining, _check_n_models, recorded_training, traini
 
 
 def _heldout_performance(store: ModelStore, chunk_rows: int = 4096
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per observation: accuracy and mean margin over the stored models that did not train on
-    it (the baseline a held-out subgroup is compared with)."""
+    it (the baseline a held-out subgroup is compared with), and how many those are (accuracy
+    and margin are 0 where none is)."""
     completed = store.completed_indices()
     n_obs = store.masks.shape[1]
     held = np.zeros(n_obs)
@@ -41,8 +42,8 @@ def _heldout_performance(store: ModelStore, chunk_rows: int = 4096
         held += out.sum(0)
         correct += (out & (margins > 0)).sum(0)
         margin += np.where(out, margins, 0.0).sum(0)
-    held = np.maximum(held, 1)
-    return correct / held, margin / held
+    denominator = np.maximum(held, 1)
+    return correct / denominator, margin / denominator, held
 
 
 NULL_SETS = ("neighbourhood", "random")
@@ -218,7 +219,7 @@ def validate_subgroups(
         raise ValueError(f"no subgroup of {subgroup_key!r} can be tested (sizes must lie in "
                          f"[min_size={min_size}, half the class]).")
 
-    base_accuracy, base_margin = _heldout_performance(training.store)
+    base_accuracy, base_margin, _ = _heldout_performance(training.store)
     accuracy, margin = _train_without(training, sets, n_models, seed, device, chunk_size,
                                       settings.progress(verbose))
     acc_drop = np.array([base_accuracy[s].mean() for s in sets]) - accuracy
