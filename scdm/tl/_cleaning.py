@@ -27,9 +27,8 @@ from ..cleaning import (
 )
 from ..ensemble import resolve_device
 from ._attribution import attribution
-from ._retrain import retrain_stored, retrain_without
+from ._retrain import heldout_performance, retrain_stored, retrain_without
 from ._train import RecordedTraining, _check_n_models, recorded_training
-from ._validate import _heldout_performance
 
 logger = logging.getLogger("scdm")
 
@@ -181,7 +180,7 @@ def label_issues(
              train_kwds={**LABEL_ISSUE_TRAIN, **dict(train_kwds or {})})
         training = recorded_training(adata, key)
 
-    accuracy, margin, held = _heldout_performance(training.store)
+    accuracy, margin, held = heldout_performance(training.store)
     if (held == 0).any():
         raise ValueError(f"{int((held == 0).sum())} cells were never held out of the models of "
                          f"{key!r} (too few models); train more (n_models) before checking "
@@ -510,7 +509,7 @@ def debias(
         selection[rng.permutation(cells)[: cells.size // 2]] = True
     evaluation = ~selection & names.isin(kept_groups).to_numpy()
 
-    accuracy, _, _ = _heldout_performance(training.store)
+    accuracy, _, _ = heldout_performance(training.store)
     group_acc = np.array([accuracy[members[g][selection[members[g]]]].mean()
                           for g in kept_groups])
     weights = np.zeros((adata.n_obs, 1))

@@ -1,5 +1,6 @@
-"""Counterfactual retraining: models trained with the recorded settings on masks drawn from
-everything but a removed set, scored on the cells each model did not train on."""
+"""Held-out performance of stored models, and counterfactual retraining: models trained with
+the recorded settings on masks drawn from everything but a removed set (or stored models
+retrained from their seeds), scored on the cells each model did not train on."""
 
 from __future__ import annotations
 
@@ -12,7 +13,29 @@ from tqdm.auto import tqdm
 
 from .._memmap import read_rows
 from ..ensemble import EnsembleTrainer, TrainResult
+from ..store import ModelStore
 from ._train import RecordedTraining
+
+
+def heldout_performance(store: ModelStore, chunk_rows: int = 4096
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per observation: accuracy and mean margin over the stored models that did not train on
+    it (the baseline a held-out subgroup is compared with), and how many those are (accuracy
+    and margin are 0 where none is)."""
+    completed = store.completed_indices()
+    n_obs = store.masks.shape[1]
+    held = np.zeros(n_obs)
+    correct = np.zeros(n_obs)
+    margin = np.zeros(n_obs)
+    for start in range(0, completed.size, chunk_rows):
+        rows = completed[start : start + chunk_rows]
+        out = ~read_rows(store.masks, rows)
+        margins = read_rows(store.margins, rows, np.float64)
+        held += out.sum(0)
+        correct += (out & (margins > 0)).sum(0)
+        margin += np.where(out, margins, 0.0).sum(0)
+    denominator = np.maximum(held, 1)
+    return correct / denominator, margin / denominator, held
 
 
 @dataclass

@@ -11,7 +11,6 @@ from scipy.stats import false_discovery_control
 from tqdm.auto import tqdm
 
 from .._anndata import dense_features, get_features, uns_safe
-from .._memmap import read_rows
 from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from .._workers import _RepeatedMasks
@@ -19,32 +18,9 @@ from ..ensemble import EnsembleTrainer, resolve_device
 from ..evaluation import permutation_p_value
 from ..evaluation import signal_to_noise as _snr
 from ..masks import MaskMode
-from ..store import ModelStore
-from ._retrain import retrain_without
+from ._retrain import heldout_performance, retrain_without
 from ._subgroups import UNASSIGNED
 from ._train import RecordedTraining, _check_n_models, recorded_training, training_parts
-
-
-def _heldout_performance(store: ModelStore, chunk_rows: int = 4096
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per observation: accuracy and mean margin over the stored models that did not train on
-    it (the baseline a held-out subgroup is compared with), and how many those are (accuracy
-    and margin are 0 where none is)."""
-    completed = store.completed_indices()
-    n_obs = store.masks.shape[1]
-    held = np.zeros(n_obs)
-    correct = np.zeros(n_obs)
-    margin = np.zeros(n_obs)
-    for start in range(0, completed.size, chunk_rows):
-        rows = completed[start : start + chunk_rows]
-        out = ~read_rows(store.masks, rows)
-        margins = read_rows(store.margins, rows, np.float64)
-        held += out.sum(0)
-        correct += (out & (margins > 0)).sum(0)
-        margin += np.where(out, margins, 0.0).sum(0)
-    denominator = np.maximum(held, 1)
-    return correct / denominator, margin / denominator, held
-
 
 NULL_SETS = ("neighbourhood", "random")
 
@@ -219,7 +195,7 @@ def validate_subgroups(
         raise ValueError(f"no subgroup of {subgroup_key!r} can be tested (sizes must lie in "
                          f"[min_size={min_size}, half the class]).")
 
-    base_accuracy, base_margin, _ = _heldout_performance(training.store)
+    base_accuracy, base_margin, _ = heldout_performance(training.store)
     accuracy, margin = _train_without(training, sets, n_models, seed, device, chunk_size,
                                       settings.progress(verbose))
     acc_drop = np.array([base_accuracy[s].mean() for s in sets]) - accuracy
