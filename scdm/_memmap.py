@@ -45,13 +45,53 @@ def _release(array: np.ndarray, first: int, last: int) -> None:
             pass
 
 
+class RowSubset:
+    """Rows ``rows`` (sorted indices) of a 2-d array or memmap, read only when asked for.
+
+    ``store.masks[completed]`` copies every completed row into memory (15 GB for CIFAR-10 at
+    α = 0.5); a ``RowSubset`` has the shape and dtype of that copy, and :func:`read_rows` (the
+    solver's reader) reads its chunks straight from the file.
+    """
+
+    def __init__(self, array: Any, rows: Any) -> None:
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= len(array))):
+            raise IndexError(f"rows must be indices into the {len(array)} rows of the array.")
+        if rows.size > 1 and (np.diff(rows) <= 0).any():
+            raise ValueError("rows must be sorted and distinct.")
+        self.base, self.rows = array, rows
+        self.shape = (rows.size, *array.shape[1:])
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, None)
+        picked = self.rows[rows]
+        if np.ndim(picked) == 0:
+            row = np.asarray(self.base[int(picked)])
+            return row if cols is None else row[cols]
+        return read_rows(self.base, picked, cols=cols)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return read_rows(self.base, self.rows, dtype)
+
+    def __repr__(self) -> str:
+        return f"RowSubset({self.shape[0]} of {len(self.base)} rows, dtype={self.dtype})"
+
+
 def read_rows(array: Any, idx: np.ndarray | slice, dtype: Any = None,
               cols: slice | None = None) -> np.ndarray:
     """Copy rows ``idx`` (sorted indices or a slice) of ``array``, columns ``cols``, to memory.
 
     For memmaps the pages read are released afterwards, so streaming a file in chunks keeps
-    the resident set at one chunk.
+    the resident set at one chunk. ``array`` may be a :class:`RowSubset`.
     """
+    if isinstance(array, RowSubset):
+        return read_rows(array.base, array.rows[idx], dtype, cols)
     if isinstance(idx, slice):
         first, last = idx.start or 0, (idx.stop or len(array)) - 1
         part = array[idx]

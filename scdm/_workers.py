@@ -156,14 +156,26 @@ def write_recipe(store_path: str | Path, recipe: TrainingRecipe) -> None:
 
 
 def targets_are_training_samples(store_path: str | Path, masks_width: int,
-                                 margins_width: int) -> bool:
-    """Whether target ``j`` of a store is training sample ``j`` (datamodels are then fitted on
-    the models that did not train on it): as its recipe says, else when the widths agree."""
+                                 margins_width: int, stated: bool | None = None) -> bool:
+    """Whether target ``j`` of a store is training sample ``j`` (its datamodel is then chosen
+    on the models that did not train on it): as ``stated``, else as the store's recipe says.
+
+    A store without a recipe (made from a spec, or by MadryLab's code) must say: equal widths
+    do not tell margins on the training samples from margins on as many test samples.
+    """
     recipe_file = Path(store_path) / RECIPE_FILE
-    if recipe_file.exists():
+    if stated is None and recipe_file.exists():
         kind = json.loads(recipe_file.read_text()).get("kind", "mlp")
-        return bool(_recipe_class(kind).targets_are_training)
-    return masks_width == margins_width
+        stated = bool(_recipe_class(kind).targets_are_training)
+    if stated is None:
+        raise ValueError(
+            f"the store {store_path} has no training recipe that says whether its targets are "
+            "its training samples; pass --targets-are-training yes (margins recorded on the "
+            "training samples themselves) or no (test targets).")
+    if stated and masks_width != margins_width:
+        raise ValueError(f"targets that are the training samples need as many margin columns "
+                         f"as mask columns; the store has {margins_width} and {masks_width}.")
+    return stated
 
 
 def read_recipe(store_path: str | Path) -> TrainingRecipe:
@@ -179,18 +191,18 @@ def read_recipe(store_path: str | Path) -> TrainingRecipe:
     return _recipe_class(settings.pop("kind", "mlp")).from_files(data, settings)
 
 
-def parse_range(text: str, n_models: int) -> tuple[int, int]:
+def parse_range(text: str, n_models: int, flag: str = "--models") -> tuple[int, int]:
     """``"START:STOP"`` (either side may be empty) → a checked ``(start, stop)``."""
     try:
         start_text, stop_text = text.split(":")
         start = int(start_text) if start_text else 0
         stop = int(stop_text) if stop_text else n_models
     except ValueError:
-        raise ValueError(f"--models must look like START:STOP (e.g. 0:1000), got {text!r}."
+        raise ValueError(f"{flag} must look like START:STOP (e.g. 0:1000), got {text!r}."
                          ) from None
     if not 0 <= start < stop <= n_models:
-        raise ValueError(f"--models {text} must satisfy 0 <= START < STOP <= {n_models} (the "
-                         "store's number of models).")
+        what = "the store's number of models" if flag == "--models" else "the number there is"
+        raise ValueError(f"{flag} {text} must satisfy 0 <= START < STOP <= {n_models} ({what}).")
     return start, stop
 
 
@@ -244,5 +256,190 @@ def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "
     except BaseException:
         beat.finish("failed")
         raise
+    beat.finish("done")
+    return trained
+
+
+# ---------------------------------------------------------------------- a user's main()
+# MadryLab's worker contract: ``main(index=i, logdir=DIR)`` trains model ``i`` however the user
+# likes and returns ``{field: array}`` for the store's schema. The store's rows, completion
+# flags and heartbeats are scdm's; the training is the user's.
+
+@dataclass(frozen=True)
+class UserMain:
+    """A user's training function named as ``MODULE[:FUNC]`` or ``path/to/file.py[:FUNC]``.
+
+    Picklable (a Ray task imports it again on its node). ``args`` are extra command-line
+    arguments: ``sys.argv`` holds them while ``main`` runs (fastargs/argparse scripts, as with
+    MadryLab's worker, read them there), and ``--name=value`` / ``--name value`` pairs whose
+    ``name`` is a parameter of ``main`` (or ``main`` takes ``**kwargs``) are also passed as
+    keyword arguments, with values read as JSON where they parse (``2`` → 2) and as strings
+    otherwise.
+    """
+
+    target: str
+    args: tuple[str, ...] = ()
+    sys_path: tuple[str, ...] = ()
+    func: Any = None  # a callable given directly (Ray pickles it by value)
+
+    @classmethod
+    def resolve(cls, target: str, args: tuple[str, ...] | list[str] = ()) -> UserMain:
+        """Check that ``target`` imports and names a callable, before any model is trained;
+        the current directory and a file's folder go on the import path (as ``python -m``)."""
+        paths = [os.getcwd()]
+        module = target.partition(":")[0]
+        if module.endswith(".py"):
+            file = Path(module).resolve()
+            if not file.is_file():
+                raise FileNotFoundError(f"--main-import {target!r}: no file {file}.")
+            paths.insert(0, str(file.parent))
+        main = cls(target=target, args=tuple(str(a) for a in args), sys_path=tuple(paths))
+        main.load()
+        return main
+
+    def load(self):
+        import sys
+
+        if self.func is not None:
+            return self.func
+        for entry in reversed(self.sys_path):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        module_name, _, func_name = self.target.partition(":")
+        func_name = func_name or "main"
+        if module_name.endswith(".py"):
+            module_name = Path(module_name).stem
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ImportError(
+                f"cannot import {module_name!r} for --main-import {self.target!r} ({err}); give "
+                "a module importable from the current directory (package.module) or a .py "
+                "file path.") from err
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise ValueError(f"{module_name!r} has no function {func_name!r}; --main-import "
+                             "takes MODULE[:FUNC] with FUNC(index=..., logdir=...) (default "
+                             "main).")
+        return func
+
+    def keywords(self, func) -> dict[str, Any]:
+        """The ``args`` that ``func`` accepts as keyword arguments."""
+        import inspect
+
+        params = inspect.signature(func).parameters
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        out: dict[str, Any] = {}
+        args = list(self.args)
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if not arg.startswith("--"):
+                continue
+            name, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i < len(args) and not args[i].startswith("--"):
+                    value = args[i]
+                    i += 1
+                else:
+                    value = "true"
+            if not name.isidentifier() or name in ("index", "logdir"):
+                continue
+            if var_kw or (name in params and params[name].kind in (
+                    params[name].POSITIONAL_OR_KEYWORD, params[name].KEYWORD_ONLY)):
+                try:
+                    out[name] = json.loads(value)
+                except ValueError:
+                    out[name] = value
+        return out
+
+
+def check_row(result: Any, schema: dict[str, tuple[np.dtype, tuple[int, ...]]], index: int
+              ) -> dict[str, np.ndarray]:
+    """What a user's ``main`` returned for model ``index``, checked against the store's schema
+    (names, shapes, dtypes, finite values) and cast to the field dtypes, one row each."""
+    from .store import COMPLETED
+
+    where = f"main() for model {index}"
+    if not isinstance(result, dict):
+        raise TypeError(f"{where} returned {type(result).__name__}; it must return a dict "
+                        f"{{field: array}} with the fields {sorted(schema)}.")
+    if COMPLETED in result:
+        raise ValueError(f"{where} returned {COMPLETED!r}; scdm sets the completion flags "
+                         "itself, after the row is written. Drop that key.")
+    missing, unknown = set(schema) - set(result), set(result) - set(schema)
+    if missing or unknown:
+        raise ValueError(f"{where} returned the fields {sorted(result)}, the store's schema "
+                         f"has {sorted(schema)} (missing {sorted(missing)}, unknown "
+                         f"{sorted(unknown)}); return exactly the schema's fields.")
+    rows = {}
+    for name, (dtype, shape) in schema.items():
+        value = result[name]
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value)
+        if value.shape != shape:
+            raise ValueError(f"{where}: field {name!r} has shape {value.shape}, the schema says "
+                             f"{shape}.")
+        kind = value.dtype.kind
+        if kind not in "biuf":
+            raise TypeError(f"{where}: field {name!r} is {value.dtype}, not numbers.")
+        if dtype.kind == "b" and kind != "b" and not np.isin(value, (0, 1)).all():
+            raise ValueError(f"{where}: field {name!r} is a boolean field (mask) but holds "
+                             "values other than 0/1.")
+        if dtype.kind in "iu" and kind == "f" and not (np.isfinite(value).all() and (
+                value == np.round(value)).all()):
+            raise ValueError(f"{where}: field {name!r} is {dtype} but holds non-integer values.")
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = value.astype(dtype)
+        if dtype.kind == "f" and not np.isfinite(cast).all():
+            bad = "NaN or inf" if not np.isfinite(value).all() else f"values beyond {dtype}"
+            raise ValueError(f"{where}: field {name!r} holds {bad}; nothing was written for "
+                             "this model. Fix the training (or widen the field's dtype).")
+        rows[name] = cast[None]
+    return rows
+
+
+def run_main_worker(store_path: str | Path, main: UserMain, start: int, stop: int, *,
+                    redo: bool = False, progress: bool = False) -> int:
+    """Call the user's ``main`` for each incomplete model in ``[start, stop)`` and write its
+    row, then its completion flag; return how many models were trained.
+
+    Idempotent like :func:`run_worker` (completed models are skipped unless ``redo``), with a
+    heartbeat for ``scdm status``. ``main`` gets ``index`` and ``logdir`` (``STORE/workers/
+    <index>``, as MadryLab's worker gives). A returned row that does not fit the schema is an
+    error before anything of that model is written; rows written before stay.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    path = Path(store_path)
+    store = ModelStore.open(path, writable=True)
+    schema = store.schema
+    func = main.load()
+    kwargs = main.keywords(func)
+    todo = np.arange(start, stop)
+    if not redo:
+        todo = todo[~store.completed[start:stop]]
+    beat = _Heartbeat(path, start, stop, int(todo.size))
+    argv = sys.argv
+    trained = 0
+    try:
+        sys.argv = [main.target, *main.args]
+        for index in tqdm(todo, desc="models (user main)", unit="model", disable=not progress):
+            logdir = path / WORKERS_DIR / str(int(index))
+            logdir.mkdir(parents=True, exist_ok=True)
+            row = check_row(func(index=int(index), logdir=str(logdir), **kwargs), schema,
+                            int(index))
+            store.write([int(index)], **row)
+            trained += 1
+            beat.update(trained)
+    except BaseException:
+        beat.finish("failed")
+        raise
+    finally:
+        sys.argv = argv
     beat.finish("done")
     return trained

@@ -1,10 +1,12 @@
 """Command line: ``scdm run`` — datamodels end to end on an .h5ad (or bundled data) — and the
-scheduler-friendly pieces ``scdm store init``, ``scdm train``, ``scdm fit``, ``scdm status``."""
+scheduler-friendly pieces ``scdm store init``, ``scdm train``, ``scdm worker`` (a user's own
+``main(index, logdir)``, MadryLab's contract), ``scdm fit``, ``scdm status``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -259,6 +261,12 @@ def _evidence_lines(adata, groups: str) -> list[str]:
 
 
 def _store_init(args: argparse.Namespace) -> int:
+    if args.spec is not None:
+        return _store_from_spec(args)
+    if args.input is None or args.label_key is None:
+        raise ValueError("scdm store init needs an .h5ad INPUT and --label-key (a built-in "
+                         "recipe), or --spec spec.json (MadryLab's spec; fill it with scdm "
+                         "worker --main-import).")
     import anndata as ad
 
     from ._workers import Recipe
@@ -283,6 +291,36 @@ def _store_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_from_spec(args: argparse.Namespace) -> int:
+    from .store import ModelStore
+
+    if args.input is not None:
+        raise ValueError("--spec makes a store for a user's main(); it takes no .h5ad INPUT.")
+    store = ModelStore.from_spec(args.store, args.spec)
+    print(f"store {store.path}: {store.n_completed}/{store.n_models} models complete, fields "
+          f"{store.fields}. Fill it with: scdm worker --store {store.path} --main-import "
+          "MODULE[:FUNC] --models START:STOP [-- ARGS]")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ._workers import parse_range
+    from .io import train_with_main
+    from .store import ModelStore
+
+    store = ModelStore.open(args.store)
+    start, stop = parse_range(args.models, store.n_models)
+    trained = train_with_main(args.store, args.main_import, models=(start, stop),
+                              args=args.main_args, backend=args.backend, redo=args.redo,
+                              task_size=args.task_size, ray_address=args.ray_address,
+                              num_cpus_per_task=args.num_cpus_per_task,
+                              num_gpus_per_task=args.num_gpus_per_task, progress=not args.quiet)
+    store = ModelStore.open(args.store)
+    print(f"trained {trained} models of [{start}, {stop}) with {args.main_import}; store "
+          f"{store.n_completed}/{store.n_models} complete")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from ._workers import parse_range, run_worker
     from .store import ModelStore
@@ -297,27 +335,106 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_defaults() -> dict:
+    """``scdm fit``'s defaults are ``tl.fit_datamodels``' (they exist once)."""
+    import inspect
+
+    from .tl import fit_datamodels
+
+    params = inspect.signature(fit_datamodels).parameters
+    return {name: params[name].default for name in (
+        "n_lambdas", "eps", "val_fraction", "tol", "path_tol", "min_rows", "precompute",
+        "memory_budget", "random_state")}
+
+
 def _fit(args: argparse.Namespace) -> int:
-    from ._workers import targets_are_training_samples
+    if args.merge:
+        return _fit_merge(args)
+    if args.store is None:
+        raise ValueError("scdm fit needs --store (or --merge FILE ... --out FILE).")
+    from ._memmap import RowSubset
+    from ._workers import parse_range, targets_are_training_samples
     from .io import write_datamodels_pt
-    from .regression import LassoPath, fit_datamodels_path
+    from .regression import fit_datamodels_path
     from .store import ModelStore
+    from .tl._fit import lasso_for
 
     store = ModelStore.open(args.store)
     completed = store.completed_indices()
     if completed.size < store.n_models and not args.allow_incomplete:
         raise ValueError(f"the store has {completed.size} of {store.n_models} models complete; "
                          "finish it with scdm train, or pass --allow-incomplete.")
-    X, Y = ((store.masks, store.margins) if completed.size == store.n_models else
-            (store.masks[completed], store.margins[completed]))
-    in_sample = targets_are_training_samples(args.store, X.shape[1], Y.shape[1])
-    model = fit_datamodels_path(LassoPath(device=args.device, verbose=not args.quiet), X, Y,
-                                targets_are_training=in_sample)
-    out = Path(args.out) if args.out else Path(args.store) / "datamodels.pt"
-    write_datamodels_pt(model, out)
-    print(f"datamodels of {Y.shape[1]} targets from {X.shape[0]} models written to {out}; "
+    for name in ("masks", "margins"):
+        if name not in store.fields:
+            raise ValueError(f"the store has no {name!r} field (fields: {store.fields}); scdm "
+                             "fit regresses margins on masks.")
+    n_targets = store.margins.shape[1]
+    t0, t1 = parse_range(args.targets, n_targets, "--targets") if args.targets else (
+        0, n_targets)
+    in_sample = targets_are_training_samples(
+        args.store, store.masks.shape[1], n_targets,
+        {"auto": None, "yes": True, "no": False}[args.targets_are_training])
+    params = _fit_defaults()
+    params.update({k: v for k, v in (("n_lambdas", args.n_lambdas), ("eps", args.eps),
+                                     ("val_fraction", args.val_fraction), ("tol", args.tol),
+                                     ("min_rows", args.min_rows)) if v is not None})
+    model = lasso_for(params, device=args.device, verbose=not args.quiet)
+    if args.val_rows:  # a range of the store's model indices, as fast_l1's num_train/num_val
+        v0, v1 = parse_range(args.val_rows, store.n_models, "--val-rows")
+        model.set_params(val_rows=np.flatnonzero((completed >= v0) & (completed < v1)))
+    # completed rows and the target range are read from the files in chunks, never copied
+    X = store.masks if completed.size == store.n_models else RowSubset(store.masks, completed)
+    margins = store.margins if (t0, t1) == (0, n_targets) else store.margins[:, t0:t1]
+    Y = margins if completed.size == store.n_models else RowSubset(margins, completed)
+    model = fit_datamodels_path(model, X, Y, targets_are_training=in_sample,
+                                heldout=args.heldout, target_offset=t0 if in_sample else 0)
+    default = "datamodels.pt" if (t0, t1) == (0, n_targets) else f"datamodels.{t0}-{t1}.pt"
+    out = Path(args.out) if args.out else Path(args.store) / default
+    write_datamodels_pt(model, out, extra={"target_start": t0, "target_stop": t1,
+                                           "n_targets_total": n_targets})
+    print(f"datamodels of targets [{t0}, {t1}) from {X.shape[0]} models written to {out}; "
           f"mean {'held-out' if in_sample else 'validation'} correlation "
           f"{float(np.nanmean(model.val_corr_)):.3f}")
+    return 0
+
+
+def _fit_merge(args: argparse.Namespace) -> int:
+    """Join ``scdm fit --targets A:B`` outputs along the targets into one file."""
+    import torch
+
+    from .io import read_datamodels_pt
+
+    if args.out is None:
+        raise ValueError("scdm fit --merge needs --out FILE.")
+    parts = sorted((read_datamodels_pt(f) for f in args.merge),
+                   key=lambda d: int(d.get("target_start", 0)))
+    for f, d in zip(args.merge, parts, strict=True):
+        if "target_start" not in d:
+            raise ValueError(f"{f} has no target range; merge files written by scdm fit "
+                             "--targets A:B.")
+    first = parts[0]
+    total = int(first["n_targets_total"])
+    ranges = [(int(d["target_start"]), int(d["target_stop"])) for d in parts]
+    if ranges[0][0] != 0 or ranges[-1][1] != total or any(
+            a[1] != b[0] for a, b in itertools.pairwise(ranges)):
+        raise ValueError(f"the files cover target ranges {ranges}; they must tile [0, {total}) "
+                         "without gaps or overlaps.")
+    for d in parts[1:]:
+        if d.get("units") != first.get("units") or d["weight"].shape[0] != first[
+                "weight"].shape[0] or int(d["n_targets_total"]) != total:
+            raise ValueError("the files come from different stores or conventions (units, "
+                             "training samples or target count differ).")
+        if "mean" in first and not np.allclose(d["mean"], first["mean"]):
+            raise ValueError("the files were fitted on different models (mask statistics "
+                             "differ); fit every range on the same store and models.")
+    data = {key: torch.from_numpy(np.concatenate([d[key] for d in parts], axis=-1))
+            for key in ("weight", "bias", "lam", "self_influence") if key in first}
+    data.update({key: torch.from_numpy(first[key]) for key in ("mean", "scale") if key in first})
+    data.update({"units": first.get("units"), "target_start": 0, "target_stop": total,
+                 "n_targets_total": total})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in data.items() if v is not None}, args.out)
+    print(f"merged {len(parts)} files ({total} targets) into {args.out}")
     return 0
 
 
@@ -383,10 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     store_cmd = sub.add_parser("store", help="create a store for workers")
     store_sub = store_cmd.add_subparsers(dest="store_command", required=True)
-    init = store_sub.add_parser("init", help="write a store and its training recipe from .h5ad")
-    init.add_argument("input", help=".h5ad file")
+    init = store_sub.add_parser("init", help="write a store and its training recipe from .h5ad, "
+                                "or an empty store from MadryLab's spec.json (--spec)")
+    init.add_argument("input", nargs="?", help=".h5ad file (not with --spec)")
     init.add_argument("--store", required=True, help="store directory (shared filesystem)")
-    init.add_argument("--label-key", required=True)
+    init.add_argument("--spec", help="MadryLab spec.json ({num_models, schema}): a store for "
+                      "scdm worker --main-import (a user's training function)")
+    init.add_argument("--label-key")
     init.add_argument("--use-rep")
     init.add_argument("--group-key")
     init.add_argument("--stratify-key")
@@ -403,22 +523,70 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--device", default="auto")
     train.add_argument("--chunk-size", type=int, default=None)
     train.add_argument("--quiet", action="store_true")
-    fit = sub.add_parser("fit", help="fit a store's datamodels → datamodels.pt (held out "
-                         "where the targets are the training samples)")
-    fit.add_argument("--store", required=True)
-    fit.add_argument("--out", help="default STORE/datamodels.pt")
+    worker = sub.add_parser(
+        "worker", help="one idempotent worker running a user's main(index, logdir) (MadryLab's "
+        "contract) for a range of models",
+        description="Calls MODULE:FUNC(index=i, logdir=STORE/workers/i) for every incomplete "
+        "model i in --models and writes the dict it returns (checked against the store's "
+        "schema), then the model's completion flag. Arguments after -- (and unknown --flags, "
+        "as with MadryLab's worker) go to the user's script: in sys.argv, and as keywords "
+        "where main takes them.")
+    worker.add_argument("--store", required=True)
+    worker.add_argument("--main-import", required=True,
+                        help="MODULE[:FUNC] importable from here, or path/to/file.py[:FUNC]; "
+                        "FUNC defaults to main")
+    worker.add_argument("--models", default=":", help="START:STOP (default: all)")
+    worker.add_argument("--redo", action="store_true", help="also retrain completed models")
+    worker.add_argument("--backend", choices=("local", "ray"), default="local")
+    worker.add_argument("--task-size", type=int, default=64, help="models per Ray task")
+    worker.add_argument("--ray-address", default=None)
+    worker.add_argument("--num-cpus-per-task", type=float, default=1)
+    worker.add_argument("--num-gpus-per-task", type=float, default=0)
+    worker.add_argument("--quiet", action="store_true")
+    fit = sub.add_parser("fit", help="fit a store's datamodels → datamodels.pt (fast_l1's "
+                         "convention; λ chosen on held-out models where the targets are the "
+                         "training samples)")
+    fit.add_argument("--store", help="store directory (scdm's, or one MadryLab's "
+                     "initialize_store and workers wrote)")
+    fit.add_argument("--out", help="default STORE/datamodels.pt (STORE/datamodels.A-B.pt "
+                     "with --targets)")
+    fit.add_argument("--targets", help="START:STOP: fit only these targets (split the work "
+                     "like fast_l1's target_start_ind/target_end_ind; join with --merge)")
+    fit.add_argument("--merge", nargs="+", metavar="FILE", help="join the --targets outputs "
+                     "of one store into --out")
+    fit.add_argument("--targets-are-training", choices=("auto", "yes", "no"), default="auto",
+                     help="whether target j is training sample j (margins on the training "
+                     "samples themselves); auto: as the store's recipe says (a store without "
+                     "one must say)")
+    fit.add_argument("--heldout", action="store_true", help="fit each in-sample target only "
+                     "on the models that did not train on it")
+    fit.add_argument("--n-lambdas", type=int, help="λ values on the path (fast_l1's k)")
+    fit.add_argument("--eps", type=float, help="λ_min / λ_max")
+    fit.add_argument("--val-fraction", type=float, help="share of models that choose λ")
+    fit.add_argument("--val-rows", help="START:STOP: these models (store indices) choose λ "
+                     "instead (fast_l1's num_train/num_val)")
+    fit.add_argument("--tol", type=float, help="duality-gap tolerance at the chosen λ")
+    fit.add_argument("--min-rows", type=int, help="fewest models a target may be fitted on")
     fit.add_argument("--device", default="auto")
     fit.add_argument("--allow-incomplete", action="store_true")
     fit.add_argument("--quiet", action="store_true")
     status = sub.add_parser("status", help="completed / total models and throughput")
     status.add_argument("--store", required=True)
     status.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    commands = {"run": _run, "store": _store_init, "train": _train, "fit": _fit,
-                "status": _status}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    args, unknown = parser.parse_known_args(argv)
+    if (unknown or extra) and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join([*unknown, *extra])} (arguments for "
+                     "a user's script go to scdm worker)")
+    args.main_args = [*unknown, *extra]  # for the user's main() (scdm worker)
+    commands = {"run": _run, "store": _store_init, "train": _train, "worker": _worker,
+                "fit": _fit, "status": _status}
     try:
         return commands[args.command](args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, MemoryError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, ImportError,
+            MemoryError) as err:
         print(f"scdm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

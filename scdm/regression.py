@@ -61,8 +61,9 @@ class _Rows:
 
     def __init__(self, X, Y, S, rows: np.ndarray, block: tuple[int, int], *,
                  mean: torch.Tensor, scale: torch.Tensor, device: torch.device,
-                 dtype: torch.dtype, chunk_rows: int, cache_bytes: int):
+                 dtype: torch.dtype, chunk_rows: int, cache_bytes: int, offset: int = 0):
         self.X, self.Y, self.S, self.rows, self.block = X, Y, S, rows, block
+        self.offset = offset  # "heldout": target t keeps the rows where feature offset + t is 0
         self.mean, self.scale = mean, scale
         self.device, self.dtype, self.chunk_rows = device, dtype, max(1, int(chunk_rows))
         width = X.shape[1] + 2 * (block[1] - block[0])
@@ -82,7 +83,7 @@ class _Rows:
             if self.S is None:
                 Sc = None
             elif isinstance(self.S, str):
-                Sc = 1.0 - Xc[:, t0:t1]
+                Sc = 1.0 - Xc[:, self.offset + t0 : self.offset + t1]
             else:
                 Sc = self._read(self.S, idx, slice(t0, t1))
             yield Xc, Yc, Sc
@@ -414,13 +415,17 @@ class LassoPath:
 
     # ------------------------------------------------------------------ validation
     @staticmethod
-    def _check_weight(name: str, weight, X, Y):
+    def _check_weight(name: str, weight, X, Y, offset: int = 0):
         if isinstance(weight, str):
             if weight != HELDOUT:
                 raise ValueError(f"{name} must be an array, None or {HELDOUT!r}.")
-            if X.shape[1] != Y.shape[1]:
+            if offset == 0 and X.shape[1] != Y.shape[1]:
                 raise ValueError(f"{name}='heldout' pairs target t with feature t, so X and Y "
                                  f"need as many columns; got {X.shape[1]} and {Y.shape[1]}.")
+            if not 0 <= offset <= X.shape[1] - Y.shape[1]:
+                raise ValueError(f"{name}='heldout' pairs target t with feature target_offset "
+                                 f"+ t; target_offset={offset} with {Y.shape[1]} targets needs "
+                                 f"0 <= target_offset <= {X.shape[1] - Y.shape[1]}.")
         elif weight is not None:
             weight = _as_2d(name, weight)
             if tuple(weight.shape) != tuple(Y.shape):
@@ -428,13 +433,14 @@ class LassoPath:
                                  f"{tuple(weight.shape)}.")
         return weight
 
-    def _check(self, X, Y, sample_weight, val_sample_weight):
+    def _check(self, X, Y, sample_weight, val_sample_weight, offset: int = 0):
         X, Y = _as_2d("X", X), _as_2d("Y", Y)
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; both need one "
                              "row per model.")
-        sample_weight = self._check_weight("sample_weight", sample_weight, X, Y)
-        val_sample_weight = self._check_weight("val_sample_weight", val_sample_weight, X, Y)
+        sample_weight = self._check_weight("sample_weight", sample_weight, X, Y, offset)
+        val_sample_weight = self._check_weight("val_sample_weight", val_sample_weight, X, Y,
+                                               offset)
         if not 0.0 < float(self.eps) < 1.0:
             raise ValueError(f"eps (λ_min/λ_max) must lie in (0, 1), got {self.eps}.")
         if self.val_rows is None and not 0.0 <= float(self.val_fraction) < 1.0:
@@ -453,7 +459,8 @@ class LassoPath:
                 raise ValueError("Y contains NaN or inf; drop those models (rows) first.")
         return X, Y, sample_weight, val_sample_weight
 
-    def _validation_counts(self, X, S, val: np.ndarray, n_targets: int) -> np.ndarray:
+    def _validation_counts(self, X, S, val: np.ndarray, n_targets: int, offset: int = 0
+                           ) -> np.ndarray:
         """Validation rows (total weight) per target, in one pass over the validation rows."""
         counts = np.zeros(n_targets)
         for start in range(0, val.size, 8192):
@@ -461,7 +468,8 @@ class LassoPath:
             if S is None:
                 counts += idx.size
             elif isinstance(S, str):
-                counts += (read_rows(X, idx, np.float32) == 0).sum(0)
+                counts += (read_rows(X, idx, np.float32, slice(offset, offset + n_targets))
+                           == 0).sum(0)
             else:
                 counts += read_rows(S, idx, np.float64).sum(0)
         return counts
@@ -486,7 +494,8 @@ class LassoPath:
         return train, val
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, Y, sample_weight=None, val_sample_weight=None) -> LassoPath:
+    def fit(self, X, Y, sample_weight=None, val_sample_weight=None, *, target_offset: int = 0
+            ) -> LassoPath:
         """Fit the path for every column of ``Y``.
 
         Parameters
@@ -504,14 +513,18 @@ class LassoPath:
             ``sample_weight``. Datamodels fitted on every model (``sample_weight=None``) are
             scored with ``"heldout"``: on the validation models that did not train on the
             target, where its own mask column cannot explain the margin.
+        target_offset
+            With ``"heldout"`` weights, target ``t`` is feature ``target_offset + t``: the
+            targets are a range of the training samples (``scdm fit --targets A:B``).
         """
-        X, Y, S, S_val = self._check(X, Y, sample_weight, val_sample_weight)
+        offset = int(target_offset)
+        X, Y, S, S_val = self._check(X, Y, sample_weight, val_sample_weight, offset)
         S_val = S if S_val is None else S_val
         device = resolve_device(self.device)
         n_rows, p = X.shape
         n_targets = Y.shape[1]
         train, val = self._split(n_rows)
-        self.n_val_rows_ = self._validation_counts(X, S_val, val, n_targets)
+        self.n_val_rows_ = self._validation_counts(X, S_val, val, n_targets, offset)
         if val.size and self.n_val_rows_.min() < MIN_VAL_ROWS:
             worst = int(np.argmin(self.n_val_rows_))
             text = (f"target {worst} is scored on only {self.n_val_rows_[worst]:g} of the "
@@ -547,7 +560,8 @@ class LassoPath:
         k = int(self.n_lambdas) if lam_path is None else lam_path.shape[0]
         self.path_ = {key: np.full((k, n_targets), np.nan) for key in
                       ("lambda", "train_mse", "val_mse", "nnz")}
-        common = dict(mean=mean, scale=scale, device=device, dtype=dtype, chunk_rows=chunk_rows)
+        common = dict(mean=mean, scale=scale, device=device, dtype=dtype, chunk_rows=chunk_rows,
+                      offset=offset)
         # cache budget: the training rows get most of it, validation/all rows the rest
         cache = {"train": budget // 2, "val": budget // 8, "all": budget // 4}
         progress = settings.progress(self.verbose)
@@ -813,7 +827,7 @@ class LassoPath:
 
 
 def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = True,
-                        heldout: bool = False) -> LassoPath:
+                        heldout: bool = False, target_offset: int = 0) -> LassoPath:
     """Fit ``model`` the datamodels way and return it; rows are models, ``X`` their masks.
 
     - Targets that are not training samples (test images): every row counts for every target.
@@ -826,6 +840,9 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
       unchanged. Measured on planted data (``workflows/benchmarks/fit_modes.py``) this is
       8-17× faster than ``heldout=True`` (the gap grows with the samples) at a higher LDS.
     - ``heldout=True``: target ``t`` is fitted only on the models that did not train on it.
+
+    ``target_offset``: the columns of ``Y`` are training samples ``target_offset …
+    target_offset + n_targets − 1`` (a range of the targets, fitted on its own).
     """
     if not targets_are_training:
         if heldout:
@@ -834,15 +851,15 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
         model.fit(X, Y)
         model.self_influence_ = None
         return model
-    if X.shape[1] != Y.shape[1]:
+    if target_offset == 0 and X.shape[1] != Y.shape[1]:
         raise ValueError(f"targets that are the training samples need as many mask columns as "
                          f"margin columns; got {X.shape[1]} and {Y.shape[1]}.")
     if heldout:
-        model.fit(X, Y, sample_weight=HELDOUT)
+        model.fit(X, Y, sample_weight=HELDOUT, target_offset=target_offset)
         model.self_influence_ = None
         return model
-    model.fit(X, Y, val_sample_weight=HELDOUT)
-    diagonal = np.arange(Y.shape[1])
-    model.self_influence_ = model.coef_[diagonal, diagonal].copy()
-    model.coef_[diagonal, diagonal] = 0.0
+    model.fit(X, Y, val_sample_weight=HELDOUT, target_offset=target_offset)
+    targets = np.arange(Y.shape[1])
+    model.self_influence_ = model.coef_[target_offset + targets, targets].copy()
+    model.coef_[target_offset + targets, targets] = 0.0
     return model

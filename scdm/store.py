@@ -5,6 +5,12 @@ A store is a directory in the MadryLab datamodels layout: one ``.npy`` file per 
 such as ``heldout_accuracy.npy``), ``_completed.npy`` (``M`` bool), and ``spec.json`` with the
 schema, the number of models and a fingerprint of the configuration that produced it.
 
+``spec.json`` names dtypes as MadryLab's specs do (numpy attribute names: ``"bool_"``,
+``"float16"``), so MadryLab's ``preprocess_spec`` accepts it; a MadryLab spec is accepted as an
+input too (:meth:`ModelStore.from_spec`), and a directory that MadryLab's
+``initialize_store`` and workers wrote opens as a store without anything being written into it
+(:meth:`ModelStore.from_madrylab`).
+
 Writers fill disjoint rows. Each write puts every field of its rows on disk (``pwrite`` +
 ``fsync``) *before* it sets the rows' completion flags, so a row flagged complete is never torn,
 however a worker dies. Many processes can therefore fill one store at once. Readers see the
@@ -32,6 +38,79 @@ STORE_VERSION = 1
 
 class StoreMismatchError(ValueError):
     """An existing store was written with a configuration other than the one asked for."""
+
+
+def spec_dtype_name(dtype: Any) -> str:
+    """A dtype as MadryLab's specs name it: the numpy attribute (``"bool_"``, ``"float16"``).
+
+    Their ``preprocess_spec`` accepts a dtype only when ``hasattr(numpy, name)``; ``"bool"`` is
+    not such an attribute on numpy 1.24–1.26, so booleans are ``"bool_"``. A dtype without a
+    numpy attribute (a non-native byte order) keeps numpy's ``str`` form.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "bool_"
+    name = dtype.name
+    attr = getattr(np, name, None)
+    if isinstance(attr, type) and issubclass(attr, np.generic) and np.dtype(attr) == dtype:
+        return name
+    return dtype.str
+
+
+def parse_spec_dtype(name: Any, field: str = "?") -> np.dtype:
+    """The dtype of a spec entry: a numpy attribute name (MadryLab), or any numpy dtype string
+    (``"|b1"``, ``"<f2"``: what stores written before scdm 0.1 hold)."""
+    attr = getattr(np, name, None) if isinstance(name, str) else None
+    try:
+        if isinstance(attr, type) and issubclass(attr, np.generic):
+            return np.dtype(attr)
+        return np.dtype(name)
+    except TypeError:
+        raise ValueError(
+            f"field {field!r}: unknown dtype {name!r}; use a numpy dtype name such as "
+            "'bool_', 'float16', 'float32' or 'uint8'.") from None
+
+
+def _schema_of(spec_schema: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """``{field: (dtype, row shape)}`` of a spec's schema, whichever way its dtypes are named."""
+    return {name: (parse_spec_dtype(f["dtype"], name), tuple(int(s) for s in f["shape"]))
+            for name, f in spec_schema.items()}
+
+
+def check_madrylab_spec(spec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Validate a MadryLab ``spec.json`` (``{"num_models": M, "schema": {field: {"dtype",
+    "shape"}}}``) and return its schema as ``{field: (dtype, row shape)}``.
+
+    Raises a ``ValueError`` that names the offending field and the fix.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError("a spec must be a JSON object with 'num_models' and 'schema'.")
+    missing = [key for key in ("num_models", "schema") if key not in spec]
+    if missing:
+        raise ValueError(f"the spec has no {' or '.join(map(repr, missing))}; a MadryLab spec "
+                         'looks like {"num_models": 100, "schema": {"masks": {"shape": [50000], '
+                         '"dtype": "bool_"}, "margins": {"shape": [10000], "dtype": '
+                         '"float16"}}}.')
+    n_models = spec["num_models"]
+    if isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1:
+        raise ValueError(f"num_models must be a positive integer, got {n_models!r}.")
+    schema = spec["schema"]
+    if not isinstance(schema, Mapping) or not schema:
+        raise ValueError("the spec's schema must map at least one field to {dtype, shape}.")
+    if COMPLETED in schema:
+        raise ValueError(f"the field name {COMPLETED!r} is reserved for the completion flags; "
+                         "rename that field.")
+    out = {}
+    for name, entry in schema.items():
+        if not isinstance(entry, Mapping) or "dtype" not in entry or "shape" not in entry:
+            raise ValueError(f"field {name!r} needs a 'dtype' and a 'shape', got {entry!r}.")
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise ValueError(f"field {name!r}: shape must be a list of non-negative integers "
+                             f"(e.g. [50000], or [] for one number per model), got {shape!r}.")
+        out[str(name)] = (parse_spec_dtype(entry["dtype"], name), tuple(shape))
+    return out
 
 
 def _normalize(value: Any) -> Any:
@@ -93,6 +172,14 @@ def _write_npy_header(path: Path, shape: tuple[int, ...], dtype: np.dtype, offse
     return True
 
 
+def _is_scdm_store(path: Path) -> bool:
+    """Whether ``path`` holds a ``spec.json`` that scdm wrote (not a user's MadryLab spec)."""
+    try:
+        return json.loads((path / SPEC_FILE).read_text()).get("format") == STORE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class ObsView:
     """A lazy ``n_obs × n_models`` (transposed) view of a ``n_models × n_obs`` store field.
 
@@ -141,15 +228,18 @@ class ModelStore:
     :attr:`margins`, :attr:`completed`); rows are written with :meth:`write`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, writable: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, writable: bool = False,
+                 spec: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        spec_path = self.path / SPEC_FILE
-        if not spec_path.is_file():
-            raise FileNotFoundError(
-                f"no scdm store at {self.path} (no {SPEC_FILE}). Create one with "
-                "ModelStore.create, or read a MadryLab directory with ModelStore.from_madrylab."
-            )
-        self.spec = json.loads(spec_path.read_text())
+        if spec is None:
+            spec_path = self.path / SPEC_FILE
+            if not spec_path.is_file():
+                raise FileNotFoundError(
+                    f"no scdm store at {self.path} (no {SPEC_FILE}). Create one with "
+                    "ModelStore.create, or read a MadryLab directory with "
+                    "ModelStore.from_madrylab.")
+            spec = json.loads(spec_path.read_text())
+        self.spec = dict(spec)
         self.writable = writable
         self._memmaps: dict[str, np.ndarray] = {}
         self._check_files()
@@ -190,8 +280,8 @@ class ModelStore:
         if COMPLETED in schema:
             raise ValueError(f"{COMPLETED!r} is reserved for the completion flags.")
         fingerprint = _normalize(dict(fingerprint or {}))
-        spec_schema = {name: {"dtype": dt.str, "shape": list(shape)} for name, (dt, shape) in
-                       schema.items()}
+        spec_schema = {name: {"dtype": spec_dtype_name(dt), "shape": list(shape)}
+                       for name, (dt, shape) in schema.items()}
 
         if (path / SPEC_FILE).exists():
             if not resume:
@@ -237,9 +327,10 @@ class ModelStore:
                 ) -> ModelStore:
         store = cls(path, writable=True)
         diffs = fingerprint_differences(store.fingerprint, fingerprint)
+        # compared as dtypes: stores written before the MadryLab names said "|b1", not "bool_"
         diffs += [
             f"schema: store has {store.spec['schema']}, this call has {spec_schema}"
-        ] if _normalize(store.spec["schema"]) != _normalize(spec_schema) else []
+        ] if _schema_of(store.spec["schema"]) != _schema_of(spec_schema) else []
         if diffs:
             raise StoreMismatchError(
                 f"the store at {path} was written with another configuration:\n  - "
@@ -254,8 +345,16 @@ class ModelStore:
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = False,
              fingerprint: Mapping[str, Any] | None = None) -> ModelStore:
-        """Open an existing store; with ``fingerprint``, refuse one made with another config."""
-        store = cls(path, writable=writable)
+        """Open an existing store; with ``fingerprint``, refuse one made with another config.
+
+        A directory written by MadryLab's ``initialize_store`` and workers (no scdm
+        ``spec.json``) opens through :meth:`from_madrylab`, with an empty fingerprint.
+        """
+        path = Path(path)
+        if not _is_scdm_store(path) and (path / f"{COMPLETED}.npy").is_file():
+            store = cls.from_madrylab(path, writable=writable)
+        else:
+            store = cls(path, writable=writable)
         if fingerprint is not None:
             diffs = fingerprint_differences(store.fingerprint, fingerprint)
             if diffs:
@@ -266,17 +365,37 @@ class ModelStore:
         return store
 
     @classmethod
+    def from_spec(cls, path: str | os.PathLike, spec: Mapping[str, Any] | str | os.PathLike,
+                  *, resume: bool = True) -> ModelStore:
+        """Create (or resume) a store from a MadryLab ``spec.json`` (a path or its dict).
+
+        The directory gets what MadryLab's ``initialize_store`` makes (one ``<field>.npy`` per
+        schema field and ``_completed.npy``, ``num_models`` rows each) plus scdm's
+        ``spec.json``, so MadryLab's workers and ``np.load`` read it as theirs, and ``scdm
+        worker --main-import`` fills it with a user's training function.
+        """
+        if isinstance(spec, (str, os.PathLike)):
+            spec_file = Path(spec)
+            try:
+                spec = json.loads(spec_file.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{spec_file} is not valid JSON: {err}") from None
+        schema = check_madrylab_spec(spec)
+        return cls.create(path, n_models=int(spec["num_models"]), schema=schema,
+                          fingerprint={"source": "madrylab-spec"}, resume=resume)
+
+    @classmethod
     def from_madrylab(cls, path: str | os.PathLike, *, writable: bool = False) -> ModelStore:
         """Open a directory written by MadryLab's ``datamodels`` (``*.npy`` + ``_completed.npy``).
 
-        A ``spec.json`` is added describing the files already there (nothing else is changed),
-        so the directory then opens as an scdm store with an empty fingerprint.
+        The spec is read off the ``.npy`` headers and kept in memory: nothing is written into
+        the directory (a read-only folder opens, and a ``spec.json`` of the user's is never
+        touched). The store has an empty fingerprint; ``writable=True`` lets workers fill its
+        rows.
         """
         path = Path(path)
-        if (path / SPEC_FILE).is_file():
-            spec = json.loads((path / SPEC_FILE).read_text())
-            if spec.get("format") == STORE_FORMAT:
-                return cls(path, writable=writable)
+        if _is_scdm_store(path):
+            return cls(path, writable=writable)
         completed = path / f"{COMPLETED}.npy"
         if not completed.is_file():
             raise FileNotFoundError(
@@ -293,13 +412,10 @@ class ModelStore:
                 raise ValueError(
                     f"{file.name} has shape {shape}, but _completed.npy says {n_models} models."
                 )
-            schema[file.stem] = {"dtype": dtype.str, "shape": list(shape[1:])}
+            schema[file.stem] = {"dtype": spec_dtype_name(dtype), "shape": list(shape[1:])}
         spec = {"format": STORE_FORMAT, "version": STORE_VERSION, "num_models": int(n_models),
                 "schema": schema, "fingerprint": {}, "imported_from": "madrylab"}
-        tmp = path / f".{SPEC_FILE}.tmp"
-        tmp.write_text(json.dumps(spec, indent=2))
-        os.replace(tmp, path / SPEC_FILE)
-        return cls(path, writable=writable)
+        return cls(path, writable=writable, spec=spec)
 
     # ------------------------------------------------------------------ description
     @property
@@ -314,12 +430,17 @@ class ModelStore:
     def fields(self) -> list[str]:
         return list(self.spec["schema"])
 
+    @property
+    def schema(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """``{field: (dtype, row shape)}`` (without the completion flags)."""
+        return _schema_of(self.spec["schema"])
+
     def _file(self, name: str) -> Path:
         return self.path / f"{name}.npy"
 
     def _check_files(self) -> None:
-        expected = {name: (np.dtype(f["dtype"]), (self.n_models, *f["shape"]))
-                    for name, f in self.spec["schema"].items()}
+        expected = {name: (dtype, (self.n_models, *shape))
+                    for name, (dtype, shape) in self.schema.items()}
         expected[COMPLETED] = (np.dtype(bool), (self.n_models,))
         for name, (dtype, shape) in expected.items():
             file = self._file(name)
@@ -400,9 +521,9 @@ class ModelStore:
             raise ValueError(f"write needs exactly the fields {self.fields}; "
                              f"missing {sorted(missing)}, unknown {sorted(extra)}.")
         rows = {}
+        schema = self.schema
         for name, values in fields.items():
-            f = self.spec["schema"][name]
-            dtype, shape = np.dtype(f["dtype"]), (idx.size, *f["shape"])
+            dtype, shape = schema[name][0], (idx.size, *schema[name][1])
             values = np.asarray(values)
             if values.shape != shape:
                 raise ValueError(f"field {name!r}: expected shape {shape}, got {values.shape}.")
@@ -451,6 +572,8 @@ class ModelStore:
             if not _write_npy_header(self._file(name), new_shape, dtype, offset):
                 self._rewrite_grown(name, new_shape, dtype, offset)
         self.spec["num_models"] = int(n_models)
+        if self.spec.get("imported_from") == "madrylab" and not _is_scdm_store(self.path):
+            return  # the spec of a MadryLab directory lives in memory only
         tmp = self.path / f".{SPEC_FILE}.tmp"
         tmp.write_text(json.dumps(self.spec, indent=2))
         os.replace(tmp, self.path / SPEC_FILE)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from scdm.io import load_published, read_datamodels_pt
+from scdm.io import load_published, read_datamodels, read_datamodels_pt
 from scdm.regression import LassoPath
 from scdm.store import ModelStore, StoreMismatchError
 from scdm.vision import (
@@ -257,14 +257,14 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     masks, margins = load_published(out / "store/masks.npy", out / "store/margins.npy")
     assert masks.shape == (200, 100) and margins.shape == (200, 50)
     refit = LassoPath(random_state=0, verbose=False).fit(masks, margins)
-    saved = read_datamodels_pt(out / "datamodels.pt")
-    np.testing.assert_allclose(saved["weight"], refit.coef_, atol=1e-6)
+    saved = read_datamodels(out / "datamodels.pt")
+    assert saved.units == "standardized" and not saved.inferred
+    np.testing.assert_allclose(saved.weight, refit.coef_, atol=1e-6)
 
     # rerunning resumes: nothing is trained again, the same datamodels come out
     again = run_pipeline(["--smoke", "--out", str(out), "--quiet"])
     assert again["training"]["trained_now"] == 0 and again["lds"]["trained_now"] == 0
-    np.testing.assert_allclose(read_datamodels_pt(out / "datamodels.pt")["weight"],
-                               saved["weight"])
+    np.testing.assert_allclose(read_datamodels(out / "datamodels.pt").weight, saved.weight)
 
 
 def test_pipeline_refuses_bad_settings_before_work(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.linear_model import Lasso, lasso_path
 
-from scdm.io import load_published, read_datamodels_pt, write_datamodels_pt
+from scdm.io import load_published, read_datamodels, read_datamodels_pt, write_datamodels_pt
 from scdm.regression import LassoPath
 
 
@@ -173,14 +173,24 @@ def test_constant_feature_gets_zero_weight():
     assert np.isfinite(model.intercept_).all()
 
 
-def test_datamodels_pt_roundtrip(tmp_path):
+@pytest.mark.parametrize("units", ["standardized", "raw"])
+def test_datamodels_pt_roundtrip(tmp_path, units):
     X, Y, _ = planted(n=300, p=10, n_targets=3)
+    X[:, 4] = True  # a constant column: scale 0, weight 0 in both conventions
     model = LassoPath(n_lambdas=5, verbose=False).fit(X, Y)
-    data = read_datamodels_pt(write_datamodels_pt(model, tmp_path / "datamodels.pt"))
-    assert data["weight"].shape == (10, 3)
-    np.testing.assert_array_equal(data["weight"], model.coef_)
+    path = write_datamodels_pt(model, tmp_path / "datamodels.pt", units=units)
+    data = read_datamodels_pt(path)
+    assert data["weight"].shape == (10, 3) and data["units"] == units
     np.testing.assert_allclose(data["lam"], model.lambda_, rtol=1e-6)
-    np.testing.assert_allclose(data["bias"], model.intercept_)
+    back = read_datamodels(path)
+    assert back.units == units and not back.inferred
+    np.testing.assert_allclose(back.weight, model.coef_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(back.predict(X), model.predict(X), rtol=1e-5, atol=1e-5)
+    if units == "standardized":  # fast_l1's formula, with the file's own statistics
+        scale = np.where(data["scale"] > 0, data["scale"], 1.0)
+        pred = (X - data["mean"]) / scale @ data["weight"] + data["bias"]
+        np.testing.assert_allclose(pred, model.predict(X), rtol=1e-5, atol=1e-5)
+        assert data["weight"][4].max() == 0 and np.allclose(data["bias"], Y.mean(0), atol=0.2)
 
 
 @pytest.mark.parametrize(("kwargs", "fit", "match"), [

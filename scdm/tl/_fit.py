@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._anndata import uns_safe
-from .._memmap import read_rows
+from .._memmap import RowSubset, read_rows
 from .._settings import settings
 from ..regression import MIN_VAL_ROWS, LassoPath, fit_datamodels_path
 from ._train import store_of
@@ -214,8 +214,8 @@ def fit_datamodels(
         )
     if completed.size == n_models:  # memmaps straight through, streamed by the solver
         X, Y = model_store.masks, model_store.margins
-    else:
-        X, Y = model_store.masks[completed], model_store.margins[completed]
+    else:  # read from the files in chunks, never copied whole
+        X, Y = RowSubset(model_store.masks, completed), RowSubset(model_store.margins, completed)
     check_heldout_rows(X, adata.obs_names, heldout=heldout, val_fraction=val_fraction,
                        min_rows=min_rows)
     adata = adata.copy() if copy else adata
