@@ -387,7 +387,7 @@ def _fit(args: argparse.Namespace) -> int:
     margins = store.margins if (t0, t1) == (0, n_targets) else store.margins[:, t0:t1]
     Y = margins if completed.size == store.n_models else RowSubset(margins, completed)
     model = fit_datamodels_path(model, X, Y, targets_are_training=in_sample,
-                                heldout=args.heldout, target_offset=t0 if in_sample else 0)
+                                heldout=args.heldout, target_offset=t0 if in_sample else None)
     default = "datamodels.pt" if (t0, t1) == (0, n_targets) else f"datamodels.{t0}-{t1}.pt"
     out = Path(args.out) if args.out else Path(args.store) / default
     write_datamodels_pt(model, out, extra={"target_start": t0, "target_stop": t1,

@@ -60,9 +60,43 @@ def predict_margins(weights, masks: np.ndarray, intercept: np.ndarray | None = N
     return pred if intercept is None else pred + np.asarray(intercept, dtype=np.float64)
 
 
+ROWS = ("targets", "train")
+
+
+def as_targets_by_train(weights, n_train: int, n_targets: int, rows: str | None = None):
+    """``weights`` oriented targets × training samples, from either orientation.
+
+    scdm's ``obsp`` holds targets × train (row = target); TRAK, dattri and ``datamodels.pt``
+    use train × targets. ``rows`` says which (``"targets"`` or ``"train"``); without it the
+    shapes decide, and a square matrix (as many targets as training samples) is an error,
+    since both readings fit it.
+    """
+    if rows is not None and rows not in ROWS:
+        raise ValueError(f"rows must be one of {ROWS} (what the rows of weights are), got "
+                         f"{rows!r}.")
+    shape = tuple(weights.shape)
+    readings = {"targets": (n_targets, n_train), "train": (n_train, n_targets)}
+    if rows is None:
+        fits = [name for name, want in readings.items() if shape == want]
+        if not fits:
+            raise ValueError(
+                f"weights {shape} fit neither targets × train {readings['targets']} nor train "
+                f"× targets {readings['train']} for masks over {n_train} training samples and "
+                f"margins of {n_targets} targets.")
+        if len(fits) == 2:
+            raise ValueError(
+                f"weights are square ({shape[0]} × {shape[1]}), so their orientation is "
+                "ambiguous: pass rows='targets' (row = target, as adata.obsp) or rows='train' "
+                "(row = training sample, as TRAK scores, dattri and datamodels.pt).")
+        rows = fits[0]
+    if shape != readings[rows]:
+        raise ValueError(f"weights with rows={rows!r} must be {readings[rows]}, got {shape}.")
+    return weights if rows == "targets" else weights.T
+
+
 def linear_datamodeling_score(weights, masks: np.ndarray, margins: np.ndarray, *,
-                              intercept: np.ndarray | None = None, heldout: bool = False
-                              ) -> np.ndarray:
+                              rows: str | None = None, intercept: np.ndarray | None = None,
+                              heldout: bool = False) -> np.ndarray:
     """Linear datamodeling score (LDS) per target.
 
     For fresh training subsets (``masks``, ``n_models × n_train``) and the margins that models
@@ -72,9 +106,14 @@ def linear_datamodeling_score(weights, masks: np.ndarray, margins: np.ndarray, *
     Parameters
     ----------
     weights
-        Datamodels, ``n_targets × n_train`` (row = target), dense or sparse.
+        Datamodels or attribution scores, dense or sparse: ``n_targets × n_train`` (``rows=
+        "targets"``, as ``adata.obsp``) or ``n_train × n_targets`` (``rows="train"``, as TRAK,
+        dattri and ``datamodels.pt``).
     masks, margins
         The evaluation models (never used to fit ``weights``).
+    rows
+        What the rows of ``weights`` are; needed when ``weights`` is square (see
+        :func:`as_targets_by_train`).
     intercept
         Per-target intercept (does not change a rank correlation; kept for predictions).
     heldout
@@ -83,23 +122,32 @@ def linear_datamodeling_score(weights, masks: np.ndarray, margins: np.ndarray, *
 
     Returns
     -------
-    ndarray (n_targets,): Spearman correlation per target; 0 where the datamodel is all zero
-    (a constant prediction), NaN where fewer than 3 models count.
+    ndarray (n_targets,): Spearman correlation per target; NaN where the datamodel is all zero
+    (it predicts nothing: excluded from means, as TRAK and dattri do) or fewer than 3 models
+    count.
     """
     masks = np.asarray(masks, dtype=bool)
     margins = np.asarray(margins, dtype=np.float64)
-    n_targets, n_train = weights.shape
-    if masks.shape[1] != n_train or margins.shape != (masks.shape[0], n_targets):
-        raise ValueError(
-            f"weights are {n_targets} targets × {n_train} training samples, so masks must be "
-            f"n_models × {n_train} and margins n_models × {n_targets}; got {masks.shape} and "
-            f"{margins.shape}.")
+    if masks.ndim != 2 or margins.ndim != 2 or masks.shape[0] != margins.shape[0]:
+        raise ValueError(f"masks {masks.shape} and margins {margins.shape} must be 2-d with one "
+                         "row per evaluation model.")
+    n_train, n_targets = masks.shape[1], margins.shape[1]
+    weights = as_targets_by_train(weights, n_train, n_targets, rows)
     if heldout and n_targets != n_train:
         raise ValueError("heldout=True pairs target j with training sample j; weights must be "
                          "square.")
     pred = predict_margins(weights, masks, intercept)
     keep = ~masks if heldout else None
-    return spearman_columns(pred, margins, keep)
+    scores = spearman_columns(pred, margins, keep)
+    scores[all_zero_rows(weights)] = np.nan
+    return scores
+
+
+def all_zero_rows(weights) -> np.ndarray:
+    """Targets (rows of a targets × train matrix, dense or sparse) whose weights are all 0."""
+    if sparse.issparse(weights):
+        return np.asarray(abs(weights).sum(axis=1)).ravel() == 0
+    return ~np.any(np.asarray(weights) != 0, axis=1)
 
 
 def signal_to_noise(margins: np.ndarray, masks: np.ndarray | None = None) -> dict:

@@ -14,10 +14,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ._memmap import RowSubset
 from .regression import LassoPath
 from .store import ModelStore
 
@@ -203,19 +205,36 @@ def _mse(weight, bias, masks, margins) -> float:
     return total / max(count, 1)
 
 
-def load_published(masks: str | os.PathLike, margins: str | os.PathLike
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def load_published(masks: str | os.PathLike, margins: str | os.PathLike, *,
+                   rows: slice | np.ndarray | None = None) -> tuple[Any, Any]:
     """Memory-map published ``train_masks_*.npy`` and ``*_margins_*.npy`` (models × …).
 
     Nothing is read into memory: pass the result straight to ``LassoPath.fit``, which streams
-    rows in chunks.
+    rows in chunks. ``rows`` keeps some models only (a slice, sorted indices or a boolean
+    mask), e.g. ``slice(0, -10_000)`` to leave out the evaluation models the published
+    matrices end with; the result then reads those rows from the files on demand
+    (:class:`scdm._memmap.RowSubset`), never copying them whole.
     """
     X = np.load(Path(masks), mmap_mode="r")
     Y = np.load(Path(margins), mmap_mode="r")
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"masks {X.shape} and margins {Y.shape} must be 2-d with one row per "
                          "model each.")
-    return X, Y
+    if rows is None:
+        return X, Y
+    if isinstance(rows, slice):
+        kept = np.arange(X.shape[0])[rows]
+        if kept.size and (np.diff(kept) < 0).any():
+            kept = np.sort(kept)
+        if kept.size and rows.step in (None, 1):  # a contiguous range stays a memmap view
+            return X[kept[0] : kept[-1] + 1], Y[kept[0] : kept[-1] + 1]
+    else:
+        kept = np.asarray(rows)
+    if kept.size == 0 or (kept.dtype == bool and not kept.any()):
+        raise ValueError("rows keeps no model.")
+    if kept.dtype == bool and kept.shape != (X.shape[0],):
+        raise ValueError(f"a boolean rows needs one entry per model ({X.shape[0]}).")
+    return RowSubset(X, kept), RowSubset(Y, kept)
 
 
 def train_with_main(store: str | os.PathLike | ModelStore, main: str | Callable, *,

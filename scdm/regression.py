@@ -415,14 +415,14 @@ class LassoPath:
 
     # ------------------------------------------------------------------ validation
     @staticmethod
-    def _check_weight(name: str, weight, X, Y, offset: int = 0):
+    def _check_weight(name: str, weight, X, Y, offset: int | None = None):
         if isinstance(weight, str):
             if weight != HELDOUT:
                 raise ValueError(f"{name} must be an array, None or {HELDOUT!r}.")
-            if offset == 0 and X.shape[1] != Y.shape[1]:
+            if offset is None and X.shape[1] != Y.shape[1]:
                 raise ValueError(f"{name}='heldout' pairs target t with feature t, so X and Y "
                                  f"need as many columns; got {X.shape[1]} and {Y.shape[1]}.")
-            if not 0 <= offset <= X.shape[1] - Y.shape[1]:
+            if offset is not None and not 0 <= offset <= X.shape[1] - Y.shape[1]:
                 raise ValueError(f"{name}='heldout' pairs target t with feature target_offset "
                                  f"+ t; target_offset={offset} with {Y.shape[1]} targets needs "
                                  f"0 <= target_offset <= {X.shape[1] - Y.shape[1]}.")
@@ -433,7 +433,7 @@ class LassoPath:
                                  f"{tuple(weight.shape)}.")
         return weight
 
-    def _check(self, X, Y, sample_weight, val_sample_weight, offset: int = 0):
+    def _check(self, X, Y, sample_weight, val_sample_weight, offset: int | None = None):
         X, Y = _as_2d("X", X), _as_2d("Y", Y)
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; both need one "
@@ -494,8 +494,8 @@ class LassoPath:
         return train, val
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, Y, sample_weight=None, val_sample_weight=None, *, target_offset: int = 0
-            ) -> LassoPath:
+    def fit(self, X, Y, sample_weight=None, val_sample_weight=None, *,
+            target_offset: int | None = None) -> LassoPath:
         """Fit the path for every column of ``Y``.
 
         Parameters
@@ -515,10 +515,11 @@ class LassoPath:
             target, where its own mask column cannot explain the margin.
         target_offset
             With ``"heldout"`` weights, target ``t`` is feature ``target_offset + t``: the
-            targets are a range of the training samples (``scdm fit --targets A:B``).
+            targets are a range of the training samples (``scdm fit --targets A:B``). Default:
+            target ``t`` is feature ``t`` (as many features as targets).
         """
-        offset = int(target_offset)
-        X, Y, S, S_val = self._check(X, Y, sample_weight, val_sample_weight, offset)
+        X, Y, S, S_val = self._check(X, Y, sample_weight, val_sample_weight, target_offset)
+        offset = int(target_offset or 0)
         S_val = S if S_val is None else S_val
         device = resolve_device(self.device)
         n_rows, p = X.shape
@@ -827,7 +828,7 @@ class LassoPath:
 
 
 def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = True,
-                        heldout: bool = False, target_offset: int = 0) -> LassoPath:
+                        heldout: bool = False, target_offset: int | None = None) -> LassoPath:
     """Fit ``model`` the datamodels way and return it; rows are models, ``X`` their masks.
 
     - Targets that are not training samples (test images): every row counts for every target.
@@ -842,7 +843,8 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
     - ``heldout=True``: target ``t`` is fitted only on the models that did not train on it.
 
     ``target_offset``: the columns of ``Y`` are training samples ``target_offset …
-    target_offset + n_targets − 1`` (a range of the targets, fitted on its own).
+    target_offset + n_targets − 1`` (a range of the targets, fitted on its own); ``None``:
+    they are all the training samples, in order.
     """
     if not targets_are_training:
         if heldout:
@@ -851,7 +853,7 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
         model.fit(X, Y)
         model.self_influence_ = None
         return model
-    if target_offset == 0 and X.shape[1] != Y.shape[1]:
+    if target_offset is None and X.shape[1] != Y.shape[1]:
         raise ValueError(f"targets that are the training samples need as many mask columns as "
                          f"margin columns; got {X.shape[1]} and {Y.shape[1]}.")
     if heldout:
@@ -860,6 +862,7 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
         return model
     model.fit(X, Y, val_sample_weight=HELDOUT, target_offset=target_offset)
     targets = np.arange(Y.shape[1])
-    model.self_influence_ = model.coef_[target_offset + targets, targets].copy()
-    model.coef_[target_offset + targets, targets] = 0.0
+    features = (target_offset or 0) + targets
+    model.self_influence_ = model.coef_[features, targets].copy()
+    model.coef_[features, targets] = 0.0
     return model

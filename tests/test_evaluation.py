@@ -55,7 +55,8 @@ def test_lds_is_far_above_shuffled_weights(evaluated):
     masks, margins = np.asarray(store.masks), np.asarray(store.margins)
     W = dense(adata.obsp["datamodels"])
     shuffled = W[:, np.random.default_rng(0).permutation(W.shape[1])]
-    null = np.nanmean(linear_datamodeling_score(shuffled, masks, margins, heldout=True))
+    null = np.nanmean(linear_datamodeling_score(shuffled, masks, margins, rows="targets",
+                                                heldout=True))
     assert abs(null) < 0.1
     assert info["mean"] > null + 0.3
     # evaluation subsets come from their own stream, never the training masks
@@ -206,3 +207,28 @@ def test_evaluation_rejects_bad_input(planted):
         scdm.pl.lds(adata, show=False)
     with pytest.raises(KeyError, match="no validation"):
         scdm.pl.validation(adata, show=False)
+
+
+def test_lds_orientation_is_explicit_and_all_zero_datamodels_score_nan():
+    """A square matrix in the wrong orientation used to be scored silently (0.04 instead of
+    0.93 in a trial); TRAK/dattri layouts (train × targets) are read as such."""
+    rng = np.random.default_rng(0)
+    n_train, n_targets, n_models = 30, 30, 400
+    W = rng.normal(size=(n_targets, n_train)) * (rng.random((n_targets, n_train)) < 0.2)
+    W[5] = 0.0  # an all-zero datamodel
+    masks = rng.random((n_models, n_train)) < 0.5
+    margins = masks @ W.T + 0.1 * rng.normal(size=(n_models, n_targets))
+    with pytest.raises(ValueError, match=r"square.*rows='targets'"):
+        linear_datamodeling_score(W, masks, margins)
+    right = linear_datamodeling_score(W, masks, margins, rows="targets")
+    assert np.nanmean(right) > 0.9
+    np.testing.assert_array_equal(linear_datamodeling_score(W.T, masks, margins, rows="train"),
+                                  right)
+    assert np.isnan(right[5]) and np.isfinite(np.delete(right, 5)).all()
+    wrong = linear_datamodeling_score(W.T, masks, margins, rows="targets")
+    assert np.nanmean(wrong) < 0.3  # what a silent transpose gave
+    # non-square: the shapes decide, either orientation
+    tall = linear_datamodeling_score(W[:10].T, masks, margins[:, :10])
+    np.testing.assert_allclose(tall, right[:10])
+    with pytest.raises(ValueError, match="fit neither"):
+        linear_datamodeling_score(W[:10, :20], masks, margins[:, :10])

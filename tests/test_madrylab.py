@@ -31,7 +31,7 @@ USER_MAIN = textwrap.dedent("""
     SPARSE = np.random.default_rng(1).random((N, N)) < 0.1
     TRUE = np.random.default_rng(0).normal(size=(N, N)) * SPARSE
 
-    def main(*_, index, logdir, noise=0.05, scale=1.0):
+    def main(*_, index, logdir, noise=0.5, scale=1.0):
         rng = np.random.default_rng(index)
         mask = rng.random(N) < 0.5
         margins = scale * (mask @ TRUE) + noise * rng.normal(size=N)
@@ -131,10 +131,10 @@ def test_worker_runs_a_user_main_idempotently(tmp_path, user_module, capsys):
     # two workers on overlapping ranges, extra arguments after --, MadryLab style
     first = run_cli("worker", "--store", str(store.path), "--main-import",
                     f"{user_module}:main", "--models", "0:200", "--quiet", "--",
-                    "--noise", "0.05", "--trainer.multiple=2")
+                    "--noise", "0.5", "--trainer.multiple=2")
     assert first.returncode == 0, first.stderr
     second = run_cli("worker", "--store", str(store.path), "--main-import", "user_train",
-                     "--models", "100:300", "--quiet", "--noise=0.05", cwd=tmp_path)
+                     "--models", "100:300", "--quiet", "--noise=0.5", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "trained 100 models" in second.stdout
     store = ModelStore.open(store.path)
@@ -148,7 +148,7 @@ def test_worker_runs_a_user_main_idempotently(tmp_path, user_module, capsys):
     np.testing.assert_array_equal(store.masks[7], expected["masks"])
     np.testing.assert_array_equal(store.margins[7], expected["margins"].astype(np.float16))
     argv = (store.path / "workers" / "7" / "argv.txt").read_text()
-    assert argv == "--noise 0.05 --trainer.multiple=2"  # sys.argv as the script expects
+    assert argv == "--noise 0.5 --trainer.multiple=2"  # sys.argv as the script expects
     # a rerun trains nothing and rewrites nothing; status sees the workers
     before = (store.path / "margins.npy").read_bytes()
     capsys.readouterr()
@@ -244,3 +244,70 @@ def test_migration_fit_their_store_and_predict_their_way(tmp_path, user_module):
     ours = read_datamodels(out).predict(masks)
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
     assert np.corrcoef(ours.ravel(), margins.ravel())[0, 1] > 0.9  # and they predict
+
+
+def test_fit_target_ranges_merge_to_the_whole_fit(tmp_path, user_module, capsys):
+    """fast_l1 users split the targets over jobs; in-sample targets keep their own mask column
+    (target t is training sample A + t) and the merged file equals one fit of all targets."""
+    store = ModelStore.from_spec(tmp_path / "s", SPEC)
+    train_with_main(store.path, str(user_module), models=(0, 280))
+    flags = ["--allow-incomplete", "--targets-are-training", "yes", "--quiet", "--val-fraction",
+             "0.2"]
+    # a store without a recipe must say what its targets are
+    assert cli.main(["fit", "--store", str(store.path), "--allow-incomplete", "--quiet"]) == 2
+    assert "--targets-are-training" in capsys.readouterr().err
+    assert cli.main(["fit", "--store", str(store.path), *flags]) == 0
+    parts = []
+    for a, b in ((0, 15), (15, 40)):
+        assert cli.main(["fit", "--store", str(store.path), "--targets", f"{a}:{b}", *flags]
+                        ) == 0
+        parts.append(str(store.path / f"datamodels.{a}-{b}.pt"))
+    assert cli.main(["fit", "--merge", *parts, "--out", str(tmp_path / "merged.pt")]) == 0
+    whole, merged = read_datamodels(store.path / "datamodels.pt"), read_datamodels(
+        tmp_path / "merged.pt")
+    np.testing.assert_allclose(merged.weight, whole.weight, atol=1e-5)
+    np.testing.assert_allclose(merged.self_influence, whole.self_influence, atol=1e-5)
+    assert np.diag(merged.weight).max() == 0 and np.abs(merged.self_influence).max() > 0
+    # overlapping or incomplete ranges are refused
+    assert cli.main(["fit", "--merge", parts[1], "--out", str(tmp_path / "m2.pt")]) == 2
+    assert "tile [0, 40)" in capsys.readouterr().err
+    assert cli.main(["fit", "--store", str(store.path), "--targets", "30:50", *flags]) == 2
+    assert "STOP <= 40" in capsys.readouterr().err
+
+
+def test_published_rows_and_completed_rows_are_streamed(tmp_path):
+    from scdm._memmap import RowSubset
+    from scdm.io import load_published
+    from scdm.regression import LassoPath
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((500, 12)) < 0.5
+    margins = (masks @ rng.normal(size=(12, 4))).astype(np.float16)
+    np.save(tmp_path / "train_masks.npy", masks)
+    np.save(tmp_path / "margins.npy", margins)
+    X, Y = load_published(tmp_path / "train_masks.npy", tmp_path / "margins.npy",
+                          rows=slice(0, -100))  # leave out the last 100 (evaluation) models
+    assert isinstance(X, np.memmap) and X.shape == (400, 12) and Y.shape == (400, 4)
+    keep = np.flatnonzero(np.arange(500) % 3 != 0)
+    Xs, Ys = load_published(tmp_path / "train_masks.npy", tmp_path / "margins.npy", rows=keep)
+    assert isinstance(Xs, RowSubset) and Xs.shape == (keep.size, 12)
+    np.testing.assert_array_equal(Xs[5:9], masks[keep[5:9]])
+    np.testing.assert_array_equal(np.asarray(Ys), margins[keep])
+    settings = {"n_lambdas": 5, "verbose": False}
+    streamed = LassoPath(row_chunk_size=50, **settings).fit(Xs, Ys)
+    copied = LassoPath(row_chunk_size=50, **settings).fit(masks[keep], margins[keep])
+    np.testing.assert_allclose(streamed.coef_, copied.coef_, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sorted"):
+        RowSubset(masks, [3, 1])
+
+
+def test_stores_written_before_the_madrylab_dtype_names_still_resume(tmp_path):
+    schema = {"masks": (np.bool_, (5,)), "margins": (np.float32, (5,))}
+    store = ModelStore.create(tmp_path / "s", n_models=4, schema=schema, fingerprint={"a": 1})
+    spec = json.loads((tmp_path / "s" / "spec.json").read_text())
+    assert spec["schema"]["masks"]["dtype"] == "bool_"
+    spec["schema"] = {"masks": {"dtype": "|b1", "shape": [5]},
+                      "margins": {"dtype": "<f4", "shape": [5]}}  # as older scdm wrote them
+    (tmp_path / "s" / "spec.json").write_text(json.dumps(spec))
+    store = ModelStore.create(tmp_path / "s", n_models=6, schema=schema, fingerprint={"a": 1})
+    assert store.n_models == 6 and store.schema["masks"] == (np.dtype(bool), (5,))

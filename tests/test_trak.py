@@ -299,7 +299,8 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
 
     masks, margins = _evaluation_models(ModelStore.open(adata.uns["trak"]["lds"]["store"]),
                                         60, 1)
-    dense = linear_datamodeling_score(adata.obsp["trak"], masks, margins, heldout=True)
+    dense = linear_datamodeling_score(adata.obsp["trak"], masks, margins, rows="targets",
+                                      heldout=True)
     np.testing.assert_allclose(adata.obs["trak_lds"], dense, atol=1e-4)
     scdm.tl.model_count_curve(adata, key="trak")
     curve = adata.uns["trak"]["model_curve"]

@@ -121,21 +121,24 @@ def lds(
     if trak:  # predictions from the low-rank factors: no n × n matrix needed
         scores = _trak_lds(adata, key, masks, margins, None, device)
     else:
-        scores = linear_datamodeling_score(weights, masks, margins, intercept=intercept,
-                                           heldout=True)
+        scores = linear_datamodeling_score(weights, masks, margins, rows="targets",
+                                           intercept=intercept, heldout=True)
     adata.obs[f"{key}_lds"] = scores.astype(np.float32)
     accuracy = eval_store.field("heldout_accuracy")[: n_masks * n_seeds]
     info = dict(adata.uns[key])
     info["lds"] = {
         "mean": float(np.nanmean(scores)),
         "median": float(np.nanmedian(scores)),
+        # all-zero datamodels (and targets too few models left out) score NaN, not 0
+        "n_excluded": int(np.isnan(scores).sum()),
         "store": str(eval_store.path.resolve()),
         "params": {"n_models": n_masks, "n_seeds": n_seeds, "random_state": random_state,
                    "heldout": True},
         "mean_heldout_accuracy": float(np.nanmean(accuracy)),
     }
     adata.uns[key] = uns_safe(info)
-    logger.info("LDS over %d evaluation models: mean %.3f", n_masks, info["lds"]["mean"])
+    logger.info("LDS over %d evaluation models: mean %.3f (%d targets without a score: all-zero "
+                "datamodels)", n_masks, info["lds"]["mean"], info["lds"]["n_excluded"])
     return adata if copy else None
 
 
@@ -277,7 +280,8 @@ def model_count_curve(
             corr, W, b = model.val_corr_, model.coef_.T, model.intercept_
         mean_corr.append(float(np.nanmean(corr)))
         if evaluation is not None:
-            scores = linear_datamodeling_score(W, *evaluation, intercept=b, heldout=True)
+            scores = linear_datamodeling_score(W, *evaluation, rows="targets", intercept=b,
+                                               heldout=True)
             mean_lds.append(float(np.nanmean(scores)))
         else:
             mean_lds.append(float("nan"))

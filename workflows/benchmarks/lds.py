@@ -52,7 +52,8 @@ def main() -> None:
         W = W.toarray() if hasattr(W, "toarray") else np.asarray(W)
         shuffled = W[:, np.random.default_rng(0).permutation(W.shape[1])]
         null = np.nanmean(linear_datamodeling_score(shuffled, np.asarray(store.masks),
-                                                    np.asarray(store.margins), heldout=True))
+                                                    np.asarray(store.margins), rows="targets",
+                                                    heldout=True))
 
         start = time.perf_counter()
         scdm.tl.model_count_curve(adata)

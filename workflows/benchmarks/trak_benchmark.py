@@ -206,8 +206,8 @@ def _run_traker(make, label: str, case: dict, rows: list) -> np.ndarray:
 def _record(scores: np.ndarray, label: str, seconds: float, case: dict, rows: list) -> None:
     from scdm.evaluation import linear_datamodeling_score
 
-    lds = linear_datamodeling_score(scores.T, case["eval_masks"], case["eval_margins"],
-                                    heldout=True)
+    lds = linear_datamodeling_score(scores, case["eval_masks"], case["eval_margins"],
+                                    rows="train", heldout=True)
     rows.append({"scenario": case["name"], "method": label, "seconds": seconds,
                  "lds": float(np.nanmean(lds))})
     print(f"{case['name']:10s} {label:34s} LDS {np.nanmean(lds):.3f}  {seconds:6.1f} s",

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         timing = train(lds_store, lds_recipe, args.lds_models, args, "LDS models")
         lds_store = ModelStore.open(lds_store.path)
         lds = linear_datamodeling_score(weights, lds_store.masks, lds_store.margins,
-                                        intercept=lasso.intercept_)
+                                        rows="targets", intercept=lasso.intercept_)
         np.save(out / "lds.npy", lds)
         summary["lds"] = {"mean": float(np.nanmean(lds)), "models": args.lds_models, **timing}
 
