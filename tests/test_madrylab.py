@@ -47,6 +47,9 @@ USER_MAIN = textwrap.dedent("""
         out["margins"][3] = np.nan if index == 5 else out["margins"][3]
         return out
 
+    def missing_key(*_, index, logdir):
+        return {{"masks": main(index=index, logdir=logdir)["masks"]}}
+
     def extra_key(*_, index, logdir):
         return {{**main(index=index, logdir=logdir), "_completed": True}}
 """).format(n=N_TRAIN)
@@ -170,6 +173,7 @@ def test_worker_runs_a_user_main_idempotently(tmp_path, user_module, capsys):
     ("bad_shape", "field 'margins' has shape"),
     ("nan_margin", "NaN or inf"),
     ("extra_key", "completion flags"),
+    ("missing_key", r"missing \['margins'\]"),
     ("missing", "no function 'missing'"),
 ])
 def test_bad_user_main_is_an_error_and_the_store_keeps_its_rows(tmp_path, user_module, func,
@@ -238,9 +242,9 @@ def test_migration_fit_their_store_and_predict_their_way(tmp_path, user_module):
     assert data["weight"].shape == (N_TRAIN, N_TRAIN) and data["units"] == "standardized"
     masks = np.array([v["masks"] for v in val], dtype=np.float32)
     margins = np.array([v["margins"] for v in val])
-    scale = np.where(data["scale"].numpy() > 0, data["scale"].numpy(), 1.0)
-    theirs = (masks - data["mean"].numpy()) / scale @ data["weight"].numpy() \
-        + data["bias"].numpy()
+    masks_t = torch.from_numpy(masks)  # fast_l1's normalisation, in torch as theirs
+    theirs = (((masks_t - data["mean"]) / (data["scale"] + 1e-32)) @ data["weight"]
+              + data["bias"]).numpy()
     ours = read_datamodels(out).predict(masks)
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
     assert np.corrcoef(ours.ravel(), margins.ravel())[0, 1] > 0.9  # and they predict
@@ -311,3 +315,18 @@ def test_stores_written_before_the_madrylab_dtype_names_still_resume(tmp_path):
     (tmp_path / "s" / "spec.json").write_text(json.dumps(spec))
     store = ModelStore.create(tmp_path / "s", n_models=6, schema=schema, fingerprint={"a": 1})
     assert store.n_models == 6 and store.schema["masks"] == (np.dtype(bool), (5,))
+
+
+def test_datamodels_pt_orientation_and_units_are_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = rng.random((200, 6)) < 0.5
+    torch.save({"weight": torch.zeros(6, 3), "bias": torch.zeros(3)}, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="does not say its units"):
+        read_datamodels(tmp_path / "a.pt")
+    assert read_datamodels(tmp_path / "a.pt", units="raw").weight.shape == (6, 3)
+    with pytest.raises(ValueError, match="transposed"):
+        read_datamodels(tmp_path / "a.pt", masks=masks[:, :3], units="raw")
+    with pytest.raises(ValueError, match="no 'mean'/'scale'"):
+        read_datamodels(tmp_path / "a.pt", units="standardized")
+    back = read_datamodels(tmp_path / "a.pt", units="standardized", masks=masks)
+    assert back.units == "standardized" and back.weight.shape == (6, 3)

@@ -157,3 +157,24 @@ def test_image_store_on_ray_equals_local(cluster, tmp_path):
         fill_store(stores[backend], recipe, 0, 8, backend=backend, task_size=4,
                    progress=False)
     assert_same_store(ModelStore.open(stores["local"].path), ModelStore.open(stores["ray"].path))
+
+
+def test_user_main_on_ray_equals_local(cluster, tmp_path):
+    """MadryLab's worker contract on Ray: the same user main() fills the same rows."""
+    from test_madrylab import SPEC, USER_MAIN
+
+    from scdm.io import train_with_main
+
+    script = tmp_path / "user_train.py"
+    script.write_text(USER_MAIN)
+    local = ModelStore.from_spec(tmp_path / "local", SPEC)
+    assert train_with_main(local.path, str(script), models=(0, 60)) == 60
+    remote = ModelStore.from_spec(tmp_path / "ray", SPEC)
+    assert train_with_main(remote.path, f"{script}:main", models=(0, 60), backend="ray",
+                           task_size=16) == 60
+    local, remote = ModelStore.open(local.path), ModelStore.open(remote.path)
+    np.testing.assert_array_equal(remote.completed_indices(), np.arange(60))
+    for field in ("masks", "margins"):
+        np.testing.assert_array_equal(local.field(field), remote.field(field))
+    with pytest.raises(ValueError, match="redo"):
+        train_with_main(remote.path, str(script), backend="ray", redo=True)
