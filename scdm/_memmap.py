@@ -108,3 +108,16 @@ def read_rows(array: Any, idx: np.ndarray | slice, dtype: Any = None,
     if _CAN_RELEASE and isinstance(array, np.ndarray) and last >= first:
         _release(array, first, min(last, len(array) - 1))
     return out
+
+
+def column_moments(array: Any, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population standard deviations of a 2-d array, memmap or
+    :class:`RowSubset`, over its rows read in chunks (float64 sums)."""
+    total = np.zeros(array.shape[1])
+    total_sq = np.zeros(array.shape[1])
+    for start in range(0, array.shape[0], chunk_rows):
+        part = read_rows(array, slice(start, min(start + chunk_rows, array.shape[0])), np.float64)
+        total += part.sum(0)
+        total_sq += (part * part).sum(0)
+    mean = total / array.shape[0]
+    return mean, np.sqrt(np.maximum(total_sq / array.shape[0] - mean * mean, 0.0))

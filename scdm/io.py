@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._memmap import RowSubset
+from ._memmap import RowSubset, column_moments
 from .regression import LassoPath
 from .store import ModelStore
 
@@ -106,21 +106,6 @@ class Datamodels:
         return masks @ self.weight + self.intercept
 
 
-def mask_statistics(masks) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and population standard deviations of ``masks`` (rows streamed), as
-    fast_l1 standardises them."""
-    from ._memmap import read_rows
-
-    total = np.zeros(masks.shape[1])
-    total_sq = np.zeros(masks.shape[1])
-    for start in range(0, masks.shape[0], 4096):
-        part = read_rows(masks, slice(start, min(start + 4096, masks.shape[0])), np.float64)
-        total += part.sum(0)
-        total_sq += (part * part).sum(0)
-    mean = total / masks.shape[0]
-    return mean, np.sqrt(np.maximum(total_sq / masks.shape[0] - mean * mean, 0.0))
-
-
 def read_datamodels(path: str | os.PathLike, *, masks=None, margins=None,
                     units: str | None = None) -> Datamodels:
     """Read a ``datamodels.pt`` of either convention into raw mask units.
@@ -164,7 +149,7 @@ def read_datamodels(path: str | os.PathLike, *, masks=None, margins=None,
     if units is None and stats is not None:
         units = "standardized"
     if units in (None, "standardized") and stats is None and masks is not None:
-        stats = mask_statistics(masks)
+        stats = column_moments(masks)  # fast_l1's standardisation
     candidates = {"raw": (weight, bias)}
     if stats is not None:
         mean, scale = stats

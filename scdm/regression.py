@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._memmap import read_rows
+from ._memmap import column_moments, read_rows
 from ._settings import settings
 from .ensemble import resolve_device
 
@@ -642,15 +642,7 @@ class LassoPath:
 
     @staticmethod
     def _standardisation(X, device, chunk_rows) -> tuple[np.ndarray, np.ndarray]:
-        total = np.zeros(X.shape[1])
-        total_sq = np.zeros(X.shape[1])
-        for start in range(0, X.shape[0], chunk_rows):
-            part = read_rows(X, slice(start, min(start + chunk_rows, X.shape[0])), np.float64)
-            total += part.sum(0)
-            total_sq += (part * part).sum(0)
-        mean = total / X.shape[0]
-        var = np.maximum(total_sq / X.shape[0] - mean * mean, 0.0)
-        scale = np.sqrt(var)
+        mean, scale = column_moments(X, chunk_rows)
         scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 0.0
         return mean, scale
 
