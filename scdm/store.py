@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -403,15 +404,29 @@ class ModelStore:
                 "<field>.npy per field plus _completed.npy."
             )
         (n_models,), _, _ = _read_npy_header(completed)
+        # the user's own spec.json (MadryLab's format), where there is one, names the fields
+        user_spec = None
+        if (path / SPEC_FILE).is_file():
+            try:
+                user_spec = check_madrylab_spec(json.loads((path / SPEC_FILE).read_text()))
+            except ValueError:
+                user_spec = None
+        files = ([path / f"{name}.npy" for name in user_spec] if user_spec is not None else
+                 [f for f in sorted(path.glob("*.npy")) if f.stem != COMPLETED])
         schema = {}
-        for file in sorted(path.glob("*.npy")):
-            if file.stem == COMPLETED:
-                continue
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"{path / SPEC_FILE} names the field {file.stem!r}, "
+                                        f"but {file.name} is missing.")
             shape, dtype, _ = _read_npy_header(file)
             if not shape or shape[0] != n_models:
-                raise ValueError(
-                    f"{file.name} has shape {shape}, but _completed.npy says {n_models} models."
-                )
+                if user_spec is not None:
+                    raise ValueError(f"{file.name} has shape {shape}, but _completed.npy says "
+                                     f"{n_models} models.")
+                warnings.warn(f"{file} has shape {shape}, not one row per model "
+                              f"({n_models}); it is not read as a field of the store.",
+                              stacklevel=2)
+                continue
             schema[file.stem] = {"dtype": spec_dtype_name(dtype), "shape": list(shape[1:])}
         spec = {"format": STORE_FORMAT, "version": STORE_VERSION, "num_models": int(n_models),
                 "schema": schema, "fingerprint": {}, "imported_from": "madrylab"}
