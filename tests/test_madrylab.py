@@ -330,3 +330,18 @@ def test_datamodels_pt_orientation_and_units_are_checked(tmp_path):
         read_datamodels(tmp_path / "a.pt", units="standardized")
     back = read_datamodels(tmp_path / "a.pt", units="standardized", masks=masks)
     assert back.units == "standardized" and back.weight.shape == (6, 3)
+
+
+def test_madrylab_directory_fields_come_from_their_spec_or_the_row_count(tmp_path):
+    logdir = tmp_path / "madry"
+    logdir.mkdir()
+    madrylab_initialize_store(logdir, SPEC)
+    np.save(logdir / "notes.npy", np.zeros(3))  # something else the user keeps there
+    with pytest.warns(UserWarning, match=r"notes\.npy.*not read as a field"):
+        store = ModelStore.from_madrylab(logdir)
+    assert sorted(store.fields) == ["margins", "masks"]
+    (logdir / "spec.json").write_text(json.dumps(SPEC))  # their spec names the fields
+    assert sorted(ModelStore.from_madrylab(logdir).fields) == ["margins", "masks"]
+    (logdir / "masks.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"masks\.npy is missing"):
+        ModelStore.from_madrylab(logdir)
