@@ -102,10 +102,10 @@ class Recipe:
         sampler = self.sampler()
         if self.seeds_per_mask == 1:
             return sampler
-        return _RepeatedMasks(sampler, self.seeds_per_mask)
+        return RepeatedMasks(sampler, self.seeds_per_mask)
 
 
-class _RepeatedMasks:
+class RepeatedMasks:
     """Model ``m·n_seeds + s`` trains on mask ``m``: ``n_seeds`` initialisations per subset."""
 
     def __init__(self, sampler: MaskSampler, n_seeds: int) -> None:

@@ -295,9 +295,9 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
     # the LDS from the low-rank factors is the LDS of the stored n × n matrix
     from scdm.evaluation import linear_datamodeling_score
     from scdm.store import ModelStore
-    from scdm.tl._evaluate import _evaluation_models
+    from scdm.tl._evaluate import evaluation_models
 
-    masks, margins = _evaluation_models(ModelStore.open(adata.uns["trak"]["lds"]["store"]),
+    masks, margins = evaluation_models(ModelStore.open(adata.uns["trak"]["lds"]["store"]),
                                         60, 1)
     dense = linear_datamodeling_score(adata.obsp["trak"], masks, margins, rows="targets",
                                       heldout=True)

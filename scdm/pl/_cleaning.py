@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from ._plots import _finish
+from ._plots import finish_figure
 
 
 def label_issues(
@@ -80,7 +80,7 @@ def label_issues(
     right.set_title(f"flagged cells (top: {', '.join(top[:3])}{'…' if len(top) > 3 else ''})",
                     fontsize=8)
     fig.tight_layout()
-    return _finish(fig, [left, right], show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, [left, right], show=show, save=save, return_fig=return_fig)
 
 
 def debias(
@@ -137,4 +137,4 @@ def debias(
     axes[0].legend(fontsize=8, frameon=False)
     fig.suptitle(info["reason"], fontsize=8)
     fig.tight_layout()
-    return _finish(fig, list(axes), show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, list(axes), show=show, save=save, return_fig=return_fig)

@@ -10,9 +10,9 @@ from anndata import AnnData
 
 from ..evaluation import predict_margins
 from ..store import ModelStore
-from ..tl._evaluate import _evaluation_models
+from ..tl._evaluate import evaluation_models
 from ..tl._fit import datamodel_weights
-from ._plots import _finish, _new_axes, _target_index
+from ._plots import finish_figure, new_axes, target_index
 
 
 def lds(
@@ -58,9 +58,9 @@ def lds(
         order = np.argsort(np.where(np.isfinite(scores), scores, -np.inf))
         finite = order[np.isfinite(scores[order])]
         targets = [int(finite[int(q * (finite.size - 1))]) for q in (0.9, 0.5, 0.1)]
-    idx = [_target_index(adata, t) for t in targets]
+    idx = [target_index(adata, t) for t in targets]
     params = info["lds"]["params"]
-    masks, margins = _evaluation_models(ModelStore.open(info["lds"]["store"]),
+    masks, margins = evaluation_models(ModelStore.open(info["lds"]["store"]),
                                         int(params["n_models"]), int(params["n_seeds"]))
     curve = info.get("model_curve")
     n_panels = len(idx) + (curve is not None)
@@ -89,7 +89,7 @@ def lds(
                      fontsize=9)
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
 def validation(
@@ -133,7 +133,7 @@ def validation(
     tested = table[table["status"] == "tested"]
     column = f"{metric}_drop"
     p_column = "p_value" if metric == "accuracy" else "p_value_margin"
-    fig, ax = _new_axes(ax, (1.2 + 0.9 * len(tested), 3.5))
+    fig, ax = new_axes(ax, (1.2 + 0.9 * len(tested), 3.5))
     rng = np.random.default_rng(0)  # horizontal jitter only
     for x, (name, row) in enumerate(tested.iterrows()):
         null = random.loc[random["subgroup"] == name, column].to_numpy()
@@ -148,4 +148,4 @@ def validation(
     ax.set_xticklabels(list(tested.index), rotation=45, ha="right")
     ax.set_ylabel(f"{metric} drop when left out of training")
     ax.legend(fontsize=8, frameon=False)
-    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)

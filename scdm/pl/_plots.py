@@ -14,7 +14,8 @@ from ..tl._embed import datamodel_matrix, label_key_of
 from ..tl._subgroups import UNASSIGNED
 
 
-def _finish(fig, axes, *, show: bool | None, save: str | Path | None, return_fig: bool | None):
+def finish_figure(fig, axes, *, show: bool | None, save: str | Path | None,
+                  return_fig: bool | None):
     """Save, show and return like scanpy: Axes when not shown, the Figure when asked."""
     import matplotlib.pyplot as plt
 
@@ -28,7 +29,7 @@ def _finish(fig, axes, *, show: bool | None, save: str | Path | None, return_fig
     return fig if return_fig else axes
 
 
-def _new_axes(ax, figsize):
+def new_axes(ax, figsize):
     import matplotlib.pyplot as plt
 
     if ax is not None:
@@ -37,7 +38,7 @@ def _new_axes(ax, figsize):
     return fig, ax
 
 
-def _target_index(adata: AnnData, target: str | int) -> int:
+def target_index(adata: AnnData, target: str | int) -> int:
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         if not -adata.n_obs <= target < adata.n_obs:
             raise IndexError(f"target {target} is out of range for {adata.n_obs} observations.")
@@ -55,7 +56,7 @@ def _grouping_columns(adata: AnnData, key: str) -> list[str]:
     return [c for c in candidates if c is not None and c in adata.obs]
 
 
-def _palette(adata: AnnData, column: str, categories) -> dict:
+def category_palette(adata: AnnData, column: str, categories) -> dict:
     """Category → colour, from ``adata.uns[f"{column}_colors"]`` (scanpy's) when it fits."""
     import matplotlib.pyplot as plt
 
@@ -82,7 +83,7 @@ def _values(adata: AnnData, name: str) -> pd.Series:
                    "adata.var_names (or adata.raw.var_names).")
 
 
-def _classes_to_draw(adata: AnnData, label_key: str, classes) -> list[str]:
+def classes_to_draw(adata: AnnData, label_key: str, classes) -> list[str]:
     labels = adata.obs[label_key].astype("category")
     present = [str(c) for c in labels.cat.categories if (labels == c).any()]
     if classes is None:
@@ -154,7 +155,7 @@ def embedding(
         color = _grouping_columns(adata, key)[:1] or [label_key]
     colors = [color] if isinstance(color, str) else list(color)
     columns = {name: _values(adata, name) for name in colors}  # bad names fail before drawing
-    drawn = _classes_to_draw(adata, label_key, classes)
+    drawn = classes_to_draw(adata, label_key, classes)
     first, second = components
     coords = np.asarray(adata.obsm[f"X_{basis}"], dtype=np.float64)
     if not 1 <= first <= coords.shape[1] or not 1 <= second <= coords.shape[1]:
@@ -176,7 +177,7 @@ def embedding(
             pd.api.types.is_bool_dtype(values)
         if categorical:
             values = values.astype(str).astype("category")
-            lookup = _palette(adata, name, list(values.cat.categories))
+            lookup = category_palette(adata, name, list(values.cat.categories))
         numbers = None if categorical else values.to_numpy(dtype=np.float64)
         for col, cls in enumerate(drawn):
             panel = axes[row, col]
@@ -206,7 +207,7 @@ def embedding(
             panel.set_yticks([])
     if ax is None:
         fig.tight_layout()
-    return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
 def influencers(
@@ -250,7 +251,7 @@ def influencers(
     from matplotlib.patches import Patch
 
     W = datamodel_matrix(adata, key)
-    j = _target_index(adata, target)
+    j = target_index(adata, target)
     row = W[j].toarray().ravel() if sparse.issparse(W) else np.asarray(W[j]).ravel()
     if color is None:
         color = next(iter(_grouping_columns(adata, key)), None)
@@ -261,7 +262,7 @@ def influencers(
     bottom = [i for i in order[:n_top] if row[i] < 0][::-1]
     chosen = top + bottom
 
-    fig, ax = _new_axes(ax, (6, 0.3 * max(len(chosen), 4) + 1))
+    fig, ax = new_axes(ax, (6, 0.3 * max(len(chosen), 4) + 1))
     if color is not None:
         values = adata.obs[color].astype("category")
         palette = plt.get_cmap("tab20")
@@ -281,7 +282,7 @@ def influencers(
                   title=color, fontsize=7, loc="best", frameon=False)
     if not chosen:
         ax.text(0.5, 0.5, "all weights are zero", transform=ax.transAxes, ha="center")
-    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
 def similarity(
@@ -344,7 +345,7 @@ def similarity(
     E = E / np.where(norms > 0, norms, 1)
     S = E @ E.T
 
-    fig, ax = _new_axes(ax, (6, 5))
+    fig, ax = new_axes(ax, (6, 5))
     image = ax.imshow(S, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label="datamodel similarity (cosine)")
     codes = groups.cat.codes.to_numpy()[order]
@@ -358,7 +359,7 @@ def similarity(
     ax.set_xticks(centers, names, rotation=90, fontsize=7)
     ax.set_yticks(centers, names, fontsize=7)
     ax.set_title(f"datamodel similarity by {groupby}" if groupby else "datamodel similarity")
-    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
 def path(
@@ -395,10 +396,10 @@ def path(
     if not isinstance(info, dict) or "path" not in info:
         raise KeyError(f"adata.uns[{key!r}]['path'] not found; run scdm.tl.datamodels(adata, "
                        "label_key=...) or scdm.tl.fit_datamodels first.")
-    j = _target_index(adata, target)
+    j = target_index(adata, target)
     lam = np.asarray(info["path"]["lambda"])[:, j]
     fitted = np.isfinite(np.asarray(info["path"]["val_mse"])[:, j])
-    fig, ax = _new_axes(ax, (5, 3.5))
+    fig, ax = new_axes(ax, (5, 3.5))
     for name, style in (("train_mse", "-o"), ("val_mse", "-s")):
         values = np.asarray(info["path"][name])[:, j]
         ax.plot(lam[fitted], values[fitted], style, markersize=3,
@@ -413,4 +414,4 @@ def path(
     nnz_ax.set_ylabel("non-zero weights (dotted)")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"regularisation path of {adata.obs_names[j]}")
-    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)

@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..tl._subgroups import UNASSIGNED
-from ._plots import _classes_to_draw, _finish, _new_axes, _palette
+from ._plots import category_palette, classes_to_draw, finish_figure, new_axes
 
 
 def _subgroup_info(adata: AnnData, key: str) -> dict:
@@ -81,7 +81,7 @@ def markers(
     table = info["markers"]
     label_key = info["params"]["label_key"]
     with_markers = [str(c) for c in pd.unique(table["class"].astype(str))]
-    drawn = [c for c in _classes_to_draw(adata, label_key, classes) if c in with_markers]
+    drawn = [c for c in classes_to_draw(adata, label_key, classes) if c in with_markers]
     if not drawn:
         raise ValueError("no class to draw has markers: every class is a single subgroup (or "
                          "its subgroups are too small to test).")
@@ -112,7 +112,7 @@ def markers(
             # no title: it would sit on the subgroup brackets, whose names carry the class
             axes[cls] = plot(sub, genes[cls], groupby=key, use_raw=use_raw, ax=ax, show=False,
                              **kwargs)
-    return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
 def composition(
@@ -157,7 +157,7 @@ def composition(
     if by == key:
         raise ValueError("by must be another column than the subgroups themselves.")
     label_key = info["params"]["label_key"]
-    drawn = _classes_to_draw(adata, label_key, classes)
+    drawn = classes_to_draw(adata, label_key, classes)
     labels = adata.obs[label_key].astype(str).to_numpy()
     groups = adata.obs[key].astype(str).to_numpy()
     flags = {}
@@ -174,7 +174,7 @@ def composition(
                          & (labels == cls)))
     values = adata.obs[by]
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    fig, ax = _new_axes(ax, (6.5, 0.38 * len(bars) + 1.4))
+    fig, ax = new_axes(ax, (6.5, 0.38 * len(bars) + 1.4))
     positions = np.arange(len(bars))[::-1]
     if numeric:
         data = [values.to_numpy(dtype=np.float64)[mask] for _, mask in bars]
@@ -189,7 +189,7 @@ def composition(
         ax.set_xlabel(by)
     else:
         levels = values.astype(str).astype("category")
-        lookup = _palette(adata, by, list(levels.cat.categories))
+        lookup = category_palette(adata, by, list(levels.cat.categories))
         left = np.zeros(len(bars))
         for level in levels.cat.categories:
             share = np.array([(levels.to_numpy()[mask] == level).mean() if mask.any() else 0.0
@@ -211,7 +211,7 @@ def composition(
         elif name.endswith("(all)"):
             tick.set_fontstyle("italic")
     ax.set_title(f"subgroup make-up by {by}")
-    return _finish(fig, ax, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
 def reproducibility(
@@ -281,4 +281,4 @@ def reproducibility(
         ax.set_title(f"{cls}: {verdict}", fontsize=9)
     axes[0, 0].legend(fontsize=6, frameon=False, loc="lower left")
     fig.tight_layout()
-    return _finish(fig, axes, show=show, save=save, return_fig=return_fig)
+    return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)

@@ -28,7 +28,7 @@ from ..cleaning import (
 from ..ensemble import resolve_device
 from ._attribution import attribution
 from ._retrain import heldout_performance, retrain_stored, retrain_without
-from ._train import RecordedTraining, _check_n_models, recorded_training
+from ._train import RecordedTraining, check_n_models, recorded_training
 
 logger = logging.getLogger("scdm")
 
@@ -163,7 +163,7 @@ def label_issues(
     ``[f"{key_added}_self_influence"]``, ``[f"{key_added}_other_influence"]``, and
     ``adata.uns[key_added]`` (``params``, ``rule``, counts per class and suggestion).
     """
-    n_probability_models = _check_n_models(n_probability_models)
+    n_probability_models = check_n_models(n_probability_models)
     y, classes = _check_classes(adata, label_key)
     resolve_device(device)
     if key is not None:
@@ -175,7 +175,7 @@ def label_issues(
 
         key = f"{key_added}_trak"
         trak(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-             n_models=_check_n_models(n_models), random_state=random_state, device=device,
+             n_models=check_n_models(n_models), random_state=random_state, device=device,
              key_added=key, verbose=verbose,
              train_kwds={**LABEL_ISSUE_TRAIN, **dict(train_kwds or {})})
         training = recorded_training(adata, key)
@@ -337,7 +337,7 @@ def influence_removal(
     """
     if direction not in ("positive", "negative"):
         raise ValueError(f"direction must be 'positive' or 'negative', got {direction!r}.")
-    n_models, n_random = _check_n_models(n_models), _check_n_models(n_random)
+    n_models, n_random = check_n_models(n_models), check_n_models(n_random)
     seed = check_random_state(random_state)
     resolve_device(device)
     training = recorded_training(adata, key)
@@ -345,7 +345,7 @@ def influence_removal(
     pool = np.setdiff1d(np.arange(adata.n_obs), cells)
     if n_remove is None:
         n_remove = max(1, round(0.05 * pool.size))
-    n_remove = _check_n_models(n_remove)
+    n_remove = check_n_models(n_remove)
     if n_remove > pool.size // 2:
         raise ValueError(f"n_remove={n_remove} is more than half of the {pool.size} non-target "
                          f"cells it is drawn from (random sets must differ); lower it.")
@@ -480,13 +480,13 @@ def debias(
     if len(group_names) < 2:
         raise ValueError(f"adata.obs[{group_key!r}] has a single value; debiasing needs at least "
                          "two groups to compare.")
-    n_models, n_random = _check_n_models(n_models), _check_n_models(n_random)
+    n_models, n_random = check_n_models(n_models), check_n_models(n_random)
     if not 0 <= max_accuracy_loss < 1:
         raise ValueError(f"max_accuracy_loss must lie in [0, 1), got {max_accuracy_loss!r}.")
     if not 0 <= min_gain < 1:
         raise ValueError(f"min_gain must lie in [0, 1), got {min_gain!r}.")
     sizes = _default_removal_sizes(adata.n_obs) if n_remove is None else sorted(
-        {_check_n_models(int(k)) for k in n_remove})
+        {check_n_models(int(k)) for k in n_remove})
     if sizes[-1] > adata.n_obs // 2:
         raise ValueError(f"n_remove up to {sizes[-1]} is more than half of the {adata.n_obs} "
                          "cells; lower it.")

@@ -19,12 +19,12 @@ from .._training import store_schema
 from ..evaluation import linear_datamodeling_score, spearman_columns
 from ..store import ModelStore
 from ._fit import datamodel_weights, models_needed, solve_datamodels
-from ._train import _check_n_models, default_store_path, recorded_training
+from ._train import check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
 
 
-def _evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
+def evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Masks (one per subset) and seed-averaged margins of an evaluation store."""
     rows = n_masks * n_seeds
@@ -95,8 +95,8 @@ def lds(
     datamodel) and ``adata.uns[key]["lds"]`` with ``"mean"``, ``"median"``, ``"store"``,
     ``"params"`` and ``"mean_heldout_accuracy"`` of the evaluation models.
     """
-    n_masks = _check_n_models(n_models)
-    n_seeds = _check_n_models(n_seeds)
+    n_masks = check_n_models(n_models)
+    n_seeds = check_n_models(n_seeds)
     random_state = check_random_state(random_state)
     check_backend(backend)
     trak = adata.uns.get(key, {}).get("method") == "trak"
@@ -117,7 +117,7 @@ def lds(
                task_size=task_size, ray_address=ray_address,
                num_cpus_per_task=num_cpus_per_task, num_gpus_per_task=num_gpus_per_task)
 
-    masks, margins = _evaluation_models(eval_store, n_masks, n_seeds)
+    masks, margins = evaluation_models(eval_store, n_masks, n_seeds)
     if trak:  # predictions from the low-rank factors: no n × n matrix needed
         scores = _trak_lds(adata, key, masks, margins, None, device)
     else:
@@ -168,12 +168,12 @@ def _trak_checkpoint_curve(adata: AnnData, key: str, n_models, flat_tol: float, 
                          f"scdm.tl.lds(adata, key={key!r}) first.")
     total = int(adata.uns[key]["trak_params"]["n_checkpoints"])
     sizes = (sorted({max(2, total // d) for d in (4, 2, 1)}) if n_models is None
-             else sorted({_check_n_models(int(m)) for m in n_models}))
+             else sorted({check_n_models(int(m)) for m in n_models}))
     if len(sizes) < 2 or sizes[-1] > total:
         raise ValueError(f"n_models must list at least two checkpoint counts up to {total}, "
                          f"got {n_models}.")
     eval_store = ModelStore.open(lds_info["store"])
-    masks, margins = _evaluation_models(eval_store, int(lds_info["params"]["n_models"]),
+    masks, margins = evaluation_models(eval_store, int(lds_info["params"]["n_models"]),
                                         int(lds_info["params"]["n_seeds"]))
     mean_lds = [float(np.nanmean(s)) for s in _trak_lds(adata, key, masks, margins, sizes,
                                                         device)]
@@ -247,7 +247,7 @@ def model_count_curve(
     # models (1.5x still left some with fewer than 10 at 300 models for 700 cells)
     min_models = models_needed(fit_params, training.params["alpha"])
     sizes = (_default_curve_sizes(completed.size, 2.5 * min_models) if n_models is None
-             else sorted({_check_n_models(int(m)) for m in n_models}))
+             else sorted({check_n_models(int(m)) for m in n_models}))
     if not sizes or sizes[-1] > completed.size:
         raise ValueError(f"n_models must be a non-empty list of counts up to the "
                          f"{completed.size} completed models of the store, got {n_models}.")
@@ -259,7 +259,7 @@ def model_count_curve(
     if lds_info is not None:
         eval_store = ModelStore.open(lds_info["store"])
         params = lds_info["params"]
-        evaluation = _evaluation_models(eval_store, int(params["n_models"]),
+        evaluation = evaluation_models(eval_store, int(params["n_models"]),
                                         int(params["n_seeds"]))
     adata = adata.copy() if copy else adata
 

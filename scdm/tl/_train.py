@@ -39,7 +39,7 @@ def default_batch_size(n_train: int) -> int:
     return int(min(128, max(16, -(-n_train // 4))))
 
 
-def _check_n_models(n_models) -> int:
+def check_n_models(n_models) -> int:
     if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)):
         raise TypeError(f"n_models must be an integer, got {n_models!r}.")
     if n_models < 1:
@@ -303,7 +303,7 @@ def train_models(
     ``"mean_heldout_accuracy"``.
     """
     if n_models is not None:
-        n_models = _check_n_models(n_models)
+        n_models = check_n_models(n_models)
     inputs, sampler, config = training_parts(
         adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
         stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, hidden=hidden,

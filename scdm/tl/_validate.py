@@ -13,14 +13,14 @@ from tqdm.auto import tqdm
 from .._anndata import dense_features, get_features, uns_safe
 from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
-from .._workers import _RepeatedMasks
+from .._workers import RepeatedMasks
 from ..ensemble import EnsembleTrainer, resolve_device
 from ..evaluation import permutation_p_value
 from ..evaluation import signal_to_noise as _snr
 from ..masks import MaskMode
 from ._retrain import heldout_performance, retrain_without
 from ._subgroups import UNASSIGNED
-from ._train import RecordedTraining, _check_n_models, recorded_training, training_parts
+from ._train import RecordedTraining, check_n_models, recorded_training, training_parts
 
 NULL_SETS = ("neighbourhood", "random")
 
@@ -141,8 +141,8 @@ def validate_subgroups(
     ``adata.uns[subgroup_key]["validation"]`` with ``"table"``, ``"random"`` (the drop of
     every comparison set) and ``"params"``.
     """
-    n_random = _check_n_models(n_random)
-    n_models = _check_n_models(n_models)
+    n_random = check_n_models(n_random)
+    n_models = check_n_models(n_models)
     if null not in NULL_SETS:
         raise ValueError(f"null must be one of {NULL_SETS}, got {null!r}.")
     random_state = check_random_state(random_state)
@@ -282,8 +282,8 @@ def signal_to_noise(
     ``"mean_heldout_accuracy"``, per-target ``"snr"``/``"signal"``/``"noise"`` arrays (held-out
     subsets only) and the ``"params"`` compared.
     """
-    n_masks = _check_n_models(n_masks)
-    n_seeds = _check_n_models(n_seeds)
+    n_masks = check_n_models(n_masks)
+    n_seeds = check_n_models(n_seeds)
     if n_seeds < 2 or n_masks < 4:
         raise ValueError("signal_to_noise needs n_seeds >= 2 and n_masks >= 4 (noise is the "
                          "variance across seeds, signal the variance across subsets).")
@@ -296,7 +296,7 @@ def signal_to_noise(
                               device=resolve_device(device), random_state=sampler.random_state)
     chunk = int(chunk_size or trainer.auto_chunk_size())
     total = n_masks * n_seeds
-    masks = _RepeatedMasks(sampler, n_seeds).sample(np.arange(total))
+    masks = RepeatedMasks(sampler, n_seeds).sample(np.arange(total))
     margins = np.empty((total, adata.n_obs), dtype=np.float32)
     accuracy = np.empty(total, dtype=np.float32)
     with tqdm(total=total, desc="signal-to-noise models", unit="model",

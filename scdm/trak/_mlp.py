@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._projection import _seed, random_matrix
+from ._projection import projection_seed, random_matrix
 
 PARTS = {"in": 0, "out": 1, "bias": 2}
 
@@ -28,7 +28,7 @@ def _layer_matrices(sizes: Sequence[int], proj_dim: int, seed: int, model_id: in
     for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         mats.append(tuple(
             random_matrix(rows, proj_dim, kind="rademacher",
-                          seed=_seed(seed, model_id, layer, PARTS[part]), device=device)
+                          seed=projection_seed(seed, model_id, layer, PARTS[part]), device=device)
             for part, rows in (("in", fan_in), ("out", fan_out), ("bias", fan_out))))
     return mats
 

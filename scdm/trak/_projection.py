@@ -16,7 +16,9 @@ import torch
 PROJECTIONS = ("rademacher", "normal")
 
 
-def _seed(*keys: int) -> int:
+def projection_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (checkpoint, layer, block): the projection of each part
+    is drawn from its own seed, so it is the same however the work is split."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
                >> np.uint64(1))
 
@@ -80,7 +82,7 @@ class RandomProjector:
     def _rows(self, model_id: int, block: int) -> torch.Tensor:
         height = min(ROW_BLOCK, self.grad_dim - block * ROW_BLOCK)
         return random_matrix(height, self.proj_dim, kind=self.kind,
-                             seed=_seed(self.seed, model_id, block), device=self.device)
+                             seed=projection_seed(self.seed, model_id, block), device=self.device)
 
     def matrix(self, model_id: int) -> torch.Tensor:
         """The whole ``grad_dim × proj_dim`` matrix of ``model_id``."""
