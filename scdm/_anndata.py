@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+
+from .store import hash_arrays
 
 DENSE_LIMIT_BYTES = 8 << 30
 
@@ -141,19 +142,6 @@ def get_codes(adata: AnnData, key: str, argname: str) -> tuple[np.ndarray, list[
 def get_groups(adata: AnnData, group_key: str | None) -> np.ndarray | None:
     """Integer group codes of ``adata.obs[group_key]``, or None."""
     return None if group_key is None else get_codes(adata, group_key, "group_key")[0]
-
-
-def hash_arrays(*arrays: np.ndarray | None) -> str:
-    """Content hash of arrays (shape, dtype and bytes), for store fingerprints."""
-    h = hashlib.blake2b(digest_size=16)
-    for a in arrays:
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
 
 
 def model_inputs(adata: AnnData, label_key: str, *, use_rep: str | None = None,

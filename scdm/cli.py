@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [c for c in covariates if c not in adata.obs]
     if unknown:  # before training, not after
         raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
+    from scdm.ensemble import TrainConfig
     from scdm.tl._cost import check_datamodels_cost, estimate_trak
 
     key = args.method  # "datamodels" or "trak": the key of every result
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
                                  cpu=resolve_device(args.device).type == "cpu")
     else:
         estimate = check_datamodels_cost(adata, group_key=args.group_key,
-                                         n_models=args.n_models, epochs=20,
+                                         n_models=args.n_models, epochs=TrainConfig().epochs,
                                          device=args.device, store=store)
     if not args.quiet:
         print(f"estimated: {estimate.describe()}", flush=True)
@@ -269,22 +270,26 @@ def _store_init(args: argparse.Namespace) -> int:
                          "worker --main-import).")
     import anndata as ad
 
-    from ._workers import Recipe
-    from .tl._train import create_training_store, default_n_models, training_parts
+    from .tl._recorded import create_training_store, default_n_models, training_parts
+    from .workers import MLPRecipe
 
     adata = ad.read_h5ad(args.input)
-    hidden = tuple(int(h) for h in args.hidden.split(",") if h) if args.hidden else ()
+    # only what was given: the rest takes TrainConfig's defaults (they exist once)
+    model = {name: value for name, value in (
+        ("hidden", None if args.hidden is None else tuple(
+            int(h) for h in args.hidden.split(",") if h)),
+        ("epochs", args.epochs), ("weight_decay", args.weight_decay)) if value is not None}
     inputs, sampler, config = training_parts(
         adata, args.label_key, use_rep=args.use_rep, layer=None, group_key=args.group_key,
-        stratify_key=args.stratify_key, alpha=args.alpha, mask_mode="balanced", hidden=hidden,
-        epochs=args.epochs, batch_size=None, lr=1e-3, weight_decay=args.weight_decay, l1=0.0,
+        stratify_key=args.stratify_key, alpha=args.alpha, mask_mode="balanced",
+        config=model,
         scale=True, random_state=args.random_state)
     n_models = args.n_models or default_n_models(sampler.n_units)
     store = create_training_store(
         adata, inputs, sampler, config, label_key=args.label_key, group_key=args.group_key,
         stratify_key=args.stratify_key, mask_mode="balanced", scale=True, n_models=n_models,
         min_heldout=20, store=args.store, key_added="datamodels",
-        recipe=Recipe.from_inputs(inputs, config, alpha=sampler.alpha, mask_mode="balanced",
+        recipe=MLPRecipe.from_inputs(inputs, config, alpha=sampler.alpha, mask_mode="balanced",
                                   random_state=sampler.random_state))
     print(f"store {store.path}: {store.n_completed}/{store.n_models} models complete. Train "
           f"ranges with: scdm train --store {store.path} --models START:STOP")
@@ -304,17 +309,18 @@ def _store_from_spec(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ._workers import parse_range
     from .io import train_with_main
     from .store import ModelStore
+    from .workers import RayBackend, parse_range
 
     store = ModelStore.open(args.store)
     start, stop = parse_range(args.models, store.n_models)
+    backend = "local" if args.backend == "local" else RayBackend(
+        address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task,
+        num_gpus_per_task=args.num_gpus_per_task, task_size=args.task_size)
     trained = train_with_main(args.store, args.main_import, models=(start, stop),
-                              args=args.main_args, backend=args.backend, redo=args.redo,
-                              task_size=args.task_size, ray_address=args.ray_address,
-                              num_cpus_per_task=args.num_cpus_per_task,
-                              num_gpus_per_task=args.num_gpus_per_task, progress=not args.quiet)
+                              args=args.main_args, backend=backend, redo=args.redo,
+                              progress=not args.quiet)
     store = ModelStore.open(args.store)
     print(f"trained {trained} models of [{start}, {stop}) with {args.main_import}; store "
           f"{store.n_completed}/{store.n_models} complete")
@@ -322,8 +328,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._workers import parse_range, run_worker
     from .store import ModelStore
+    from .workers import parse_range, run_worker
 
     store = ModelStore.open(args.store)
     start, stop = parse_range(args.models, store.n_models)
@@ -353,11 +359,11 @@ def _fit(args: argparse.Namespace) -> int:
     if args.store is None:
         raise ValueError("scdm fit needs --store (or --merge FILE ... --out FILE).")
     from ._memmap import RowSubset
-    from ._workers import parse_range, targets_are_training_samples
     from .io import write_datamodels_pt
     from .regression import fit_datamodels_path
     from .store import ModelStore
     from .tl._fit import lasso_for
+    from .workers import parse_range, targets_are_training_samples
 
     store = ModelStore.open(args.store)
     completed = store.completed_indices()
@@ -439,8 +445,8 @@ def _fit_merge(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ._workers import WORKERS_DIR
     from .store import ModelStore
+    from .workers import WORKERS_DIR
 
     store = ModelStore.open(args.store)
     beats = [json.loads(p.read_text()) for p in sorted(Path(args.store, WORKERS_DIR).glob(
@@ -512,10 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--stratify-key")
     init.add_argument("--alpha", type=float, default=0.5)
     init.add_argument("--n-models", type=int, default=None)
-    init.add_argument("--hidden", default="64", help="hidden widths, e.g. 64 or 128,64; '' = "
-                      "logistic regression")
-    init.add_argument("--epochs", type=int, default=20)
-    init.add_argument("--weight-decay", type=float, default=1e-2)
+    init.add_argument("--hidden", default=None, help="hidden widths, e.g. 64 or 128,64; '' = "
+                      "logistic regression (default: scdm.ensemble.TrainConfig's)")
+    init.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's")
+    init.add_argument("--weight-decay", type=float, default=None,
+                      help="default: TrainConfig's")
     init.add_argument("--random-state", type=int, default=0)
     train = sub.add_parser("train", help="one idempotent worker: train a range of models")
     train.add_argument("--store", required=True)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch
 from ._memmap import RowSubset, column_moments
 from .regression import LassoPath
 from .store import ModelStore
+
+if TYPE_CHECKING:
+    from .workers import Backend
 
 UNITS = ("standardized", "raw")
 
@@ -224,9 +227,8 @@ def load_published(masks: str | os.PathLike, margins: str | os.PathLike, *,
 
 def train_with_main(store: str | os.PathLike | ModelStore, main: str | Callable, *,
                     models: tuple[int, int] | None = None, args: Sequence[str] = (),
-                    backend: str = "local", redo: bool = False, task_size: int = 64,
-                    ray_address: str | None = None, num_cpus_per_task: float = 1,
-                    num_gpus_per_task: float = 0, progress: bool | None = None) -> int:
+                    backend: str | Backend = "local", redo: bool = False,
+                    progress: bool | None = None) -> int:
     """Fill a store with a user's training function, as MadryLab's worker does.
 
     For each incomplete model ``i`` in ``models`` (``(start, stop)``, default all), call
@@ -245,21 +247,20 @@ def train_with_main(store: str | os.PathLike | ModelStore, main: str | Callable,
         The function, or ``"MODULE[:FUNC]"`` / ``"path/to/file.py[:FUNC]"`` (default ``main``).
     args
         Extra command-line arguments for ``main``: in ``sys.argv`` while it runs, and passed as
-        keywords where ``main`` takes them (see :class:`scdm._workers.UserMain`).
+        keywords where ``main`` takes them (see :class:`scdm.workers.UserMain`).
     backend
-        ``"local"`` (this process) or ``"ray"``: ranges of ``task_size`` models become Ray
-        tasks (``num_gpus_per_task`` may be fractional); the store must be on a filesystem
-        every node sees, and ``main`` importable there.
+        ``"local"`` (this process), or ``"ray"`` / :class:`scdm.workers.RayBackend`: ranges of
+        models become Ray tasks (``num_gpus_per_task`` may be fractional); the store must be on
+        a filesystem every node sees, and ``main`` importable there.
 
     Returns
     -------
     The number of models completed by this call.
     """
-    from ._ray import check_backend, fill_store_with_ray
     from ._settings import settings
-    from ._workers import UserMain, run_main_worker
+    from .workers import RayBackend, UserMain, as_backend, fill_store, run_main_worker
 
-    check_backend(backend)
+    backend = as_backend(backend)
     path = store.path if isinstance(store, ModelStore) else Path(store)
     opened = ModelStore.open(path)
     start, stop = (0, opened.n_models) if models is None else (int(models[0]), int(models[1]))
@@ -270,13 +271,11 @@ def train_with_main(store: str | os.PathLike | ModelStore, main: str | Callable,
             UserMain(target=getattr(main, "__qualname__", "main"), args=tuple(args), func=main))
     before = int(opened.completed[start:stop].sum())
     show = settings.progress(progress)
-    if backend == "ray":
-        if redo:
+    if redo:
+        if isinstance(backend, RayBackend):
             raise ValueError("redo=True retrains completed models; run it locally, not as Ray "
                              "tasks (which skip completed ranges).")
-        fill_store_with_ray(path, start, stop, task_size=task_size, ray_address=ray_address,
-                            num_cpus_per_task=num_cpus_per_task,
-                            num_gpus_per_task=num_gpus_per_task, progress=show,
-                            desc="models (user main, ray)", user_main=user)
-        return int(ModelStore.open(path).completed[start:stop].sum()) - before
-    return run_main_worker(path, user, start, stop, redo=redo, progress=show)
+        return run_main_worker(path, user, start, stop, redo=True, progress=show)
+    fill_store(path, user, models=(start, stop), backend=backend, progress=show,
+               desc="models (user main)")
+    return int(ModelStore.open(path).completed[start:stop].sum()) - before

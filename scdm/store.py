@@ -19,6 +19,7 @@ fields as read-only memmaps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,28 @@ STORE_VERSION = 1
 
 class StoreMismatchError(ValueError):
     """An existing store was written with a configuration other than the one asked for."""
+
+
+def store_schema(n_obs: int, n_targets: int | None = None) -> dict:
+    """Fields of a training store: masks over samples, margins on targets, held-out accuracy."""
+    return {
+        "masks": (np.bool_, (n_obs,)),
+        "margins": (np.float32, (n_obs if n_targets is None else n_targets,)),
+        "heldout_accuracy": (np.float32, ()),
+    }
+
+
+def hash_arrays(*arrays: np.ndarray | None) -> str:
+    """Content hash of arrays (shape, dtype and bytes), for store fingerprints."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def spec_dtype_name(dtype: Any) -> str:

@@ -214,11 +214,11 @@ def test_image_store_workers_and_fit(data, tmp_path, capsys):
     """An image store is filled by the same workers (scdm train) as any store, resumes, refuses
     another recipe untouched, and scdm fit fits plain (not held-out) datamodels from it."""
     from scdm import cli
-    from scdm._ray import fill_store
+    from scdm.workers import fill_store
 
     recipe = tiny_recipe(data)
     local = create_image_store(tmp_path / "local", recipe, 30)
-    fill_store(local, recipe, 0, 30, backend="local", progress=False)
+    fill_store(local, recipe, models=(0, 30), progress=False)
     workers = create_image_store(tmp_path / "workers", recipe, 30)
     assert cli.main(["train", "--store", str(workers.path), "--models", "0:20", "--quiet"]) == 0
     assert cli.main(["train", "--store", str(workers.path), "--models", "10:30", "--quiet"]) == 0

@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
     scdm.settings.verbosity = 0
     adata = make_adata(n_obs=40)
     store = tmp_path_factory.mktemp("fit") / "store"
-    scdm.tl.train_models(adata, "disease", n_models=800, store=store, **TRAIN)
+    scdm.tl.train_models(adata, "disease", n_models=800, store=store, config=TRAIN)
     return adata
 
 
@@ -54,7 +54,7 @@ def test_fit_refuses_missing_or_incomplete_store(trained, tmp_path):
         scdm.tl.fit_datamodels(make_adata(n_obs=40))
     adata = make_adata(n_obs=40)
     scdm.tl.train_models(adata, "disease", n_models=600, store=tmp_path / "s",
-                         model_range=(0, 300), **TRAIN)
+                         model_range=(0, 300), config=TRAIN)
     with pytest.raises(ValueError, match="300 of 600 models complete"):
         scdm.tl.fit_datamodels(adata)
     scdm.tl.fit_datamodels(adata, allow_incomplete=True)
@@ -66,7 +66,7 @@ def test_fit_refuses_missing_or_incomplete_store(trained, tmp_path):
 def test_too_few_heldout_models_for_a_target(tmp_path):
     adata = make_adata(n_obs=40)
     scdm.tl.train_models(adata, "disease", n_models=60, store=tmp_path / "s", min_heldout=5,
-                         **TRAIN)
+                         config=TRAIN)
     with pytest.raises(ValueError, match="held out of only"):
         scdm.tl.fit_datamodels(adata, heldout=True, min_rows=100)
     # the default fit chooses λ on the held-out validation models: 60 models are too few

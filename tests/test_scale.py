@@ -15,6 +15,7 @@ from conftest import make_adata
 import scdm
 from scdm.io import read_datamodels_pt
 from scdm.store import ModelStore
+from scdm.workers import RayBackend
 
 ray = pytest.importorskip("ray")
 
@@ -46,8 +47,8 @@ def assert_same_store(a: ModelStore, b: ModelStore) -> None:
 
 def test_ray_backend_fills_the_same_store(cluster, reference, tmp_path):
     adata, local = reference
-    scdm.tl.train_models(adata, "disease", store=tmp_path / "ray", backend="ray", task_size=128,
-                         **TRAIN)
+    scdm.tl.train_models(adata, "disease", store=tmp_path / "ray",
+                         backend=RayBackend(task_size=128), **TRAIN)
     assert_same_store(local, ModelStore.open(tmp_path / "ray"))
     assert adata.uns["datamodels"]["n_completed"] == 600
 
@@ -59,8 +60,8 @@ def test_killed_ray_worker_is_retried_and_results_are_identical(cluster, referen
 
     def run():
         try:
-            scdm.tl.train_models(adata, "disease", store=path, backend="ray", task_size=600,
-                                 chunk_size=32, **TRAIN)
+            scdm.tl.train_models(adata, "disease", store=path,
+                                 backend=RayBackend(task_size=600, chunk_size=32), **TRAIN)
         except Exception as err:  # surfaced below
             errors.append(err)
 
@@ -129,8 +130,8 @@ def test_lds_on_ray_equals_local(cluster, planted, tmp_path):
     adata = planted.copy()
     scdm.tl.lds(adata, n_models=40, n_seeds=2, store=tmp_path / "local")
     local = adata.obs["datamodels_lds"].copy()
-    scdm.tl.lds(adata, n_models=40, n_seeds=2, store=tmp_path / "ray", backend="ray",
-                task_size=32)
+    scdm.tl.lds(adata, n_models=40, n_seeds=2, store=tmp_path / "ray",
+                backend=RayBackend(task_size=32))
     np.testing.assert_array_equal(adata.obs["datamodels_lds"], local)
     assert_same_store(ModelStore.open(tmp_path / "local"), ModelStore.open(tmp_path / "ray"))
 
@@ -138,7 +139,6 @@ def test_lds_on_ray_equals_local(cluster, planted, tmp_path):
 def test_image_store_on_ray_equals_local(cluster, tmp_path):
     """Ray tasks read the ResNet-9 recipe from the store (scdm.vision imported on the workers)
     and fill it as one local run does."""
-    from scdm._ray import fill_store
     from scdm.vision import (
         ImageRecipe,
         ResNetConfig,
@@ -146,6 +146,7 @@ def test_image_store_on_ray_equals_local(cluster, tmp_path):
         create_image_store,
         synthetic_cifar10,
     )
+    from scdm.workers import fill_store
 
     data = synthetic_cifar10(n_train=40, n_test=10, random_state=2)
     recipe = ImageRecipe(data.train_images, binary_labels(data.train_labels), data.test_images,
@@ -154,7 +155,8 @@ def test_image_store_on_ray_equals_local(cluster, tmp_path):
     stores = {}
     for backend in ("local", "ray"):
         stores[backend] = create_image_store(tmp_path / backend, recipe, 8)
-        fill_store(stores[backend], recipe, 0, 8, backend=backend, task_size=4,
+        fill_store(stores[backend], recipe, models=(0, 8),
+                   backend=RayBackend(task_size=4) if backend == "ray" else backend,
                    progress=False)
     assert_same_store(ModelStore.open(stores["local"].path), ModelStore.open(stores["ray"].path))
 
@@ -170,8 +172,8 @@ def test_user_main_on_ray_equals_local(cluster, tmp_path):
     local = ModelStore.from_spec(tmp_path / "local", SPEC)
     assert train_with_main(local.path, str(script), models=(0, 60)) == 60
     remote = ModelStore.from_spec(tmp_path / "ray", SPEC)
-    assert train_with_main(remote.path, f"{script}:main", models=(0, 60), backend="ray",
-                           task_size=16) == 60
+    assert train_with_main(remote.path, f"{script}:main", models=(0, 60),
+                           backend=RayBackend(task_size=16)) == 60
     local, remote = ModelStore.open(local.path), ModelStore.open(remote.path)
     np.testing.assert_array_equal(remote.completed_indices(), np.arange(60))
     for field in ("masks", "margins"):

@@ -11,12 +11,13 @@ from conftest import make_adata
 
 import scdm
 from scdm.store import ModelStore, StoreMismatchError
+from scdm.workers import LocalBackend
 
 FAST = {"epochs": 5, "hidden": (8,), "batch_size": 16, "lr": 0.05}
 
 
 def test_train_models_fills_store_and_records_in_uns(adata, tmp_path):
-    scdm.tl.train_models(adata, "disease", n_models=120, store=tmp_path / "s", **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=120, store=tmp_path / "s", config=FAST)
     info = adata.uns["datamodels"]
     assert info["n_completed"] == 120 and info["classes"] == ["control", "disease"]
     assert info["params"]["alpha"] == 0.5 and info["params"]["hidden"] == [8]
@@ -31,18 +32,18 @@ def test_train_models_fills_store_and_records_in_uns(adata, tmp_path):
 
 
 def test_default_store_is_per_configuration_and_resumes(adata):
-    scdm.tl.train_models(adata, "disease", n_models=100, **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=100, config=FAST)
     first = adata.uns["datamodels"]["store"]
-    scdm.tl.train_models(adata, "disease", n_models=150, **FAST)  # extends the same store
+    scdm.tl.train_models(adata, "disease", n_models=150, config=FAST)  # extends the same store
     assert adata.uns["datamodels"]["store"] == first
     assert ModelStore.open(first).n_completed == 150
-    scdm.tl.train_models(adata, "disease", n_models=100, alpha=0.3, **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=100, alpha=0.3, config=FAST)
     assert adata.uns["datamodels"]["store"] != first
 
 
 def test_copy_leaves_input_untouched(adata, tmp_path):
     out = scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s", copy=True,
-                               **FAST)
+                               config=FAST)
     assert "datamodels" in out.uns and "datamodels" not in adata.uns
 
 
@@ -50,7 +51,7 @@ def test_groups_and_use_rep(tmp_path):
     adata = make_adata(n_obs=80, n_donors=8)
     adata.obsm["X_rep"] = adata.X[:, :3] * 2
     scdm.tl.train_models(adata, "disease", group_key="donor", use_rep="X_rep", n_models=100,
-                         store=tmp_path / "s", **FAST)
+                         store=tmp_path / "s", config=FAST)
     masks = ModelStore.open(tmp_path / "s").masks
     donors = adata.obs["donor"].to_numpy()
     for d in np.unique(donors):
@@ -93,11 +94,11 @@ def test_nan_in_features_and_mixed_groups_are_refused(tmp_path):
 
 
 def test_store_of_another_configuration_is_refused_untouched(adata, tmp_path):
-    scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s", **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s", config=FAST)
     before = (tmp_path / "s" / "margins.npy").read_bytes()
     with pytest.raises(StoreMismatchError, match="weight_decay"):
         scdm.tl.train_models(adata, "disease", n_models=100, store=tmp_path / "s",
-                             weight_decay=0.5, **FAST)
+                             config={**FAST, "weight_decay": 0.5})
     assert (tmp_path / "s" / "margins.npy").read_bytes() == before
 
 
@@ -106,11 +107,13 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from conftest import make_adata
     import scdm
+    from scdm.workers import LocalBackend
     scdm.settings.verbosity = 0
     adata = make_adata(n_obs=60)
     start, stop = int(sys.argv[1]), int(sys.argv[2])
     scdm.tl.train_models(adata, "disease", n_models={n_models}, store={store!r},
-                         chunk_size={chunk}, model_range=(start, stop), **{fast!r})
+                         backend=LocalBackend(chunk_size={chunk}), model_range=(start, stop),
+                         config={fast!r})
 """)
 
 
@@ -136,8 +139,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(adata, tmp_path):
     done = int(np.load(completed).sum())
     assert 200 <= done < n_models, "the worker should have been killed mid-run"
     scdm.tl.train_models(adata, "disease", n_models=n_models, store=tmp_path / "killed",
-                         chunk_size=64, **FAST)
-    scdm.tl.train_models(adata, "disease", n_models=n_models, store=tmp_path / "clean", **FAST)
+                         backend=LocalBackend(chunk_size=64), config=FAST)
+    scdm.tl.train_models(adata, "disease", n_models=n_models, store=tmp_path / "clean", config=FAST)
     killed, clean = ModelStore.open(tmp_path / "killed"), ModelStore.open(tmp_path / "clean")
     assert killed.n_completed == n_models
     np.testing.assert_array_equal(killed.masks, clean.masks)
@@ -147,7 +150,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(adata, tmp_path):
 def test_two_processes_fill_disjoint_ranges_of_one_store(adata, tmp_path):
     procs = [worker(tmp_path / "s", 400, 30, a, b) for a, b in [(0, 200), (200, 400)]]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
-    scdm.tl.train_models(adata, "disease", n_models=400, store=tmp_path / "one", **FAST)
+    scdm.tl.train_models(adata, "disease", n_models=400, store=tmp_path / "one", config=FAST)
     shared, one = ModelStore.open(tmp_path / "s"), ModelStore.open(tmp_path / "one")
     assert shared.n_completed == 400
     np.testing.assert_array_equal(shared.masks, one.masks)

@@ -256,7 +256,7 @@ def small_trak(tmp_path_factory):
 def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_path):
     import scdm
     from scdm.tl._embed import embed_blocks, embedding_blocks
-    from scdm.tl._train import recorded_training
+    from scdm.tl._recorded import recorded_training
     from scdm.trak._core import inverse_gram
 
     adata = small_trak.copy()

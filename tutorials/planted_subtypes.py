@@ -135,11 +135,12 @@ else:
 # median signal-to-noise ratio among those whose models still classify well.
 
 # %%
-settings_to_try = [{"alpha": 0.5}, {"alpha": 0.3}] if SMALL else [
-    {"alpha": 0.5}, {"alpha": 0.3}, {"alpha": 0.7}, {"alpha": 0.5, "weight_decay": 0.1},
-    {"alpha": 0.5, "hidden": (16,)}, {"alpha": 0.5, "hidden": ()}]
-for kwds in settings_to_try:
+settings_to_try = [(0.5, {}), (0.3, {})] if SMALL else [
+    (0.5, {}), (0.3, {}), (0.7, {}), (0.5, {"weight_decay": 0.1}), (0.5, {"hidden": (16,)}),
+    (0.5, {"hidden": ()})]
+for alpha, model in settings_to_try:  # alpha, and the models' settings (config)
     snr = scdm.tl.signal_to_noise(adata, "disease", use_rep="X_pca", stratify_key="batch",
-                                  n_masks=8 if SMALL else 32, n_seeds=2 if SMALL else 4, **kwds)
-    print(kwds, "median SNR", round(snr["median_snr"], 2), "held-out accuracy",
-          round(snr["mean_heldout_accuracy"], 3))
+                                  alpha=alpha, config=model, n_masks=8 if SMALL else 32,
+                                  n_seeds=2 if SMALL else 4)
+    print(f"alpha {alpha}", model, "median SNR", round(snr["median_snr"], 2),
+          "held-out accuracy", round(snr["mean_heldout_accuracy"], 3))

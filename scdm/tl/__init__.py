@@ -9,7 +9,8 @@ from ._fit import fit_datamodels
 from ._subgroups import subgroup_markers, subgroups
 from ._train import train_models
 from ._trak import trak
-from ._validate import signal_to_noise, validate_subgroups
+from ._tuning import signal_to_noise
+from ._validate import validate_subgroups
 
 __all__ = [
     "datamodels",

@@ -27,8 +27,8 @@ from ..cleaning import (
 )
 from ..ensemble import resolve_device
 from ._attribution import attribution
+from ._recorded import RecordedTraining, check_n_models, recorded_training
 from ._retrain import heldout_performance, retrain_stored, retrain_without
-from ._train import RecordedTraining, check_n_models, recorded_training
 
 logger = logging.getLogger("scdm")
 

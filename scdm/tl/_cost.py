@@ -121,7 +121,7 @@ def check_datamodels_cost(adata, *, group_key: str | None, n_models: int | None,
     """:func:`check_cost` of a :func:`scdm.tl.datamodels` run on ``adata``, with what to do
     instead when it is refused (TRAK's estimate for the same cells among them)."""
     from ..ensemble import resolve_device
-    from ._train import default_n_models
+    from ._recorded import default_n_models
 
     units = (adata.obs[group_key].nunique() if group_key is not None and group_key in adata.obs
              else adata.n_obs)

@@ -11,6 +11,7 @@ from anndata import AnnData
 from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
 from ._fit import fit_datamodels
+from ._recorded import fold_train_kwds, train_config
 from ._train import train_models
 
 
@@ -79,8 +80,9 @@ def datamodels(
     key_added
         Key of all results (see Returns).
     train_kwds
-        More arguments of :func:`scdm.tl.train_models` (``hidden``, ``epochs``, ``lr``,
-        ``weight_decay``, ``mask_mode``, ``chunk_size``, ...).
+        More arguments of :func:`scdm.tl.train_models` (``config``, ``mask_mode``, ``scale``,
+        ``backend``, ``min_heldout``); the model settings of ``config`` (``hidden``,
+        ``epochs``, ``lr``, ``weight_decay``, ...) may also be given directly.
     fit_kwds
         More arguments of :func:`scdm.tl.fit_datamodels` (``n_lambdas``, ``val_fraction``, ...).
     verbose
@@ -102,15 +104,16 @@ def datamodels(
     - ``adata.obs[f"{key_added}_corr"]``: held-out correlation of predicted and actual margins,
     - ``adata.uns[key_added]``: store path, ``params``, per-target ``lambda``, summary metrics.
     """
-    train_kwds = dict(train_kwds or {})
     fit_kwds = dict(fit_kwds or {})
     reserved = {"adata", "label_key", "key", "key_added", "copy", "store", "device",
                 "random_state", "verbose"}
-    for name, kwds in (("train_kwds", train_kwds), ("fit_kwds", fit_kwds)):
+    for name, kwds in (("train_kwds", dict(train_kwds or {})), ("fit_kwds", fit_kwds)):
         if clash := sorted(set(kwds) & reserved):
             raise TypeError(f"{name} must not set {clash}; pass them to datamodels directly.")
-    check_datamodels_cost(adata, group_key=group_key, n_models=n_models,
-                          epochs=int(train_kwds.get("epochs", 20)), device=device, store=store)
+    train_kwds = fold_train_kwds(train_kwds)
+    epochs = train_config(train_kwds.get("config"), n_train=1).epochs
+    check_datamodels_cost(adata, group_key=group_key, n_models=n_models, epochs=epochs,
+                          device=device, store=store)
     adata = adata.copy() if copy else adata
     train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,

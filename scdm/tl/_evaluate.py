@@ -12,14 +12,13 @@ from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
 from .._memmap import read_rows
-from .._ray import check_backend, fill_store
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
-from .._training import store_schema
 from ..evaluation import linear_datamodeling_score, spearman_columns
-from ..store import ModelStore
+from ..store import ModelStore, store_schema
+from ..workers import Backend, as_backend, fill_store
 from ._fit import datamodel_weights, models_needed, solve_datamodels
-from ._train import check_n_models, default_store_path, recorded_training
+from ._recorded import check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
 
@@ -41,12 +40,7 @@ def lds(
     n_seeds: int = 1,
     store: str | Path | None = None,
     device: str = "auto",
-    chunk_size: int | None = None,
-    backend: str = "local",
-    ray_address: str | None = None,
-    num_cpus_per_task: float = 1,
-    num_gpus_per_task: float = 0,
-    task_size: int = 256,
+    backend: str | Backend = "local",
     random_state: int = 0,
     verbose: bool | None = None,
     copy: bool = False,
@@ -77,10 +71,9 @@ def lds(
     store
         Directory of the evaluation store. Default: next to the other stores, named after the
         configuration.
-    device, chunk_size
-        Where to train and how many models at once (default from the device's memory).
-    backend, ray_address, num_cpus_per_task, num_gpus_per_task, task_size
-        Train the evaluation models as Ray tasks, as in :func:`scdm.tl.train_models`.
+    device, backend
+        Where and how the evaluation models train, as in :func:`scdm.tl.train_models`
+        (``LocalBackend(chunk_size=…)``, ``"ray"`` or ``RayBackend(…)``).
     random_state
         Seed of the evaluation stream (combined with the training seed; never the same
         subsets as the training models).
@@ -91,14 +84,15 @@ def lds(
 
     Returns
     -------
-    ``None`` or a copy. Sets ``adata.obs[f"{key}_lds"]`` (per target; 0 for an all-zero
-    datamodel) and ``adata.uns[key]["lds"]`` with ``"mean"``, ``"median"``, ``"store"``,
+    ``None`` or a copy. Sets ``adata.obs[f"{key}_lds"]`` (per target; NaN for an all-zero
+    datamodel) and ``adata.uns[key]["lds"]`` with ``"mean"``, ``"median"``, ``"n_excluded"``
+    (targets without a score), ``"store"``,
     ``"params"`` and ``"mean_heldout_accuracy"`` of the evaluation models.
     """
     n_masks = check_n_models(n_models)
     n_seeds = check_n_models(n_seeds)
     random_state = check_random_state(random_state)
-    check_backend(backend)
+    backend = as_backend(backend)
     trak = adata.uns.get(key, {}).get("method") == "trak"
     if not trak:
         weights, intercept, _ = datamodel_weights(adata, key)
@@ -111,11 +105,9 @@ def lds(
     path = Path(store) if store is not None else default_store_path(f"{key}_lds", fingerprint)
     eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
                                    schema=store_schema(adata.n_obs), fingerprint=fingerprint)
-    fill_store(eval_store, training.recipe(seed, seeds_per_mask=n_seeds), 0, n_masks * n_seeds,
-               backend=backend, device=device, chunk_size=chunk_size,
-               progress=settings.progress(verbose), desc="evaluation models",
-               task_size=task_size, ray_address=ray_address,
-               num_cpus_per_task=num_cpus_per_task, num_gpus_per_task=num_gpus_per_task)
+    fill_store(eval_store, training.recipe(seed, seeds_per_mask=n_seeds),
+               models=(0, n_masks * n_seeds), backend=backend, device=device,
+               progress=settings.progress(verbose), desc="evaluation models")
 
     masks, margins = evaluation_models(eval_store, n_masks, n_seeds)
     if trak:  # predictions from the low-rank factors: no n × n matrix needed

@@ -15,7 +15,7 @@ from .._anndata import uns_safe
 from .._memmap import RowSubset, read_rows
 from .._settings import settings
 from ..regression import MIN_VAL_ROWS, LassoPath, fit_datamodels_path
-from ._train import store_of
+from ._recorded import store_of
 
 
 class DegenerateDatamodelsWarning(UserWarning):

@@ -18,7 +18,7 @@ from .._memmap import read_rows
 from ..store import fingerprint_differences
 from ._embed import embed_blocks, embedding_blocks, usable_targets
 from ._fit import models_needed, solve_datamodels
-from ._train import recorded_training
+from ._recorded import recorded_training
 
 logger = logging.getLogger("scdm")
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .._memmap import read_rows
 from ..ensemble import EnsembleTrainer, TrainResult
 from ..store import ModelStore
-from ._train import RecordedTraining
+from ._recorded import RecordedTraining
 
 
 def heldout_performance(store: ModelStore, chunk_rows: int = 4096

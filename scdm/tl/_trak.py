@@ -22,18 +22,15 @@ from ..trak._mlp import mlp_features
 from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
 from ._halves import half_keys
+from ._recorded import fold_train_kwds, recorded_training
 from ._retrain import retrain_stored
-from ._train import recorded_training, train_models
+from ._train import train_models
 
 logger = logging.getLogger("scdm")
 
 # chosen by workflows/benchmarks/trak_benchmark.py (see RESULTS.md): subgroup ARI and LDS across the
 # Poisson and Gaussian generators
 DEFAULT_DAMPING = 1.0
-TRAIN_KWDS = ("hidden", "epochs", "batch_size", "lr", "weight_decay", "l1", "mask_mode",
-              "scale", "chunk_size", "backend", "ray_address", "num_cpus_per_task",
-              "num_gpus_per_task", "task_size")
-
 
 def _class_factors(A: list[torch.Tensor], members: np.ndarray) -> np.ndarray:
     """``[A_1[C], …, A_K[C]] / sqrt(K)``: rows of one class, all given checkpoints."""
@@ -126,11 +123,7 @@ def trak(
     store, ``method="trak"``, ``trak_params``, ``self_influence``, ``embedding``, ``halves``,
     timings) and, for small data, ``adata.obsp[key_added]``.
     """
-    train_kwds = dict(train_kwds or {})
-    unknown = sorted(set(train_kwds) - set(TRAIN_KWDS))
-    if unknown:
-        raise TypeError(f"train_kwds {unknown} are not train_models settings (allowed: "
-                        f"{', '.join(TRAIN_KWDS)}).")
+    train_kwds = fold_train_kwds(train_kwds)
     if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)) or n_models < 4:
         raise ValueError(f"n_models must be an integer >= 4 (two halves of at least 2 "
                          f"checkpoints), got {n_models!r}.")

@@ -8,19 +8,15 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy.stats import false_discovery_control
-from tqdm.auto import tqdm
 
 from .._anndata import dense_features, get_features, uns_safe
-from .._seeding import SNR_PURPOSE, VALIDATION_PURPOSE, check_random_state, derived_seed
+from .._seeding import VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
-from .._workers import RepeatedMasks
-from ..ensemble import EnsembleTrainer, resolve_device
+from ..ensemble import resolve_device
 from ..evaluation import permutation_p_value
-from ..evaluation import signal_to_noise as _snr
-from ..masks import MaskMode
+from ._recorded import RecordedTraining, check_n_models, recorded_training
 from ._retrain import heldout_performance, retrain_without
 from ._subgroups import UNASSIGNED
-from ._train import RecordedTraining, check_n_models, recorded_training, training_parts
 
 NULL_SETS = ("neighbourhood", "random")
 
@@ -240,74 +236,3 @@ def validate_subgroups(
     }
     adata.uns[subgroup_key] = uns_safe(info)
     return adata if copy else table
-
-
-def signal_to_noise(
-    adata: AnnData,
-    label_key: str,
-    *,
-    use_rep: str | None = None,
-    layer: str | None = None,
-    group_key: str | None = None,
-    stratify_key: str | None = None,
-    alpha: float = 0.5,
-    n_masks: int = 32,
-    n_seeds: int = 4,
-    mask_mode: MaskMode = "balanced",
-    hidden: Sequence[int] = (64,),
-    epochs: int = 20,
-    batch_size: int | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    l1: float = 0.0,
-    scale: bool = True,
-    device: str = "auto",
-    chunk_size: int | None = None,
-    random_state: int = 0,
-    verbose: bool | None = None,
-) -> dict:
-    """How much of a margin is the training subset, and how much the seed?
-
-    Trains ``n_seeds`` models on each of ``n_masks`` subsets (the arguments are those of
-    :func:`scdm.tl.train_models`). A datamodel can only learn the part of a margin that moves
-    with the subset; the part that moves with the initialisation and data order is noise to
-    it. Compare settings (``alpha``, ``weight_decay``, ``hidden``, ``epochs``) by the median
-    signal-to-noise ratio, among those with an acceptable held-out accuracy — the criterion
-    the datamodel-subgroups study used to pick α and model size. Nothing is written to
-    ``adata``.
-
-    Returns
-    -------
-    dict with ``"median_snr"``, ``"median_signal"``, ``"median_noise"``,
-    ``"mean_heldout_accuracy"``, per-target ``"snr"``/``"signal"``/``"noise"`` arrays (held-out
-    subsets only) and the ``"params"`` compared.
-    """
-    n_masks = check_n_models(n_masks)
-    n_seeds = check_n_models(n_seeds)
-    if n_seeds < 2 or n_masks < 4:
-        raise ValueError("signal_to_noise needs n_seeds >= 2 and n_masks >= 4 (noise is the "
-                         "variance across seeds, signal the variance across subsets).")
-    inputs, sampler, config = training_parts(
-        adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-        stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, hidden=hidden,
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, l1=l1,
-        scale=scale, random_state=derived_seed(check_random_state(random_state), SNR_PURPOSE))
-    trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
-                              device=resolve_device(device), random_state=sampler.random_state)
-    chunk = int(chunk_size or trainer.auto_chunk_size())
-    total = n_masks * n_seeds
-    masks = RepeatedMasks(sampler, n_seeds).sample(np.arange(total))
-    margins = np.empty((total, adata.n_obs), dtype=np.float32)
-    accuracy = np.empty(total, dtype=np.float32)
-    with tqdm(total=total, desc="signal-to-noise models", unit="model",
-              disable=not settings.progress(verbose)) as bar:
-        for start in range(0, total, chunk):
-            idx = np.arange(start, min(start + chunk, total))
-            result = trainer.train(masks[idx], idx)
-            margins[idx], accuracy[idx] = result.margins, result.heldout_accuracy
-            bar.update(idx.size)
-    out = _snr(margins.reshape(n_masks, n_seeds, -1), masks[::n_seeds])
-    out["mean_heldout_accuracy"] = float(np.nanmean(accuracy))
-    out["params"] = {"alpha": sampler.alpha, "n_masks": n_masks, "n_seeds": n_seeds,
-                     **config.to_dict()}
-    return out

@@ -9,15 +9,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from .._anndata import hash_arrays
 from .._seeding import check_random_state
-from .._training import store_schema
-from .._workers import write_recipe
 from ..masks import MaskSampler, check_alpha
-from ..store import ModelStore
+from ..store import ModelStore, hash_arrays, store_schema
+from ..workers import register_recipe, write_recipe
 from ._resnet import ResNetConfig, ResNetEnsembleTrainer, check_images
 
 
+@register_recipe
 @dataclass
 class ImageRecipe:
     """Everything needed to train image model ``m`` of a store anywhere.

@@ -23,6 +23,7 @@ import ray
 import torch
 
 import scdm
+from scdm.workers import RayBackend
 
 
 def dataset(n_obs: int = 2000, n_features: int = 50) -> ad.AnnData:
@@ -36,8 +37,8 @@ def dataset(n_obs: int = 2000, n_features: int = 50) -> ad.AnnData:
 
 def timed_train(adata, store: Path, n_models: int, **kwargs) -> float:
     start = time.perf_counter()
-    scdm.tl.train_models(adata, "label", n_models=n_models, store=store, batch_size=128,
-                         verbose=False, **kwargs)
+    scdm.tl.train_models(adata, "label", n_models=n_models, store=store,
+                         config={"batch_size": 128}, verbose=False, **kwargs)
     return time.perf_counter() - start
 
 
@@ -65,11 +66,11 @@ def main() -> None:
             start = time.perf_counter()
             ray.get([_noop.remote() for _ in range(200)])
             empty = (time.perf_counter() - start) / 200
-            one = timed_train(adata, Path(tmp) / f"one{cpus}", 1, backend="ray", task_size=1,
+            one = timed_train(adata, Path(tmp) / f"one{cpus}", 1, backend=RayBackend(task_size=1),
                               min_heldout=0)
             for size in args.task_sizes:
-                seconds = timed_train(adata, Path(tmp) / f"ray{cpus}-{size}", n, backend="ray",
-                                      task_size=size)
+                seconds = timed_train(adata, Path(tmp) / f"ray{cpus}-{size}", n,
+                                      backend=RayBackend(task_size=size))
                 rows.append((f"ray, {cpus} worker(s)", 1, size, n / seconds))
                 print(f"ray {cpus} worker(s), task size {size}: {n / seconds:.1f} models/s",
                       flush=True)

@@ -134,14 +134,15 @@ def choose_images(data, args: argparse.Namespace):
 
 def train(store, recipe, n_models: int, args: argparse.Namespace, desc: str) -> dict:
     """Fill ``store``'s models; models/s counts the models this call trained."""
-    from scdm._ray import fill_store
+    from scdm.workers import LocalBackend, RayBackend, fill_store
 
     before = store.n_completed
     start = time.perf_counter()
-    fill_store(store, recipe, 0, n_models, backend=args.backend, device=args.device,
-               chunk_size=args.models_at_once, progress=not args.quiet, desc=desc,
-               task_size=args.task_size, ray_address=args.ray_address,
-               num_gpus_per_task=args.num_gpus_per_task)
+    backend = (LocalBackend(chunk_size=args.models_at_once) if args.backend == "local" else
+               RayBackend(address=args.ray_address, num_gpus_per_task=args.num_gpus_per_task,
+                          task_size=args.task_size, chunk_size=args.models_at_once))
+    fill_store(store, recipe, models=(0, n_models), backend=backend, device=args.device,
+               progress=not args.quiet, desc=desc)
     seconds = time.perf_counter() - start
     trained = store.n_completed - before
     return {"models": n_models, "trained_now": trained, "seconds": round(seconds, 2),
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_args(args)
     import scdm
-    from scdm._ray import check_backend
     from scdm._seeding import LDS_PURPOSE, derived_seed
     from scdm.ensemble import resolve_device
     from scdm.evaluation import linear_datamodeling_score
@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         embedding_pca,
         influencer_grid,
     )
+    from scdm.workers import as_backend
 
-    check_backend(args.backend)
+    as_backend(args.backend)  # Ray missing: an error before any work
     scdm.settings.verbosity = 0 if args.quiet else 1
     config = ResNetConfig(width=args.width, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, lr_peak_epoch=args.lr_peak_epoch,

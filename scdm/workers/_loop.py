@@ -1,31 +1,20 @@
-"""Fill a store with trained models: the loop shared by tl.train_models, CLI workers and Ray."""
+"""The training loop: chunks of models trained and written, each before the next starts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .ensemble import EnsembleTrainer
-from .masks import MaskSampler
-from .store import ModelStore
-
-
-def store_schema(n_obs: int, n_targets: int | None = None) -> dict:
-    """Fields of a training store: masks over samples, margins on targets, held-out accuracy."""
-    return {
-        "masks": (np.bool_, (n_obs,)),
-        "margins": (np.float32, (n_obs if n_targets is None else n_targets,)),
-        "heldout_accuracy": (np.float32, ()),
-    }
+from ..store import ModelStore
+from ._recipes import MaskSource, Trainer
 
 
 def train_into_store(
     store: ModelStore,
-    trainer: EnsembleTrainer,
-    sampler: MaskSampler | Any,
+    trainer: Trainer,
+    sampler: MaskSource,
     model_indices: Sequence[int] | np.ndarray | None = None,
     *,
     chunk_size: int | None = None,

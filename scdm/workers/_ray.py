@@ -1,6 +1,6 @@
-"""Fill a store with Ray: model-index ranges become tasks that write disjoint rows.
+"""Ray: model-index ranges become tasks that write disjoint rows of one store.
 
-Tasks run :func:`scdm._workers.run_worker` on the store directory (a shared filesystem across
+Tasks run :func:`scdm.workers.run_worker` on the store directory (a shared filesystem across
 the cluster), so they need nothing but the path: the store carries its recipe. A task whose
 worker dies is retried by Ray (``max_retries``) and, being idempotent, finishes the models its
 first attempt left incomplete. Progress is read from the store's completion flags.
@@ -13,38 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._training import train_into_store
-from ._workers import TrainingRecipe, UserMain, run_main_worker, run_worker, write_recipe
-from .store import ModelStore
-
-BACKENDS = ("local", "ray")
-
-
-def check_backend(backend: str) -> None:
-    """Refuse an unknown backend, or ``"ray"`` without Ray installed, before any work."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    if backend == "ray":
-        import_ray()
-
-
-def fill_store(store: ModelStore, recipe: TrainingRecipe, start: int, stop: int, *, backend: str,
-               device: str = "auto", chunk_size: int | None = None, progress: bool = True,
-               desc: str = "training models", task_size: int = 256,
-               ray_address: str | None = None, num_cpus_per_task: float = 1,
-               num_gpus_per_task: float = 0) -> None:
-    """Train the incomplete models in ``[start, stop)`` of ``store`` following ``recipe``:
-    in this process (``"local"``), or as Ray tasks after saving the recipe into the store."""
-    if backend == "ray":
-        write_recipe(store.path, recipe)
-        fill_store_with_ray(store.path, start, stop, task_size=task_size,
-                            ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
-                            num_gpus_per_task=num_gpus_per_task, device=device,
-                            chunk_size=chunk_size, progress=progress, desc=f"{desc} (ray)")
-    else:
-        train_into_store(store, recipe.trainer(device), recipe.mask_source(),
-                         np.arange(start, stop), chunk_size=chunk_size, progress=progress,
-                         desc=desc)
+from ..store import ModelStore
+from ._worker import UserMain, run_main_worker, run_worker
 
 
 def import_ray():
@@ -71,7 +41,7 @@ def task_ranges(completed: np.ndarray, start: int, stop: int, task_size: int
             if not completed[a : min(a + task_size, stop)].all()]
 
 
-def fill_store_with_ray(store_path: str | Path, start: int, stop: int, *,
+def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
                         task_size: int = 256, ray_address: str | None = None,
                         num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
                         device: str = "auto", chunk_size: int | None = None,

@@ -1,0 +1,106 @@
+"""One verb, :func:`fill_store`, and where it runs: :class:`LocalBackend` or :class:`RayBackend`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..store import ModelStore
+from ._loop import train_into_store
+from ._ray import fill_with_ray, import_ray
+from ._recipes import TrainingRecipe, read_recipe, write_recipe
+from ._worker import UserMain, run_main_worker
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """Train in this process, ``chunk_size`` models at a time (default: from the device's
+    memory). Results do not depend on ``chunk_size`` (bitwise on CPU)."""
+
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}.")
+
+
+@dataclass(frozen=True)
+class RayBackend:
+    """Ranges of ``task_size`` models become Ray tasks that write disjoint rows of the store.
+
+    The store must lie on a filesystem every Ray node sees. Connects to ``address`` (default:
+    ``RAY_ADDRESS``, else a local Ray is started). ``num_gpus_per_task`` may be fractional
+    (several tasks share a GPU); a task whose worker dies is retried ``max_retries`` times and
+    finishes what its first attempt left. Results are identical to :class:`LocalBackend` on
+    CPU. A task costs ~0.1-1 s of overhead (``workflows/benchmarks/scaling.py``).
+    """
+
+    address: str | None = None
+    num_cpus_per_task: float = 1
+    num_gpus_per_task: float = 0
+    task_size: int = 256
+    chunk_size: int | None = None
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if int(self.task_size) < 1:
+            raise ValueError(f"task_size must be at least 1, got {self.task_size}.")
+        if not self.num_cpus_per_task > 0 or self.num_gpus_per_task < 0:
+            raise ValueError("num_cpus_per_task must be positive and num_gpus_per_task >= 0.")
+
+
+Backend = LocalBackend | RayBackend
+BACKENDS = ("local", "ray")
+
+
+def as_backend(backend: str | Backend) -> Backend:
+    """``"local"``, ``"ray"`` or a backend object → a backend object; Ray is imported here, so
+    a missing Ray fails before any work."""
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or a LocalBackend / "
+                             f"RayBackend, got {backend!r}.")
+        backend = LocalBackend() if backend == "local" else RayBackend()
+    if not isinstance(backend, (LocalBackend, RayBackend)):
+        raise TypeError(f"backend must be 'local', 'ray', a LocalBackend or a RayBackend, got "
+                        f"{type(backend).__name__}.")
+    if isinstance(backend, RayBackend):
+        import_ray()
+    return backend
+
+
+def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain | None = None,
+               *, models: tuple[int, int] | None = None, backend: str | Backend = "local",
+               device: str = "auto", progress: bool = True,
+               desc: str = "training models") -> None:
+    """Train the incomplete models in ``models`` (``(start, stop)``, default all) of a store.
+
+    ``recipe`` says how: a :class:`TrainingRecipe` (saved into the store first when Ray tasks
+    need it), a user's ``main`` (:class:`UserMain`), or ``None``: the recipe the store holds.
+    Completed models are skipped, so any split of the work gives the same store.
+    """
+    backend = as_backend(backend)
+    if not isinstance(store, ModelStore):
+        store = ModelStore.open(store, writable=True)
+    start, stop = (0, store.n_models) if models is None else (int(models[0]), int(models[1]))
+    if not 0 <= start < stop <= store.n_models:
+        raise ValueError(f"models {(start, stop)} must satisfy 0 <= start < stop <= "
+                         f"{store.n_models} (the store's number of models).")
+    if isinstance(backend, RayBackend):
+        user_main = recipe if isinstance(recipe, UserMain) else None
+        if recipe is not None and user_main is None:
+            write_recipe(store.path, recipe)
+        fill_with_ray(store.path, start, stop, task_size=backend.task_size,
+                      ray_address=backend.address, num_cpus_per_task=backend.num_cpus_per_task,
+                      num_gpus_per_task=backend.num_gpus_per_task, device=device,
+                      chunk_size=backend.chunk_size, max_retries=backend.max_retries,
+                      progress=progress, desc=f"{desc} (ray)", user_main=user_main)
+    elif isinstance(recipe, UserMain):
+        run_main_worker(store.path, recipe, start, stop, progress=progress)
+    else:
+        recipe = read_recipe(store.path) if recipe is None else recipe
+        train_into_store(store, recipe.trainer(device), recipe.mask_source(),
+                         np.arange(start, stop), chunk_size=backend.chunk_size,
+                         progress=progress, desc=desc)

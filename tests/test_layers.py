@@ -1,0 +1,46 @@
+"""House rules that keep the layers honest (issue: one package per concept, honest layers)."""
+
+import ast
+import inspect
+from pathlib import Path
+
+import scdm
+
+PACKAGE = Path(scdm.__file__).parent
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                offenders += [f"{path.relative_to(PACKAGE)}:{node.lineno} {alias.name}"
+                              for alias in node.names
+                              if alias.name.startswith("_") and alias.name != "__version__"]
+    assert not offenders, offenders
+
+
+def test_engines_know_nothing_of_anndata():
+    engines = ["store.py", "masks.py", "ensemble.py", "regression.py", "evaluation.py",
+               "clustering.py", "composition.py", "cleaning.py", "io.py", "_memmap.py"]
+    for name in engines:
+        tree = ast.parse((PACKAGE / name).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}
+        assert not any(m.split(".")[0] in ("anndata", "scanpy") or m.startswith("tl")
+                       or m.startswith(".tl") for m in imported), (name, imported)
+
+
+def test_public_tl_functions_take_at_most_20_parameters():
+    too_many = {name: len(inspect.signature(func).parameters)
+                for name, func in vars(scdm.tl).items()
+                if inspect.isfunction(func) and not name.startswith("_")
+                and len(inspect.signature(func).parameters) > 20}
+    assert not too_many, too_many
