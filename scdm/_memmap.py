@@ -17,9 +17,9 @@ import numpy as np
 _CAN_RELEASE = hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
 
 
-def _shared_mapping(array: np.ndarray) -> tuple[mmap.mmap, int] | None:
+def _shared_mapping(array: np.ndarray) -> tuple[Any, int] | None:
     """The shared file mapping under ``array`` and the address where it starts, if any."""
-    root = array
+    root: Any = array
     while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
         root = root.base
     # copy-on-write mappings ("c") hold private changes that MADV_DONTNEED would discard

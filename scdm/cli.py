@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -208,7 +209,8 @@ def _run(args: argparse.Namespace) -> int:
             f"models trained: {summary['models_trained']} (mean held-out accuracy "
             f"{summary['mean_heldout_accuracy']:.3f}) in {summary['seconds']['train models']} s",
             f"datamodels fitted in {summary['seconds']['fit datamodels']} s; held-out margin "
-            f"correlation mean {corr.mean():.3f}, median {corr.median():.3f}"]
+            f"correlation mean {adata.obs[f'{key}_corr'].mean():.3f}, median "
+            f"{adata.obs[f'{key}_corr'].median():.3f}"]
     if args.lds_models:
         lines.append(
             f"LDS on {args.lds_models} new models: mean {summary['lds']['mean']:.3f}, median "
@@ -433,7 +435,8 @@ def _fit_merge(args: argparse.Namespace) -> int:
         if "mean" in first and not np.allclose(d["mean"], first["mean"]):
             raise ValueError("the files were fitted on different models (mask statistics "
                              "differ); fit every range on the same store and models.")
-    data = {key: torch.from_numpy(np.concatenate([d[key] for d in parts], axis=-1))
+    data: dict[str, Any] = {
+        key: torch.from_numpy(np.concatenate([d[key] for d in parts], axis=-1))
             for key in ("weight", "bias", "lam", "self_influence") if key in first}
     data.update({key: torch.from_numpy(first[key]) for key in ("mean", "scale") if key in first})
     data.update({"units": first.get("units"), "target_start": 0, "target_stop": total,

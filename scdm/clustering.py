@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -265,7 +266,8 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         raise ValueError(f"the halves must embed the same points alike, got shapes "
                          f"{half1.shape} and {half2.shape}.")
     resolutions = check_resolutions(resolutions)
-    kw = {"n_neighbors": n_neighbors, "resolutions": resolutions, "random_state": random_state}
+    kw: dict[str, Any] = {"n_neighbors": n_neighbors, "resolutions": resolutions,
+                          "random_state": random_state}
     parts1, parts2 = leiden_labels(half1, **kw), leiden_labels(half2, **kw)
     observed = np.array([split_reproducibility(a, b) for a, b in zip(parts1, parts2,
                                                                       strict=True)])

@@ -165,7 +165,7 @@ def read_datamodels(path: str | os.PathLike, *, masks=None, margins=None,
                 "and scdm's files) or units='raw' (scdm before 0.2), or masks= and margins= of "
                 "some of its models to infer them.")
         errors = {name: _mse(w, b, masks, margins) for name, (w, b) in candidates.items()}
-        units = min(errors, key=errors.get)
+        units = min(errors, key=lambda name: errors[name])
         warnings.warn(f"{path} has no units tag; read as {units!r} (its prediction error on "
                       "the given models: " + ", ".join(f"{k} {v:.4g}" for k, v in
                                                        errors.items()) + ").", stacklevel=2)

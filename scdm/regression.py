@@ -90,7 +90,7 @@ class _Rows:
 
     def chunks(self, cols: torch.Tensor | None = None):
         """Yield ``(X_chunk, Y_chunk[:, cols], S_chunk[:, cols] or None)``."""
-        source = self._cache if self._filled else self._load()
+        source = self._cache if self._filled and self._cache is not None else self._load()
         for item in source:
             if self._cache is not None and not self._filled:
                 self._cache.append(item)
@@ -137,7 +137,7 @@ class _Rows:
         mean, scale = self.mean, self.scale
         raw = V / scale[:, None]
         offset = intercept - (mean / scale) @ V
-        G = torch.zeros_like(V) if grad else None
+        G = torch.zeros_like(V)  # the gradient, when ``grad``
         sums = torch.zeros(8, V.shape[1], device=V.device, dtype=V.dtype)
         for Xc, Yc, Sc in self.chunks(cols):
             pred = torch.addmm(offset, Xc, raw)
@@ -155,9 +155,9 @@ class _Rows:
                 sums[5] += (s * pred * pred).sum(0)
                 sums[6] += (s * Yc).sum(0)
                 sums[7] += (s * Yc * Yc).sum(0)
-        if grad:
-            G = (G - mean[:, None] * sums[0]) / scale[:, None]
-        return G, sums
+        if not grad:
+            return None, sums
+        return (G - mean[:, None] * sums[0]) / scale[:, None], sums
 
     def gram_top_eigenvalue(self) -> float:
         """Largest eigenvalue of X̃ᵀX̃ over the rows: the step-size bound."""
@@ -368,6 +368,9 @@ class LassoPath:
         Whether the fit used the Gram form.
     """
 
+    # set by fit_datamodels_path: the diagonal moved out of ``coef_`` (None: not absorbed)
+    self_influence_: np.ndarray | None
+
     def __init__(self, *, n_lambdas: int = 20, eps: float = 1e-3,
                  lambdas: np.ndarray | None = None, val_fraction: float = 0.1,
                  val_rows: np.ndarray | None = None, early_stopping: bool = True,
@@ -561,8 +564,8 @@ class LassoPath:
         k = int(self.n_lambdas) if lam_path is None else lam_path.shape[0]
         self.path_ = {key: np.full((k, n_targets), np.nan) for key in
                       ("lambda", "train_mse", "val_mse", "nnz")}
-        common = dict(mean=mean, scale=scale, device=device, dtype=dtype, chunk_rows=chunk_rows,
-                      offset=offset)
+        common: dict[str, Any] = dict(mean=mean, scale=scale, device=device, dtype=dtype,
+                                      chunk_rows=chunk_rows, offset=offset)
         # cache budget: the training rows get most of it, validation/all rows the rest
         cache = {"train": budget // 2, "val": budget // 8, "all": budget // 4}
         progress = settings.progress(self.verbose)
@@ -582,6 +585,7 @@ class LassoPath:
         with tqdm(total=len(blocks) * k, desc="LASSO path", unit="λ", disable=not progress
                   ) as bar:
             for t0, t1 in blocks:
+                rows: dict[str, Any]
                 if self.precompute_:
                     rows = {name: moments[name].block(t0, t1, dtype) if name in moments else None
                             for name in ("train", "val", "all")}
@@ -658,7 +662,7 @@ class LassoPath:
         n_t, y_mean, y_var, x_mean = stats
         n_cols = W.shape[1]
         step = n_t.clamp_min(1.0) / gram_top  # 1 / L_t
-        tol = float(tol) * y_var
+        tol_t = float(tol) * y_var  # per target, relative to its variance
         x = W.clone()
         z = W.clone()
         t = torch.ones(n_cols, device=W.device, dtype=W.dtype)
@@ -681,7 +685,7 @@ class LassoPath:
             gap = 0.5 * mse * (1 + kappa**2) + la * za.abs().sum(0) + kappa * sums[2] / na
             sse.index_copy_(0, act, mse)
             iters.index_add_(0, act, torch.ones_like(act))
-            converged = gap <= tol.index_select(0, act)
+            converged = gap <= tol_t.index_select(0, act)
             if converged.any():  # certified by its gap: keep this point and freeze the target
                 x.index_copy_(1, act[converged], za[:, converged])
                 done.index_fill_(0, act[converged], True)
@@ -830,8 +834,8 @@ def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = 
       validation models that did *not* train on the target. The self-influence is then moved
       out of the weights: ``model.self_influence_`` keeps the diagonal and ``coef_``'s diagonal
       is set to 0, which leaves every prediction for a model that did not train on the target
-      unchanged. Measured on planted data (``workflows/benchmarks/fit_modes.py``) this is
-      8-17× faster than ``heldout=True`` (the gap grows with the samples) at a higher LDS.
+      unchanged. On planted data this is faster than ``heldout=True`` (the gap grows with the
+      samples) at a higher LDS (``workflows/benchmarks/fit_modes.py``; RESULTS.md).
     - ``heldout=True``: target ``t`` is fitted only on the models that did not train on it.
 
     ``target_offset``: the columns of ``Y`` are training samples ``target_offset …

@@ -60,7 +60,7 @@ def hash_arrays(*arrays: np.ndarray | None) -> str:
             continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.data.cast("B"))
     return h.hexdigest()
 
 
@@ -347,7 +347,7 @@ class ModelStore:
         return cls(path, writable=True)
 
     @classmethod
-    def _resume(cls, path: Path, n_models: int, spec_schema: dict, fingerprint: dict
+    def _resume(cls, path: Path, n_models: int, spec_schema: dict, fingerprint: Mapping
                 ) -> ModelStore:
         store = cls(path, writable=True)
         diffs = fingerprint_differences(store.fingerprint, fingerprint)
@@ -401,11 +401,13 @@ class ModelStore:
         if isinstance(spec, (str, os.PathLike)):
             spec_file = Path(spec)
             try:
-                spec = json.loads(spec_file.read_text())
+                loaded = json.loads(spec_file.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{spec_file} is not valid JSON: {err}") from None
-        schema = check_madrylab_spec(spec)
-        return cls.create(path, n_models=int(spec["num_models"]), schema=schema,
+        else:
+            loaded = spec
+        schema = check_madrylab_spec(loaded)
+        return cls.create(path, n_models=int(loaded["num_models"]), schema=schema,
                           fingerprint={"source": "madrylab-spec"}, resume=resume)
 
     @classmethod

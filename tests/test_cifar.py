@@ -27,6 +27,8 @@ from scdm.vision import (
     write_cifar10,
 )
 
+pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ResNetConfig(width=4, epochs=2, batch_size=25, lr=0.2, lr_peak_epoch=1)
 

@@ -14,6 +14,8 @@ import scdm
 from scdm.cleaning import confident_labels, group_weights, removal_effect, top_influencers
 from scdm.tl._attribution import attribution
 
+pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
+
 matplotlib.use("Agg")
 
 # class names with "/" and "+" as cell types have them ("CD4+/CD25 T Reg"): not h5ad keys

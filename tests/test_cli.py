@@ -1,9 +1,12 @@
 import json
 
 import anndata as ad
-from conftest import make_adata
+import pytest
+from _helpers import make_adata
 
 from scdm.cli import bundled_pbmc, main
+
+pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
 
 
 def test_run_on_bundled_data_writes_its_outputs(tmp_path):

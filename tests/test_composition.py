@@ -87,6 +87,7 @@ def _donors(adata, confounded: str | None) -> pd.Categorical:
     return pd.Categorical(donor)
 
 
+@pytest.mark.slow
 def test_composition_flags_a_one_donor_subgroup_and_not_a_balanced_subtype(planted, tmp_path):
     """The real pipeline (datamodels → reproducible subgroups) on two planted subtypes: the
     check runs itself on the stratify_key (balanced batches: silent); a subtype whose cells all

@@ -127,6 +127,7 @@ def test_bad_inputs_are_refused():
         trainer.train(np.zeros((1, X.shape[0]), bool), [0])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_agrees_with_cpu():
     X, y = data()

@@ -81,6 +81,7 @@ def test_lds_is_reproducible_and_resumes(evaluated, tmp_path):
     assert adata.uns["datamodels"]["lds"]["mean"] > evaluated.uns["datamodels"]["lds"]["mean"]
 
 
+@pytest.mark.slow
 def test_model_count_curve_rises_and_recommends(evaluated):
     adata = evaluated.copy()
     scdm.tl.model_count_curve(adata, n_models=[250, 1000, 4000])
@@ -143,6 +144,7 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_feature_space_clusters_of_null_data_do_not_validate(tmp_path):
     """No subtypes: clusters of the input features are coherent but meaningless. Against
     uniform random sets they "validate"; against feature-space neighbourhoods (the default)

@@ -3,7 +3,7 @@ import shutil
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import make_adata
+from _helpers import make_adata
 from scipy import sparse
 
 import scdm

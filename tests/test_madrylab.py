@@ -129,6 +129,7 @@ def run_cli(*args, cwd=None):
                           text=True, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_worker_runs_a_user_main_idempotently(tmp_path, user_module, capsys):
     store = ModelStore.from_spec(tmp_path / "s", SPEC)
     # two workers on overlapping ranges, extra arguments after --, MadryLab style
@@ -215,6 +216,7 @@ def test_a_directory_madrylab_made_opens_without_being_written(tmp_path, user_mo
     assert not (logdir / "datamodels.pt").exists()
 
 
+@pytest.mark.slow
 def test_migration_fit_their_store_and_predict_their_way(tmp_path, user_module):
     """A store built as MadryLab's initialize_store + workers build it (bool masks, float16
     margins, some rows incomplete), fitted with ``scdm fit``, loaded with plain ``torch.load``

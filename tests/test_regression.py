@@ -217,6 +217,7 @@ def test_nan_in_targets_is_refused():
         LassoPath(verbose=False).fit(X, Y)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_agrees_with_cpu():
     X, Y, _ = planted()

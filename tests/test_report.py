@@ -45,6 +45,7 @@ def _figure_count(page: str) -> int:
     return len(re.findall(r"<img ", page))
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_complete(reported, tmp_path):
     adata, path = reported
     page = path.read_text()

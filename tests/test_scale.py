@@ -10,12 +10,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_adata
+from _helpers import make_adata
 
 import scdm
 from scdm.io import read_datamodels_pt
 from scdm.store import ModelStore
 from scdm.workers import RayBackend
+
+# a real local Ray cluster and real processes: CI runs them, the quick default run does not
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ray = pytest.importorskip("ray")
 

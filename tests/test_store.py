@@ -113,6 +113,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_on_disjoint_rows(tmp_path):
     script = WORKER.format(tests=str(__import__("pathlib").Path(__file__).parent),
                            path=str(tmp_path / "s"))

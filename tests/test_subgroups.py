@@ -248,6 +248,7 @@ def _as_attribution(adata, key: str):
     return adata
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["datamodels", "trak"])
 def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
     """Per-class embedding panels, markers, composition (with its flag) and a per-class UMAP,

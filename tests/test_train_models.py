@@ -7,7 +7,7 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import make_adata
+from _helpers import make_adata
 
 import scdm
 from scdm.store import ModelStore, StoreMismatchError
@@ -105,7 +105,7 @@ def test_store_of_another_configuration_is_refused_untouched(adata, tmp_path):
 WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from conftest import make_adata
+    from _helpers import make_adata
     import scdm
     from scdm.workers import LocalBackend
     scdm.settings.verbosity = 0
@@ -125,6 +125,7 @@ def worker(store, n_models, chunk, start, stop):
     return subprocess.Popen([sys.executable, "-c", script, str(start), str(stop)])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(adata, tmp_path):
     n_models = 3000
     proc = worker(tmp_path / "killed", n_models, 20, 0, n_models)
@@ -147,6 +148,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(adata, tmp_path):
     np.testing.assert_array_equal(killed.margins, clean.margins)
 
 
+@pytest.mark.slow
 def test_two_processes_fill_disjoint_ranges_of_one_store(adata, tmp_path):
     procs = [worker(tmp_path / "s", 400, 30, a, b) for a, b in [(0, 200), (200, 400)]]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]

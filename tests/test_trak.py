@@ -253,6 +253,7 @@ def small_trak(tmp_path_factory):
     return adata
 
 
+@pytest.mark.slow
 def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_path):
     import scdm
     from scdm.tl._embed import embed_blocks, embedding_blocks
@@ -331,6 +332,7 @@ def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_tra
     assert list(fewer.uns["trak"]["halves"]["n_models"]) == [5, 5]
 
 
+@pytest.mark.slow
 def test_tl_trak_on_null_data_finds_one_subgroup(tmp_path):
     import scanpy as sc
 
@@ -383,6 +385,7 @@ def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 def test_tl_trak_with_a_known_batch_does_not_split_by_it(tmp_path):
     """20 PCs of a small planted set are dominated by its 4 batches: the gradients of a batch
     share its input shift, and without stratify_key TRAK's subgroups were subtype × batch

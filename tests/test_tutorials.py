@@ -6,6 +6,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
+
 matplotlib.use("Agg")
 
 TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("*.py"))

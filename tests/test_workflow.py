@@ -46,6 +46,7 @@ def test_datamodels_recover_planted_subtypes_better_than_expression(planted):
     assert (programs != "none").mean() > 0.8
 
 
+@pytest.mark.slow
 def test_every_result_survives_h5ad(planted, tmp_path):
     adata = planted.copy()
     scdm.tl.subgroups(adata)

@@ -73,12 +73,13 @@ def gaussian_subtypes(
                          f"{batch_features} batch and {gradient_features} gradient features "
                          f"need {needed} features but n_features={n_features}.")
     rng = np.random.default_rng(seed)
-    cls_of, sub_of = [], []
+    cls_list: list[str] = []
+    sub_list: list[str] = []
     for c, sizes in classes.items():
         for k, size in enumerate(sizes):
-            cls_of += [c] * int(size)
-            sub_of += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
-    cls_of, sub_of = np.array(cls_of), np.array(sub_of)
+            cls_list += [c] * int(size)
+            sub_list += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
+    cls_of, sub_of = np.array(cls_list), np.array(sub_list)
     n_obs = cls_of.size
     batch = np.empty(n_obs, dtype=np.int64)
     for s in pd.unique(sub_of):
@@ -90,7 +91,7 @@ def gaussian_subtypes(
     for i, (c, k) in enumerate(programs):
         cols = features[i * program_size:(i + 1) * program_size]
         name = c if len(classes[c]) == 1 else f"{c}-{k}"
-        X[np.ix_(sub_of == name, cols)] += program_effect
+        X[np.ix_(np.flatnonzero(sub_of == name), cols)] += program_effect
         program[cols] = name
     start = len(programs) * program_size
     batch_cols = features[start:start + batch_features]

@@ -75,8 +75,8 @@ def planted_subtypes(
     (the subtype a gene marks, or ``"none"``) and ``.var["batch_gene"]``.
     """
     seed = check_random_state(random_state)
-    if np.ndim(n_per_subtype) == 1:
-        sizes = [int(v) for v in n_per_subtype]
+    if isinstance(n_per_subtype, Sequence) or np.ndim(n_per_subtype) == 1:
+        sizes = [int(v) for v in n_per_subtype]  # type: ignore[union-attr]
         n_subtypes = len(sizes)
     else:
         sizes = [int(n_per_subtype)] * int(n_subtypes)

@@ -65,7 +65,7 @@ def lds(
     curve = info.get("model_curve")
     n_panels = len(idx) + (curve is not None)
     fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.4), squeeze=False)
-    axes = list(axes[0])
+    axes = list(axes[0])  # type: ignore[assignment]
     pred = predict_margins(weights[idx] if not hasattr(weights, "tocsr") else
                            weights.tocsr()[idx], masks, intercept[idx])
     for ax, j, column in zip(axes, idx, range(len(idx)), strict=False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ def category_palette(adata: AnnData, column: str, categories) -> dict:
         return dict(zip(categories, stored, strict=True))
     cmap = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20")
     named = [c for c in categories if c != UNASSIGNED]
-    colours = {c: cmap(i % cmap.N) for i, c in enumerate(named)}
+    colours: dict[Any, Any] = {c: cmap(i % cmap.N) for i, c in enumerate(named)}
     colours[UNASSIGNED] = "lightgray"
     return colours
 
@@ -178,7 +179,7 @@ def embedding(
         if categorical:
             values = values.astype(str).astype("category")
             lookup = category_palette(adata, name, list(values.cat.categories))
-        numbers = None if categorical else values.to_numpy(dtype=np.float64)
+        numbers: Any = None if categorical else values.to_numpy(dtype=np.float64)
         for col, cls in enumerate(drawn):
             panel = axes[row, col]
             members = np.flatnonzero((labels == cls) & np.isfinite(coords).all(axis=1))
@@ -267,7 +268,7 @@ def influencers(
         values = adata.obs[color].astype("category")
         palette = plt.get_cmap("tab20")
         lookup = {c: palette(i % 20) for i, c in enumerate(values.cat.categories)}
-        bar_colors = [lookup[values.iloc[i]] for i in chosen]
+        bar_colors: list[Any] = [lookup[values.iloc[i]] for i in chosen]
     else:
         bar_colors = ["tab:blue"] * len(chosen)
     positions = np.arange(len(chosen))[::-1]

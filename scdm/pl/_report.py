@@ -7,8 +7,10 @@ import datetime as _dt
 import io
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +85,8 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _figures(adata: AnnData, key: str, subgroup_key: str | None) -> list[tuple[str, str, str]]:
+def _figures(adata: AnnData, key: str, subgroup_key: str | None
+             ) -> list[tuple[str, str, Callable[[], Any]]]:
     """(file name, caption, draw function) of every figure the results allow."""
     from . import (
         composition,
@@ -99,7 +102,8 @@ def _figures(adata: AnnData, key: str, subgroup_key: str | None) -> list[tuple[s
 
     info = adata.uns.get(key, {})
     groups = adata.uns.get(subgroup_key, {}) if subgroup_key else {}
-    figures = []
+    sub_key = subgroup_key or ""  # the figures that use it exist only with a subgroup key
+    figures: list[tuple[str, str, Callable[[], Any]]] = []
     if f"X_{key}" in adata.obsm:
         color = [c for c in (subgroup_key, info.get("params", {}).get("label_key"))
                  if c and c in adata.obs][:1]
@@ -111,17 +115,17 @@ def _figures(adata: AnnData, key: str, subgroup_key: str | None) -> list[tuple[s
                         "partitions found on two independent halves of the models at each "
                         "Leiden resolution (numbers: clusters in each half). Filled points "
                         "reproduce and are more separated than cluster-free null halves.",
-                        lambda: reproducibility(adata, key=subgroup_key, show=False)))
+                        lambda: reproducibility(adata, key=sub_key, show=False)))
     marker_table = groups.get("markers")
     if marker_table is not None and len(marker_table):
         figures.append(("markers.png", "Top marker genes of each subgroup within its class.",
-                        lambda: markers(adata, key=subgroup_key, show=False)))
+                        lambda: markers(adata, key=sub_key, show=False)))
     for covariate in groups.get("composition_params", {}).get("keys", []):
         if covariate in adata.obs:
             figures.append((f"composition_{_slug(covariate)}.png",
                             f"Make-up of each subgroup by {covariate} (flagged subgroups in "
-                            "red).", lambda c=covariate: composition(
-                                adata, c, key=subgroup_key, show=False)))
+                            "red).", partial(composition, adata, covariate, key=sub_key,
+                                             show=False)))
     if key in adata.obsp and f"X_{key}" in adata.obsm:
         figures.append(("similarity.png", "Attribution similarity (cosine of embedding rows) "
                         "ordered by subgroup: blocks are cells that rely on the same training "
@@ -144,7 +148,7 @@ def _figures(adata: AnnData, key: str, subgroup_key: str | None) -> list[tuple[s
     if "validation" in groups:
         figures.append(("validation.png", "Retraining without each subgroup vs without equally "
                         "coherent comparison sets.", lambda: validation(
-                            adata, subgroup_key=subgroup_key, show=False)))
+                            adata, subgroup_key=sub_key, show=False)))
     return figures
 
 

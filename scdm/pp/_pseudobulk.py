@@ -75,7 +75,7 @@ def pseudobulk(
             raise ValueError("groupby must differ from sample_key.")
         groups, group_names = get_codes(adata, groupby, "groupby")
     else:
-        groups, group_names = np.zeros(adata.n_obs, dtype=np.int64), [None]
+        groups, group_names = np.zeros(adata.n_obs, dtype=np.int64), [None]  # type: ignore[list-item]
     X = get_features(adata, layer=layer)
     check_finite(X, "the expression values")
     X = X if sparse.issparse(X) else np.asarray(X)
@@ -93,7 +93,8 @@ def pseudobulk(
     profiles[n_cells < min_cells] = 0.0
     profiles = profiles.reshape(n_donors, n_groups * n_genes).astype(np.float32)
 
-    obs = _donor_metadata(adata.obs, donors, donor_names, exclude={sample_key, groupby} - {None})
+    obs = _donor_metadata(adata.obs, donors, donor_names,
+                          exclude={k for k in (sample_key, groupby) if k is not None})
     obs.insert(0, "n_cells", np.bincount(donors, minlength=n_donors))
     genes = adata.var_names.to_numpy().astype(str)
     if groupby is None:

@@ -33,7 +33,7 @@ class Attribution:
         R = np.asarray(R, dtype=np.float64)
         if self.W is not None:
             return np.asarray(self.W.T @ R, dtype=np.float64)
-        return self.q[:, None] * self._mean_gram(R)
+        return self._factors()[1][:, None] * self._mean_gram(R)
 
     def class_sums(self, B: np.ndarray) -> np.ndarray:
         """``τ B``: for each target, the summed influence of the training samples weighted by
@@ -41,13 +41,20 @@ class Attribution:
         B = np.asarray(B, dtype=np.float64)
         if self.W is not None:
             return np.asarray(self.W @ B, dtype=np.float64)
-        return self._mean_gram(self.q[:, None] * B)
+        return self._mean_gram(self._factors()[1][:, None] * B)
+
+    def _factors(self) -> tuple[list[torch.Tensor], np.ndarray]:
+        if self.factors is None or self.q is None:
+            raise RuntimeError("an Attribution without W needs TRAK's factors and q.")
+        return self.factors, self.q
 
     def _mean_gram(self, B: np.ndarray) -> np.ndarray:
-        dev = self.factors[0].device
-        Bt = torch.as_tensor(B, dtype=self.factors[0].dtype, device=dev)
-        out = sum(a @ (a.T @ Bt) for a in self.factors) / len(self.factors)
-        return out.cpu().numpy().astype(np.float64)
+        factors = self._factors()[0]
+        Bt = torch.as_tensor(B, dtype=factors[0].dtype, device=factors[0].device)
+        out = torch.zeros(factors[0].shape[0], Bt.shape[1], dtype=Bt.dtype, device=Bt.device)
+        for a in factors:
+            out += a @ (a.T @ Bt)
+        return (out / len(factors)).cpu().numpy().astype(np.float64)
 
 
 def attribution(adata: AnnData, key: str, *, device: str = "auto") -> Attribution:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -124,15 +125,16 @@ def subgroup_composition(
         column = adata.obs[covariate]
         numeric = _is_numeric(column)
         present = column.notna().to_numpy()
-        codes = None if numeric else column.astype("category").cat.codes.to_numpy()
-        names = None if numeric else column.astype("category").cat.categories
+        codes: Any = None if numeric else column.astype("category").cat.codes.to_numpy()
+        names: Any = None if numeric else column.astype("category").cat.categories
         stream = zlib.crc32(covariate.encode())
         for cls in pd.unique(labels):
             in_class = (labels == cls) & (groups != UNASSIGNED)
             members = in_class & present
             for subgroup in sorted(pd.unique(groups[in_class])):
                 inside = groups[members] == subgroup
-                row = {"class": str(cls), "subgroup": str(subgroup), "covariate": covariate,
+                row: dict[str, Any] = {
+                       "class": str(cls), "subgroup": str(subgroup), "covariate": covariate,
                        "kind": "numeric" if numeric else "categorical",
                        "n_cells": int((groups[in_class] == subgroup).sum()),
                        "n_missing": int(((groups == subgroup) & in_class & ~present).sum())}

@@ -130,10 +130,9 @@ def embed_datamodels(
     is centred and scaled to unit variance first, so the embedding reflects *which* targets a
     training sample moves rather than how strongly.
 
-    Measured on planted subtypes (``workflows/benchmarks/subgroups.py``; 600 cells, 15,000
-    models): Leiden ARI 1.00 with the per-class, standardised, 10-component embedding, against
-    ≤ 0.29 for one standardised SVD of the whole of ``W``; 30 components made Leiden less
-    stable (some settings found one cluster).
+    On planted subtypes the per-class, standardised, 10-component embedding recovered them
+    where one standardised SVD of the whole of ``W`` did not, and 30 components made Leiden
+    less stable (``workflows/benchmarks/subgroups.py``; figures in RESULTS.md).
 
     Parameters
     ----------

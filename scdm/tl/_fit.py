@@ -138,8 +138,8 @@ def fit_datamodels(
     By default (``heldout=False``) every target is fitted on *all* models with its own mask
     column kept as a feature: that column absorbs the self-influence (how much training on
     ``j`` raises ``j``'s own margin), and all targets share one Gram matrix, so the fit is
-    much faster than fitting each target on its own rows (8× at 300 samples, 17× at 600, more
-    with more samples). The self-influence is then taken
+    much faster than fitting each target on its own rows (more so with more samples; figures
+    in ``workflows/benchmarks/RESULTS.md``, "Fit modes"). The self-influence is then taken
     out of ``W`` (its diagonal is 0) and kept in ``adata.uns[key_added]["self_influence"]``.
     Predictions for models that did not train on ``j`` are unaffected, and λ is chosen on
     exactly those validation models. With ``heldout=True`` target ``j`` is fitted only on the
@@ -212,6 +212,8 @@ def fit_datamodels(
             "rerun scdm.tl.train_models to finish it, or pass allow_incomplete=True to fit on "
             "the completed models."
         )
+    X: Any
+    Y: Any
     if completed.size == n_models:  # memmaps straight through, streamed by the solver
         X, Y = model_store.masks, model_store.margins
     else:  # read from the files in chunks, never copied whole

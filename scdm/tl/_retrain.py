@@ -57,7 +57,7 @@ class HeldOut:
 
 
 def retrain_without(training: RecordedTraining, removed: Sequence[np.ndarray], n_models: int,
-                    seed: int, mask_seeds: Sequence[int], *, paired: bool, device: str,
+                    seed: int, mask_seeds: Sequence[int] | np.ndarray, *, paired: bool, device: str,
                     chunk_size: int | None, progress: bool, desc: str) -> HeldOut:
     """Train ``n_models`` models per removed set (an array of cell indices, possibly empty) on
     masks over the remaining cells, drawn with ``mask_seeds[s]``; removed cells are never
@@ -84,9 +84,9 @@ def retrain_without(training: RecordedTraining, removed: Sequence[np.ndarray], n
             models = np.arange(start, min(start + chunk, total))
             sets, reps = models // n_models, models % n_models
             masks = np.zeros((models.size, n_obs), dtype=bool)
-            for i, (s, r) in enumerate(zip(sets, reps, strict=True)):
-                keep, sampler = samplers[s]
-                masks[i, keep] = sampler.sample([r])[0]
+            for i, (which, rep) in enumerate(zip(sets, reps, strict=True)):
+                keep, sampler = samplers[int(which)]
+                masks[i, keep] = sampler.sample([int(rep)])[0]
             margins = trainer.train(masks, reps if paired else models).margins
             out = ~masks
             for s in np.unique(sets):

@@ -134,7 +134,7 @@ def subgroups(
             "first (or scdm.tl.embed_datamodels after fit_datamodels)."
         )
     seed = check_random_state(random_state)
-    if not automatic and not resolution > 0:
+    if resolution is not None and not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution}.")
     grid = check_resolutions(resolutions)
     if not 0.0 < min_reproducibility <= 1.0:
@@ -177,7 +177,7 @@ def subgroups(
                     disable=not settings.progress(verbose) or not automatic):
         members = np.flatnonzero((label_values == cls) & ok)
         codes = np.zeros(members.size, dtype=np.int64)
-        if cls in chosen and automatic:
+        if cls in chosen and halves is not None:  # automatic
             choice = choose_resolution(
                 np.asarray(halves[0], dtype=np.float64)[members],
                 np.asarray(halves[1], dtype=np.float64)[members], n_neighbors=n_neighbors,
@@ -188,7 +188,7 @@ def subgroups(
             if choice.resolution is not None:
                 codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
                                       resolutions=[choice.resolution], random_state=seed)[0]
-        elif cls in chosen:
+        elif cls in chosen and resolution is not None:
             codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
                                   resolutions=[resolution], random_state=seed)[0]
         big = np.bincount(codes)[codes] >= min(min_size, members.size)

@@ -32,7 +32,15 @@ logger = logging.getLogger("scdm")
 # Poisson and Gaussian generators
 DEFAULT_DAMPING = 1.0
 
-def _class_factors(A: list[torch.Tensor], members: np.ndarray) -> np.ndarray:
+def _tensor_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``sum(tensors)`` in the same order (bitwise the builtin's), typed as a tensor."""
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def _class_factors(A: list[torch.Tensor], members: torch.Tensor) -> np.ndarray:
     """``[A_1[C], …, A_K[C]] / sqrt(K)``: rows of one class, all given checkpoints."""
     return (torch.cat([a[members] for a in A], dim=1) / np.sqrt(len(A))).cpu().numpy()
 
@@ -152,7 +160,7 @@ def trak(
     featurized = time.perf_counter()
     q = Q.mean(0).cpu().numpy().astype(np.float64)
     finite = np.isfinite(q) & np.all([torch.isfinite(a).all(1).cpu().numpy() for a in A], axis=0)
-    self_influence = (sum((a * a).sum(1) for a in A) / len(A)).cpu().numpy() * q
+    self_influence = (_tensor_sum([(a * a).sum(1) for a in A]) / len(A)).cpu().numpy() * q
 
     blocks = embedding_blocks(adata, label_key)
     embeddings = {name: np.full((adata.n_obs, n_comps), np.nan, dtype=np.float32)
@@ -219,7 +227,7 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     trainer = training.trainer(seed, device)
     _, result = retrain_stored(training, trainer, completed)
     G, Q = mlp_features(result.extras["params"], trainer.X, trainer.y, proj_dim=proj_dim,
-                        seed=seed, model_ids=completed)
+                        seed=seed, model_ids=[int(m) for m in completed])
     strata = training.inputs.strata
     if strata is not None:
         # A known nuisance (stratify_key) shifts the inputs, and with them every gradient of a
@@ -247,7 +255,7 @@ def trak_predictions(A: list[torch.Tensor], q: np.ndarray, masks: np.ndarray) ->
     ``Σ_i mask_i τ(j, i)`` for every target ``j``, from the factors (no ``n × n`` matrix)."""
     weights = torch.as_tensor(np.asarray(masks, dtype=np.float32) * q[None, :].astype(
         np.float32), device=A[0].device)
-    pred = sum((weights @ a) @ a.T for a in A) / len(A)
+    pred = _tensor_sum([(weights @ a) @ a.T for a in A]) / len(A)
     return pred.cpu().numpy().astype(np.float64)
 
 

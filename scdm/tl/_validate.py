@@ -21,7 +21,7 @@ from ._subgroups import UNASSIGNED
 NULL_SETS = ("neighbourhood", "random")
 
 
-def comparison_sets(X: np.ndarray, pool: np.ndarray, size: int, n_sets: int,
+def comparison_sets(X: np.ndarray | None, pool: np.ndarray, size: int, n_sets: int,
                     rng: np.random.Generator, null: str) -> list[np.ndarray]:
     """``n_sets`` sets of ``size`` observations of ``pool``: uniform draws (``"random"``), or
     the ``size`` nearest members of ``pool`` (rows of ``X``) to a random member
@@ -30,6 +30,8 @@ def comparison_sets(X: np.ndarray, pool: np.ndarray, size: int, n_sets: int,
         return [np.sort(rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
     from sklearn.neighbors import NearestNeighbors
 
+    if X is None:
+        raise ValueError("the neighbourhood null needs the features the models train on.")
     index = NearestNeighbors(n_neighbors=size).fit(X[pool])
     centres = rng.choice(pool.size, n_sets, replace=n_sets > pool.size)
     _, nearest = index.kneighbors(X[pool[centres]])
@@ -165,7 +167,9 @@ def validate_subgroups(
     space = dense_features(get_features(adata, params.get("use_rep"), params.get("layer")),
                            scale=False) if null == "neighbourhood" else None
 
-    rows, sets, owners = [], [], []
+    rows: list[dict] = []
+    sets: list[np.ndarray] = []
+    owners: list[tuple[int, int]] = []
     for name in names:
         cells = np.flatnonzero(values == name)
         cls = np.unique(y[cells])

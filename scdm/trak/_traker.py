@@ -198,6 +198,8 @@ class TRAKer:
             raise FloatingPointError(
                 f"non-finite per-example gradients for model_id {self.model_id}; check the "
                 "checkpoint and the inputs (nothing was written).")
+        if self.model_id is None:
+            raise RuntimeError("load_checkpoint(state_dict, model_id) first.")
         projected = self.projector.project(grads, self.model_id) / self.normalize_factor
         return projected.cpu().numpy(), out_to_loss.cpu().numpy()
 

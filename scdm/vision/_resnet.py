@@ -300,8 +300,8 @@ class ResNetEnsembleTrainer:
         for start in range(0, model_indices.size, at_once):
             group = model_indices[start : start + at_once]
             net = GroupedResNet9(group.size, self.n_classes, self.config.width)
-            net.initialise(self.random_state, group)
-            net = net.to(self.device, memory_format=self.memory_format)
+            net.initialise(self.random_state, [int(m) for m in group])
+            net = net.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
             self._fit(net, masks[start : start + at_once], group)
             group_margins, group_correct = self._margins(net)
             margins.append(group_margins)

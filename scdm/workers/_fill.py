@@ -90,7 +90,7 @@ def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain
                          f"{store.n_models} (the store's number of models).")
     if isinstance(backend, RayBackend):
         user_main = recipe if isinstance(recipe, UserMain) else None
-        if recipe is not None and user_main is None:
+        if recipe is not None and not isinstance(recipe, UserMain):
             write_recipe(store.path, recipe)
         fill_with_ray(store.path, start, stop, task_size=backend.task_size,
                       ray_address=backend.address, num_cpus_per_task=backend.num_cpus_per_task,

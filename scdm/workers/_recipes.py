@@ -16,14 +16,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from .._seeding import check_random_state
 from ..ensemble import EnsembleTrainer, TrainConfig, resolve_device
-from ..masks import MaskSampler
+from ..masks import MaskMode, MaskSampler
 
+R = TypeVar("R", bound="TrainingRecipe")
 RECIPE_FILE = "recipe.json"
 INPUTS_FILE = "inputs.npz"
 
@@ -76,13 +77,13 @@ class MLPRecipe:
     alpha: float
     config: TrainConfig
     random_state: int
-    mask_mode: str = "balanced"
+    mask_mode: MaskMode = "balanced"
     groups: np.ndarray | None = None
     strata: np.ndarray | None = None
     seeds_per_mask: int = 1
 
     @classmethod
-    def from_inputs(cls, inputs, config: TrainConfig, *, alpha: float, mask_mode: str,
+    def from_inputs(cls, inputs, config: TrainConfig, *, alpha: float, mask_mode: MaskMode,
                     random_state: int, seeds_per_mask: int = 1) -> MLPRecipe:
         """From ``ModelInputs`` (features, labels, groups, strata) and the model settings."""
         return cls(X=inputs.X, y=inputs.y, n_classes=len(inputs.classes), alpha=float(alpha),
@@ -135,10 +136,10 @@ class RepeatedMasks:
         return self.sampler.sample(np.asarray(model_indices) // self.n_seeds)
 
 
-RECIPES: dict[str, type] = {}
+RECIPES: dict[str, type[TrainingRecipe]] = {}
 
 
-def register_recipe(cls: type) -> type:
+def register_recipe(cls: type[R]) -> type[R]:
     """Make a recipe class readable from stores whose ``recipe.json`` has its ``kind``."""
     RECIPES[cls.kind] = cls
     return cls
@@ -147,7 +148,7 @@ def register_recipe(cls: type) -> type:
 register_recipe(MLPRecipe)
 
 
-def recipe_class(kind: str) -> type:
+def recipe_class(kind: str) -> type[TrainingRecipe]:
     if kind not in RECIPES:
         raise ValueError(f"unknown recipe kind {kind!r} (known: {sorted(RECIPES)}); the store "
                          "was written by a newer scdm, or by code that registers that kind "
