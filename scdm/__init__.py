@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, evaluation, io, pl, pp, regression, tl, trak, vision
+from . import datasets, evaluation, get, io, pl, pp, regression, tl, trak, vision, workers
 from ._settings import settings
 
 try:
@@ -10,5 +10,5 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "evaluation", "io", "pl", "pp", "regression", "settings", "tl", "trak",
-           "vision"]
+__all__ = ["datasets", "evaluation", "get", "io", "pl", "pp", "regression", "settings", "tl",
+           "trak", "vision", "workers"]

@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     import anndata as ad
 
     import scdm
-    from scdm.tl._composition import composition_flags, describe_flag
+    from scdm.get import composition_flags, describe_flag, subgroup_key
 
     scdm.settings.verbosity = 0 if args.quiet else 1
     if args.input is None:
@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     from scdm.tl._cost import check_datamodels_cost, estimate_trak
 
     key = args.method  # "datamodels" or "trak": the key of every result
-    groups = f"{key}_subgroup"
+    groups = subgroup_key(key)
     if key == "trak":  # shown here; tl.trak checks it against the limits before any work
         from scdm.ensemble import resolve_device
 
@@ -257,7 +257,7 @@ def _subgroup_summary(adata, groups: str, n_markers: int = 5) -> dict:
 
 def _evidence_lines(adata, groups: str) -> list[str]:
     """Per class, why it has the subgroups it has (the reproducibility check)."""
-    from .tl._subgroups import describe_evidence
+    from .get import describe_evidence
 
     return [f"  {cls}: {describe_evidence(e)}"
             for cls, e in adata.uns[groups].get("reproducibility", {}).items()]

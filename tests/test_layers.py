@@ -45,3 +45,16 @@ def test_public_tl_functions_take_at_most_20_parameters():
                 if inspect.isfunction(func) and not name.startswith("_")
                 and len(inspect.signature(func).parameters) > 20}
     assert not too_many, too_many
+
+
+def test_plots_read_results_through_the_accessor_layer():
+    """``pl`` reads what ``tl`` wrote through ``scdm.get``, never ``tl``'s private modules."""
+    offenders = []
+    for path, tree in _modules():
+        if path.relative_to(PACKAGE).parts[0] != "pl":
+            continue
+        offenders += [f"{path.name}:{node.lineno} {node.module}" for node in ast.walk(tree)
+                      if isinstance(node, ast.ImportFrom) and node.module
+                      and node.module.startswith("tl.") and node.level == 2]
+    assert not offenders, offenders
+    assert scdm.get.subgroup_key("trak") == "trak_subgroup"

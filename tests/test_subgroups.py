@@ -269,7 +269,7 @@ def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
     scdm.tl.subgroup_composition(adata, ["donor", "depth"], key=subgroup_key)
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = read_h5ad(tmp_path / "a.h5ad")
-    flagged = scdm.tl._composition.composition_flags(back, subgroup_key)
+    flagged = scdm.get.composition_flags(back, subgroup_key)
     s0 = pd.crosstab(back.obs[subgroup_key], back.obs["subtype"])["s0"].idxmax()
     assert list(flagged.loc[flagged["flag"] == "dominated", "subgroup"]) == [s0]
     with warnings.catch_warnings():

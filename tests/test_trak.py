@@ -295,8 +295,8 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
     assert adata.uns["trak"]["lds"]["mean"] > 0.3
     # the LDS from the low-rank factors is the LDS of the stored n × n matrix
     from scdm.evaluation import linear_datamodeling_score
+    from scdm.get import evaluation_models
     from scdm.store import ModelStore
-    from scdm.tl._evaluate import evaluation_models
 
     masks, margins = evaluation_models(ModelStore.open(adata.uns["trak"]["lds"]["store"]),
                                         60, 1)

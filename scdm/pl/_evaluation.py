@@ -9,9 +9,8 @@ import numpy as np
 from anndata import AnnData
 
 from ..evaluation import predict_margins
+from ..get import datamodel_weights, evaluation_models
 from ..store import ModelStore
-from ..tl._evaluate import evaluation_models
-from ..tl._fit import datamodel_weights
 from ._plots import finish_figure, new_axes, target_index
 
 

@@ -11,8 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ..tl._embed import datamodel_matrix, label_key_of
-from ..tl._subgroups import UNASSIGNED
+from ..get import UNASSIGNED, datamodel_matrix, label_key_of, subgroup_key
 
 
 def finish_figure(fig, axes, *, show: bool | None, save: str | Path | None,
@@ -53,7 +52,7 @@ def _grouping_columns(adata: AnnData, key: str) -> list[str]:
     """The ``.obs`` columns present among the subgroups of ``key`` and its label, in that order."""
     info = adata.uns.get(key)
     params = info.get("params", {}) if isinstance(info, dict) else {}
-    candidates = [f"{key}_subgroup", params.get("label_key")]
+    candidates = [subgroup_key(key), params.get("label_key")]
     return [c for c in candidates if c is not None and c in adata.obs]
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..tl._composition import composition_flags, describe_flag
-from ..tl._subgroups import UNASSIGNED, describe_evidence
+from ..get import UNASSIGNED, composition_flags, describe_evidence, describe_flag
+from ..get import subgroup_key as get_subgroup_key
 
 _STYLE = """
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;color:#1d2329;
@@ -349,8 +349,8 @@ def report(
     if key not in adata.uns or not isinstance(adata.uns[key], Mapping):
         raise KeyError(f"adata.uns[{key!r}] not found; run scdm.tl.datamodels(adata, "
                        "label_key=...) first.")
-    subgroup_key = subgroup_key or (f"{key}_subgroup" if f"{key}_subgroup" in adata.obs
-                                    else None)
+    default = get_subgroup_key(key)
+    subgroup_key = subgroup_key or (default if default in adata.obs else None)
     if subgroup_key is not None and (subgroup_key not in adata.obs
                                      or subgroup_key not in adata.uns):
         raise KeyError(f"subgroup_key={subgroup_key!r} has no results; run "

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..tl._subgroups import UNASSIGNED
+from ..get import UNASSIGNED
 from ._plots import category_palette, classes_to_draw, finish_figure, new_axes
 
 

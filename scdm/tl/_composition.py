@@ -13,7 +13,7 @@ from anndata import AnnData
 from .._anndata import uns_safe
 from .._seeding import COMPOSITION_PURPOSE, check_random_state
 from ..composition import CompositionRule, adjust_and_flag, categorical_test, numeric_test
-from ._subgroups import UNASSIGNED
+from ..get import UNASSIGNED
 
 NUMERIC_MIN_LEVELS = 10  # numeric columns with fewer distinct values are treated as levels
 
@@ -171,26 +171,3 @@ def subgroup_composition(
     return adata if copy else table
 
 
-def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:
-    """The flagged rows of ``adata.uns[key]["composition"]`` (empty when none or not run)."""
-    table = adata.uns.get(key, {}).get("composition")
-    if table is None or len(table) == 0:
-        return pd.DataFrame(columns=["class", "subgroup", "covariate", "flag"])
-    return table[table["flag"].astype(str) != ""]
-
-
-def describe_flag(row) -> str:
-    """One sentence for a flagged row, e.g. for a summary or a report."""
-    if row["flag"] == "dominated":
-        return (f"{row['subgroup']}: {row['dominant_fraction']:.0%} of its cells are "
-                f"{row['covariate']} {row['dominant']} (vs {row['class_fraction']:.0%} of the "
-                f"class; q = {row['q_value']:.2g}) — it may be that {row['covariate']}, "
-                "not a subtype")
-    if row["flag"] == "imbalanced":
-        return (f"{row['subgroup']}: its {row['covariate']} make-up differs from the rest of "
-                f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g}); "
-                f"it spans {row['n_levels']} {row['covariate']} levels (as many as "
-                f"{row['effective_levels']:.1f} equal ones)")
-    return (f"{row['subgroup']}: {row['covariate']} is shifted against the rest of its class "
-            f"(mean {row['mean']:.4g} vs {row['class_mean']:.4g} in the class, AUC "
-            f"{row['auc']:.2f}, q = {row['q_value']:.2g})")

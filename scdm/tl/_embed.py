@@ -10,33 +10,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from .._anndata import uns_safe
 from .._seeding import check_random_state
-
-
-def datamodel_matrix(adata: AnnData, key: str = "datamodels") -> np.ndarray | sparse.spmatrix:
-    """``adata.obsp[key]``, or an error that says which call computes it."""
-    if key not in adata.obsp:
-        raise KeyError(
-            f"adata.obsp[{key!r}] not found; run scdm.tl.datamodels(adata, label_key=...) first "
-            f"(or scdm.tl.fit_datamodels after train_models). obsp keys: "
-            f"{list(adata.obsp.keys()) or 'none'}."
-        )
-    return adata.obsp[key]
-
-
-def label_key_of(adata: AnnData, key: str, label_key: str | None) -> str:
-    """``label_key`` if given (checked), else the label the models of ``key`` were trained on."""
-    if label_key is not None:
-        if label_key not in adata.obs:
-            raise KeyError(f"label_key={label_key!r} is not a column of adata.obs.")
-        return label_key
-    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) \
-        else {}
-    if "label_key" not in params:
-        raise KeyError(
-            f"adata.uns[{key!r}]['params'] has no label_key; run scdm.tl.datamodels(adata, "
-            "label_key=...) first, or pass label_key=."
-        )
-    return params["label_key"]
+from ..get import datamodel_matrix, label_key_of
 
 
 def standardized_columns(W) -> np.ndarray:

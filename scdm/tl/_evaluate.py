@@ -15,21 +15,14 @@ from .._memmap import read_rows
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..evaluation import linear_datamodeling_score, spearman_columns
+from ..get import datamodel_weights, evaluation_models
 from ..store import ModelStore, store_schema
 from ..workers import Backend, as_backend, fill_store
-from ._fit import datamodel_weights, models_needed, solve_datamodels
+from ._fit import models_needed, solve_datamodels
 from ._recorded import check_n_models, default_store_path, recorded_training
 
 logger = logging.getLogger("scdm")
 
-
-def evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (one per subset) and seed-averaged margins of an evaluation store."""
-    rows = n_masks * n_seeds
-    masks = np.asarray(store.masks[:rows:n_seeds])
-    margins = np.asarray(store.margins[:rows], dtype=np.float64)
-    return masks, margins.reshape(n_masks, n_seeds, -1).mean(axis=1)
 
 
 def lds(

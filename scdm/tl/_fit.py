@@ -98,15 +98,6 @@ def degenerate_targets(model: LassoPath) -> np.ndarray:
     return ~usable
 
 
-def datamodel_weights(adata: AnnData, key: str = "datamodels") -> tuple[Any, np.ndarray, dict]:
-    """``W`` (row = target), the intercepts and the fit parameters of fitted datamodels."""
-    info = adata.uns.get(key)
-    if key not in adata.obsp or not isinstance(info, dict) or "intercept" not in info:
-        raise KeyError(f"no fitted datamodels under key {key!r}; run scdm.tl.datamodels or "
-                       "scdm.tl.fit_datamodels first.")
-    return (adata.obsp[key], np.asarray(info["intercept"], dtype=np.float64),
-            info.get("fit_params", {}))  # TRAK's matrix has no fit
-
 
 def fit_datamodels(
     adata: AnnData,

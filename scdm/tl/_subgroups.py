@@ -15,10 +15,9 @@ from .._anndata import uns_safe
 from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import check_resolutions, choose_resolution, leiden_labels, n_substantial
-from ._embed import label_key_of, usable_targets
+from ..get import UNASSIGNED, label_key_of, subgroup_key
+from ._embed import usable_targets
 from ._halves import half_embeddings
-
-UNASSIGNED = "unassigned"
 
 
 def subgroups(
@@ -122,7 +121,7 @@ def subgroups(
     ``[f"X_{key}_half2"]``.
     """
     label_key = label_key_of(adata, key, label_key)
-    key_added = key_added or f"{key}_subgroup"
+    key_added = key_added or subgroup_key(key)
     automatic = resolution is None
     if use_rep is not None and use_rep != f"X_{key}" and automatic:
         raise ValueError(f"use_rep={use_rep!r} needs a fixed resolution=: the reproducibility "
@@ -226,18 +225,6 @@ def subgroups(
         subgroup_composition(adata, key=key_added, random_state=seed)
     return adata if copy else None
 
-
-def describe_evidence(e: dict) -> str:
-    """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
-    subgroups it has (used by ``scdm run``'s summary and the report)."""
-    if e.get("split"):
-        return (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
-                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
-                f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
-                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
-    return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
-            f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
-            f"separation p = {e['p_value']:.2f})")
 
 
 def _expression(adata: AnnData, use_raw: bool | None, layer: str | None):

@@ -14,9 +14,9 @@ from .._seeding import VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..ensemble import resolve_device
 from ..evaluation import permutation_p_value
+from ..get import UNASSIGNED
 from ._recorded import RecordedTraining, check_n_models, recorded_training
 from ._retrain import heldout_performance, retrain_without
-from ._subgroups import UNASSIGNED
 
 NULL_SETS = ("neighbourhood", "random")
 

@@ -1,0 +1,121 @@
+"""Reading results out of AnnData: the one accessor layer that ``tl``, ``pl`` and the CLI use
+(like ``scanpy.get``), so that no layer reaches into another's private modules.
+
+Default keys derive from the attribution key: the subgroups of ``key`` are
+``subgroup_key(key) == f"{key}_subgroup"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .store import ModelStore
+
+# the subgroup of cells whose datamodel is degenerate (never a subgroup of its own)
+UNASSIGNED = "unassigned"
+
+
+def subgroup_key(key: str = "datamodels") -> str:
+    """The ``.obs`` column of the subgroups of attribution ``key``."""
+    return f"{key}_subgroup"
+
+
+def datamodel_matrix(adata: AnnData, key: str = "datamodels") -> np.ndarray | sparse.spmatrix:
+    """``adata.obsp[key]``, or an error that says which call computes it."""
+    if key not in adata.obsp:
+        raise KeyError(
+            f"adata.obsp[{key!r}] not found; run scdm.tl.datamodels(adata, label_key=...) first "
+            f"(or scdm.tl.fit_datamodels after train_models). obsp keys: "
+            f"{list(adata.obsp.keys()) or 'none'}."
+        )
+    return adata.obsp[key]
+
+
+def label_key_of(adata: AnnData, key: str, label_key: str | None) -> str:
+    """``label_key`` if given (checked), else the label the models of ``key`` were trained on."""
+    if label_key is not None:
+        if label_key not in adata.obs:
+            raise KeyError(f"label_key={label_key!r} is not a column of adata.obs.")
+        return label_key
+    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) \
+        else {}
+    if "label_key" not in params:
+        raise KeyError(
+            f"adata.uns[{key!r}]['params'] has no label_key; run scdm.tl.datamodels(adata, "
+            "label_key=...) first, or pass label_key=."
+        )
+    return params["label_key"]
+
+
+def datamodel_weights(adata: AnnData, key: str = "datamodels") -> tuple[Any, np.ndarray, dict]:
+    """``W`` (row = target), the intercepts and the fit parameters of fitted datamodels."""
+    info = adata.uns.get(key)
+    if key not in adata.obsp or not isinstance(info, dict) or "intercept" not in info:
+        raise KeyError(f"no fitted datamodels under key {key!r}; run scdm.tl.datamodels or "
+                       "scdm.tl.fit_datamodels first.")
+    return (adata.obsp[key], np.asarray(info["intercept"], dtype=np.float64),
+            info.get("fit_params", {}))  # TRAK's matrix has no fit
+
+
+def evaluation_models(store: ModelStore, n_masks: int, n_seeds: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (one per subset) and seed-averaged margins of an evaluation store."""
+    rows = n_masks * n_seeds
+    masks = np.asarray(store.masks[:rows:n_seeds])
+    margins = np.asarray(store.margins[:rows], dtype=np.float64)
+    return masks, margins.reshape(n_masks, n_seeds, -1).mean(axis=1)
+
+
+def lds_models(adata: AnnData, key: str = "datamodels") -> tuple[np.ndarray, np.ndarray]:
+    """Masks and (seed-averaged) margins of the evaluation models ``tl.lds`` trained for
+    ``key``."""
+    info = adata.uns.get(key, {})
+    if not isinstance(info, dict) or "lds" not in info:
+        raise KeyError(f"adata.uns[{key!r}] has no LDS; run scdm.tl.lds(adata, key={key!r}) "
+                       "first.")
+    params = info["lds"]["params"]
+    return evaluation_models(ModelStore.open(info["lds"]["store"]), int(params["n_models"]),
+                             int(params["n_seeds"]))
+
+
+def describe_evidence(e: dict) -> str:
+    """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
+    subgroups it has (used by ``scdm run``'s summary and the report)."""
+    if e.get("split"):
+        return (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
+                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
+                f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
+                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
+    return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
+            f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
+            f"separation p = {e['p_value']:.2f})")
+
+
+def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:
+    """The flagged rows of ``adata.uns[key]["composition"]`` (empty when none or not run)."""
+    table = adata.uns.get(key, {}).get("composition")
+    if table is None or len(table) == 0:
+        return pd.DataFrame(columns=["class", "subgroup", "covariate", "flag"])
+    return table[table["flag"].astype(str) != ""]
+
+
+def describe_flag(row) -> str:
+    """One sentence for a flagged row, e.g. for a summary or a report."""
+    if row["flag"] == "dominated":
+        return (f"{row['subgroup']}: {row['dominant_fraction']:.0%} of its cells are "
+                f"{row['covariate']} {row['dominant']} (vs {row['class_fraction']:.0%} of the "
+                f"class; q = {row['q_value']:.2g}) — it may be that {row['covariate']}, "
+                "not a subtype")
+    if row["flag"] == "imbalanced":
+        return (f"{row['subgroup']}: its {row['covariate']} make-up differs from the rest of "
+                f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g}); "
+                f"it spans {row['n_levels']} {row['covariate']} levels (as many as "
+                f"{row['effective_levels']:.1f} equal ones)")
+    return (f"{row['subgroup']}: {row['covariate']} is shifted against the rest of its class "
+            f"(mean {row['mean']:.4g} vs {row['class_mean']:.4g} in the class, AUC "
+            f"{row['auc']:.2f}, q = {row['q_value']:.2g})")
