@@ -58,3 +58,25 @@ def test_plots_read_results_through_the_accessor_layer():
                       and node.module.startswith("tl.") and node.level == 2]
     assert not offenders, offenders
     assert scdm.get.subgroup_key("trak") == "trak_subgroup"
+
+
+def test_shared_parameter_docs_are_filled_in():
+    import re
+
+    import pytest
+
+    from scdm._docs import doc_params
+
+    for name, func in vars(scdm.tl).items():
+        if inspect.isfunction(func) and func.__doc__:
+            assert not re.search(r"^\s*\{\w+\}\s*$", func.__doc__, re.M), name
+    assert "stratify_key" in scdm.tl.trak.__doc__ and "stratify_key" in scdm.tl.datamodels.__doc__
+
+    def f():
+        """Doc.
+
+        {no_such_snippet}
+        """
+
+    with pytest.raises(KeyError, match="no_such_snippet"):
+        doc_params(f)

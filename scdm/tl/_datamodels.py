@@ -8,6 +8,7 @@ from typing import Any
 
 from anndata import AnnData
 
+from .._docs import doc_params
 from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
 from ._fit import fit_datamodels
@@ -15,6 +16,7 @@ from ._recorded import fold_train_kwds, train_config
 from ._train import train_models
 
 
+@doc_params
 def datamodels(
     adata: AnnData,
     label_key: str,
@@ -49,22 +51,7 @@ def datamodels(
 
     Parameters
     ----------
-    adata
-        Observations × features: log-normalised expression in ``.X``, or pass ``use_rep``
-        (e.g. ``"X_pca"``) or ``layer``.
-    label_key
-        Column of ``adata.obs`` with the class to predict (e.g. disease vs control).
-    use_rep, layer
-        Features to train on instead of ``.X``.
-    group_key
-        Column of ``adata.obs`` with donors: a donor's cells enter or leave a training set
-        together (needed whenever cells of a donor are not independent).
-    stratify_key
-        Column of ``adata.obs`` with a known nuisance (e.g. batch) to hold fixed across masks,
-        so that chance batch-label correlations in a mask do not dominate the datamodels (see
-        :func:`scdm.tl.train_models`).
-    alpha
-        Fraction of observations each model trains on, in (0, 1).
+    {training_inputs}
     n_models
         Number of models. Default ~25 per observation (or group), at least 1,000 (logged).
     store
@@ -73,22 +60,15 @@ def datamodels(
     n_comps
         Dimensions of the embedding ``adata.obsm[f"X_{key_added}"]`` (computed per class, see
         :func:`scdm.tl.embed_datamodels`).
-    device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    {device}
     random_state
         Seed of masks, model initialisations, data orders, validation split and SVD.
     key_added
         Key of all results (see Returns).
-    train_kwds
-        More arguments of :func:`scdm.tl.train_models` (``config``, ``mask_mode``, ``scale``,
-        ``backend``, ``min_heldout``); the model settings of ``config`` (``hidden``,
-        ``epochs``, ``lr``, ``weight_decay``, ...) may also be given directly.
+    {train_kwds}
     fit_kwds
         More arguments of :func:`scdm.tl.fit_datamodels` (``n_lambdas``, ``val_fraction``, ...).
-    verbose
-        Progress bars (default: ``scdm.settings.verbosity >= 1``).
-    copy
-        Return a copy instead of writing into ``adata``.
+    {verbose_copy}
 
     Before training, the disk, memory and CPU time of the whole run are estimated and logged;
     a run beyond ``scdm.settings.max_memory``, the free disk or ``scdm.settings.max_hours`` is

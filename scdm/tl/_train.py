@@ -11,6 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._anndata import uns_safe
+from .._docs import doc_params
 from .._settings import settings
 from ..ensemble import TrainConfig, resolve_device
 from ..masks import MaskMode
@@ -20,6 +21,7 @@ from ._recorded import check_n_models, create_training_store, default_n_models, 
 logger = logging.getLogger("scdm")
 
 
+@doc_params
 def train_models(
     adata: AnnData,
     label_key: str,
@@ -53,25 +55,7 @@ def train_models(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix (observations × features).
-    label_key
-        Column of ``adata.obs`` with the class to predict (e.g. disease vs control).
-    use_rep
-        Key of ``adata.obsm`` to train on (e.g. ``"X_pca"``); default ``.X``.
-    layer
-        Layer to train on instead of ``.X``.
-    group_key
-        Column of ``adata.obs`` with groups (e.g. donors) that are kept in or out of a training
-        set together; needed whenever observations of a group are not independent.
-    stratify_key
-        Column of ``adata.obs`` with a nuisance (e.g. batch) to hold fixed across masks: every
-        mask trains on ``alpha`` of each (class, batch) cell. Without it, a mask that happens
-        to hold more diseased cells of one batch teaches its model that the batch predicts
-        disease, and that chance correlation dominates the datamodels of every cell in the
-        batch. Recommended whenever such a nuisance is known.
-    alpha
-        Fraction of observations (or groups) each model trains on, in (0, 1).
+    {training_inputs}
     n_models
         Number of models. Default: ~25 per observation (or group), at least 1,000.
     store
@@ -89,8 +73,7 @@ def train_models(
         default: it is what makes datamodels see subtypes.
     scale
         Standardise each feature (mean 0, variance 1) before training.
-    device
-        ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+    {device}
     model_range
         ``(start, stop)``: train only these models of the ``n_models`` (to split the work
         across processes or machines sharing the store). Default: all.
@@ -109,10 +92,7 @@ def train_models(
         Seed of masks, initialisations and data orders.
     key_added
         ``adata.uns[key_added]`` receives the store path and parameters.
-    verbose
-        Progress bar (default: ``scdm.settings.verbosity >= 1``).
-    copy
-        Return a copy of ``adata`` instead of writing into it.
+    {verbose_copy}
 
     Returns
     -------

@@ -13,6 +13,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
+from .._docs import doc_params
 from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import resolve_device
@@ -45,6 +46,7 @@ def _class_factors(A: list[torch.Tensor], members: torch.Tensor) -> np.ndarray:
     return (torch.cat([a[members] for a in A], dim=1) / np.sqrt(len(A))).cpu().numpy()
 
 
+@doc_params
 def trak(
     adata: AnnData,
     label_key: str,
@@ -95,10 +97,10 @@ def trak(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix.
-    label_key, use_rep, layer, group_key, stratify_key, alpha, store, device, random_state
+    {training_inputs}
+    store, random_state
         As in :func:`scdm.tl.train_models`.
+    {device}
     n_models
         Checkpoints (classifiers). Each half gets ``n_models // 2``.
     proj_dim
@@ -114,15 +116,10 @@ def trak(
         Store the ``n × n`` attribution matrix in ``adata.obsp[key_added]`` (rows = targets,
         like datamodels; for :func:`scdm.pl.influencers`, :func:`scdm.tl.lds`) only up to this
         many observations.
-    train_kwds
-        Further :func:`scdm.tl.train_models` arguments (``hidden``, ``epochs``,
-        ``weight_decay``, ``backend``, …).
+    {train_kwds}
     key_added
         Key of the results.
-    verbose
-        Progress bars (default ``scdm.settings.verbosity >= 1``).
-    copy
-        Return a copy instead of writing into ``adata``.
+    {verbose_copy}
 
     Returns
     -------
