@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ._device import resolve_device
 from ._seeding import INIT_STREAM, ORDER_STREAM, model_rng
 
 
@@ -80,19 +81,6 @@ class TrainConfig:
 # chunk to a multiple of this many models keeps each model's elements on the vector path
 # wherever it sits, so CPU results do not depend on the chunk size.
 CPU_MODEL_ALIGN = 64
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device='cuda' was requested but PyTorch sees no CUDA device; install a CUDA build "
-            "of torch (see README) or use device='auto'/'cpu'."
-        )
-    return device
 
 
 def layer_sizes(n_features: int, n_classes: int, hidden: Sequence[int]) -> list[int]:

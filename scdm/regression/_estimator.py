@@ -10,9 +10,9 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from .._device import resolve_device
 from .._memmap import column_moments, read_rows
 from .._settings import settings
-from ..ensemble import resolve_device
 from ._gram import Moments, moment_bytes
 from ._path import fit_block
 from ._rows import HELDOUT, MIN_VAL_ROWS, Rows, as_2d

@@ -20,8 +20,8 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from .._device import resolve_device
 from .._settings import settings
-from ..ensemble import resolve_device
 from ..store import hash_arrays
 from ._core import inverse_gram
 from ._gradients import GradientComputer
