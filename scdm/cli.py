@@ -54,6 +54,24 @@ def bundled_pbmc():
     return adata
 
 
+def _tl_default(func_name: str, parameter: str):
+    """The default of a ``scdm.tl`` function's parameter: the CLI restates none of them."""
+    import inspect
+
+    import scdm
+
+    return inspect.signature(getattr(scdm.tl, func_name)).parameters[parameter].default
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Options left unset take the defaults of the ``tl`` functions they are passed to."""
+    for option, func, parameter in (("alpha", "train_models", "alpha"),
+                                    ("n_neighbors", "subgroups", "n_neighbors"),
+                                    ("lds_models", "lds", "n_models")):
+        if getattr(args, option, "absent") is None:
+            setattr(args, option, _tl_default(func, parameter))
+
+
 def _run(args: argparse.Namespace) -> int:
     import anndata as ad
 
@@ -485,10 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--method", choices=("datamodels", "trak"), default="datamodels",
                      help="attribution: datamodels (thousands of models, exact) or trak (40 "
                      "checkpoints, projected gradients; for large data)")
-    run.add_argument("--alpha", type=float, default=0.5)
+    run.add_argument("--alpha", type=float, default=None,
+                     help="fraction each model trains on (default: tl.train_models')")
     run.add_argument("--n-models", type=int, default=None,
                      help="default: ~25 per sample (datamodels), 40 checkpoints (trak)")
-    run.add_argument("--n-neighbors", type=int, default=15, help="kNN of the subgroup graph")
+    run.add_argument("--n-neighbors", type=int, default=None,
+                     help="kNN of the subgroup graph (default: tl.subgroups')")
     run.add_argument("--resolution", type=float, default=None,
                      help="fixed Leiden resolution (default: chosen per class by "
                      "reproducibility across halves of the models; no split without one)")
@@ -500,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--umap", action="store_true",
                      help="also lay out each class's embedding with UMAP for the figures "
                      "(~10 s more)")
-    run.add_argument("--lds-models", type=int, default=200,
+    run.add_argument("--lds-models", type=int, default=None,
                      help="evaluation models for the LDS and the model-count curve (0: skip)")
     run.add_argument("--store", help="store directory (default OUT/store)")
     run.add_argument("--device", default="auto")
@@ -519,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--use-rep")
     init.add_argument("--group-key")
     init.add_argument("--stratify-key")
-    init.add_argument("--alpha", type=float, default=0.5)
+    init.add_argument("--alpha", type=float, default=None,
+                      help="default: tl.train_models'")
     init.add_argument("--n-models", type=int, default=None)
     init.add_argument("--hidden", default=None, help="hidden widths, e.g. 64 or 128,64; '' = "
                       "logistic regression (default: scdm.ensemble.TrainConfig's)")
@@ -591,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join([*unknown, *extra])} (arguments for "
                      "a user's script go to scdm worker)")
     args.main_args = [*unknown, *extra]  # for the user's main() (scdm worker)
+    if args.command in ("run", "store"):
+        _fill_defaults(args)
     commands = {"run": _run, "store": _store_init, "train": _train, "worker": _worker,
                 "fit": _fit, "status": _status}
     try:
