@@ -363,12 +363,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _fit_defaults() -> dict:
     """``scdm fit``'s defaults are ``tl.fit_datamodels``' (they exist once)."""
-    import inspect
-
-    from .tl import fit_datamodels
-
-    params = inspect.signature(fit_datamodels).parameters
-    return {name: params[name].default for name in (
+    return {name: _tl_default("fit_datamodels", name) for name in (
         "n_lambdas", "eps", "val_fraction", "tol", "path_tol", "min_rows", "precompute",
         "memory_budget", "random_state")}
 
