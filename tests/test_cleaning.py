@@ -11,7 +11,13 @@ from anndata import AnnData
 from sklearn.metrics import roc_auc_score
 
 import scdm
-from scdm.cleaning import confident_labels, group_weights, removal_effect, top_influencers
+from scdm.cleaning import (
+    confident_labels,
+    group_weights,
+    label_issue_scores,
+    removal_effect,
+    top_influencers,
+)
 from scdm.tl._attribution import attribution
 
 pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
@@ -65,6 +71,7 @@ def test_label_issues_rank_flips_flag_them_and_suggest_the_true_type(flipped):
     a = flipped
     flips = a.obs["flipped"].to_numpy()
     assert roc_auc_score(flips, a.obs["label_issue_score"]) > 0.9
+    assert roc_auc_score(flips, a.obs["label_issue_vote"]) > 0.8  # the vote, as a diagnostic
     flagged = a.obs["label_issue"].to_numpy()
     # confident learning flags conservatively: few clean cells, a good share of the flips
     assert flips[flagged].mean() >= 0.6 and flagged[flips].mean() >= 0.3
@@ -223,3 +230,9 @@ def test_engine_helpers():
     assert w[1] > 0 > w[0] and np.abs(w).sum() == pytest.approx(1)
     r = removal_effect(-0.5, np.array([0.0, 0.1, -0.1]), "positive")
     assert r["p_value"] == pytest.approx(0.25) and r["z"] < 0
+
+
+def test_label_issue_score_is_the_heldout_probability_margin():
+    P = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    y = np.array([0, 0, 2])
+    np.testing.assert_allclose(label_issue_scores(P, y), [0.2 - 0.7, 0.5 - 0.2, 0.1 - 0.8])

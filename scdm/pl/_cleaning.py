@@ -58,7 +58,7 @@ def label_issues(
     left.scatter(ranks[flagged[order]], score[order][flagged[order]], s=10, color="tab:red",
                  label=f"flagged ({int(flagged.sum())})")
     left.set_xlabel("cells, by score")
-    left.set_ylabel("share of held-out models\nnot predicting the label")
+    left.set_ylabel("held-out probability:\nbest other label − given")
     left.legend(fontsize=8, frameon=False)
     pairs = adata.uns[key]["pairs"]
     counts = np.asarray(pairs["counts"])

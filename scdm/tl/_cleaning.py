@@ -108,19 +108,21 @@ def label_issues(
     label.
 
     Every model of an attribution store trained on a random half of the cells, so each cell
-    was left out of about half of them. The score is ``1 −`` the share of those held-out
-    models that predict the cell's given label (a vote of hundreds to thousands of models that
-    never saw the cell). The flag is confident learning (Northcutt et al. 2021) on the
-    held-out class probabilities of ``n_probability_models`` of those models: a cell is
+    was left out of about half of them. The score is the held-out probability margin: over
+    ``n_probability_models`` of the models that never saw the cell, the mean probability of
+    the most probable other class minus that of the given label
+    (:func:`scdm.cleaning.label_issue_scores`); the plain vote (the share of all held-out
+    models not predicting the label) is reported beside it. The flag is confident learning
+    (Northcutt et al. 2021) on the same held-out class probabilities: a cell is
     flagged when another class reaches its per-class threshold (the mean probability of that
     class over the cells labelled with it), and that class is the suggestion (see
     :func:`scdm.cleaning.confident_labels`). Beside the score, the attribution's own evidence
     is reported: the cell's self-influence (how much training on it raises its own margin:
     memorised cells have large values) and the summed influence of cells of other labels
     (negative: they pull it away).
-    On confusable label flips in pbmc68k_reduced the vote ranked mislabeled cells best of
-    these, above cleanlab in every run and level with kNN label disagreement (above it at 5 %
-    flips, below at 10 %; ``workflows/benchmarks/cleaning.py``, RESULTS.md).
+    On confusable label flips (``workflows/benchmarks/cleaning.py``, RESULTS.md) the margin
+    ranked mislabeled cells best of these and above cleanlab in every run; against kNN label
+    disagreement see RESULTS.md.
 
     Parameters
     ----------
@@ -159,7 +161,8 @@ def label_issues(
     -------
     ``None`` or a copy, with ``adata.obs[f"{key_added}_score"]`` (higher = more likely
     mislabeled), ``[key_added]`` (bool), ``[f"{key_added}_suggested"]`` (categorical, flagged
-    cells only), ``[f"{key_added}_margin"]`` (mean held-out margin),
+    cells only), ``[f"{key_added}_vote"]`` (share of held-out models not predicting the label),
+    ``[f"{key_added}_margin"]`` (mean held-out margin),
     ``[f"{key_added}_self_influence"]``, ``[f"{key_added}_other_influence"]``, and
     ``adata.uns[key_added]`` (``params``, ``rule``, counts per class and suggestion).
     """
@@ -185,11 +188,11 @@ def label_issues(
         raise ValueError(f"{int((held == 0).sum())} cells were never held out of the models of "
                          f"{key!r} (too few models); train more (n_models) before checking "
                          "labels.")
-    score = label_issue_scores(accuracy)
     probs = _heldout_probabilities(training, n_probability_models, device, chunk_size, progress)
     if np.isnan(probs).any():
         raise ValueError(f"{int(np.isnan(probs).any(1).sum())} cells were never held out of the "
                          f"first {n_probability_models} models; raise n_probability_models.")
+    score = label_issue_scores(probs, y)
     suggestion = confident_labels(probs, y)
     flagged = suggestion != y
 
@@ -205,6 +208,7 @@ def label_issues(
     thresholds = confident_thresholds(probs, y)
     suggested = pd.Categorical(np.where(flagged, names[suggestion], None), categories=classes)
     adata.obs[f"{key_added}_score"] = score.astype(np.float32)
+    adata.obs[f"{key_added}_vote"] = (1.0 - accuracy).astype(np.float32)
     adata.obs[key_added] = flagged
     adata.obs[f"{key_added}_suggested"] = suggested
     adata.obs[f"{key_added}_margin"] = margin.astype(np.float32)

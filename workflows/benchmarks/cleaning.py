@@ -6,9 +6,9 @@ closest to the cell) — confusable errors, as real annotation errors are, not u
 Compared, on the same cells and features (``X_pca``):
 
 - ``scdm``: ``scdm.tl.label_issues`` at defaults (its own 200 TRAK checkpoints): AUROC of the
-  score, the flag's precision and recall, how often the suggestion is the true type; and the
-  AUROC of the attribution diagnostics beside the score (held-out margin, self-influence,
-  other-label influence);
+  score (the held-out probability margin), the flag's precision and recall, how often the
+  suggestion is the true type; and the AUROC of the diagnostics beside the score (the held-out
+  vote, held-out margin, self-influence, other-label influence);
 - ``kNN``: share of the 15 nearest neighbours with another label (suggestion: their majority
   other label);
 - ``cleanlab (LR)`` / ``cleanlab (MLP)``: ``cleanlab.filter.find_label_issues`` and
@@ -118,6 +118,7 @@ def label_issue_rows(fraction: float, seed: int) -> list[dict]:
     obs = adata.obs
     row("scdm", obs["label_issue_score"], obs["label_issue"].to_numpy(),
         obs["label_issue_suggested"].astype(str).to_numpy(), seconds)
+    row("scdm: held-out vote", obs["label_issue_vote"])
     row("scdm: -held-out margin", -obs["label_issue_margin"])
     row("scdm: self-influence", obs["label_issue_self_influence"])
     row("scdm: -other-label influence", -obs["label_issue_other_influence"])
