@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._memmap import RowSubset, column_moments
+from ._memmap import RowSubset, column_moments, read_rows
 from .regression import LassoPath
 from .store import ModelStore
 
@@ -182,8 +182,6 @@ def read_datamodels(path: str | os.PathLike, *, masks=None, margins=None,
 
 
 def _mse(weight, bias, masks, margins) -> float:
-    from ._memmap import read_rows
-
     total, count = 0.0, 0
     for start in range(0, min(masks.shape[0], 20000), 4096):
         rows = slice(start, min(start + 4096, masks.shape[0]))
@@ -258,15 +256,19 @@ def train_with_main(store: str | os.PathLike | ModelStore, main: str | Callable,
     The number of models completed by this call.
     """
     from ._settings import settings
-    from .workers import RayBackend, UserMain, as_backend, fill_store, run_main_worker
+    from .workers import (
+        RayBackend,
+        UserMain,
+        as_backend,
+        check_models,
+        fill_store,
+        run_main_worker,
+    )
 
     backend = as_backend(backend)
     path = store.path if isinstance(store, ModelStore) else Path(store)
     opened = ModelStore.open(path)
-    start, stop = (0, opened.n_models) if models is None else (int(models[0]), int(models[1]))
-    if not 0 <= start < stop <= opened.n_models:
-        raise ValueError(f"models {(start, stop)} must satisfy 0 <= start < stop <= "
-                         f"{opened.n_models} (the store's number of models).")
+    start, stop = check_models(models, opened.n_models)
     user = (UserMain.resolve(main, tuple(args)) if isinstance(main, str) else
             UserMain(target=getattr(main, "__qualname__", "main"), args=tuple(args), func=main))
     before = int(opened.completed[start:stop].sum())

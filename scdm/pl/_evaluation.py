@@ -9,8 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from ..evaluation import predict_margins
-from ..get import datamodel_weights, evaluation_models
-from ..store import ModelStore
+from ..get import datamodel_weights, lds_models
 from ._plots import finish_figure, new_axes, target_index
 
 
@@ -59,8 +58,7 @@ def lds(
         targets = [int(finite[int(q * (finite.size - 1))]) for q in (0.9, 0.5, 0.1)]
     idx = [target_index(adata, t) for t in targets]
     params = info["lds"]["params"]
-    masks, margins = evaluation_models(ModelStore.open(info["lds"]["store"]),
-                                        int(params["n_models"]), int(params["n_seeds"]))
+    masks, margins = lds_models(adata, key)
     curve = info.get("model_curve")
     n_panels = len(idx) + (curve is not None)
     fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.4), squeeze=False)

@@ -15,7 +15,7 @@ from .._memmap import read_rows
 from .._seeding import LDS_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..evaluation import linear_datamodeling_score, spearman_columns
-from ..get import datamodel_weights, evaluation_models
+from ..get import datamodel_weights, evaluation_models, lds_models
 from ..store import ModelStore, store_schema
 from ..workers import Backend, as_backend, fill_store
 from ._fit import models_needed, solve_datamodels
@@ -157,9 +157,7 @@ def _trak_checkpoint_curve(adata: AnnData, key: str, n_models, flat_tol: float, 
     if len(sizes) < 2 or sizes[-1] > total:
         raise ValueError(f"n_models must list at least two checkpoint counts up to {total}, "
                          f"got {n_models}.")
-    eval_store = ModelStore.open(lds_info["store"])
-    masks, margins = evaluation_models(eval_store, int(lds_info["params"]["n_models"]),
-                                        int(lds_info["params"]["n_seeds"]))
+    masks, margins = lds_models(adata, key)
     mean_lds = [float(np.nanmean(s)) for s in _trak_lds(adata, key, masks, margins, sizes,
                                                         device)]
     gain = mean_lds[-1] - mean_lds[-2]
@@ -239,13 +237,7 @@ def model_count_curve(
     if len(sizes) < 2:
         raise ValueError("a curve needs at least two model counts; train more models (the "
                          "default list starts at 100) or pass n_models=.")
-    lds_info = adata.uns[key].get("lds")
-    evaluation = None
-    if lds_info is not None:
-        eval_store = ModelStore.open(lds_info["store"])
-        params = lds_info["params"]
-        evaluation = evaluation_models(eval_store, int(params["n_models"]),
-                                        int(params["n_seeds"]))
+    evaluation = lds_models(adata, key) if "lds" in adata.uns[key] else None
     adata = adata.copy() if copy else adata
 
     mean_corr, mean_lds = [], []

@@ -29,6 +29,7 @@ from ._recipes import (
 from ._worker import (
     WORKERS_DIR,
     UserMain,
+    check_models,
     check_row,
     parse_range,
     run_main_worker,
@@ -37,6 +38,6 @@ from ._worker import (
 
 __all__ = ["RECIPES", "WORKERS_DIR", "Backend", "LocalBackend", "MLPRecipe", "MaskSource",
            "RayBackend", "RepeatedMasks", "Trainer", "TrainingRecipe", "UserMain", "as_backend",
-           "check_row", "fill_store", "parse_range", "read_recipe", "register_recipe",
-           "run_main_worker", "run_worker", "targets_are_training_samples", "train_into_store",
-           "write_recipe"]
+           "check_models", "check_row", "fill_store", "parse_range", "read_recipe",
+           "register_recipe", "run_main_worker", "run_worker", "targets_are_training_samples",
+           "train_into_store", "write_recipe"]

@@ -11,7 +11,7 @@ from ..store import ModelStore
 from ._loop import train_into_store
 from ._ray import fill_with_ray, import_ray
 from ._recipes import TrainingRecipe, read_recipe, write_recipe
-from ._worker import UserMain, run_main_worker
+from ._worker import UserMain, check_models, run_main_worker
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,7 @@ def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain
     backend = as_backend(backend)
     if not isinstance(store, ModelStore):
         store = ModelStore.open(store, writable=True)
-    start, stop = (0, store.n_models) if models is None else (int(models[0]), int(models[1]))
-    if not 0 <= start < stop <= store.n_models:
-        raise ValueError(f"models {(start, stop)} must satisfy 0 <= start < stop <= "
-                         f"{store.n_models} (the store's number of models).")
+    start, stop = check_models(models, store.n_models)
     if isinstance(backend, RayBackend):
         user_main = recipe if isinstance(recipe, UserMain) else None
         if recipe is not None and not isinstance(recipe, UserMain):

@@ -66,6 +66,21 @@ class Heartbeat:
         self.state["state"] = state
         self.write()
 
+    def __enter__(self) -> Heartbeat:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish("done" if exc_type is None else "failed")
+
+
+def check_models(models: tuple[int, int] | None, n_models: int) -> tuple[int, int]:
+    """``(start, stop)`` of a store's model range (``None``: all), checked."""
+    start, stop = (0, n_models) if models is None else (int(models[0]), int(models[1]))
+    if not 0 <= start < stop <= n_models:
+        raise ValueError(f"models {(start, stop)} must satisfy 0 <= start < stop <= "
+                         f"{n_models} (the store's number of models).")
+    return start, stop
+
 
 def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "auto",
                chunk_size: int | None = None, num_threads: int | None = None,
@@ -84,16 +99,9 @@ def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "
     store = ModelStore.open(path, writable=True)
     todo = np.arange(start, stop)
     todo = todo[~store.completed[start:stop]]
-    beat = Heartbeat(path, start, stop, int(todo.size))
-    try:
-        trained = train_into_store(store, recipe.trainer(device), recipe.mask_source(), todo,
-                                   chunk_size=chunk_size, progress=progress,
-                                   on_chunk=beat.update)
-    except BaseException:
-        beat.finish("failed")
-        raise
-    beat.finish("done")
-    return trained
+    with Heartbeat(path, start, stop, int(todo.size)) as beat:
+        return train_into_store(store, recipe.trainer(device), recipe.mask_source(), todo,
+                                chunk_size=chunk_size, progress=progress, on_chunk=beat.update)
 
 
 # ---------------------------------------------------------------------- a user's main()
@@ -259,23 +267,20 @@ def run_main_worker(store_path: str | Path, main: UserMain, start: int, stop: in
     todo = np.arange(start, stop)
     if not redo:
         todo = todo[~store.completed[start:stop]]
-    beat = Heartbeat(path, start, stop, int(todo.size))
     argv = sys.argv
     trained = 0
-    try:
-        sys.argv = [main.target, *main.args]
-        for index in tqdm(todo, desc="models (user main)", unit="model", disable=not progress):
-            logdir = path / WORKERS_DIR / str(int(index))
-            logdir.mkdir(parents=True, exist_ok=True)
-            row = check_row(func(index=int(index), logdir=str(logdir), **kwargs), schema,
-                            int(index))
-            store.write([int(index)], **row)
-            trained += 1
-            beat.update(trained)
-    except BaseException:
-        beat.finish("failed")
-        raise
-    finally:
-        sys.argv = argv
-    beat.finish("done")
+    with Heartbeat(path, start, stop, int(todo.size)) as beat:
+        try:
+            sys.argv = [main.target, *main.args]
+            for index in tqdm(todo, desc="models (user main)", unit="model",
+                              disable=not progress):
+                logdir = path / WORKERS_DIR / str(int(index))
+                logdir.mkdir(parents=True, exist_ok=True)
+                row = check_row(func(index=int(index), logdir=str(logdir), **kwargs), schema,
+                                int(index))
+                store.write([int(index)], **row)
+                trained += 1
+                beat.update(trained)
+        finally:
+            sys.argv = argv
     return trained
