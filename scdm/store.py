@@ -124,7 +124,6 @@ def check_madrylab_spec(spec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tu
     if COMPLETED in schema:
         raise ValueError(f"the field name {COMPLETED!r} is reserved for the completion flags; "
                          "rename that field.")
-    out = {}
     for name, entry in schema.items():
         if not isinstance(entry, Mapping) or "dtype" not in entry or "shape" not in entry:
             raise ValueError(f"field {name!r} needs a 'dtype' and a 'shape', got {entry!r}.")
@@ -133,8 +132,7 @@ def check_madrylab_spec(spec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tu
                 isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise ValueError(f"field {name!r}: shape must be a list of non-negative integers "
                              f"(e.g. [50000], or [] for one number per model), got {shape!r}.")
-        out[str(name)] = (parse_spec_dtype(entry["dtype"], name), tuple(shape))
-    return out
+    return _schema_of(schema)  # dtype names are checked there
 
 
 def _normalize(value: Any) -> Any:
