@@ -17,13 +17,17 @@ from scdm.store import ModelStore, StoreMismatchError
 from scdm.vision import (
     GroupedResNet9,
     ImageRecipe,
+    ResNet9Classifier,
     ResNetConfig,
     ResNetEnsembleTrainer,
     binary_labels,
+    checkpoint_path,
     create_image_store,
     download_cifar10,
     load_cifar10,
+    store_checkpoints,
     synthetic_cifar10,
+    trak_scores,
     write_cifar10,
 )
 
@@ -162,6 +166,66 @@ def test_grouped_network_is_independent_models():
                                        atol=1e-7)
 
 
+def test_each_model_of_a_group_is_a_plain_classifier():
+    """model_state_dicts splits a grouped network into plain ResNet-9s (what TRAK loads)."""
+    grouped = GroupedResNet9(3, 2, width=4).double()
+    grouped.initialise(0, [0, 1, 2])
+    grouped.train()
+    x = torch.randn(5, 9, 32, 32, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    grouped(x)  # one training-mode pass: batch-norm running statistics differ per model
+    grouped.eval()
+    expected = grouped(x)
+    for i, state in enumerate(grouped.model_state_dicts()):
+        single = ResNet9Classifier(2, width=4).double()
+        single.load_state_dict(state)
+        single.eval()
+        torch.testing.assert_close(single(x[:, 3 * i : 3 * i + 3]), expected[:, i],
+                                   rtol=1e-9, atol=1e-11)
+
+
+def test_the_store_keeps_trak_checkpoints(data, tmp_path):
+    """TRAK's checkpoints are the store's models: missing ones are trained and written into
+    the store; models the store has are retrained and match its margins; kept parameters give
+    back the stored margins; the scores are resumable and need the same checkpoints."""
+    recipe = tiny_recipe(data)
+    store = create_image_store(tmp_path / "store", recipe, 6)
+    from scdm.workers import fill_store
+
+    fill_store(store, recipe, models=(0, 2), progress=False)
+    before = np.array(store.field("margins")[:2])
+    states = store_checkpoints(store, recipe, [0, 1, 2, 3], device="cpu", progress=False)
+    store = ModelStore.open(store.path)
+    assert store.completed.tolist() == [True] * 4 + [False] * 2
+    np.testing.assert_array_equal(store.field("margins")[:2], before)
+    trainer = recipe.trainer("cpu")
+    for m, state in enumerate(states):
+        assert checkpoint_path(store, m).is_file()
+        model = ResNet9Classifier(2, width=4)
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            logits = model(trainer.normalise(recipe.target_images))
+            logits = (logits + model(trainer.normalise(recipe.target_images).flip(-1))) / 2
+        y = torch.as_tensor(recipe.target_labels)
+        margin = logits.gather(1, y.view(-1, 1))[:, 0] - logits.gather(1, (1 - y).view(-1, 1))[:, 0]
+        np.testing.assert_allclose(margin.numpy(), store.field("margins")[m], atol=1e-5)
+    stamp = checkpoint_path(store, 0).stat().st_mtime_ns
+    store_checkpoints(store, recipe, [0], device="cpu", progress=False)
+    assert checkpoint_path(store, 0).stat().st_mtime_ns == stamp  # kept, not retrained
+
+    scores = trak_scores(states, recipe, tmp_path / "trak", proj_dim=16, device="cpu",
+                         verbose=False)
+    assert scores.shape == (60, 12) and np.isfinite(scores).all() and scores.std() > 0
+    np.testing.assert_allclose(trak_scores(states, recipe, tmp_path / "trak", proj_dim=16,
+                                           device="cpu", verbose=False), scores)
+    with pytest.raises(ValueError, match="another checkpoint"):
+        trak_scores(states[::-1], recipe, tmp_path / "trak", proj_dim=16, device="cpu",
+                    verbose=False)
+    with pytest.raises(ValueError, match=r"lie in \[0, 6\)"):
+        store_checkpoints(store, recipe, [7], device="cpu")
+
+
 def test_trainer_is_deterministic_and_independent_of_chunks(data):
     recipe = tiny_recipe(data)
     trainer = recipe.trainer("cpu")
@@ -269,6 +333,38 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     np.testing.assert_allclose(read_datamodels(out / "datamodels.pt").weight, saved.weight)
 
 
+def test_smoke_pipeline_with_trak_and_planted_flips(tmp_path):
+    """CIFAR-2 (cat vs dog) as in TRAK's quickstart: datamodels and TRAK from one store, LDS of
+    both on the same evaluation models, planted label flips ranked by self-influence."""
+    out = tmp_path / "cifar2"
+    argv = ["--smoke", "--method", "both", "--n-models", "100", "--flip-fraction", "0.1",
+            "--out", str(out), "--quiet"]
+    summary = run_pipeline(argv)
+    assert summary["task"] == "cifar2" and summary["trak"]["checkpoints"] == 8
+    for name in ("trak_scores.npy", "trak_influencers.png", "influencers.png", "lds_trak.npy",
+                 "self_influence.npy", "store/checkpoints/model_7.pt"):
+        assert (out / name).is_file(), name
+    scores = np.load(out / "trak_scores.npy")
+    assert scores.shape == (100, 50) and np.isfinite(scores).all()
+    assert np.isfinite(summary["trak"]["lds"]["mean"]) and np.isfinite(summary["lds"]["mean"])
+    assert -1 <= summary["agreement"]["mean_correlation"] <= 1
+    issues = summary["trak"]["label_issues"]
+    flipped = np.load(out / "images.npz")["flipped"]
+    assert issues["flipped"] == flipped.sum() == 10
+    assert issues["auroc_self_influence"] > 0.75  # chance is 0.5
+    # the task holds cats and dogs only; the recorded labels carry the planted flips
+    train_index = np.load(out / "images.npz")["train_index"]
+    classes = load_cifar10(out / "data_cifar2").train_labels[train_index]
+    assert set(np.unique(classes)) == {3, 5}
+    from scdm.workers import read_recipe
+
+    recorded = read_recipe(out / "store").train_labels  # what the models were trained on
+    np.testing.assert_array_equal(recorded, np.where(flipped, classes != 5, classes == 5))
+    again = run_pipeline(argv)
+    assert again["training"]["trained_now"] == 0
+    np.testing.assert_array_equal(np.load(out / "trak_scores.npy"), scores)
+
+
 def test_pipeline_refuses_bad_settings_before_work(tmp_path):
     with pytest.raises(SystemExit):
         run_pipeline(["--out", str(tmp_path / "x")])  # no --data
@@ -279,3 +375,12 @@ def test_pipeline_refuses_bad_settings_before_work(tmp_path):
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
     with pytest.raises(SystemExit, match="training and"):
         run_pipeline(["--smoke", "--n-train", "100000", "--out", str(tmp_path / "w")])
+    with pytest.raises(SystemExit, match="singular"):
+        run_pipeline(["--smoke", "--method", "trak", "--proj-dim", "500",
+                      "--out", str(tmp_path / "v")])
+    with pytest.raises(SystemExit, match="flip-fraction"):
+        run_pipeline(["--smoke", "--method", "trak", "--flip-fraction", "0.6",
+                      "--out", str(tmp_path / "u")])
+    with pytest.raises(SystemExit, match="self-influence"):
+        run_pipeline(["--smoke", "--flip-fraction", "0.1", "--out", str(tmp_path / "t")])
+    assert not any((tmp_path / name).exists() for name in "vut")

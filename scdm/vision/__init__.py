@@ -15,11 +15,13 @@ from ._cifar import (
 )
 from ._plots import embedding_pca, influencer_grid
 from ._recipe import ImageRecipe, create_image_store
-from ._resnet import GroupedResNet9, ResNetConfig, ResNetEnsembleTrainer
+from ._resnet import GroupedResNet9, ResNet9Classifier, ResNetConfig, ResNetEnsembleTrainer
+from ._trak import checkpoint_path, store_checkpoints, trak_scores
 
 __all__ = [
     "BINARY_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "CLASSES", "Cifar10", "GroupedResNet9",
-    "ImageRecipe", "ResNetConfig", "ResNetEnsembleTrainer", "binary_labels", "create_image_store",
-    "download_cifar10", "embedding_pca", "find_cifar10", "influencer_grid", "load_cifar10",
-    "synthetic_cifar10", "write_cifar10",
+    "ImageRecipe", "ResNet9Classifier", "ResNetConfig", "ResNetEnsembleTrainer", "binary_labels",
+    "checkpoint_path", "create_image_store", "download_cifar10", "embedding_pca", "find_cifar10",
+    "influencer_grid", "load_cifar10", "store_checkpoints", "synthetic_cifar10", "trak_scores",
+    "write_cifar10",
 ]

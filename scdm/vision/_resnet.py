@@ -153,6 +153,24 @@ class GroupedResNet9(nn.Module):
         out = self.head(self.features(x))
         return out.reshape(x.shape[0], self.k, self.n_classes).float() * self.scale
 
+    def model_state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """One plain ResNet-9 (``k=1``) state dict per model of the group, for TRAK and for
+        saving checkpoints: every grouped tensor's first dimension holds the models' blocks one
+        after another (convolution outputs, batch-norm channels), so model ``i`` owns block
+        ``i``."""
+        state = self.state_dict()
+        out = []
+        for i in range(self.k):
+            single = {}
+            for name, value in state.items():
+                if value.dim() == 0:  # num_batches_tracked: shared count of steps
+                    single[name] = value.detach().clone()
+                else:
+                    rows = value.shape[0] // self.k
+                    single[name] = value[i * rows : (i + 1) * rows].detach().clone()
+            out.append(single)
+        return out
+
     def conv_weights(self) -> list[torch.Tensor]:
         """Every convolution's weight (head last), in a fixed order."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Conv2d)]
@@ -171,6 +189,18 @@ class GroupedResNet9(nn.Module):
                 bound = 1.0 / math.sqrt(int(np.prod(weight.shape[1:])))
                 values = rng.uniform(-bound, bound, size=shape).astype(np.float32)
                 weight[i * rows : (i + 1) * rows] = torch.from_numpy(values)
+
+
+class ResNet9Classifier(GroupedResNet9):
+    """One ResNet-9 as a ``[batch, 3, H, W]`` → ``[batch, classes]`` classifier, the form
+    :class:`scdm.trak.TRAKer` and other attribution tools expect. It loads the state dicts of
+    :meth:`GroupedResNet9.model_state_dicts` (the same parameter names)."""
+
+    def __init__(self, n_classes: int = 10, width: int = 64) -> None:
+        super().__init__(1, n_classes, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, 0, :]
 
 
 def check_images(images: np.ndarray, labels: np.ndarray, target_images: np.ndarray,
@@ -262,6 +292,12 @@ class ResNetEnsembleTrainer:
         return 4 if self.device.type == "cuda" else 1
 
     # ------------------------------------------------------------------ data
+    def normalise(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``uint8 [n, 3, H, W]`` images → the normalised float input of one ResNet-9 (on the
+        trainer's device), as the models saw them in training (without flips)."""
+        images = torch.as_tensor(np.asarray(images)).to(self.device)
+        return self._stack(images.unsqueeze(0), None)
+
     def _stack(self, images: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
         """``[k, B, 3, H, W]`` uint8 → normalised ``[B, 3k, H, W]`` network input."""
         x = (images.float() - self.mean) / self.std
@@ -272,9 +308,12 @@ class ResNetEnsembleTrainer:
         return x.contiguous(memory_format=self.memory_format)
 
     # ------------------------------------------------------------------ training
-    def train(self, masks: np.ndarray, model_indices: Sequence[int] | np.ndarray
-              ) -> TrainResult:
-        """Train one ResNet-9 per mask row (all at once); margins on the target images."""
+    def train(self, masks: np.ndarray, model_indices: Sequence[int] | np.ndarray, *,
+              keep_params: bool = False) -> TrainResult:
+        """Train one ResNet-9 per mask row (all at once); margins on the target images.
+
+        With ``keep_params``, ``result.extras["state_dicts"]`` holds each model's trained
+        parameters as a plain ResNet-9 state dict (:class:`ResNet9Classifier` loads it)."""
         masks = np.asarray(masks, dtype=bool)
         model_indices = np.asarray(model_indices, dtype=np.int64).reshape(-1)
         if masks.ndim != 2 or masks.shape != (model_indices.size, self.n):
@@ -290,13 +329,13 @@ class ResNetEnsembleTrainer:
         if self.device.type == "cpu" and self.config.cpu_threads is not None:
             torch.set_num_threads(int(self.config.cpu_threads))
         try:
-            return self._train_groups(masks, model_indices, at_once)
+            return self._train_groups(masks, model_indices, at_once, keep_params)
         finally:
             torch.set_num_threads(threads)
 
-    def _train_groups(self, masks: np.ndarray, model_indices: np.ndarray, at_once: int
-                      ) -> TrainResult:
-        margins, correct = [], []
+    def _train_groups(self, masks: np.ndarray, model_indices: np.ndarray, at_once: int,
+                      keep_params: bool = False) -> TrainResult:
+        margins, correct, states = [], [], []
         for start in range(0, model_indices.size, at_once):
             group = model_indices[start : start + at_once]
             net = GroupedResNet9(group.size, self.n_classes, self.config.width)
@@ -306,9 +345,13 @@ class ResNetEnsembleTrainer:
             group_margins, group_correct = self._margins(net)
             margins.append(group_margins)
             correct.append(group_correct)
+            if keep_params:
+                states += [{k: v.cpu() for k, v in sd.items()}
+                           for sd in net.model_state_dicts()]
         return TrainResult(margins=np.concatenate(margins),
                            heldout_accuracy=np.concatenate(correct).mean(axis=1,
-                                                                         dtype=np.float32))
+                                                                         dtype=np.float32),
+                           extras={"state_dicts": states} if keep_params else {})
 
     def _fit(self, net: GroupedResNet9, masks: np.ndarray, model_indices: np.ndarray) -> None:
         cfg = self.config

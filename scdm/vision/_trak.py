@@ -1,0 +1,131 @@
+"""TRAK for image stores: the store keeps the checkpoints TRAK uses, and ResNet-9 scores.
+
+The checkpoints are the store's own models (the same masks and seeds): a model trained for
+TRAK is also one of the datamodels' models, and a model the store already holds is retrained
+from its seed and checked against its stored margins before its parameters are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._settings import settings
+from ..store import ModelStore
+from ..trak import TRAKer
+from ._recipe import ImageRecipe
+from ._resnet import ResNet9Classifier
+
+logger = logging.getLogger("scdm")
+CHECKPOINTS = "checkpoints"  # folder of a store that holds model parameters
+MARGIN_TOLERANCE = 1e-4  # retrained vs stored margins; CPU training is bitwise reproducible
+
+
+def checkpoint_path(store: ModelStore, model: int) -> Path:
+    return Path(store.path) / CHECKPOINTS / f"model_{int(model)}.pt"
+
+
+def _save(state: dict, path: Path) -> None:
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a reader never sees half a checkpoint
+
+
+def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[int], *,
+                      device: str = "auto", progress: bool | None = None
+                      ) -> list[dict[str, torch.Tensor]]:
+    """The parameters of the store's models ``models`` (plain ResNet-9 state dicts).
+
+    Kept in ``STORE/checkpoints/model_<m>.pt``. A missing one is trained from the model's
+    own mask and seed: when the store has not completed that model yet, its mask, margins and
+    accuracy are written too; when it has, the retrained margins must match the stored ones
+    (bitwise on CPU; on a GPU, whose kernels are not deterministic, a difference above
+    :data:`MARGIN_TOLERANCE` is a warning that names it).
+    """
+    models = [int(m) for m in models]
+    if not models or min(models) < 0 or max(models) >= store.n_models:
+        raise ValueError(f"checkpoint models must lie in [0, {store.n_models}) of the store; "
+                         f"got {models[:5]}{'…' if len(models) > 5 else ''}.")
+    missing = [m for m in models if not checkpoint_path(store, m).is_file()]
+    if missing:
+        if not store.writable:
+            store = ModelStore.open(store.path, writable=True)
+        trainer = recipe.trainer(device)
+        sampler = recipe.sampler()
+        completed = store.completed
+        chunk = trainer.auto_chunk_size()
+        with tqdm(total=len(missing), desc="TRAK checkpoints", unit="model",
+                  disable=not settings.progress(progress)) as bar:
+            for start in range(0, len(missing), chunk):
+                group = np.asarray(missing[start : start + chunk], dtype=np.int64)
+                masks = sampler.sample(group)
+                result = trainer.train(masks, group, keep_params=True)
+                done = completed[group]
+                if done.any():
+                    stored = np.asarray(store.field("margins")[group[done]], dtype=np.float64)
+                    gap = float(np.abs(result.margins[done] - stored).max())
+                    if gap > MARGIN_TOLERANCE:
+                        logger.warning(
+                            "retrained checkpoints %s differ from the store's margins by up to "
+                            "%.3g (nondeterministic GPU kernels); TRAK uses the retrained "
+                            "parameters", group[done].tolist(), gap)
+                if (~done).any():
+                    store.write(group[~done], masks=masks[~done],
+                                margins=result.margins[~done],
+                                heldout_accuracy=result.heldout_accuracy[~done])
+                for m, state in zip(group, result.extras["state_dicts"], strict=True):
+                    _save(state, checkpoint_path(store, int(m)))
+                bar.update(group.size)
+    return [torch.load(checkpoint_path(store, m), map_location="cpu", weights_only=True)
+            for m in models]
+
+
+def trak_scores(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path, *,
+                targets: np.ndarray | None = None, target_labels: np.ndarray | None = None,
+                exp_name: str = "targets", proj_dim: int = 2048, damping: float | None = None,
+                projector_seed: int = 0, batch_size: int = 100, device: str = "auto",
+                verbose: bool | None = None) -> np.ndarray:
+    """TRAK scores (``n_train × n_targets``) of the recipe's ResNet-9s, with :class:`TRAKer`.
+
+    Every training image is featurized with every checkpoint (resumable in ``save_dir``),
+    then the targets (default: the recipe's target images; or ``targets`` with
+    ``target_labels``, e.g. the training images themselves for self-influence) are scored
+    under ``exp_name``.
+    """
+    if targets is None:
+        targets, target_labels = recipe.target_images, recipe.target_labels
+    elif target_labels is None or len(target_labels) != len(targets):
+        raise ValueError("targets need target_labels, one class code per image.")
+    trainer = recipe.trainer(device)
+    model = ResNet9Classifier(recipe.n_classes, recipe.config.width)
+    traker = TRAKer(model, task="image_classification",
+                    train_set_size=len(recipe.train_labels), save_dir=save_dir,
+                    proj_dim=proj_dim, projector_seed=projector_seed, damping=damping,
+                    device=str(trainer.device), verbose=verbose)
+    labels = torch.as_tensor(np.asarray(recipe.train_labels))
+    target_y = torch.as_tensor(np.asarray(target_labels, dtype=np.int64))
+    n, n_targets = len(labels), len(target_y)
+    disable = not settings.progress(verbose)
+    for model_id, state in enumerate(tqdm(checkpoints, desc="TRAK featurize", unit="checkpoint",
+                                          disable=disable)):
+        traker.load_checkpoint(state, model_id=model_id)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            traker.featurize(batch=(trainer.normalise(recipe.train_images[start:stop]),
+                                    labels[start:stop]), inds=np.arange(start, stop))
+    traker.finalize_features()
+    for model_id, state in enumerate(tqdm(checkpoints, desc="TRAK score", unit="checkpoint",
+                                          disable=disable)):
+        traker.start_scoring_checkpoint(exp_name, state, model_id, n_targets)
+        for start in range(0, n_targets, batch_size):
+            stop = min(start + batch_size, n_targets)
+            traker.score(batch=(trainer.normalise(targets[start:stop]),
+                                target_y[start:stop]), inds=np.arange(start, stop))
+    return traker.finalize_scores(exp_name, model_ids=range(len(checkpoints)))
