@@ -36,6 +36,33 @@ def test_projector_is_deterministic_and_blocked():
         RandomProjector(300, 4).project(torch.ones(2, 5), 0)
 
 
+def test_projector_generator_on_the_device_is_seeded_and_recorded(tmp_path):
+    """generator="device" draws the matrix where it is used (here: the CPU, so the very
+    matrix of the default); a save_dir records it and refuses the other kind."""
+    on_cpu = RandomProjector(9000, 32, seed=3, cache_bytes=0, generator="device")
+    np.testing.assert_array_equal(on_cpu.matrix(1), RandomProjector(9000, 32, seed=3).matrix(1))
+    with pytest.raises(ValueError, match="generator"):
+        RandomProjector(300, 4, generator="gpu")
+    model = torch.nn.Linear(4, 2)
+    TRAKer(model, train_set_size=8, proj_dim=4, save_dir=tmp_path, device="cpu",
+           projector_generator="device")
+    with pytest.raises(ValueError, match="projector_generator"):
+        TRAKer(model, train_set_size=8, proj_dim=4, save_dir=tmp_path, device="cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_projector_generator_on_cuda_is_blocked_and_reproducible():
+    grads = torch.randn(10, 9000, generator=torch.Generator().manual_seed(0)).cuda()
+    blocked = RandomProjector(9000, 64, seed=3, cache_bytes=0, device="cuda", generator="device")
+    cached = RandomProjector(9000, 64, seed=3, device="cuda", generator="device")
+    torch.testing.assert_close(blocked.project(grads, 1), cached.project(grads, 1), rtol=1e-5,
+                               atol=1e-3)
+    again = RandomProjector(9000, 64, seed=3, device="cuda", generator="device")
+    assert torch.equal(again.matrix(1), cached.matrix(1)) and cached.matrix(1).is_cuda
+    assert set(torch.unique(cached.matrix(1)).tolist()) == {-1.0, 1.0}
+
+
 def _stacked_mlp(sizes, K, seed=0):
     g = torch.Generator().manual_seed(seed)
     params = []

@@ -6,6 +6,12 @@ generated in blocks of rows from seeds derived from ``(seed, model_id, block)``,
 stays at one block however large the model, every process regenerates the same matrix, and a
 checkpoint's projection never depends on how its examples were batched. When the whole matrix
 fits in ``cache_bytes`` it is kept between calls.
+
+The blocks are drawn with a CPU generator by default, so a projection is the same on every
+device. A model too large for the cache (a full ResNet-9 at ``proj_dim`` 2048 is a 40 GB matrix)
+regenerates every block for every batch, which a CPU generator makes the bottleneck of a GPU
+run: ``generator="device"`` draws the blocks on the device itself (seeded the same way; the
+numbers then differ between CPU and CUDA, so a save directory records which was used).
 """
 
 from __future__ import annotations
@@ -23,16 +29,24 @@ def projection_seed(*keys: int) -> int:
                >> np.uint64(1))
 
 
-def random_matrix(rows: int, cols: int, *, kind: str, seed: int, device, dtype=torch.float32
-                  ) -> torch.Tensor:
-    """A ``rows × cols`` matrix of ±1 or N(0, 1) entries from ``seed`` (CPU generator, so the
-    same numbers on every device)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+GENERATORS = ("cpu", "device")
+
+
+def random_matrix(rows: int, cols: int, *, kind: str, seed: int, device, dtype=torch.float32,
+                  generator: str = "cpu") -> torch.Tensor:
+    """A ``rows × cols`` matrix of ±1 or N(0, 1) entries from ``seed``, drawn by a CPU
+    generator (the same numbers on every device) or, with ``generator="device"``, by
+    ``device``'s own."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}.")
+    where = torch.device("cpu") if generator == "cpu" else torch.device(device)
+    rng = torch.Generator(device=where).manual_seed(seed)
     if kind == "rademacher":
-        values = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
+        values = torch.randint(0, 2, (rows, cols), generator=rng, dtype=torch.int8,
+                               device=where)
         matrix = values.to(dtype).mul_(2).sub_(1)
     elif kind == "normal":
-        matrix = torch.randn(rows, cols, generator=generator, dtype=dtype)
+        matrix = torch.randn(rows, cols, generator=rng, dtype=dtype, device=where)
     else:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
     return matrix.to(device)
@@ -63,16 +77,22 @@ class RandomProjector:
         Where matrices are made and multiplied.
     cache_bytes
         Keep the whole matrix of the last ``model_id`` when it is at most this large.
+    generator
+        ``"cpu"`` (the same matrix on every device) or ``"device"`` (drawn where it is used:
+        fast on a GPU for models too large to cache the matrix).
     """
 
     def __init__(self, grad_dim: int, proj_dim: int, *, seed: int = 0,
                  kind: str = "rademacher", device: str | torch.device = "cpu",
-                 cache_bytes: int = 512 << 20):
+                 cache_bytes: int = 512 << 20, generator: str = "cpu"):
         if isinstance(proj_dim, bool) or not isinstance(proj_dim, (int, np.integer)) \
                 or proj_dim < 1:
             raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}.")
         if kind not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
+        if generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}.")
+        self.generator = generator
         self.grad_dim, self.proj_dim = int(grad_dim), int(proj_dim)
         self.seed, self.kind, self.device = int(seed), kind, torch.device(device)
         self.cache_bytes = cache_bytes
@@ -82,7 +102,8 @@ class RandomProjector:
     def _rows(self, model_id: int, block: int) -> torch.Tensor:
         height = min(ROW_BLOCK, self.grad_dim - block * ROW_BLOCK)
         return random_matrix(height, self.proj_dim, kind=self.kind,
-                             seed=projection_seed(self.seed, model_id, block), device=self.device)
+                             seed=projection_seed(self.seed, model_id, block), device=self.device,
+                             generator=self.generator)
 
     def matrix(self, model_id: int) -> torch.Tensor:
         """The whole ``grad_dim × proj_dim`` matrix of ``model_id``."""

@@ -74,6 +74,10 @@ class TRAKer:
         Seed of the projection matrices (one per checkpoint).
     projection
         ``"rademacher"`` or ``"normal"`` entries.
+    projector_generator
+        ``"cpu"``: the projection is drawn by a CPU generator, the same on every device;
+        ``"device"``: drawn on ``device`` (for large models on a GPU, whose projection cannot
+        be cached and is regenerated for every batch). Recorded in ``save_dir``.
     lambda_reg
         Absolute ridge added to ``GᵀG`` (``traker``'s; 0 reproduces it).
     damping
@@ -96,6 +100,7 @@ class TRAKer:
         proj_dim: int = 2048,
         projector_seed: int = 0,
         projection: str = "rademacher",
+        projector_generator: str = "cpu",
         lambda_reg: float = 0.0,
         damping: float | None = None,
         grad_wrt: Sequence[str] | None = None,
@@ -116,7 +121,8 @@ class TRAKer:
         self.train_set_size = int(train_set_size)
         self.gradients = GradientComputer(self.model, grad_wrt)
         self.projector = RandomProjector(self.gradients.grad_dim, proj_dim, seed=projector_seed,
-                                         kind=projection, device=self.device)
+                                         kind=projection, device=self.device,
+                                         generator=projector_generator)
         self.lambda_reg, self.damping = float(lambda_reg), damping
         self.normalize_factor = float(np.sqrt(self.gradients.grad_dim))
         self.verbose = verbose
@@ -126,11 +132,14 @@ class TRAKer:
                          "grad_dim": self.gradients.grad_dim, "projector_seed": projector_seed,
                          "projection": projection, "grad_wrt": self.gradients.names,
                          "task": "classification"}
+        if projector_generator != "cpu":  # device-drawn matrices differ between device types
+            self.metadata["projector_generator"] = f"{projector_generator}:{self.device.type}"
         meta = self.save_dir / "metadata.json"
         if meta.exists():
             saved = json.loads(meta.read_text())
-            different = {k: (saved.get(k), v) for k, v in self.metadata.items()
-                         if saved.get(k) != v}
+            different = {k: (saved.get(k), self.metadata.get(k))
+                         for k in sorted(set(saved) | set(self.metadata))
+                         if saved.get(k) != self.metadata.get(k)}
             if different:
                 raise ValueError(f"{self.save_dir} holds TRAK results of another setting "
                                  f"(saved, now): {different}; use another save_dir.")

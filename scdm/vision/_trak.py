@@ -90,24 +90,30 @@ def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[i
 def trak_scores(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path, *,
                 targets: np.ndarray | None = None, target_labels: np.ndarray | None = None,
                 exp_name: str = "targets", proj_dim: int = 2048, damping: float | None = None,
-                projector_seed: int = 0, batch_size: int = 100, device: str = "auto",
-                verbose: bool | None = None) -> np.ndarray:
+                projector_seed: int = 0, projector_generator: str | None = None,
+                batch_size: int = 100, device: str = "auto", verbose: bool | None = None
+                ) -> np.ndarray:
     """TRAK scores (``n_train × n_targets``) of the recipe's ResNet-9s, with :class:`TRAKer`.
 
     Every training image is featurized with every checkpoint (resumable in ``save_dir``),
     then the targets (default: the recipe's target images; or ``targets`` with
     ``target_labels``, e.g. the training images themselves for self-influence) are scored
-    under ``exp_name``.
+    under ``exp_name``. The projection is drawn on the GPU when there is one
+    (``projector_generator=None``; a full ResNet-9's matrix is too large to keep and is drawn
+    anew for every batch), else by the CPU generator.
     """
     if targets is None:
         targets, target_labels = recipe.target_images, recipe.target_labels
     elif target_labels is None or len(target_labels) != len(targets):
         raise ValueError("targets need target_labels, one class code per image.")
     trainer = recipe.trainer(device)
+    if projector_generator is None:
+        projector_generator = "device" if trainer.device.type == "cuda" else "cpu"
     model = ResNet9Classifier(recipe.n_classes, recipe.config.width)
     traker = TRAKer(model, task="image_classification",
                     train_set_size=len(recipe.train_labels), save_dir=save_dir,
-                    proj_dim=proj_dim, projector_seed=projector_seed, damping=damping,
+                    proj_dim=proj_dim, projector_seed=projector_seed,
+                    projector_generator=projector_generator, damping=damping,
                     device=str(trainer.device), verbose=verbose)
     labels = torch.as_tensor(np.asarray(recipe.train_labels))
     target_y = torch.as_tensor(np.asarray(target_labels, dtype=np.int64))
