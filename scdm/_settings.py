@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+MARGIN_DTYPES = ("float32", "float16")
+
 
 @dataclass
 class ScdmSettings:
@@ -25,12 +27,23 @@ class ScdmSettings:
         to do instead.
     max_hours
         Longest estimated CPU run accepted (``None``: no limit).
+    margins_dtype
+        How new stores keep margins: ``"float32"`` (default) or ``"float16"``, half the disk
+        and page cache (the published datamodels' format; ~3 significant digits, enough for
+        margins). A store keeps the dtype it was created with: resuming it under the other
+        setting is refused (the error names the field); set it back or use another store.
     """
 
     verbosity: int = 1
     store_dir: Path = Path("scdm_stores")
     max_memory: float | None = None
     max_hours: float | None = 24.0
+    margins_dtype: str = "float32"
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "margins_dtype" and value not in MARGIN_DTYPES:
+            raise ValueError(f"margins_dtype must be one of {MARGIN_DTYPES}, got {value!r}.")
+        super().__setattr__(name, value)
 
     def progress(self, verbose: bool | None) -> bool:
         """Whether a loop should show a progress bar, given a function's ``verbose`` argument."""

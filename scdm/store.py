@@ -42,11 +42,15 @@ class StoreMismatchError(ValueError):
     """An existing store was written with a configuration other than the one asked for."""
 
 
-def store_schema(n_obs: int, n_targets: int | None = None) -> dict:
-    """Fields of a training store: masks over samples, margins on targets, held-out accuracy."""
+def store_schema(n_obs: int, n_targets: int | None = None, *,
+                 margins_dtype: str = "float32") -> dict:
+    """Fields of a training store: masks over samples, margins on targets (``float32`` or
+    ``float16``), held-out accuracy."""
+    if np.dtype(margins_dtype) not in (np.float32, np.float16):
+        raise ValueError(f"margins_dtype must be 'float32' or 'float16', got {margins_dtype!r}.")
     return {
         "masks": (np.bool_, (n_obs,)),
-        "margins": (np.float32, (n_obs if n_targets is None else n_targets,)),
+        "margins": (np.dtype(margins_dtype), (n_obs if n_targets is None else n_targets,)),
         "heldout_accuracy": (np.float32, ()),
     }
 
@@ -565,7 +569,14 @@ class ModelStore:
             values = np.asarray(values)
             if values.shape != shape:
                 raise ValueError(f"field {name!r}: expected shape {shape}, got {values.shape}.")
-            rows[name] = np.ascontiguousarray(values, dtype=dtype)
+            with np.errstate(over="ignore"):  # overflow is checked (and refused) next
+                rows[name] = np.ascontiguousarray(values, dtype=dtype)
+            if dtype.kind == "f" and dtype.itemsize < values.dtype.itemsize and not (
+                    np.isfinite(rows[name]) | ~np.isfinite(values)).all():
+                raise ValueError(
+                    f"field {name!r}: values up to {np.nanmax(np.abs(values)):.3g} overflow the "
+                    f"store's {dtype}; nothing was written. Use a float32 store "
+                    "(scdm.settings.margins_dtype = 'float32').")
         for name, values in rows.items():
             self._pwrite_rows(name, idx, values)
         self._pwrite_rows(COMPLETED, idx, np.ones(idx.size, dtype=bool))

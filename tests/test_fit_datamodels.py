@@ -49,6 +49,42 @@ def test_fit_writes_obsp_obs_uns_and_roundtrips(trained, tmp_path):
     assert back.obsp["again"].shape == (40, 40)
 
 
+def test_float16_margins_store_half_and_fit_the_same(trained, tmp_path):
+    """settings.margins_dtype = "float16" (the published datamodels' format): margins take
+    half the disk and the datamodels, LDS inputs and all readers work as with float32; a
+    float32 store is not resumed under the other setting; overflow is refused unwritten."""
+    reference = trained.copy()
+    scdm.tl.fit_datamodels(reference)
+    adata = make_adata(n_obs=40)
+    try:
+        with pytest.raises(ValueError, match="margins_dtype"):
+            scdm.settings.margins_dtype = "bfloat16"
+        scdm.settings.margins_dtype = "float16"
+        with pytest.raises(scdm.store.StoreMismatchError, match="float16"):
+            scdm.tl.train_models(adata, "disease", n_models=800,
+                                 store=reference.uns["datamodels"]["store"], config=TRAIN)
+        scdm.tl.train_models(adata, "disease", n_models=800, store=tmp_path / "half",
+                             config=TRAIN)
+    finally:
+        scdm.settings.margins_dtype = "float32"
+    half = ModelStore.open(tmp_path / "half")
+    full = ModelStore.open(reference.uns["datamodels"]["store"])
+    assert half.margins.dtype == np.float16 and full.margins.dtype == np.float32
+    assert (tmp_path / "half/margins.npy").stat().st_size < 0.51 * (
+        full.path / "margins.npy").stat().st_size + 256
+    np.testing.assert_array_equal(half.masks, full.masks)  # the same models, rounded margins
+    np.testing.assert_allclose(half.margins, full.margins, rtol=1e-3, atol=1e-3)
+    scdm.tl.fit_datamodels(adata)
+    a, b = (np.asarray(sparse.csr_matrix(x.obsp["datamodels"]).todense()).ravel()
+            for x in (adata, reference))
+    assert np.corrcoef(a, b)[0, 1] > 0.99
+    with pytest.raises(ValueError, match="overflow"):
+        ModelStore.open(tmp_path / "half", writable=True).write(
+            [0], masks=half.masks[:1], margins=np.full((1, 40), 1e6, np.float32),
+            heldout_accuracy=np.ones(1, np.float32))
+    np.testing.assert_array_equal(ModelStore.open(tmp_path / "half").margins[0], half.margins[0])
+
+
 def test_fit_refuses_missing_or_incomplete_store(trained, tmp_path):
     with pytest.raises(KeyError, match=r"run scdm\.tl\.train_models"):
         scdm.tl.fit_datamodels(make_adata(n_obs=40))

@@ -266,6 +266,37 @@ def test_lowrank_embedding_equals_the_dense_computation():
                                atol=1e-8)
 
 
+def test_large_classes_stream_the_checkpoints_into_a_randomized_svd():
+    """ClassFactors applies [F_1[C], …, F_K[C]] / sqrt(K) without forming it, and the
+    randomized SVD a large class gets finds the embedding of the exact computation."""
+    from scdm.trak._lowrank import ClassFactors, lowrank_embedding
+
+    rng = np.random.default_rng(1)
+    n, k, K = 700, 40, 5
+    groups = np.repeat(np.arange(4), n // 4 + 1)[:n]
+    factors = []
+    for _ in range(K):
+        F = 0.2 * rng.normal(size=(n, k))
+        F[:, :4] += np.eye(4)[groups]  # four groups of examples share directions
+        factors.append(torch.as_tensor(F, dtype=torch.float32))
+    rows = rng.permutation(n)[:600]
+    op = ClassFactors(factors, rows)
+    dense = torch.cat([f[rows] for f in factors], dim=1).numpy() / np.sqrt(K)
+    np.testing.assert_allclose(op.dense(), dense, rtol=1e-6)
+    M = torch.as_tensor(rng.normal(size=(K * k, 3)), dtype=torch.float32)
+    np.testing.assert_allclose(op.matmul(M), dense @ M.numpy(), rtol=1e-4, atol=1e-4)
+    Y = torch.as_tensor(rng.normal(size=(600, 3)), dtype=torch.float32)
+    np.testing.assert_allclose(op.rmatmul(Y), dense.T @ Y.numpy(), rtol=1e-4, atol=1e-4)
+
+    q = rng.uniform(0.05, 0.9, 600)
+    exact = lowrank_embedding(dense, q, n_comps=3, rank=256)  # 200 columns: exact path
+    randomized = lowrank_embedding(op, q, n_comps=3, rank=20, seed=0)
+    for c in range(3):
+        assert abs(np.corrcoef(exact[:, c], randomized[:, c])[0, 1]) > 0.999
+    np.testing.assert_array_equal(randomized, lowrank_embedding(op, q, n_comps=3, rank=20,
+                                                                seed=0))
+
+
 @pytest.fixture(scope="module")
 def small_trak(tmp_path_factory):
     import scanpy as sc

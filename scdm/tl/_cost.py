@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .._settings import settings
 
 logger = logging.getLogger("scdm")
@@ -48,12 +50,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _bytes_per_entry() -> float:
+    """A mask (1 byte) and a margin (``settings.margins_dtype``) per model and cell."""
+    return 1.0 + np.dtype(settings.margins_dtype).itemsize
+
+
 def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: bool = True
                         ) -> CostEstimate:
-    """Disk (masks 1 byte + margins 4 bytes per model and cell), memory (the dense n × n
-    weights, their float64 standardised copy and the SVD: ~24 n² bytes, at least 1 GiB) and
-    time (training + fit) of :func:`scdm.tl.datamodels`."""
-    disk = 5.0 * n_models * n_obs
+    """Disk (masks 1 byte + margins 4 bytes, or 2 as float16, per model and cell), memory
+    (the dense n × n weights, their float64 standardised copy and the SVD: ~24 n² bytes, at
+    least 1 GiB) and time (training + fit) of :func:`scdm.tl.datamodels`."""
+    disk = _bytes_per_entry() * n_models * n_obs
     memory = max(24.0 * n_obs**2, float(GIB))
     seconds = None
     if cpu:
@@ -66,11 +73,11 @@ def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: boo
 def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = 512, max_obsp: int = 5000,
                   cpu: bool = True) -> CostEstimate:
     """Disk (the checkpoints' masks and margins), memory (the projected features, float32,
-    about three copies at the peak, and the n × n matrix when stored) and time of
-    :func:`scdm.tl.trak`."""
-    disk = 5.0 * n_models * n_obs
-    memory = 3 * 4.0 * n_models * n_obs * proj_dim + (4.0 * n_obs**2 if n_obs <= max_obsp
-                                                      else 0.0) + 0.5 * GIB
+    held once — classes are embedded from them checkpoint by checkpoint — plus per-checkpoint
+    temporaries, and the n × n matrix when stored) and time of :func:`scdm.tl.trak`."""
+    disk = _bytes_per_entry() * n_models * n_obs
+    features = 4.0 * n_models * n_obs * proj_dim
+    memory = 1.25 * features + (4.0 * n_obs**2 if n_obs <= max_obsp else 0.0) + 0.5 * GIB
     seconds = (31.6 * (n_obs / 5000) ** 0.6 * (n_models / 40) * (proj_dim / 512)
                if cpu else None)
     return CostEstimate("trak", n_obs, n_models, disk, memory, seconds)

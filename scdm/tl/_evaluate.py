@@ -97,7 +97,9 @@ def lds(
                    "evaluation_random_state": random_state, "n_seeds": n_seeds}
     path = Path(store) if store is not None else default_store_path(f"{key}_lds", fingerprint)
     eval_store = ModelStore.create(path, n_models=n_masks * n_seeds,
-                                   schema=store_schema(adata.n_obs), fingerprint=fingerprint)
+                                   schema=store_schema(adata.n_obs,
+                                                       margins_dtype=settings.margins_dtype),
+                                   fingerprint=fingerprint)
     fill_store(eval_store, training.recipe(seed, seeds_per_mask=n_seeds),
                models=(0, n_masks * n_seeds), backend=backend, device=device,
                progress=settings.progress(verbose), desc="evaluation models")

@@ -146,7 +146,8 @@ def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSamp
         stratify_key=stratify_key, alpha=sampler.alpha, mask_mode=mask_mode, config=config,
         scale=scale, random_state=sampler.random_state)
     path = Path(store) if store is not None else default_store_path(key_added, fingerprint)
-    model_store = ModelStore.create(path, n_models=n_models, schema=store_schema(adata.n_obs),
+    schema = store_schema(adata.n_obs, margins_dtype=settings.margins_dtype)
+    model_store = ModelStore.create(path, n_models=n_models, schema=schema,
                                     fingerprint=fingerprint)
     if recipe is not None:
         write_recipe(model_store.path, recipe)

@@ -18,7 +18,7 @@ from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import resolve_device
 from ..trak._core import inverse_sqrt_gram
-from ..trak._lowrank import lowrank_embedding
+from ..trak._lowrank import ClassFactors, lowrank_embedding
 from ..trak._mlp import mlp_features
 from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
@@ -39,11 +39,6 @@ def _tensor_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
     for t in tensors[1:]:
         total = total + t
     return total
-
-
-def _class_factors(A: list[torch.Tensor], members: torch.Tensor) -> np.ndarray:
-    """``[A_1[C], …, A_K[C]] / sqrt(K)``: rows of one class, all given checkpoints."""
-    return (torch.cat([a[members] for a in A], dim=1) / np.sqrt(len(A))).cpu().numpy()
 
 
 @doc_params
@@ -169,8 +164,8 @@ def trak(
     for members in blocks.values():
         rows = members[finite[members]]
         for name, (factors, weights) in parts.items():
-            F = _class_factors(factors, torch.as_tensor(rows, device=A[0].device))
-            embeddings[name][rows] = lowrank_embedding(F, np.asarray(weights, np.float64)[rows],
+            embeddings[name][rows] = lowrank_embedding(ClassFactors(factors, rows),
+                                                       np.asarray(weights, np.float64)[rows],
                                                        n_comps=n_comps, rank=rank, seed=seed)
     embedded = time.perf_counter()
 
@@ -233,10 +228,11 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
         # balanced masks do for datamodels.
         cells = training.inputs.y.astype(np.int64) * (int(strata.max()) + 1) + strata
         codes = torch.as_tensor(cells, device=G.device)
-        sums = torch.zeros(G.shape[0], int(cells.max()) + 1, G.shape[2], device=G.device)
-        sums.index_add_(1, codes, G)
         counts = torch.bincount(codes).clamp_min(1).to(G.dtype)
-        G -= (sums / counts[None, :, None])[:, codes]
+        for g in G:  # one checkpoint at a time: no second copy of the features
+            sums = torch.zeros(int(cells.max()) + 1, G.shape[2], device=G.device)
+            sums.index_add_(0, codes, g)
+            g -= (sums / counts[:, None])[codes]
     dev = resolve_device(device)
     A = []
     for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",

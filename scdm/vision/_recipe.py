@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from .._seeding import check_random_state
+from .._settings import settings
 from ..masks import MaskSampler, check_alpha
 from ..store import ModelStore, hash_arrays, store_schema
 from ..workers import register_recipe, write_recipe
@@ -92,7 +93,8 @@ def create_image_store(path: str | os.PathLike, recipe: ImageRecipe, n_models: i
     """
     store = ModelStore.create(Path(path), n_models=int(n_models),
                               schema=store_schema(len(recipe.train_labels),
-                                                  len(recipe.target_labels)),
+                                                  len(recipe.target_labels),
+                                                  margins_dtype=settings.margins_dtype),
                               fingerprint=recipe.fingerprint())
     write_recipe(store.path, recipe)
     return store
