@@ -206,6 +206,10 @@ def test_traker_resumes_and_refuses_mismatched_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="another setting"):
         TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a", proj_dim=30,
                projection="normal", device="cpu")
+    # finalized features depend on the ridge: another damping must not reuse them
+    with pytest.raises(ValueError, match="damping"):
+        TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a", proj_dim=20,
+               projection="normal", device="cpu", damping=1.0)
 
 
 def test_traker_bad_input_fails_before_writing(tmp_path):

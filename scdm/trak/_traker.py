@@ -29,6 +29,8 @@ from ._projection import RandomProjector
 
 logger = logging.getLogger("scdm")
 TASKS = ("classification", "image_classification")
+# what a save_dir written before these settings were recorded was made with
+LEGACY_METADATA = {"lambda_reg": 0.0, "damping": None, "projector_generator": "cpu"}
 
 
 def checkpoint_fingerprint(checkpoint: dict) -> str:
@@ -128,15 +130,19 @@ class TRAKer:
         self.verbose = verbose
         self.save_dir = Path(save_dir)
         self.save_dir.mkdir(parents=True, exist_ok=True)
+        # everything the stored features depend on; the ridge too, as finalized features
+        # are reused on resume
         self.metadata = {"train_set_size": self.train_set_size, "proj_dim": int(proj_dim),
                          "grad_dim": self.gradients.grad_dim, "projector_seed": projector_seed,
                          "projection": projection, "grad_wrt": self.gradients.names,
-                         "task": "classification"}
-        if projector_generator != "cpu":  # device-drawn matrices differ between device types
-            self.metadata["projector_generator"] = f"{projector_generator}:{self.device.type}"
+                         "task": "classification", "lambda_reg": self.lambda_reg,
+                         "damping": None if damping is None else float(damping),
+                         # device-drawn matrices differ between device types
+                         "projector_generator": projector_generator if projector_generator ==
+                         "cpu" else f"{projector_generator}:{self.device.type}"}
         meta = self.save_dir / "metadata.json"
         if meta.exists():
-            saved = json.loads(meta.read_text())
+            saved = {**LEGACY_METADATA, **json.loads(meta.read_text())}
             different = {k: (saved.get(k), self.metadata.get(k))
                          for k in sorted(set(saved) | set(self.metadata))
                          if saved.get(k) != self.metadata.get(k)}

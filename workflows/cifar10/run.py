@@ -16,7 +16,8 @@ datamodels tutorial's) and ``--task cifar2`` (cat vs dog, TRAK's quickstart; the
    TRAK's checkpoints (their parameters kept in ``OUT/store/checkpoints``; a model the store
    already has is retrained from its seed and checked against its margins); every training
    image is featurized and the targets scored with :class:`scdm.trak.TRAKer` (``OUT/trak``,
-   ``--proj-dim``, ``--damping``) → ``OUT/trak_scores.npy`` (training images × targets);
+   one folder per ``--proj-dim`` and ``--damping``) → ``OUT/trak_scores.npy`` (training
+   images × targets);
 4. train ``--lds-models`` models on fresh subsets (their own seed) → LDS per target of each
    method, on the same evaluation models;
 5. figures: ``influencers.png`` / ``trak_influencers.png`` (most positive / negative training
@@ -244,7 +245,9 @@ def run_trak(store, recipe, images: dict, args: argparse.Namespace, out: Path) -
     trained = time.perf_counter()
     options = {"proj_dim": args.proj_dim, "damping": args.damping, "device": args.device,
                "projector_seed": args.random_state, "verbose": not args.quiet}
-    scores = trak_scores(checkpoints, recipe, out / "trak", **options)
+    # one save_dir per projection and ridge: features of other settings are kept, not mixed
+    save_dir = out / "trak" / f"proj{args.proj_dim}-damping{args.damping}"
+    scores = trak_scores(checkpoints, recipe, save_dir, **options)
     np.save(out / "trak_scores.npy", scores)
     summary = {"checkpoints": args.checkpoints, "proj_dim": args.proj_dim,
                "damping": args.damping, "checkpoint_seconds": round(trained - start, 2),
@@ -253,7 +256,7 @@ def run_trak(store, recipe, images: dict, args: argparse.Namespace, out: Path) -
     if args.flip_fraction:
         # each training image scored against itself: a mislabeled image is one the models
         # must memorise, so its own gradient dominates its margin (TRAK's data cleaning)
-        self_scores = trak_scores(checkpoints, recipe, out / "trak", exp_name="train",
+        self_scores = trak_scores(checkpoints, recipe, save_dir, exp_name="train",
                                   targets=recipe.train_images,
                                   target_labels=recipe.train_labels, **options)
         self_influence = np.diagonal(self_scores).copy()
