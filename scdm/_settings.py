@@ -27,6 +27,10 @@ class ScdmSettings:
         to do instead.
     max_hours
         Longest estimated CPU run accepted (``None``: no limit).
+    n_jobs
+        Processes for work that splits into independent pieces: the Gaussian null pairs of
+        :func:`scdm.tl.subgroups` on classes of 5,000+ cells (same results however many).
+        ``None``: all CPUs.
     margins_dtype
         How new stores keep margins: ``"float32"`` (default) or ``"float16"``, half the disk
         and page cache (the published datamodels' format; ~3 significant digits, enough for
@@ -38,6 +42,7 @@ class ScdmSettings:
     store_dir: Path = Path("scdm_stores")
     max_memory: float | None = None
     max_hours: float | None = 24.0
+    n_jobs: int | None = None
     margins_dtype: str = "float32"
 
     def __setattr__(self, name: str, value) -> None:

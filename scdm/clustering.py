@@ -25,6 +25,7 @@ subgroup.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -228,6 +229,30 @@ def check_resolutions(resolutions: Sequence[float] | None) -> tuple[float, ...]:
     return tuple(float(r) for r in np.unique(grid))
 
 
+PARALLEL_MIN_POINTS = 5000  # below this a null pair clusters in well under a second
+
+
+def null_jobs(n_points: int) -> int:
+    """Processes for the null pairs of a class of ``n_points``: ``scdm.settings.n_jobs`` for
+    large classes (where Leiden on the null pairs is most of the run), else 1."""
+    from ._settings import settings
+
+    if n_points < PARALLEL_MIN_POINTS:
+        return 1
+    jobs = settings.n_jobs if settings.n_jobs is not None else os.cpu_count() or 1
+    return max(1, int(jobs))
+
+
+def _null_pair(n1: np.ndarray, n2: np.ndarray, kw: dict, min_size: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Reproducibility and separation of one null pair at ``kw``'s resolutions."""
+    rep, sep = [], []
+    for a, b in zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw), strict=True):
+        rep.append(split_reproducibility(a, b))
+        sep.append(cross_separation(n1, n2, a, b, min_size))
+    return np.asarray(rep), np.asarray(sep)
+
+
 def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                       resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
                       min_reproducibility: float = 0.8, n_null: int = 20, alpha: float = 0.05,
@@ -285,14 +310,21 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     null_kw = {**kw, "resolutions": [resolutions[j] for j in needed]}
     rng = np.random.default_rng(random_state)
     factors = gaussian_null_factors(half1, half2)  # the same for every draw
+    # drawn in order first, then clustered (Leiden is seeded per call): the same values
+    # whether the pairs run here or in parallel processes
+    draws = [gaussian_null_halves(factors, half1.shape[0], rng) for _ in range(n_null)]
+    jobs = null_jobs(half1.shape[0])
+    if jobs > 1:
+        from joblib import Parallel, delayed
+
+        pairs = Parallel(n_jobs=jobs)(delayed(_null_pair)(n1, n2, null_kw, min_size)
+                                      for n1, n2 in draws)
+    else:
+        pairs = [_null_pair(n1, n2, null_kw, min_size) for n1, n2 in draws]
     null_rep = np.full((n_null, len(resolutions)), np.nan)
     null_sep = np.full((n_null, len(resolutions)), np.nan)
-    for i in range(n_null):
-        n1, n2 = gaussian_null_halves(factors, half1.shape[0], rng)
-        for j, a, b in zip(needed, leiden_labels(n1, **null_kw), leiden_labels(n2, **null_kw),
-                           strict=True):
-            null_rep[i, j] = split_reproducibility(a, b)
-            null_sep[i, j] = cross_separation(n1, n2, a, b, min_size)
+    for i, (rep, sep) in enumerate(pairs):
+        null_rep[i, needed], null_sep[i, needed] = rep, sep
     p_value = (1 + (null_sep >= separation[None, :] - 1e-12).sum(0)) / (1 + n_null)
     p_value[np.isnan(null_sep).all(0)] = np.nan
     accepted = candidate & (p_value <= alpha)

@@ -312,3 +312,24 @@ def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
     with pytest.raises(KeyError, match="resolution=None"):  # a fixed resolution has no scan
         scdm.pl.reproducibility(back, key=subgroup_key, show=False)
     plt.close("all")
+
+
+def test_null_pairs_in_parallel_processes_give_the_same_choice(monkeypatch):
+    """Large classes cluster their Gaussian null pairs in parallel processes (joblib): the
+    draws are made in order first and Leiden is seeded per call, so the evidence is the same
+    value for value as one process computes."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    centres = np.repeat(np.eye(3) * 4, 60, axis=0)
+    half1 = centres + rng.normal(size=centres.shape)
+    half2 = centres + rng.normal(size=centres.shape)
+    kw = {"n_neighbors": 10, "resolutions": [0.2, 0.5, 1.0], "n_null": 19}
+    monkeypatch.setattr(clustering, "PARALLEL_MIN_POINTS", 0)
+    monkeypatch.setattr(scdm.settings, "n_jobs", 1)
+    alone = clustering.choose_resolution(half1, half2, **kw)
+    monkeypatch.setattr(scdm.settings, "n_jobs", 2)
+    assert clustering.null_jobs(len(half1)) == 2
+    together = clustering.choose_resolution(half1, half2, **kw)
+    pd.testing.assert_frame_equal(alone.table, together.table)
+    assert alone.resolution == together.resolution is not None
