@@ -146,7 +146,7 @@ def test_adam_flushes_subnormals_of_dead_units():
     trainer = EnsembleTrainer(X, (X[:, 0] > 0).astype(np.int64), TrainConfig(hidden=(4,)),
                               device="cpu")
     params = trainer._init_params(np.arange(2))
-    tiny = np.finfo(np.float32).tiny
+    tiny = float(np.finfo(np.float32).tiny)
     params[0][0, 0, 0] = tiny / 8  # subnormal
     grads = [torch.zeros_like(p) for p in params]
     m = [torch.full_like(p, tiny / 4) for p in params]
