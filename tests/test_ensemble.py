@@ -3,7 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from scdm.ensemble import EnsembleTrainer, TrainConfig, epoch_orders, init_model
+from scdm.ensemble import (
+    EnsembleTrainer,
+    TrainConfig,
+    epoch_orders,
+    flush_subnormals,
+    init_model,
+)
 from scdm.masks import MaskSampler
 
 
@@ -140,7 +146,7 @@ def test_cuda_agrees_with_cpu():
 
 def test_adam_flushes_subnormals_of_dead_units():
     """A dead unit's Adam moments decay and L2 pulls its weights through the subnormal range,
-    where CPU multiplies are ~10x slower: the step sets such values to zero."""
+    where CPU multiplies are ~10x slower: training sets such values to zero."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20, 3)).astype(np.float32)
     trainer = EnsembleTrainer(X, (X[:, 0] > 0).astype(np.int64), TrainConfig(hidden=(4,)),
@@ -152,6 +158,9 @@ def test_adam_flushes_subnormals_of_dead_units():
     m = [torch.full_like(p, tiny / 4) for p in params]
     v = [torch.zeros_like(p) for p in params]
     trainer._adam_step(params, grads, m, v, torch.zeros(2), torch.ones(2, dtype=torch.bool))
-    for t in params + m + v:
+    flush_subnormals(params + m + v, torch.tensor([True, False]))
+    a = m[1].numpy()  # the first layer's bias: no L2, no gradient, a decaying moment
+    assert ((a[1] != 0) & (np.abs(a[1]) < tiny)).all()  # an inactive model is left as it is
+    for t in [x[:1] for x in params + m + v]:
         a = t.numpy()
         assert not ((a != 0) & (np.abs(a) < tiny)).any()
