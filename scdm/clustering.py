@@ -234,7 +234,8 @@ PARALLEL_MIN_POINTS = 5000  # below this a null pair clusters in well under a se
 
 def null_jobs(n_points: int) -> int:
     """Processes for the null pairs of a class of ``n_points``: ``scdm.settings.n_jobs`` for
-    large classes (where Leiden on the null pairs is most of the run), else 1."""
+    large classes (independent Leiden runs of seconds each), else 1 (starting processes
+    would cost more than they save)."""
     from ._settings import settings
 
     if n_points < PARALLEL_MIN_POINTS:
