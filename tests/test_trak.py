@@ -206,6 +206,12 @@ def test_traker_resumes_and_refuses_mismatched_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="another setting"):
         TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a", proj_dim=30,
                projection="normal", device="cpu")
+    # self-influence from the stored gradients = the diagonal of scoring the training set
+    for model_id, ckpt in enumerate(ckpts):
+        traker.start_scoring_checkpoint("train", ckpt, model_id, len(X))
+        traker.score((X, y), num_samples=len(X))
+    diagonal = np.diagonal(traker.finalize_scores("train"))
+    np.testing.assert_allclose(traker.self_influence(), diagonal, rtol=1e-4, atol=1e-6)
     # finalized features depend on the ridge: another damping must not reuse them
     with pytest.raises(ValueError, match="damping"):
         TRAKer(TinyNet(), "classification", len(X), save_dir=tmp_path / "a", proj_dim=20,

@@ -272,6 +272,29 @@ class TRAKer:
             features.flush()
             _write_json(folder / "meta.json", {**meta, "finalized": True})
 
+    def self_influence(self, model_ids: Iterable[int] | None = None) -> np.ndarray:
+        """Every training example's score on itself: the diagonal of :meth:`finalize_scores`
+        with the training set as targets, from the stored gradients and features (a training
+        example's target gradient is the gradient featurize stored), without scoring the
+        training set again or forming ``n × n``."""
+        ids = self.model_ids if model_ids is None else [int(m) for m in model_ids]
+        if not ids:
+            raise ValueError(f"no checkpoint is registered in {self.save_dir}.")
+        total = np.zeros(self.train_set_size, dtype=np.float64)
+        out_to_loss = np.zeros(self.train_set_size, dtype=np.float64)
+        for model_id in ids:
+            meta = self._model_meta(model_id)
+            if meta is None or not meta["finalized"]:
+                raise ValueError(f"model_id {model_id} has no finalized features; featurize "
+                                 "and finalize_features first.")
+            folder = self._model_dir(model_id)
+            features = np.load(folder / "features.npy", mmap_mode="r")
+            grads = np.load(folder / "grads.npy", mmap_mode="r")
+            total += np.einsum("ij,ij->i", np.asarray(features, np.float64),
+                               np.asarray(grads, np.float64))
+            out_to_loss += np.load(folder / "out_to_loss.npy")
+        return ((total / len(ids)) * (out_to_loss / len(ids))).astype(np.float32)
+
     # ----------------------------------------------------------------- scores
     def _experiment_dir(self, exp_name: str) -> Path:
         return self.save_dir / "experiments" / exp_name

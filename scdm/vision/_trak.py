@@ -20,7 +20,7 @@ from .._settings import settings
 from ..store import ModelStore
 from ..trak import TRAKer
 from ._recipe import ImageRecipe
-from ._resnet import ResNet9Classifier
+from ._resnet import ResNet9Classifier, ResNetEnsembleTrainer
 
 logger = logging.getLogger("scdm")
 CHECKPOINTS = "checkpoints"  # folder of a store that holds model parameters
@@ -89,25 +89,16 @@ def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[i
             for m in models]
 
 
-def trak_scores(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path, *,
-                targets: np.ndarray | None = None, target_labels: np.ndarray | None = None,
-                exp_name: str = "targets", proj_dim: int = 2048, damping: float | None = None,
-                projector_seed: int = 0, projector_generator: str | None = None,
-                batch_size: int = 100, device: str = "auto", verbose: bool | None = None
-                ) -> np.ndarray:
-    """TRAK scores (``n_train × n_targets``) of the recipe's ResNet-9s, with :class:`TRAKer`.
-
-    Every training image is featurized with every checkpoint (resumable in ``save_dir``),
-    then the targets (default: the recipe's target images; or ``targets`` with
-    ``target_labels``, e.g. the training images themselves for self-influence) are scored
-    under ``exp_name``. The projection is drawn on the GPU when there is one
-    (``projector_generator=None``; a full ResNet-9's matrix is too large to keep and is drawn
-    anew for every batch), else by the CPU generator.
-    """
-    if targets is None:
-        targets, target_labels = recipe.target_images, recipe.target_labels
-    elif target_labels is None or len(target_labels) != len(targets):
-        raise ValueError("targets need target_labels, one class code per image.")
+def featurized_traker(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path,
+                      *, proj_dim: int = 2048, damping: float | None = None,
+                      projector_seed: int = 0, projector_generator: str | None = None,
+                      batch_size: int = 100, device: str = "auto", verbose: bool | None = None
+                      ) -> tuple[TRAKer, ResNetEnsembleTrainer]:
+    """A :class:`TRAKer` over the recipe's ResNet-9s with every training image featurized by
+    every checkpoint and the features finalized (resumable in ``save_dir``), and the trainer
+    whose normalisation the images go through. The projection is drawn on the GPU when there
+    is one (``projector_generator=None``: a full ResNet-9's matrix is too large to keep and is
+    drawn anew for every batch), else by the CPU generator."""
     trainer = recipe.trainer(device)
     if projector_generator is None:
         projector_generator = "device" if trainer.device.type == "cuda" else "cpu"
@@ -118,22 +109,51 @@ def trak_scores(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str 
                     projector_generator=projector_generator, damping=damping,
                     device=str(trainer.device), verbose=verbose)
     labels = torch.as_tensor(np.asarray(recipe.train_labels))
-    target_y = torch.as_tensor(np.asarray(target_labels, dtype=np.int64))
-    n, n_targets = len(labels), len(target_y)
-    disable = not settings.progress(verbose)
+    n = len(labels)
     for model_id, state in enumerate(tqdm(checkpoints, desc="TRAK featurize", unit="checkpoint",
-                                          disable=disable)):
+                                          disable=not settings.progress(verbose))):
         traker.load_checkpoint(state, model_id=model_id)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             traker.featurize(batch=(trainer.normalise(recipe.train_images[start:stop]),
                                     labels[start:stop]), inds=np.arange(start, stop))
     traker.finalize_features()
+    return traker, trainer
+
+
+def trak_scores(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path, *,
+                targets: np.ndarray | None = None, target_labels: np.ndarray | None = None,
+                exp_name: str = "targets", batch_size: int = 100, verbose: bool | None = None,
+                **options) -> np.ndarray:
+    """TRAK scores (``n_train × n_targets``) of the recipe's ResNet-9s, with :class:`TRAKer`.
+
+    The training images are featurized (:func:`featurized_traker`, which takes ``options``:
+    ``proj_dim``, ``damping``, ``projector_seed``, ``projector_generator``, ``device``), then
+    the targets (default: the recipe's target images; or ``targets`` with ``target_labels``)
+    are scored under ``exp_name``.
+    """
+    if targets is None:
+        targets, target_labels = recipe.target_images, recipe.target_labels
+    elif target_labels is None or len(target_labels) != len(targets):
+        raise ValueError("targets need target_labels, one class code per image.")
+    traker, trainer = featurized_traker(checkpoints, recipe, save_dir, batch_size=batch_size,
+                                        verbose=verbose, **options)
+    target_y = torch.as_tensor(np.asarray(target_labels, dtype=np.int64))
+    n_targets = len(target_y)
     for model_id, state in enumerate(tqdm(checkpoints, desc="TRAK score", unit="checkpoint",
-                                          disable=disable)):
+                                          disable=not settings.progress(verbose))):
         traker.start_scoring_checkpoint(exp_name, state, model_id, n_targets)
         for start in range(0, n_targets, batch_size):
             stop = min(start + batch_size, n_targets)
             traker.score(batch=(trainer.normalise(targets[start:stop]),
                                 target_y[start:stop]), inds=np.arange(start, stop))
     return traker.finalize_scores(exp_name, model_ids=range(len(checkpoints)))
+
+
+def trak_self_influence(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path,
+                        **options) -> np.ndarray:
+    """Every training image's TRAK score on itself (:meth:`TRAKer.self_influence`): large for
+    images the models must memorise, such as mislabeled ones. Takes the options of
+    :func:`featurized_traker`; reuses the features already in ``save_dir``."""
+    traker, _ = featurized_traker(checkpoints, recipe, save_dir, **options)
+    return traker.self_influence(model_ids=range(len(checkpoints)))

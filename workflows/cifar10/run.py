@@ -237,7 +237,7 @@ def run_trak(store, recipe, images: dict, args: argparse.Namespace, out: Path) -
     planted flips, also the self-influence of every training image. Returns (summary, arrays)."""
     from sklearn.metrics import roc_auc_score
 
-    from scdm.vision import store_checkpoints, trak_scores
+    from scdm.vision import store_checkpoints, trak_scores, trak_self_influence
 
     start = time.perf_counter()
     checkpoints = store_checkpoints(store, recipe, range(args.checkpoints), device=args.device,
@@ -254,12 +254,9 @@ def run_trak(store, recipe, images: dict, args: argparse.Namespace, out: Path) -
                "seconds": round(time.perf_counter() - trained, 2)}
     arrays = {"scores": scores}
     if args.flip_fraction:
-        # each training image scored against itself: a mislabeled image is one the models
-        # must memorise, so its own gradient dominates its margin (TRAK's data cleaning)
-        self_scores = trak_scores(checkpoints, recipe, save_dir, exp_name="train",
-                                  targets=recipe.train_images,
-                                  target_labels=recipe.train_labels, **options)
-        self_influence = np.diagonal(self_scores).copy()
+        # each training image's score on itself: a mislabeled image is one the models must
+        # memorise, so its own gradient dominates its margin (TRAK's data cleaning)
+        self_influence = trak_self_influence(checkpoints, recipe, save_dir, **options)
         np.save(out / "self_influence.npy", self_influence)
         flipped = images["flipped"]
         summary["label_issues"] = {
