@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ._settings import MARGIN_DTYPES
+
 SPEC_FILE = "spec.json"
 COMPLETED = "_completed"
 STORE_FORMAT = "scdm-store"
@@ -46,8 +48,8 @@ def store_schema(n_obs: int, n_targets: int | None = None, *,
                  margins_dtype: str = "float32") -> dict:
     """Fields of a training store: masks over samples, margins on targets (``float32`` or
     ``float16``), held-out accuracy."""
-    if np.dtype(margins_dtype) not in (np.float32, np.float16):
-        raise ValueError(f"margins_dtype must be 'float32' or 'float16', got {margins_dtype!r}.")
+    if np.dtype(margins_dtype).name not in MARGIN_DTYPES:
+        raise ValueError(f"margins_dtype must be one of {MARGIN_DTYPES}, got {margins_dtype!r}.")
     return {
         "masks": (np.bool_, (n_obs,)),
         "margins": (np.dtype(margins_dtype), (n_obs if n_targets is None else n_targets,)),
