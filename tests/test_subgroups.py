@@ -180,6 +180,11 @@ def test_no_structure_gives_one_subgroup_per_class(null_trained):
     # Leiden at a fixed resolution cuts the same structureless classes into pieces
     forced = scdm.tl.subgroups(adata, resolution=1.0, markers=False, copy=True)
     assert forced.obs["datamodels_subgroup"].nunique() > 2
+    # classes larger than max_points are checked on a subsample: still no split
+    sub = scdm.tl.subgroups(adata, max_points=60, markers=False, copy=True)
+    assert set(sub.obs["datamodels_subgroup"]) == {"control-0", "disease-0"}
+    assert all(not e["split"] and e["n_checked"] == 60
+               for e in sub.uns["datamodels_subgroup"]["reproducibility"].values())
 
 
 def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
@@ -196,6 +201,16 @@ def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
     assert adjusted_rand_score(adata.obs["subtype"][disease], groups[disease]) > 0.9
     evidence = adata.uns["datamodels_subgroup"]["reproducibility"]["disease"]
     assert evidence["split"] and evidence["reproducibility"] > 0.8 and evidence["p_value"] < 0.05
+    assert evidence["n_checked"] == disease.sum()
+    # checked on 120 of the 180 disease cells, the rest assigned by their nearest checked cells
+    sub = scdm.tl.subgroups(adata, max_points=120, markers=False, copy=True)
+    evidence = sub.uns["datamodels_subgroup"]["reproducibility"]
+    assert evidence["disease"]["n_checked"] == 120 and evidence["control"]["n_checked"] == 90
+    found = sub.obs["datamodels_subgroup"][disease]
+    assert found.nunique() == 3 and "unassigned" not in set(found)
+    assert adjusted_rand_score(adata.obs["subtype"][disease], found) > 0.9
+    again = scdm.tl.subgroups(adata, max_points=120, markers=False, copy=True)
+    assert (again.obs["datamodels_subgroup"] == sub.obs["datamodels_subgroup"]).all()
     # features are centred Gaussians: markers come with mean differences, no log-fold changes
     markers = adata.uns["datamodels_subgroup"]["markers"]
     assert markers["logfoldchange"].isna().all() and (markers["mean_difference"].abs() > 0).all()
@@ -215,6 +230,8 @@ def test_subgroups_bad_input_for_the_reproducibility_check(null_trained):
         scdm.tl.subgroups(adata, n_neighbors=50)
     with pytest.raises(ValueError, match="needs a fixed resolution"):
         scdm.tl.subgroups(adata, use_rep="X_pca")
+    with pytest.raises(ValueError, match="max_points must be None or an integer >= 2 "):
+        scdm.tl.subgroups(adata, max_points=20)
 
 
 def test_too_few_models_to_split_in_halves(tmp_path):
@@ -333,3 +350,18 @@ def test_null_pairs_in_parallel_processes_give_the_same_choice(monkeypatch):
     together = clustering.choose_resolution(half1, half2, **kw)
     pd.testing.assert_frame_equal(alone.table, together.table)
     assert alone.resolution == together.resolution is not None
+
+
+def test_extend_labels_follows_the_nearest_labelled_points():
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = np.repeat([0, 1, 2], [100, 60, 40])
+    rep = centres[truth] + rng.standard_normal((200, 2))
+    labelled = clustering.check_subsample(200, 80, random_state=3)
+    assert labelled.size == 80 and np.all(np.diff(labelled) > 0)
+    assert clustering.check_subsample(200, 200) is None
+    assert clustering.check_subsample(200, None) is None
+    out = clustering.extend_labels(rep, labelled, truth[labelled], n_neighbors=5)
+    np.testing.assert_array_equal(out, truth)  # numbered by size: the truth's own numbers

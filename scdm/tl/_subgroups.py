@@ -14,7 +14,15 @@ from tqdm.auto import tqdm
 from .._anndata import uns_safe
 from .._seeding import check_random_state
 from .._settings import settings
-from ..clustering import check_resolutions, choose_resolution, leiden_labels, n_substantial
+from ..clustering import (
+    MAX_CHECK_POINTS,
+    check_resolutions,
+    check_subsample,
+    choose_resolution,
+    extend_labels,
+    leiden_labels,
+    n_substantial,
+)
 from ..get import UNASSIGNED, label_key_of, subgroup_key
 from ._embed import usable_targets
 from ._halves import half_embeddings
@@ -32,6 +40,7 @@ def subgroups(
     min_reproducibility: float = 0.8,
     n_null: int = 20,
     min_size: int = 5,
+    max_points: int | None = MAX_CHECK_POINTS,
     classes: Sequence[str] | None = None,
     markers: bool = True,
     n_genes: int = 20,
@@ -89,6 +98,14 @@ def subgroups(
     min_size
         Clusters smaller than this are no subgroup: their cells are ``"unassigned"`` (and
         they do not count when the halves' partitions are compared).
+    max_points
+        A class with more usable cells than this is checked on a uniform random subsample of
+        ``max_points`` of them (seeded by ``random_state``), which bounds the cost of the
+        check (Leiden on the halves and the null pairs) whatever the class size; the
+        subsample is then clustered in the full embedding at the chosen resolution and every
+        other cell of the class takes the subgroup most of its ``n_neighbors`` nearest
+        subsample cells have. Subgroups too rare to leave ``min_size`` cells in the subsample
+        cannot be found this way. ``None`` checks and clusters every class whole.
     classes
         Classes to split (default all); the others get one subgroup each.
     markers
@@ -112,8 +129,9 @@ def subgroups(
     -------
     ``None`` or a copy. Sets categorical ``adata.obs[key_added]`` and ``adata.uns[key_added]``
     with ``params``, ``sizes``, per class ``reproducibility`` (``split``, the resolution, the
-    reproducibility, the separation, the null's maximum separation, the p-value and
-    ``n_subgroups``; without a split, the most reproducible resolution's figures), the whole
+    reproducibility, the separation, the null's maximum separation, the p-value,
+    ``n_checked`` (cells the check ran on) and ``n_subgroups``; without a split, the most
+    reproducible resolution's figures), the whole
     scan per class as a table in ``reproducibility_scan``, with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
@@ -146,6 +164,11 @@ def subgroups(
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
             or n_neighbors < 2:
         raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(
+            max_points, (int, np.integer)) or max_points < 2 * n_neighbors):
+        raise ValueError(f"max_points must be None or an integer >= 2 * n_neighbors = "
+                         f"{2 * n_neighbors} (the halves of a checked subsample need a kNN "
+                         f"graph each), got {max_points!r}.")
     labels = adata.obs[label_key].astype("category")
     all_classes = [str(c) for c in labels.cat.categories if (labels == c).any()]
     chosen = all_classes if classes is None else [str(c) for c in classes]
@@ -177,16 +200,20 @@ def subgroups(
         members = np.flatnonzero((label_values == cls) & ok)
         codes = np.zeros(members.size, dtype=np.int64)
         if cls in chosen and halves is not None:  # automatic
+            sub = check_subsample(members.size, max_points, seed, all_classes.index(cls))
+            checked = members if sub is None else members[sub]
             choice = choose_resolution(
-                np.asarray(halves[0], dtype=np.float64)[members],
-                np.asarray(halves[1], dtype=np.float64)[members], n_neighbors=n_neighbors,
+                np.asarray(halves[0], dtype=np.float64)[checked],
+                np.asarray(halves[1], dtype=np.float64)[checked], n_neighbors=n_neighbors,
                 resolutions=grid, min_reproducibility=min_reproducibility, n_null=n_null,
                 min_size=min_size, random_state=seed)
-            evidence[cls] = choice.summary()
+            evidence[cls] = {**choice.summary(), "n_checked": int(checked.size)}
             scans[cls] = choice.table
             if choice.resolution is not None:
-                codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
+                codes = leiden_labels(rep[checked], n_neighbors=n_neighbors,
                                       resolutions=[choice.resolution], random_state=seed)[0]
+                if sub is not None:  # the subsample's subgroups, extended to the class
+                    codes = extend_labels(rep[members], sub, codes, n_neighbors)
         elif cls in chosen and resolution is not None:
             codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
                                   resolutions=[resolution], random_state=seed)[0]
@@ -209,7 +236,8 @@ def subgroups(
         "params": {"key": key, "label_key": label_key, "use_rep": use_rep,
                    "n_neighbors": n_neighbors, "resolution": resolution,
                    "resolutions": list(grid), "min_reproducibility": min_reproducibility,
-                   "n_null": n_null, "min_size": min_size, "classes": chosen,
+                   "n_null": n_null, "min_size": min_size, "max_points": max_points,
+                   "classes": chosen,
                    "random_state": seed},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
     }

@@ -143,9 +143,12 @@ def one_scale(n: int, seed: int) -> dict:
         total = time.perf_counter() - start
     d = (adata.obs["disease"] == "disease").to_numpy()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
     return {"n": n, "trak_s": trak_s, "total_s": total, "peak_rss_gib": peak,
             "ari": adjusted_rand_score(adata.obs["subtype"][d], adata.obs["trak_subgroup"][d]),
             "found_k": int(adata.obs["trak_subgroup"][d].nunique()),
+            "control_k": int(adata.obs["trak_subgroup"][~d].nunique()),
+            "n_checked": int(evidence["disease"]["n_checked"]),
             "seconds": adata.uns["trak"]["seconds"]}
 
 
@@ -160,7 +163,8 @@ def scale(args) -> None:
               f", featurize {row['seconds']['featurize']:.1f}, embed "
               f"{row['seconds']['embed']:.1f}), + subgroups {row['total_s']:.1f} s total, "
               f"peak RSS {row['peak_rss_gib']:.2f} GiB, ARI {row['ari']:.2f} "
-              f"({row['found_k']} subgroups for 3)", flush=True)
+              f"({row['found_k']} subgroups for 3; control {row['control_k']}; checked on "
+              f"{row['n_checked']} cells per class)", flush=True)
     for a, b in itertools.pairwise(results):
         exponent = np.log(b["total_s"] / a["total_s"]) / np.log(b["n"] / a["n"])
         print(f"growth {a['n']} → {b['n']}: time ∝ n^{exponent:.2f}")
