@@ -34,6 +34,8 @@ from numpy.lib import format as npy_format
 
 from ._settings import MARGIN_DTYPES
 
+CHECKPOINTS = "checkpoints"  # folder of a store that keeps some models' parameters
+
 SPEC_FILE = "spec.json"
 COMPLETED = "_completed"
 STORE_FORMAT = "scdm-store"
@@ -545,6 +547,38 @@ class ModelStore:
         if completed_only:
             array = array[self.completed_indices()] if self.n_completed < self.n_models else array
         return ObsView(array)
+
+    # ------------------------------------------------------------------ model parameters
+    # Masks and margins are the store's rows; the parameters of a few models (TRAK's
+    # checkpoints) are kept beside them, one file per model, each tied to the model's mask so
+    # that a store refilled in place never hands out another model's parameters.
+    def checkpoint_path(self, model: int) -> Path:
+        """Where the parameters of model ``model`` are kept (``checkpoints/model_<m>.pt``)."""
+        return self.path / CHECKPOINTS / f"model_{int(model)}.pt"
+
+    def save_checkpoint(self, model: int, state: Mapping[str, Any], mask: np.ndarray) -> None:
+        """Keep the parameters ``state`` (tensors by name) of model ``model``, trained on
+        ``mask``. Written atomically: a reader never sees half a file."""
+        import torch
+
+        path = self.checkpoint_path(model)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"state": dict(state), "mask": hash_arrays(np.asarray(mask, dtype=bool))}, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, model: int) -> dict | None:
+        """The kept parameters of model ``model``, or ``None`` when none are kept or they
+        belong to another mask than the store's completed row (the store was refilled)."""
+        import torch
+
+        path = self.checkpoint_path(model)
+        if not path.is_file() or not self.completed[int(model)]:
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("mask") != hash_arrays(np.asarray(self.masks[int(model)], dtype=bool)):
+            return None
+        return saved["state"]
 
     # ------------------------------------------------------------------ writing
     def write(self, model_indices: Sequence[int] | np.ndarray, **fields: np.ndarray) -> None:

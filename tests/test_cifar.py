@@ -21,7 +21,6 @@ from scdm.vision import (
     ResNetConfig,
     ResNetEnsembleTrainer,
     binary_labels,
-    checkpoint_path,
     create_image_store,
     download_cifar10,
     load_cifar10,
@@ -200,7 +199,7 @@ def test_the_store_keeps_trak_checkpoints(data, tmp_path):
     np.testing.assert_array_equal(store.field("margins")[:2], before)
     trainer = recipe.trainer("cpu")
     for m, state in enumerate(states):
-        assert checkpoint_path(store, m).is_file()
+        assert store.checkpoint_path(m).is_file()
         model = ResNet9Classifier(2, width=4)
         model.load_state_dict(state)
         model.eval()
@@ -210,9 +209,15 @@ def test_the_store_keeps_trak_checkpoints(data, tmp_path):
         y = torch.as_tensor(recipe.target_labels)
         margin = logits.gather(1, y.view(-1, 1))[:, 0] - logits.gather(1, (1 - y).view(-1, 1))[:, 0]
         np.testing.assert_allclose(margin.numpy(), store.field("margins")[m], atol=1e-5)
-    stamp = checkpoint_path(store, 0).stat().st_mtime_ns
+    stamp = store.checkpoint_path(0).stat().st_mtime_ns
     store_checkpoints(store, recipe, [0], device="cpu", progress=False)
-    assert checkpoint_path(store, 0).stat().st_mtime_ns == stamp  # kept, not retrained
+    assert store.checkpoint_path(0).stat().st_mtime_ns == stamp  # kept, not retrained
+    # a checkpoint of another mask (the store refilled in place) is not handed out
+    other = ~np.asarray(store.masks[1])
+    store.save_checkpoint(1, states[1], other)
+    assert store.load_checkpoint(1) is None and store.load_checkpoint(0) is not None
+    store_checkpoints(store, recipe, [1], device="cpu", progress=False)  # retrained, kept again
+    assert store.load_checkpoint(1) is not None
 
     scores = trak_scores(states, recipe, tmp_path / "trak", proj_dim=16, device="cpu",
                          verbose=False)

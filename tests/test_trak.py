@@ -390,6 +390,38 @@ def test_tl_trak_without_the_matrix_is_the_same_and_deterministic(small_trak):
                                atol=1e-5)
 
 
+def test_tl_trak_keeps_its_checkpoints_in_the_store_and_uses_them(small_trak, tmp_path):
+    import shutil
+
+    import torch
+
+    import scdm
+    from scdm.store import ModelStore
+
+    path = tmp_path / "store"
+    shutil.copytree(small_trak.uns["trak"]["store"], path)
+    store = ModelStore.open(path)
+    assert all(store.load_checkpoint(m) is not None for m in range(40))  # kept by tl.trak
+    stamps = [store.checkpoint_path(m).stat().st_mtime_ns for m in range(40)]
+    again = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=path, copy=True)
+    np.testing.assert_array_equal(again.obsm["X_trak"], small_trak.obsm["X_trak"])
+    assert [store.checkpoint_path(m).stat().st_mtime_ns for m in range(40)] == stamps
+    # the kept parameters are what TRAK uses: change one checkpoint and the result changes
+    saved = torch.load(store.checkpoint_path(3), weights_only=True)
+    state = {k: v * 1.5 for k, v in saved["state"].items()}
+    torch.save({**saved, "state": state}, store.checkpoint_path(3))
+    changed = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=path, copy=True)
+    assert np.abs(changed.obsm["X_trak"] - small_trak.obsm["X_trak"]).max() > 1e-3
+    # parameters that belong to another mask (a store refilled in place) are not used: the
+    # model is retrained from its seed, and kept again
+    store.save_checkpoint(3, state, ~np.asarray(store.masks[3]))
+    assert store.load_checkpoint(3) is None
+    fresh = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=path, copy=True)
+    np.testing.assert_array_equal(fresh.obsm["X_trak"], small_trak.obsm["X_trak"])
+    for key, value in store.load_checkpoint(3).items():
+        torch.testing.assert_close(value, saved["state"][key], rtol=0, atol=0)
+
+
 def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):
     import scdm
 

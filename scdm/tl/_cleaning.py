@@ -28,7 +28,7 @@ from ..cleaning import (
 from ..ensemble import resolve_device
 from ._attribution import attribution
 from ._recorded import RecordedTraining, check_n_models, recorded_training
-from ._retrain import heldout_performance, retrain_stored, retrain_without
+from ._retrain import heldout_performance, retrain_without, stored_params
 
 logger = logging.getLogger("scdm")
 
@@ -65,8 +65,8 @@ def _check_classes(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str
 def _heldout_probabilities(training: RecordedTraining, n_models: int, device: str,
                            chunk_size: int | None, progress: bool) -> np.ndarray:
     """Mean class probabilities of each cell over the first ``n_models`` stored models that did
-    not train on it. The store keeps margins only, so those models are retrained from their
-    seeds (:func:`retrain_stored`) and their logits read."""
+    not train on it, from the models' parameters (kept in the store, or retrained from their
+    seeds the first time: :func:`stored_params`)."""
     completed = training.store.completed_indices()[:n_models]
     trainer = training.trainer(int(training.params["random_state"]), device)
     chunk = int(chunk_size or trainer.auto_chunk_size())
@@ -74,8 +74,8 @@ def _heldout_probabilities(training: RecordedTraining, n_models: int, device: st
     total, count = np.zeros((n, C)), np.zeros(n)
     for start in tqdm(range(0, completed.size, chunk), desc="held-out class probabilities",
                       unit="chunk", disable=not progress):
-        masks, result = retrain_stored(training, trainer, completed[start : start + chunk])
-        logits = trainer.logits(result.extras["params"])
+        masks, params = stored_params(training, trainer, completed[start : start + chunk])
+        logits = trainer.logits(params)
         if logits.ndim == 2:  # two classes: the logit difference (class 1 minus class 0)
             logits = torch.stack([torch.zeros_like(logits), logits], dim=-1)
         probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .._memmap import read_rows
@@ -112,3 +113,38 @@ def retrain_stored(training: RecordedTraining, trainer: EnsembleTrainer, models:
                       "device or torch version?); the retrained models are used.",
                       RuntimeWarning, stacklevel=3)
     return masks, result
+
+
+def stored_params(training: RecordedTraining, trainer: EnsembleTrainer, models: np.ndarray
+                  ) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Masks and parameters (stacked, ``[k, ...]`` per tensor, as
+    :meth:`EnsembleTrainer.train` keeps them) of the stored models ``models``.
+
+    The store keeps the parameters of models that were used this way before
+    (:meth:`ModelStore.save_checkpoint`); the others are retrained from their seeds
+    (:func:`retrain_stored`, checked against the stored margins) and kept for the next call, so
+    TRAK's checkpoints and the label-issue models are trained once per store, and a result
+    rebuilt later (another damping, after an h5ad round trip) uses the same parameters even
+    where training is not reproducible (GPU kernels). A store whose folder cannot be written
+    to is retrained from each time.
+    """
+    models = np.asarray(models, dtype=np.int64)
+    store = training.store
+    masks = read_rows(store.masks, models)
+    loaded = [store.load_checkpoint(int(m)) for m in models]
+    states: dict[int, dict] = {i: state for i, state in enumerate(loaded) if state is not None}
+    missing = [i for i in range(models.size) if i not in states]
+    if missing:
+        _, result = retrain_stored(training, trainer, models[missing])
+        for j, i in enumerate(missing):
+            states[i] = {str(t): p[j].detach().cpu().clone()
+                         for t, p in enumerate(result.extras["params"])}
+        try:
+            for i in missing:
+                store.save_checkpoint(int(models[i]), states[i], masks[i])
+        except OSError as error:  # a read-only store: correct, only slower next time
+            warnings.warn(f"could not keep model parameters in the store ({error}); they are "
+                          "retrained on the next call.", RuntimeWarning, stacklevel=2)
+    params = [torch.stack([states[i][str(t)] for i in range(models.size)]).to(trainer.device)
+              for t in range(len(states[0]))]
+    return masks, params

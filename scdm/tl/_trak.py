@@ -24,7 +24,7 @@ from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
 from ._halves import half_keys
 from ._recorded import fold_train_kwds, recorded_training
-from ._retrain import retrain_stored
+from ._retrain import stored_params
 from ._train import train_models
 
 logger = logging.getLogger("scdm")
@@ -207,8 +207,9 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     """Per checkpoint of ``adata.uns[key]``'s store, the factors ``G_c (G_cᵀG_c + λ_c I)^(-1/2)``
     (``n × proj_dim``) and the out-to-loss terms ``[K, n]``.
 
-    The store keeps masks and margins; the checkpoints are retrained from their seeds (bitwise
-    the same on CPU, tested), as K small models cost far less than featurizing them.
+    The checkpoints are the store's first ``n_models`` models; their parameters are kept in the
+    store (:func:`stored_params`: retrained from their seeds the first time, bitwise the same
+    on CPU, tested, and checked against the stored margins).
     """
     training = recorded_training(adata, key)
     seed = int(training.params["random_state"])
@@ -217,8 +218,8 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     # n_models checkpoints it asked for (its halves, cost estimate and record say so)
     completed = completed[completed < int(training.params["n_models"])]
     trainer = training.trainer(seed, device)
-    _, result = retrain_stored(training, trainer, completed)
-    G, Q = mlp_features(result.extras["params"], trainer.X, trainer.y, proj_dim=proj_dim,
+    _, params = stored_params(training, trainer, completed)
+    G, Q = mlp_features(params, trainer.X, trainer.y, proj_dim=proj_dim,
                         seed=seed, model_ids=[int(m) for m in completed])
     strata = training.inputs.strata
     if strata is not None:

@@ -17,7 +17,6 @@ from ._plots import embedding_pca, influencer_grid
 from ._recipe import ImageRecipe, create_image_store
 from ._resnet import GroupedResNet9, ResNet9Classifier, ResNetConfig, ResNetEnsembleTrainer
 from ._trak import (
-    checkpoint_path,
     featurized_traker,
     store_checkpoints,
     trak_scores,
@@ -27,7 +26,7 @@ from ._trak import (
 __all__ = [
     "BINARY_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "CLASSES", "Cifar10", "GroupedResNet9",
     "ImageRecipe", "ResNet9Classifier", "ResNetConfig", "ResNetEnsembleTrainer", "binary_labels",
-    "checkpoint_path", "create_image_store", "download_cifar10", "embedding_pca",
+    "create_image_store", "download_cifar10", "embedding_pca",
     "featurized_traker", "find_cifar10", "influencer_grid", "load_cifar10", "store_checkpoints",
     "synthetic_cifar10", "trak_scores", "trak_self_influence", "write_cifar10",
 ]

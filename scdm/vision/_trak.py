@@ -8,7 +8,6 @@ from its seed and checked against its stored margins before its parameters are u
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,19 +22,7 @@ from ._recipe import ImageRecipe
 from ._resnet import ResNet9Classifier, ResNetEnsembleTrainer
 
 logger = logging.getLogger("scdm")
-CHECKPOINTS = "checkpoints"  # folder of a store that holds model parameters
 MARGIN_TOLERANCE = 1e-4  # retrained vs stored margins; CPU training is bitwise reproducible
-
-
-def checkpoint_path(store: ModelStore, model: int) -> Path:
-    return Path(store.path) / CHECKPOINTS / f"model_{int(model)}.pt"
-
-
-def _save(state: dict, path: Path) -> None:
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a reader never sees half a checkpoint
 
 
 def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[int], *,
@@ -43,7 +30,8 @@ def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[i
                       ) -> list[dict[str, torch.Tensor]]:
     """The parameters of the store's models ``models`` (plain ResNet-9 state dicts).
 
-    Kept in ``STORE/checkpoints/model_<m>.pt``. A missing one is trained from the model's
+    Kept in ``STORE/checkpoints/model_<m>.pt`` (:meth:`ModelStore.save_checkpoint`, tied to
+    the model's mask). A missing one is trained from the model's
     own mask and seed: when the store has not completed that model yet, its mask, margins and
     accuracy are written too; when it has, the retrained margins must match the stored ones
     (bitwise on CPU; on a GPU, whose kernels are not deterministic, a difference above
@@ -53,7 +41,9 @@ def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[i
     if not models or min(models) < 0 or max(models) >= store.n_models:
         raise ValueError(f"checkpoint models must lie in [0, {store.n_models}) of the store; "
                          f"got {models[:5]}{'…' if len(models) > 5 else ''}.")
-    missing = [m for m in models if not checkpoint_path(store, m).is_file()]
+    loaded = {m: store.load_checkpoint(m) for m in models}
+    kept = {m: state for m, state in loaded.items() if state is not None}
+    missing = [m for m in models if m not in kept]
     if missing:
         if not store.writable:
             store = ModelStore.open(store.path, writable=True)
@@ -82,11 +72,12 @@ def store_checkpoints(store: ModelStore, recipe: ImageRecipe, models: Sequence[i
                     store.write(group[~done], masks=masks[~done],
                                 margins=result.margins[~done],
                                 heldout_accuracy=result.heldout_accuracy[~done])
-                for m, state in zip(group, result.extras["state_dicts"], strict=True):
-                    _save(state, checkpoint_path(store, int(m)))
+                for m, mask, state in zip(group, masks, result.extras["state_dicts"],
+                                          strict=True):
+                    store.save_checkpoint(int(m), state, mask)
+                    kept[int(m)] = {k: v.cpu() for k, v in state.items()}
                 bar.update(group.size)
-    return [torch.load(checkpoint_path(store, m), map_location="cpu", weights_only=True)
-            for m in models]
+    return [kept[m] for m in models]
 
 
 def featurized_traker(checkpoints: Sequence[dict], recipe: ImageRecipe, save_dir: str | Path,
