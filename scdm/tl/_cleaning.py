@@ -146,8 +146,9 @@ def label_issues(
         underfit small data (measured in the source). A reused ``key`` keeps its models;
         their mean held-out accuracy is recorded with the result.
     n_probability_models
-        Stored models retrained (from their seeds) to read held-out class probabilities for
-        the flag and the suggestion.
+        Stored models whose held-out class probabilities give the flag and the suggestion
+        (their parameters are kept in the store after the first call, retrained from their
+        seeds until then).
     random_state, device, chunk_size
         Seed of the training (when ``key`` is None); where and how many models at once.
     key_added
