@@ -71,9 +71,10 @@ def trak(
     :func:`scdm.tl.train_models` does (same store, recipe and resumability), computes every
     observation's gradient of its margin for every checkpoint in closed form, projected to
     ``proj_dim`` (:func:`scdm.trak.mlp_features`; the checkpoints' parameters are kept in the
-    store, ``STORE/checkpoints``, so a later call reuses them), and the attribution of training cell ``i`` to
-    cell ``j``, ``τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i`` (Park et al.
-    2023) with ``λ_c = damping · mean(diag(G_cᵀG_c))``. The per-class embedding is that of the
+    store, ``STORE/checkpoints``, so a later call reuses them), and the attribution of
+    training cell ``i`` to cell ``j``,
+    ``τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i`` (Park et al. 2023) with
+    ``λ_c = damping · mean(diag(G_cᵀG_c))``. The per-class embedding is that of the
     attribution rows with centred and scaled columns (as :func:`scdm.tl.embed_datamodels`),
     computed from the low-rank factors: the ``n × n`` matrix is never formed for the
     embedding, and is stored only when ``n_obs <= max_obsp``.
