@@ -71,6 +71,7 @@ def test_label_issues_rank_flips_flag_them_and_suggest_the_true_type(flipped):
     a = flipped
     flips = a.obs["flipped"].to_numpy()
     assert roc_auc_score(flips, a.obs["label_issue_score"]) > 0.9
+    assert roc_auc_score(flips, a.obs["label_issue_cell_score"]) > 0.9  # the cell alone
     assert roc_auc_score(flips, a.obs["label_issue_vote"]) > 0.8  # the vote, as a diagnostic
     flagged = a.obs["label_issue"].to_numpy()
     # confident learning flags conservatively: few clean cells, a good share of the flips
@@ -236,3 +237,20 @@ def test_label_issue_score_is_the_heldout_probability_margin():
     P = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
     y = np.array([0, 0, 2])
     np.testing.assert_allclose(label_issue_scores(P, y), [0.2 - 0.7, 0.5 - 0.2, 0.1 - 0.8])
+
+
+def test_neighbourhood_probabilities_average_a_cell_with_its_neighbours():
+    from scdm.cleaning import neighbourhood_probabilities
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.1, (20, 2)), rng.normal(5, 0.1, (20, 2))])
+    P = np.tile([0.9, 0.1], (40, 1))
+    P[20:] = [0.2, 0.8]
+    P[3] = [0.1, 0.9]  # a cell whose own estimate disagrees with everything around it
+    out = neighbourhood_probabilities(P, X, n_neighbors=5, weight=0.5)
+    np.testing.assert_allclose(out.sum(1), 1.0)
+    np.testing.assert_allclose(out[3], 0.5 * P[3] + 0.5 * np.array([0.9, 0.1]))
+    np.testing.assert_allclose(out[30], P[30])  # agreeing neighbourhoods change nothing
+    np.testing.assert_array_equal(neighbourhood_probabilities(P, X, weight=0.0), P)
+    with pytest.raises(ValueError, match="weight"):
+        neighbourhood_probabilities(P, X, weight=1.5)

@@ -13,14 +13,17 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._anndata import get_codes, get_labels, uns_safe
+from .._anndata import dense_features, get_codes, get_features, get_labels, uns_safe
 from .._seeding import CLEANING_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..cleaning import (
+    NEIGHBOURHOOD_SIZE,
+    NEIGHBOURHOOD_WEIGHT,
     confident_labels,
     confident_thresholds,
     group_weights,
     label_issue_scores,
+    neighbourhood_probabilities,
     other_label_influence,
     removal_effect,
     top_influencers,
@@ -111,18 +114,20 @@ def label_issues(
     was left out of about half of them. The score is the held-out probability margin: over
     ``n_probability_models`` of the models that never saw the cell, the mean probability of
     the most probable other class minus that of the given label
-    (:func:`scdm.cleaning.label_issue_scores`); the plain vote (the share of all held-out
-    models not predicting the label) is reported beside it. The flag is confident learning
-    (Northcutt et al. 2021) on the same held-out class probabilities: a cell is
-    flagged when another class reaches its per-class threshold (the mean probability of that
-    class over the cells labelled with it), and that class is the suggestion (see
-    :func:`scdm.cleaning.confident_labels`). Beside the score, the attribution's own evidence
-    is reported: the cell's self-influence (how much training on it raises its own margin:
-    memorised cells have large values) and the summed influence of cells of other labels
-    (negative: they pull it away).
-    On confusable label flips (``workflows/benchmarks/cleaning.py``, RESULTS.md) the margin
-    ranked mislabeled cells best of these and above cleanlab in every run; against kNN label
-    disagreement see RESULTS.md.
+    (:func:`scdm.cleaning.label_issue_scores`), with the cell's held-out probabilities
+    averaged half and half with those of its 15 nearest cells in the models' input
+    representation (:func:`scdm.cleaning.neighbourhood_probabilities`: a mislabeled cell sits
+    among cells of its true type). The cell's own margin (``_cell_score``) and the plain vote
+    (the share of all held-out models not predicting the label) are reported beside it. The
+    flag is confident learning (Northcutt et al. 2021) on the cells' own held-out class
+    probabilities: a cell is flagged when another class reaches its per-class threshold (the
+    mean probability of that class over the cells labelled with it), and that class is the
+    suggestion (see :func:`scdm.cleaning.confident_labels`). Beside the score, the
+    attribution's own evidence is reported: the cell's self-influence (how much training on
+    it raises its own margin: memorised cells have large values) and the summed influence of
+    cells of other labels (negative: they pull it away).
+    On confusable label flips (``workflows/benchmarks/cleaning.py``, RESULTS.md) the score
+    ranked mislabeled cells best of these, above cleanlab and kNN label disagreement.
 
     Parameters
     ----------
@@ -162,7 +167,8 @@ def label_issues(
     -------
     ``None`` or a copy, with ``adata.obs[f"{key_added}_score"]`` (higher = more likely
     mislabeled), ``[key_added]`` (bool), ``[f"{key_added}_suggested"]`` (categorical, flagged
-    cells only), ``[f"{key_added}_vote"]`` (share of held-out models not predicting the label),
+    cells only), ``[f"{key_added}_cell_score"]`` (the margin from the cell's own held-out
+    probabilities), ``[f"{key_added}_vote"]`` (share of held-out models not predicting the label),
     ``[f"{key_added}_margin"]`` (mean held-out margin),
     ``[f"{key_added}_self_influence"]``, ``[f"{key_added}_other_influence"]``, and
     ``adata.uns[key_added]`` (``params``, ``rule``, counts per class and suggestion).
@@ -193,7 +199,12 @@ def label_issues(
     if np.isnan(probs).any():
         raise ValueError(f"{int(np.isnan(probs).any(1).sum())} cells were never held out of the "
                          f"first {n_probability_models} models; raise n_probability_models.")
-    score = label_issue_scores(probs, y)
+    # neighbourhoods in the representation as the user gave it (as validate_subgroups' null)
+    params = training.params
+    features = dense_features(get_features(adata, params.get("use_rep"), params.get("layer")),
+                              scale=False)
+    cell_score = label_issue_scores(probs, y)
+    score = label_issue_scores(neighbourhood_probabilities(probs, features), y)
     suggestion = confident_labels(probs, y)
     flagged = suggestion != y
 
@@ -209,6 +220,7 @@ def label_issues(
     thresholds = confident_thresholds(probs, y)
     suggested = pd.Categorical(np.where(flagged, names[suggestion], None), categories=classes)
     adata.obs[f"{key_added}_score"] = score.astype(np.float32)
+    adata.obs[f"{key_added}_cell_score"] = cell_score.astype(np.float32)
     adata.obs[f"{key_added}_vote"] = (1.0 - accuracy).astype(np.float32)
     adata.obs[key_added] = flagged
     adata.obs[f"{key_added}_suggested"] = suggested
@@ -225,8 +237,9 @@ def label_issues(
                  "mean held-out probability of that class over the cells labelled with it) in "
                  "the held-out probabilities of "
                  f"{min(n_probability_models, training.store.n_completed)} "
-                 f"models; score from {int(held.min())}-{int(held.max())} held-out models per "
-                 "cell"),
+                 f"models; score: the held-out probability margin from the same probabilities, "
+                 f"averaged with weight {NEIGHBOURHOOD_WEIGHT} over the {NEIGHBOURHOOD_SIZE} "
+                 "nearest cells"),
         "thresholds": thresholds,
         "n_flagged": int(flagged.sum()),
         "mean_heldout_accuracy": float(np.mean(accuracy)),

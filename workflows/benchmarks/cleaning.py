@@ -118,6 +118,8 @@ def label_issue_rows(fraction: float, seed: int) -> list[dict]:
     obs = adata.obs
     row("scdm", obs["label_issue_score"], obs["label_issue"].to_numpy(),
         obs["label_issue_suggested"].astype(str).to_numpy(), seconds)
+    row("scdm: the cell's own held-out margin (the score before 2026-12-02)",
+        obs["label_issue_cell_score"])
     row("scdm: held-out vote", obs["label_issue_vote"])
     row("scdm: -held-out margin", -obs["label_issue_margin"])
     row("scdm: self-influence", obs["label_issue_self_influence"])
