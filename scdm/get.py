@@ -86,14 +86,18 @@ def lds_models(adata: AnnData, key: str = "datamodels") -> tuple[np.ndarray, np.
 def describe_evidence(e: dict) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report)."""
+    checked = ""
+    if "n_checked" in e and "n_cells" in e and e["n_checked"] < e["n_cells"]:
+        checked = (f"; checked on a random {e['n_checked']:,} of its {e['n_cells']:,} cells, "
+                   "the others assigned by their nearest checked cells")
     if e.get("split"):
         return (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
                 f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
                 f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
-                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f})")
+                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
     return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
             f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
-            f"separation p = {e['p_value']:.2f})")
+            f"separation p = {e['p_value']:.2f}){checked}")
 
 
 def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:

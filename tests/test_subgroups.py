@@ -206,6 +206,9 @@ def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
     sub = scdm.tl.subgroups(adata, max_points=120, markers=False, copy=True)
     evidence = sub.uns["datamodels_subgroup"]["reproducibility"]
     assert evidence["disease"]["n_checked"] == 120 and evidence["control"]["n_checked"] == 90
+    assert "checked on a random 120 of its 180 cells" in scdm.get.describe_evidence(
+        evidence["disease"])
+    assert "checked on" not in scdm.get.describe_evidence(evidence["control"])
     found = sub.obs["datamodels_subgroup"][disease]
     assert found.nunique() == 3 and "unassigned" not in set(found)
     assert adjusted_rand_score(adata.obs["subtype"][disease], found) > 0.9

@@ -130,9 +130,9 @@ def subgroups(
     ``None`` or a copy. Sets categorical ``adata.obs[key_added]`` and ``adata.uns[key_added]``
     with ``params``, ``sizes``, per class ``reproducibility`` (``split``, the resolution, the
     reproducibility, the separation, the null's maximum separation, the p-value,
-    ``n_checked`` (cells the check ran on) and ``n_subgroups``; without a split, the most
-    reproducible resolution's figures), the whole
-    scan per class as a table in ``reproducibility_scan``, with ``markers`` a ``markers``
+    ``n_cells``, ``n_checked`` (cells the check ran on) and ``n_subgroups``; without a split,
+    the most reproducible resolution's figures), the whole scan per class as a table in
+    ``reproducibility_scan``, with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
     The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
@@ -207,7 +207,8 @@ def subgroups(
                 np.asarray(halves[1], dtype=np.float64)[checked], n_neighbors=n_neighbors,
                 resolutions=grid, min_reproducibility=min_reproducibility, n_null=n_null,
                 min_size=min_size, random_state=seed)
-            evidence[cls] = {**choice.summary(), "n_checked": int(checked.size)}
+            evidence[cls] = {**choice.summary(), "n_cells": int(members.size),
+                             "n_checked": int(checked.size)}
             scans[cls] = choice.table
             if choice.resolution is not None:
                 codes = leiden_labels(rep[checked], n_neighbors=n_neighbors,
