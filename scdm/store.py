@@ -573,7 +573,10 @@ class ModelStore:
         import torch
 
         path = self.checkpoint_path(model)
-        if not path.is_file() or not self.completed[int(model)]:
+        if not path.is_file():
+            return None
+        # one flag, read fresh (``completed`` would read all of them for every model)
+        if not np.load(self._file(COMPLETED), mmap_mode="r")[int(model)]:
             return None
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("mask") != hash_arrays(np.asarray(self.masks[int(model)], dtype=bool)):
