@@ -99,20 +99,19 @@ def retrain_without(training: RecordedTraining, removed: Sequence[np.ndarray], n
     return held
 
 
-def retrain_stored(training: RecordedTraining, trainer: EnsembleTrainer, models: np.ndarray
-                   ) -> tuple[np.ndarray, TrainResult]:
-    """Stored models ``models`` retrained from their seeds with their parameters kept (the
-    store keeps masks and margins only): their masks and the training result. Bitwise the
-    same as the stored models on CPU (tested); a mismatch (another device or torch version)
-    is warned about, and the retrained models are what the caller uses."""
-    masks = read_rows(training.store.masks, models)
+def retrain_stored(training: RecordedTraining, trainer: EnsembleTrainer, models: np.ndarray,
+                   masks: np.ndarray) -> TrainResult:
+    """Stored models ``models`` (their stored ``masks``) retrained from their seeds with their
+    parameters kept. Bitwise the same as the stored models on CPU (tested); a mismatch
+    (another device or torch version) is warned about, and the retrained models are what the
+    caller uses."""
     result = trainer.train(masks, models, keep_params=True)
     stored = read_rows(training.store.margins, models)
     if not np.allclose(result.margins, stored, atol=1e-3, rtol=1e-3):
         warnings.warn("the retrained models' margins differ from the stored ones (another "
                       "device or torch version?); the retrained models are used.",
                       RuntimeWarning, stacklevel=3)
-    return masks, result
+    return result
 
 
 def stored_params(training: RecordedTraining, trainer: EnsembleTrainer, models: np.ndarray
@@ -135,7 +134,7 @@ def stored_params(training: RecordedTraining, trainer: EnsembleTrainer, models: 
     states: dict[int, dict] = {i: state for i, state in enumerate(loaded) if state is not None}
     missing = [i for i in range(models.size) if i not in states]
     if missing:
-        _, result = retrain_stored(training, trainer, models[missing])
+        result = retrain_stored(training, trainer, models[missing], masks[missing])
         for j, i in enumerate(missing):
             states[i] = {str(t): p[j].detach().cpu().clone()
                          for t, p in enumerate(result.extras["params"])}
