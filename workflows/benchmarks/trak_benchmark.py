@@ -285,12 +285,12 @@ def vs_datamodels(args) -> None:
     """Datamodels at their default (~25 models per cell) against TRAK at 40 checkpoints and at
     about the same training compute, on the same data and the same evaluation models."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from subgroups import trained  # the scenario suite's cache of fitted datamodels
+    from subgroups import attribution_seconds, trained  # the suite's cache of datamodels
 
     cache = Path(args.cache)
     for name in args.scenarios:
         adata = trained(name, 0, cache)
-        seconds = float(adata.uns["benchmark"]["seconds_datamodels"])
+        seconds = attribution_seconds(adata)
         scdm.tl.lds(adata, n_models=100, store=cache / f"lds-dm-{name}")
         rows = [("datamodels", int(adata.uns["datamodels"]["n_completed"]), seconds,
                  adata.uns["datamodels"]["lds"]["mean"], *_ari(adata, "datamodels"))]
