@@ -95,9 +95,12 @@ def describe_evidence(e: dict) -> str:
                 f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
                 f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
                 f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
+    # a miss is the check's safe failure, but it must not read as "shown to be homogeneous"
     return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
             f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
-            f"separation p = {e['p_value']:.2f}){checked}")
+            f"separation p = {e['p_value']:.2f}){checked}. Not proof of one population: on "
+            "planted data, subtypes of ~10 % of a class or with weak programs often went "
+            "unfound")
 
 
 def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:

@@ -209,6 +209,9 @@ def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
     assert "checked on a random 120 of its 180 cells" in scdm.get.describe_evidence(
         evidence["disease"])
     assert "checked on" not in scdm.get.describe_evidence(evidence["control"])
+    # an unsplit class is reported as a miss-or-null, never as shown to be one population
+    assert "Not proof of one population" in scdm.get.describe_evidence(evidence["control"])
+    assert "Not proof" not in scdm.get.describe_evidence(evidence["disease"])
     found = sub.obs["datamodels_subgroup"][disease]
     assert found.nunique() == 3 and "unassigned" not in set(found)
     assert adjusted_rand_score(adata.obs["subtype"][disease], found) > 0.9
