@@ -99,8 +99,8 @@ def describe_evidence(e: dict) -> str:
     return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
             f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
             f"separation p = {e['p_value']:.2f}){checked}. Not proof of one population: on "
-            "planted data, subtypes of ~10 % of a class or with weak programs often went "
-            "unfound")
+            "planted data, classes with a subtype of ~10 % of their cells or with weak "
+            "programs were often left whole")
 
 
 def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:
