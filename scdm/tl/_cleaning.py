@@ -13,7 +13,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._anndata import dense_features, get_codes, get_features, get_labels, uns_safe
+from .._anndata import get_codes, get_labels, uns_safe
 from .._seeding import CLEANING_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..cleaning import (
@@ -200,11 +200,9 @@ def label_issues(
         raise ValueError(f"{int(np.isnan(probs).any(1).sum())} cells were never held out of the "
                          f"first {n_probability_models} models; raise n_probability_models.")
     # neighbourhoods in the representation as the user gave it (as validate_subgroups' null)
-    params = training.params
-    features = dense_features(get_features(adata, params.get("use_rep"), params.get("layer")),
-                              scale=False)
     cell_score = label_issue_scores(probs, y)
-    score = label_issue_scores(neighbourhood_probabilities(probs, features), y)
+    score = label_issue_scores(
+        neighbourhood_probabilities(probs, training.unscaled_features(adata)), y)
     suggestion = confident_labels(probs, y)
     flagged = suggestion != y
 

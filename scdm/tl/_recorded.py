@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from .._anndata import ModelInputs, model_inputs
+from .._anndata import ModelInputs, dense_features, get_features, model_inputs
 from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import EnsembleTrainer, TrainConfig
@@ -197,6 +197,13 @@ class RecordedTraining:
 
     def trainer(self, random_state: int, device: str = "auto") -> EnsembleTrainer:
         return self.recipe(random_state).trainer(device)
+
+    def unscaled_features(self, adata: AnnData) -> np.ndarray:
+        """The models' input representation as the user gave it (``use_rep``/``layer``), not
+        standardised per feature as the models see it: neighbourhoods in it follow the
+        representation's own geometry (e.g. PCA's top axes carry most of the variance)."""
+        return dense_features(get_features(adata, self.params.get("use_rep"),
+                                           self.params.get("layer")), scale=False)
 
 
 def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraining:

@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import false_discovery_control
 
-from .._anndata import dense_features, get_features, uns_safe
+from .._anndata import uns_safe
 from .._seeding import VALIDATION_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..ensemble import resolve_device
@@ -163,9 +163,7 @@ def validate_subgroups(
     # neighbourhoods in the representation as the user gave it (e.g. PCA, whose top axes
     # carry most of the variance), not standardised per feature as the models see it: a
     # cluster of that geometry is then as tight as the neighbourhoods it is compared with
-    params = training.params
-    space = dense_features(get_features(adata, params.get("use_rep"), params.get("layer")),
-                           scale=False) if null == "neighbourhood" else None
+    space = training.unscaled_features(adata) if null == "neighbourhood" else None
 
     rows: list[dict] = []
     sets: list[np.ndarray] = []
