@@ -90,12 +90,29 @@ def describe_evidence(e: dict) -> str:
     if "n_checked" in e and "n_cells" in e and e["n_checked"] < e["n_cells"]:
         checked = (f"; checked on a random {e['n_checked']:,} of its {e['n_cells']:,} cells, "
                    "the others assigned by their nearest checked cells")
+    shared = e.get("shared")
+    removed = ""
+    if shared:
+        where = " and ".join(map(str, shared["shared_with"]))
+        removed = (f"a first split into {shared['n_subgroups']} reproduced (ARI "
+                   f"{shared['reproducibility']:.2f}) but {shared['n_shared']} of its "
+                   f"{shared['n_boundaries']} boundaries divide class {where} the same way "
+                   f"(separation up to {shared['max_separation_elsewhere']:.2f} there): likely "
+                   "a nuisance the classes share, such as batch, donor or cell cycle, not a "
+                   "subtype")
     if e.get("split"):
-        return (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
-                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are more "
-                f"separated than in cluster-free null halves ({e['separation']:.2f} vs at most "
-                f"{e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
+        text = (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
+                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are "
+                f"more separated than in cluster-free null halves ({e['separation']:.2f} vs at "
+                f"most {e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
+        return text + (f". Found after taking out a shared partition: {removed}"
+                       if shared else "")
     # a miss is the check's safe failure, but it must not read as "shown to be homogeneous"
+    if shared:
+        again = (" and the split found without it divides them too" if "shared_again" in shared
+                 else "; without it no split reproduces and beats the null")
+        return (f"one subgroup; {removed}{again}{checked}. Give a known batch as "
+                "stratify_key when training, or shared_check=False to keep such splits")
     return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
             f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
             f"separation p = {e['p_value']:.2f}){checked}. Not proof of one population: on "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,16 @@ from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
     MAX_CHECK_POINTS,
+    ResolutionChoice,
+    SharedBoundaries,
+    centre_within,
     check_resolutions,
     check_subsample,
     choose_resolution,
     extend_labels,
     leiden_labels,
     n_substantial,
+    shared_boundaries,
 )
 from ..get import UNASSIGNED, label_key_of, subgroup_key
 from ._embed import usable_targets
@@ -41,6 +46,7 @@ def subgroups(
     n_null: int = 20,
     min_size: int = 5,
     max_points: int | None = MAX_CHECK_POINTS,
+    shared_check: bool = True,
     classes: Sequence[str] | None = None,
     markers: bool = True,
     n_genes: int = 20,
@@ -67,6 +73,20 @@ def subgroups(
     class with no accepted resolution stays one subgroup. A fixed ``resolution`` skips the
     check (Leiden always splits a kNN graph, also one of pure noise: use it to explore, not
     to report).
+
+    Reproducible is not enough: a nuisance that all classes share (batch, donor, sequencing
+    run, cell cycle) shifts the models' input of every class alike and splits each class's
+    attribution the same way, reproducibly and well separated. So an accepted partition is
+    carried to every other class (each of its cells takes the subgroup of its nearest cells
+    of this class in the models' input) and each boundary between two subgroups is measured
+    there, in that class's own halves (``shared_check``, see
+    :func:`scdm.clustering.shared_boundaries`). Boundaries that divide another class as
+    sharply as a gap between clusters do are a shared nuisance, not a subtype: they give
+    the nuisance's levels (each cell takes the level of its nearest cells of the class
+    divided most), each level is centred in the halves and the embedding, and the check runs
+    once more on what is left. A class whose split is entirely shared, or whose second check
+    finds nothing or a shared split again, stays one subgroup, and its evidence names the
+    class divided the same way. This needs no batch column.
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -106,6 +126,10 @@ def subgroups(
         other cell of the class takes the subgroup most of its ``n_neighbors`` nearest
         subsample cells have. Subgroups too rare to leave ``min_size`` cells in the subsample
         cannot be found this way. ``None`` checks and clusters every class whole.
+    shared_check
+        Carry each accepted partition to the other classes and take out the boundaries that
+        divide them too (above). ``False`` keeps partitions a nuisance or a state common to
+        all classes makes.
     classes
         Classes to split (default all); the others get one subgroup each.
     markers
@@ -131,7 +155,10 @@ def subgroups(
     with ``params``, ``sizes``, per class ``reproducibility`` (``split``, the resolution, the
     reproducibility, the separation, the null's maximum separation, the p-value,
     ``n_cells``, ``n_checked`` (cells the check ran on) and ``n_subgroups``; without a split,
-    the most reproducible resolution's figures), the whole scan per class as a table in
+    the most reproducible resolution's figures; where a reproducible split divided another
+    class too, ``shared`` with that split's figures, the classes it divides and the
+    separation there, and the figures above are those of the check run again without it),
+    the whole scan per class (of the check that decided) as a table in
     ``reproducibility_scan``, with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
@@ -193,28 +220,69 @@ def subgroups(
     rep = np.asarray(adata.obsm[use_rep], dtype=np.float64)
     halves = (half_embeddings(adata, key, device=device, verbose=verbose) if automatic
               else None)
+    checked_of = {}  # the cells each class is checked on (a subsample of a large class)
+    for index, cls in enumerate(all_classes):
+        members = np.flatnonzero((label_values == cls) & ok)
+        sub = check_subsample(members.size, max_points, seed, index) if automatic else None
+        checked_of[cls] = (members, sub, members if sub is None else members[sub])
+    others = (_other_classes(adata, key, halves, checked_of)
+              if automatic and shared_check and len(all_classes) > 1 else None)
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans = {}, {}
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
                     disable=not settings.progress(verbose) or not automatic):
-        members = np.flatnonzero((label_values == cls) & ok)
+        members, sub, checked = checked_of[cls]
         codes = np.zeros(members.size, dtype=np.int64)
         if cls in chosen and halves is not None:  # automatic
-            sub = check_subsample(members.size, max_points, seed, all_classes.index(cls))
-            checked = members if sub is None else members[sub]
-            choice = choose_resolution(
-                np.asarray(halves[0], dtype=np.float64)[checked],
-                np.asarray(halves[1], dtype=np.float64)[checked], n_neighbors=n_neighbors,
-                resolutions=grid, min_reproducibility=min_reproducibility, n_null=n_null,
-                min_size=min_size, random_state=seed)
-            evidence[cls] = {**choice.summary(), "n_cells": int(members.size),
-                             "n_checked": int(checked.size)}
-            scans[cls] = choice.table
+            h1 = np.asarray(halves[0], dtype=np.float64)[checked]
+            h2 = np.asarray(halves[1], dtype=np.float64)[checked]
+            check: dict[str, Any] = {"n_neighbors": n_neighbors, "resolutions": grid,
+                     "min_reproducibility": min_reproducibility, "n_null": n_null,
+                     "min_size": min_size, "random_state": seed}
+            choice = choose_resolution(h1, h2, **check)
+            class_rep, found, shared = rep[members], None, None
             if choice.resolution is not None:
-                codes = leiden_labels(rep[checked], n_neighbors=n_neighbors,
+                found = leiden_labels(rep[checked], n_neighbors=n_neighbors,
                                       resolutions=[choice.resolution], random_state=seed)[0]
+            if found is not None and others is not None:
+                elsewhere = {c: v for c, v in others.items()
+                             if c != cls and len(v[0]) >= 2 * min_size}
+                bounds = shared_boundaries(found, others[cls][0], elsewhere,
+                                           n_neighbors=n_neighbors, min_size=min_size)
+                if bounds.shared.any():
+                    # the shared boundaries run between levels of a nuisance: take the levels
+                    # out of the halves and the embedding and check what is left
+                    shared = _shared_evidence(choice, bounds, found, min_size)
+                    levels = bounds.levels
+                    assert levels is not None  # set wherever a boundary is shared
+                    choice = choose_resolution(centre_within(h1, levels),
+                                               centre_within(h2, levels), **check)
+                    class_rep = centre_within(rep[members], levels if sub is None else
+                                              extend_labels(rep[members], sub, levels,
+                                                            n_neighbors))
+                    found = None
+                    if choice.resolution is not None:
+                        found = leiden_labels(class_rep if sub is None else class_rep[sub],
+                                              n_neighbors=n_neighbors,
+                                              resolutions=[choice.resolution],
+                                              random_state=seed)[0]
+                        again = shared_boundaries(found, others[cls][0], elsewhere,
+                                                  n_neighbors=n_neighbors, min_size=min_size)
+                        if again.shared.any():
+                            shared["shared_again"] = again.summary()
+                            found = None
+            summary = choice.summary()
+            if found is None and summary["split"]:  # accepted, then found shared again
+                summary = _as_unsplit(summary)
+            evidence[cls] = {**summary, "n_cells": int(members.size),
+                             "n_checked": int(checked.size)}
+            if shared is not None:
+                evidence[cls]["shared"] = shared
+            scans[cls] = choice.table
+            if found is not None:
+                codes = found
                 if sub is not None:  # the subsample's subgroups, extended to the class
-                    codes = extend_labels(rep[members], sub, codes, n_neighbors)
+                    codes = extend_labels(class_rep, sub, codes, n_neighbors)
         elif cls in chosen and resolution is not None:
             codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
                                   resolutions=[resolution], random_state=seed)[0]
@@ -238,7 +306,7 @@ def subgroups(
                    "n_neighbors": n_neighbors, "resolution": resolution,
                    "resolutions": list(grid), "min_reproducibility": min_reproducibility,
                    "n_null": n_null, "min_size": min_size, "max_points": max_points,
-                   "classes": chosen,
+                   "shared_check": shared_check, "classes": chosen,
                    "random_state": seed},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
     }
@@ -254,6 +322,36 @@ def subgroups(
         subgroup_composition(adata, key=key_added, random_state=seed)
     return adata if copy else None
 
+
+def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class, its checked cells' models' input (as the models see it) and half
+    embeddings: what a partition of another class is carried to."""
+    from ._recorded import recorded_training
+
+    inputs = recorded_training(adata, key).inputs.X
+    return {cls: (np.asarray(inputs[checked], dtype=np.float64),
+                  np.asarray(halves[0], dtype=np.float64)[checked],
+                  np.asarray(halves[1], dtype=np.float64)[checked])
+            for cls, (_, _, checked) in checked_of.items()}
+
+
+def _shared_evidence(choice: ResolutionChoice, bounds: SharedBoundaries, found: np.ndarray,
+                     min_size: int) -> dict:
+    """The figures of a split whose boundaries divide other classes too."""
+    first = choice.summary()
+    return {"resolution": first["resolution"], "reproducibility": first["reproducibility"],
+            "separation": first["separation"], "p_value": first["p_value"],
+            "n_subgroups": n_substantial(found, min_size), **bounds.summary()}
+
+
+def _as_unsplit(summary: dict) -> dict:
+    """An accepted split's figures, reported as the best of a class left whole."""
+    return {"split": False, "best_resolution": summary["resolution"],
+            "best_reproducibility": summary["reproducibility"],
+            "separation": summary["separation"],
+            "null_separation_max": summary["null_separation_max"],
+            "p_value": summary["p_value"]}
 
 
 def _expression(adata: AnnData, use_raw: bool | None, layer: str | None):

@@ -1,0 +1,138 @@
+"""A nuisance all classes share (an unrecorded batch) is not reported as a subtype.
+
+Attribution of batch-dominated inputs is local in the input, so without a batch column the
+reproducibility check alone accepted the batches as subgroups of every class. These tests run
+the default path users take (raw features, no ``stratify_key``) on the Poisson generator; the
+threshold was set on the Gaussian one (``workflows/benchmarks/subgroups.py``).
+"""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import scdm
+from scdm import clustering
+
+
+def test_shared_boundaries_tell_a_shared_nuisance_from_a_subtype():
+    """Class A: 2 subtypes × 3 batches; class B: the same 3 batches, no subtypes. The batch
+    boundaries of A's six clusters divide B; the subtype boundary does not, so the nuisance
+    levels are the batches, and once they are taken out the subtypes are what is left."""
+    rng = np.random.default_rng(0)
+    n = 240
+    batch_a, batch_b = np.arange(n) % 3, np.arange(n) % 3
+    subtype = (np.arange(n) // 3) % 2
+    offsets = 6 * rng.standard_normal((3, 20))  # the batch shifts the input of both classes
+    program = np.zeros(20)
+    program[:3] = 4.0
+    inputs_a = offsets[batch_a] + program * subtype[:, None] + rng.standard_normal((n, 20))
+    inputs_b = offsets[batch_b] + rng.standard_normal((n, 20))
+    # attribution embeddings: each class splits by batch (shared), A also by subtype
+    centres = 5 * rng.standard_normal((3, 6))
+
+    def halves(batch, extra):
+        signal = centres[batch] + extra
+        return (signal + rng.standard_normal(signal.shape),
+                signal + rng.standard_normal(signal.shape))
+
+    extra_a = np.zeros((n, 6))
+    extra_a[:, 5] = 6.0 * subtype
+    labels = batch_a * 2 + subtype  # six clusters
+    others = {"B": (inputs_b, *halves(batch_b, np.zeros((n, 6))))}
+    bounds = clustering.shared_boundaries(labels, inputs_a, others, n_neighbors=10)
+    cluster_subtype = np.arange(6) % 2
+    for i in range(6):
+        for j in range(i + 1, 6):
+            if cluster_subtype[i] == 1 or cluster_subtype[j] == 1:
+                # B lacks the program: none of its points take a subtype-1 cluster, so those
+                # boundaries are not measured there (and not shared)
+                assert np.isnan(bounds.separation[i, j]) and not bounds.shared[i, j]
+            else:  # batch boundaries between the program-free clusters divide B as sharply
+                assert bounds.shared[i, j] and bounds.where[i, j] == "B"
+                assert bounds.separation[i, j] > 0.8
+    # every point of A, the subtype-1 ones too, takes the batch of its nearest points of B
+    assert bounds.levels is not None
+    assert adjusted_rand_score(bounds.levels, batch_a) == 1.0
+    summary = bounds.summary()
+    assert summary["shared_with"] == ["B"] and summary["n_boundaries"] == 15
+    assert summary["n_shared"] == 3 and summary["n_levels"] == 3
+    # what is left once the levels are centred out is the subtype
+    h1, _ = halves(batch_a, extra_a)
+    left = clustering.centre_within(h1, bounds.levels)
+    for g in range(3):
+        np.testing.assert_allclose(left[bounds.levels == g].mean(0), 0, atol=1e-12)
+    assert np.corrcoef(left[:, 5], subtype)[0, 1] > 0.9
+    assert np.corrcoef(h1[:, 0], subtype)[0, 1] < 0.5  # before, the batch hid it
+    # a partition private to A (the subtype alone) divides nothing in B
+    private = clustering.shared_boundaries(subtype, inputs_a, others, n_neighbors=10)
+    assert not private.shared.any() and private.levels is None
+    assert private.summary()["shared_with"] == [] and private.summary()["n_levels"] == 0
+
+
+def test_pair_separations_are_the_weakest_pair_of_cross_separation():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 50)
+    points = np.eye(3)[labels] * [4.0, 8.0, 1.0] + rng.standard_normal((150, 3))
+    pairs = clustering.pair_separations(points, labels)
+    assert pairs.shape == (3, 3) and np.isnan(np.diag(pairs)).all()
+    np.testing.assert_allclose(pairs, pairs.T)
+    assert np.nanmin(pairs) == pytest.approx(
+        clustering.cross_separation(points, points, labels, labels))
+    # a cluster below min_size has no pairs
+    assert np.isnan(clustering.pair_separations(points, labels, min_size=51)).all()
+
+
+@pytest.fixture(scope="module")
+def raw_null():
+    """No subtypes, a 4-batch effect on half the genes, trained as a new user would: raw
+    features (``use_rep=None``), no batch named."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_controls=80, n_per_subtype=80, n_subtypes=1,
+                                           n_genes=200, batch_genes=100, random_state=1)
+    scdm.tl.trak(adata, "disease")
+    return adata
+
+
+def test_a_batch_the_classes_share_is_no_subtype(raw_null):
+    adata = raw_null.copy()
+    batch = adata.obs["batch"].to_numpy()
+    # without the check, both classes split into their batches (the failure this guards)
+    scdm.tl.subgroups(adata, key="trak", markers=False, shared_check=False)
+    unchecked = adata.obs["trak_subgroup"].astype(str).to_numpy()
+    for cls in ("control", "disease"):
+        members = (adata.obs["disease"] == cls).to_numpy()
+        assert adjusted_rand_score(batch[members], unchecked[members]) > 0.9
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    assert set(adata.obs["trak_subgroup"]) == {"control-0", "disease-0"}
+    info = adata.uns["trak_subgroup"]
+    assert info["params"]["shared_check"] is True
+    for cls, other in (("control", "disease"), ("disease", "control")):
+        evidence = info["reproducibility"][cls]
+        assert not evidence["split"] and evidence["n_subgroups"] == 1
+        shared = evidence["shared"]
+        assert shared["shared_with"] == [other] and shared["n_subgroups"] == 4
+        assert shared["n_shared"] == shared["n_boundaries"] == 6
+        assert shared["max_separation_elsewhere"] > clustering.SHARED_SEPARATION
+        text = scdm.get.describe_evidence(evidence)
+        assert text.startswith("one subgroup") and f"divide class {other} the same way" in text
+        assert "shared_check=False" in text
+
+
+def test_a_subtype_of_one_class_is_found_under_the_shared_batch(tmp_path):
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+                                           n_genes=200, batch_genes=100, random_state=1)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "store")
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    groups = adata.obs["trak_subgroup"].astype(str)
+    assert groups[~disease].nunique() == 1 and groups[disease].nunique() == 2
+    assert adjusted_rand_score(adata.obs["subtype"][disease], groups[disease]) > 0.9
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
+    assert evidence["disease"]["split"] and evidence["disease"]["shared"]["shared_with"] == [
+        "control"]
+    text = scdm.get.describe_evidence(evidence["disease"])
+    assert text.startswith("2 subgroups") and "Found after taking out a shared partition" in text
+    # the same call again gives the same subgroups (seeded)
+    again = scdm.tl.subgroups(adata, key="trak", markers=False, copy=True)
+    assert (again.obs["trak_subgroup"] == adata.obs["trak_subgroup"]).all()
