@@ -38,8 +38,9 @@ def test_shared_boundaries_tell_a_shared_nuisance_from_a_subtype():
     extra_a = np.zeros((n, 6))
     extra_a[:, 5] = 6.0 * subtype
     labels = batch_a * 2 + subtype  # six clusters
+    halves_a = halves(batch_a, extra_a)
     others = {"B": (inputs_b, *halves(batch_b, np.zeros((n, 6))))}
-    bounds = clustering.shared_boundaries(labels, inputs_a, others, n_neighbors=10)
+    bounds = clustering.shared_boundaries(labels, inputs_a, halves_a, others, n_neighbors=10)
     cluster_subtype = np.arange(6) % 2
     for i in range(6):
         for j in range(i + 1, 6):
@@ -49,7 +50,7 @@ def test_shared_boundaries_tell_a_shared_nuisance_from_a_subtype():
                 assert np.isnan(bounds.separation[i, j]) and not bounds.shared[i, j]
             else:  # batch boundaries between the program-free clusters divide B as sharply
                 assert bounds.shared[i, j] and bounds.where[i, j] == "B"
-                assert bounds.separation[i, j] > 0.8
+                assert bounds.separation[i, j] > 0.8 and bounds.own[i, j] > 0.8
     # every point of A, the subtype-1 ones too, takes the batch of its nearest points of B
     assert bounds.levels is not None
     assert adjusted_rand_score(bounds.levels, batch_a) == 1.0
@@ -57,15 +58,16 @@ def test_shared_boundaries_tell_a_shared_nuisance_from_a_subtype():
     assert summary["shared_with"] == ["B"] and summary["n_boundaries"] == 15
     assert summary["n_shared"] == 3 and summary["n_levels"] == 3
     # what is left once the levels are centred out is the subtype
-    h1, _ = halves(batch_a, extra_a)
+    h1 = halves_a[0]
     left = clustering.centre_within(h1, bounds.levels)
     for g in range(3):
         np.testing.assert_allclose(left[bounds.levels == g].mean(0), 0, atol=1e-12)
     assert np.corrcoef(left[:, 5], subtype)[0, 1] > 0.9
     assert np.corrcoef(h1[:, 0], subtype)[0, 1] < 0.5  # before, the batch hid it
     # a partition private to A (the subtype alone) divides nothing in B
-    private = clustering.shared_boundaries(subtype, inputs_a, others, n_neighbors=10)
+    private = clustering.shared_boundaries(subtype, inputs_a, halves_a, others, n_neighbors=10)
     assert not private.shared.any() and private.levels is None
+    assert np.isnan(private.separation[0, 1])  # B lacks the program: all its points take 0
     assert private.summary()["shared_with"] == [] and private.summary()["n_levels"] == 0
 
 
@@ -112,7 +114,8 @@ def test_a_batch_the_classes_share_is_no_subtype(raw_null):
         shared = evidence["shared"]
         assert shared["shared_with"] == [other] and shared["n_subgroups"] == 4
         assert shared["n_shared"] == shared["n_boundaries"] == 6
-        assert shared["max_separation_elsewhere"] > clustering.SHARED_SEPARATION
+        assert shared["max_separation_elsewhere"] >= (clustering.SHARED_RATIO
+                                                      * shared["separation_here"])
         text = scdm.get.describe_evidence(evidence)
         assert text.startswith("one subgroup") and f"divide class {other} the same way" in text
         assert "shared_check=False" in text

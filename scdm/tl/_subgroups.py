@@ -19,6 +19,7 @@ from ..clustering import (
     MAX_CHECK_POINTS,
     ResolutionChoice,
     SharedBoundaries,
+    carry_levels,
     centre_within,
     check_resolutions,
     check_subsample,
@@ -80,8 +81,8 @@ def subgroups(
     carried to every other class (each of its cells takes the subgroup of its nearest cells
     of this class in the models' input) and each boundary between two subgroups is measured
     there, in that class's own halves (``shared_check``, see
-    :func:`scdm.clustering.shared_boundaries`). Boundaries that divide another class as
-    sharply as a gap between clusters do are a shared nuisance, not a subtype: they give
+    :func:`scdm.clustering.shared_boundaries`). Boundaries that divide another class at least
+    half as sharply as their own are a shared nuisance, not a subtype: they give
     the nuisance's levels (each cell takes the level of its nearest cells of the class
     divided most), each level is centred in the halves and the embedding, and the check runs
     once more on what is left. A class whose split is entirely shared, or whose second check
@@ -247,7 +248,7 @@ def subgroups(
             if found is not None and others is not None:
                 elsewhere = {c: v for c, v in others.items()
                              if c != cls and len(v[0]) >= 2 * min_size}
-                bounds = shared_boundaries(found, others[cls][0], elsewhere,
+                bounds = shared_boundaries(found, others[cls][0], (h1, h2), elsewhere,
                                            n_neighbors=n_neighbors, min_size=min_size)
                 if bounds.shared.any():
                     # the shared boundaries run between levels of a nuisance: take the levels
@@ -255,8 +256,8 @@ def subgroups(
                     shared = _shared_evidence(choice, bounds, found, min_size)
                     levels = bounds.levels
                     assert levels is not None  # set wherever a boundary is shared
-                    choice = choose_resolution(centre_within(h1, levels),
-                                               centre_within(h2, levels), **check)
+                    h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
+                    choice = choose_resolution(h1, h2, **check)
                     class_rep = centre_within(rep[members], levels if sub is None else
                                               extend_labels(rep[members], sub, levels,
                                                             n_neighbors))
@@ -266,8 +267,11 @@ def subgroups(
                                               n_neighbors=n_neighbors,
                                               resolutions=[choice.resolution],
                                               random_state=seed)[0]
-                        again = shared_boundaries(found, others[cls][0], elsewhere,
-                                                  n_neighbors=n_neighbors, min_size=min_size)
+                        # measured in the other classes with the nuisance out of them too
+                        again = shared_boundaries(
+                            found, others[cls][0], (h1, h2),
+                            carry_levels(levels, others[cls][0], elsewhere, n_neighbors),
+                            n_neighbors=n_neighbors, min_size=min_size)
                         if again.shared.any():
                             shared["shared_again"] = again.summary()
                             found = None
