@@ -226,7 +226,9 @@ def reproducibility(
 
     Per class, against the Leiden resolution: the agreement (ARI) of the two halves'
     partitions with the ``min_reproducibility`` line, and the numbers of clusters each half
-    found; accepted resolutions are filled, the chosen one is marked.
+    found; accepted resolutions are filled, the chosen one is marked. Where a split divided
+    another class the same way (a shared nuisance), the scan shown is the second one, made with
+    that partition taken out, and the title says so.
 
     Parameters
     ----------
@@ -269,11 +271,17 @@ def reproducibility(
             ax.annotate(f"{n1}/{n2}", (r, a), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=6)
         chosen = evidence.get(cls, {})
+        shared = chosen.get("shared")
         if chosen.get("split"):
             ax.axvline(float(chosen["resolution"]), color="tab:green", linestyle="--")
             verdict = f"{chosen.get('n_subgroups', '?')} subgroups"
+        elif shared:
+            verdict = "one subgroup (its split is shared)"
         else:
             verdict = "one subgroup (no split reproduces)"
+        if shared:  # the scan shown is the second one, with the shared partition taken out
+            verdict += (f"\nafter taking out {shared['n_subgroups']} subgroups that divide "
+                        f"{', '.join(map(str, shared['shared_with']))} too")
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.1)
         ax.set_xlabel("Leiden resolution")
