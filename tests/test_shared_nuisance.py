@@ -6,6 +6,7 @@ the default path users take (raw features, no ``stratify_key``) on the Poisson g
 threshold was set on the Gaussian one (``workflows/benchmarks/subgroups.py``).
 """
 
+import anndata
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -95,7 +96,7 @@ def raw_null():
     return adata
 
 
-def test_a_batch_the_classes_share_is_no_subtype(raw_null):
+def test_a_batch_the_classes_share_is_no_subtype(raw_null, tmp_path):
     adata = raw_null.copy()
     batch = adata.obs["batch"].to_numpy()
     # without the check, both classes split into their batches (the failure this guards)
@@ -119,6 +120,12 @@ def test_a_batch_the_classes_share_is_no_subtype(raw_null):
         text = scdm.get.describe_evidence(evidence)
         assert text.startswith("one subgroup") and f"divide class {other} the same way" in text
         assert "shared_check=False" in text
+    # the evidence survives the file, and reads the same
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = anndata.read_h5ad(tmp_path / "a.h5ad")
+    for cls in ("control", "disease"):
+        assert scdm.get.describe_evidence(back.uns["trak_subgroup"]["reproducibility"][cls]) \
+            == scdm.get.describe_evidence(info["reproducibility"][cls])
 
 
 def test_a_subtype_of_one_class_is_found_under_the_shared_batch(tmp_path):

@@ -235,46 +235,15 @@ def subgroups(
         members, sub, checked = checked_of[cls]
         codes = np.zeros(members.size, dtype=np.int64)
         if cls in chosen and halves is not None:  # automatic
-            h1 = np.asarray(halves[0], dtype=np.float64)[checked]
-            h2 = np.asarray(halves[1], dtype=np.float64)[checked]
-            check: dict[str, Any] = {"n_neighbors": n_neighbors, "resolutions": grid,
-                     "min_reproducibility": min_reproducibility, "n_null": n_null,
-                     "min_size": min_size, "random_state": seed}
-            choice = choose_resolution(h1, h2, **check)
-            class_rep, found, shared = rep[members], None, None
-            if choice.resolution is not None:
-                found = leiden_labels(rep[checked], n_neighbors=n_neighbors,
-                                      resolutions=[choice.resolution], random_state=seed)[0]
-            if found is not None and others is not None:
-                elsewhere = {c: v for c, v in others.items()
-                             if c != cls and len(v[0]) >= 2 * min_size}
-                bounds = shared_boundaries(found, others[cls][0], (h1, h2), elsewhere,
-                                           n_neighbors=n_neighbors, min_size=min_size)
-                if bounds.shared.any():
-                    # the shared boundaries run between levels of a nuisance: take the levels
-                    # out of the halves and the embedding and check what is left
-                    shared = _shared_evidence(choice, bounds, found, min_size)
-                    levels = bounds.levels
-                    assert levels is not None  # set wherever a boundary is shared
-                    h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
-                    choice = choose_resolution(h1, h2, **check)
-                    class_rep = centre_within(rep[members], levels if sub is None else
-                                              extend_labels(rep[members], sub, levels,
-                                                            n_neighbors))
-                    found = None
-                    if choice.resolution is not None:
-                        found = leiden_labels(class_rep if sub is None else class_rep[sub],
-                                              n_neighbors=n_neighbors,
-                                              resolutions=[choice.resolution],
-                                              random_state=seed)[0]
-                        # measured in the other classes with the nuisance out of them too
-                        again = shared_boundaries(
-                            found, others[cls][0], (h1, h2),
-                            carry_levels(levels, others[cls][0], elsewhere, n_neighbors),
-                            n_neighbors=n_neighbors, min_size=min_size)
-                        if again.shared.any():
-                            shared["shared_again"] = again.summary()
-                            found = None
+            elsewhere = {} if others is None else {
+                c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
+            found, class_rep, choice, shared = _checked_split(
+                np.asarray(halves[0], dtype=np.float64)[checked],
+                np.asarray(halves[1], dtype=np.float64)[checked], rep[members], sub,
+                None if others is None else others[cls][0], elsewhere,
+                check={"n_neighbors": n_neighbors, "resolutions": grid,
+                       "min_reproducibility": min_reproducibility, "n_null": n_null,
+                       "min_size": min_size, "random_state": seed})
             summary = choice.summary()
             if found is None and summary["split"]:  # accepted, then found shared again
                 summary = _as_unsplit(summary)
@@ -325,6 +294,55 @@ def subgroups(
     if covariates_of(adata, key_added):  # the donors and batches the models knew of
         subgroup_composition(adata, key=key_added, random_state=seed)
     return adata if copy else None
+
+
+def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
+                   inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any]
+                   ) -> tuple[np.ndarray | None, np.ndarray, ResolutionChoice, dict | None]:
+    """One class's checked split: the partition of its checked cells (``None``: no split),
+    the class's embedding it was found in (centred within a shared nuisance's levels where
+    one was taken out), the scan that decided and the shared split's evidence, if any.
+
+    ``h1``/``h2`` are the checked cells' halves, ``rep`` the class's embedding (``sub`` the
+    checked cells among the class, ``None`` for all), ``inputs`` the checked cells' models'
+    input and ``elsewhere`` what :func:`scdm.clustering.shared_boundaries` carries the split
+    to (empty: no shared check).
+    """
+    n_neighbors, min_size, seed = check["n_neighbors"], check["min_size"], check["random_state"]
+
+    def cluster(points: np.ndarray, choice: ResolutionChoice) -> np.ndarray | None:
+        if choice.resolution is None:
+            return None
+        return leiden_labels(points if sub is None else points[sub], n_neighbors=n_neighbors,
+                             resolutions=[choice.resolution], random_state=seed)[0]
+
+    choice = choose_resolution(h1, h2, **check)
+    found = cluster(rep, choice)
+    if found is None or not elsewhere or inputs is None:
+        return found, rep, choice, None
+    bounds = shared_boundaries(found, inputs, (h1, h2), elsewhere, n_neighbors=n_neighbors,
+                               min_size=min_size)
+    if not bounds.shared.any():
+        return found, rep, choice, None
+    # the shared boundaries run between levels of a nuisance: take the levels out of the
+    # halves and the embedding, and check what is left
+    shared = _shared_evidence(choice, bounds, found, min_size)
+    levels = bounds.levels
+    assert levels is not None  # set wherever a boundary is shared
+    h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
+    choice = choose_resolution(h1, h2, **check)
+    rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
+                                                                      n_neighbors))
+    found = cluster(rep, choice)
+    if found is not None:
+        # measured in the other classes with the nuisance taken out of them too
+        again = shared_boundaries(found, inputs, (h1, h2),
+                                  carry_levels(levels, inputs, elsewhere, n_neighbors),
+                                  n_neighbors=n_neighbors, min_size=min_size)
+        if again.shared.any():
+            shared["shared_again"] = again.summary()
+            found = None
+    return found, rep, choice, shared
 
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
