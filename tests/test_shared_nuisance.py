@@ -146,3 +146,41 @@ def test_a_subtype_of_one_class_is_found_under_the_shared_batch(tmp_path):
     # the same call again gives the same subgroups (seeded)
     again = scdm.tl.subgroups(adata, key="trak", markers=False, copy=True)
     assert (again.obs["trak_subgroup"] == adata.obs["trak_subgroup"]).all()
+
+
+def test_programs_the_other_class_carries_in_another_combination_are_kept(tmp_path):
+    """The case that looks like a shared nuisance and is not: disease is program A alone or B
+    alone, controls both or neither (``exclusive_programs``), under a batch. Both classes'
+    subtypes are carried to the other class at random (its cells are as near to either), so
+    they are kept, while the batch that splits both first is taken out."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.exclusive_programs(random_state=0)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "store")
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
+    for cls in ("control", "disease"):
+        members = (adata.obs["disease"] == cls).to_numpy()
+        groups = adata.obs["trak_subgroup"][members]
+        assert groups.nunique() == 2
+        assert adjusted_rand_score(adata.obs["subtype"][members], groups) > 0.8
+        assert evidence[cls]["split"] and "shared_again" not in evidence[cls]["shared"]
+
+
+def test_exclusive_programs_has_no_class_marker_feature():
+    """Every program feature has the same mean in both classes (no class-vs-rest test can
+    find the subtypes), and bad sizes are refused."""
+    adata = scdm.datasets.exclusive_programs(n_per_group=60, random_state=3)
+    assert adata.shape == (240, 80)
+    X, obs = adata.X, adata.obs
+    for program in ("A", "B"):
+        cols = (adata.var["program"] == program).to_numpy()
+        assert cols.sum() == 5
+        means = {c: X[(obs["disease"] == c).to_numpy()][:, cols].mean() for c in
+                 ("control", "disease")}
+        assert abs(means["control"] - means["disease"]) < 0.3
+    carries_a = X[:, (adata.var["program"] == "A").to_numpy()].mean(1) > 0.75
+    truth = obs["subtype"].astype(str).isin(["control-0", "disease-0"]).to_numpy()
+    assert (carries_a == truth).mean() > 0.9
+    assert set(obs["batch"]) == {"batch-0", "batch-1", "batch-2"}
+    with pytest.raises(ValueError, match="need 70 features"):
+        scdm.datasets.exclusive_programs(n_features=40, batch_features=60)
