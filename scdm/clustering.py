@@ -423,6 +423,17 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     return SharedBoundaries(separation, where, own, shared, levels)
 
 
+def merge_shared(labels: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """``labels`` with the clusters on either side of every shared boundary merged
+    (connected components of the shared boundaries), numbered by size. For a partition whose
+    shared boundaries do not outline levels of a nuisance (a private cluster links the two
+    sides of a shared boundary), so that there is nothing to take out."""
+    from scipy.sparse.csgraph import connected_components
+
+    merged = connected_components(sparse.csr_matrix(shared), directed=False)[1]
+    return _by_size(merged[labels])
+
+
 def carry_levels(levels: np.ndarray, inputs: np.ndarray,
                  others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                  n_neighbors: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -105,11 +105,16 @@ def describe_evidence(e: dict) -> str:
                 f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are "
                 f"more separated than in cluster-free null halves ({e['separation']:.2f} vs at "
                 f"most {e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
+        if shared and shared.get("merged"):
+            return text + (f". Merged across the shared boundaries of a first split: "
+                           f"{removed}")
         return text + (f". Found after taking out a shared partition: {removed}"
                        if shared else "")
     # a miss is the check's safe failure, but it must not read as "shown to be homogeneous"
     if shared:
-        again = (" and the split found without it divides them too" if "shared_again" in shared
+        again = ("; merged across those boundaries, nothing private is left"
+                 if shared.get("merged") else
+                 " and the split found without it divides them too" if "shared_again" in shared
                  else "; without it no split reproduces and beats the null")
         return (f"one subgroup; {removed}{again}{checked}. Give a known batch as "
                 "stratify_key when training, or shared_check=False to keep such splits")

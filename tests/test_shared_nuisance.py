@@ -184,3 +184,15 @@ def test_exclusive_programs_has_no_class_marker_feature():
     assert set(obs["batch"]) == {"batch-0", "batch-1", "batch-2"}
     with pytest.raises(ValueError, match="need 70 features"):
         scdm.datasets.exclusive_programs(n_features=40, batch_features=60)
+
+
+def test_shared_boundaries_that_outline_no_levels_are_merged_across():
+    """Clusters 0 | 1 shared, 2 private to both: cluster 2 links the two sides, so there is
+    no nuisance level to take out; merging across the shared boundary keeps 2 apart."""
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    shared = np.zeros((3, 3), dtype=bool)
+    shared[0, 1] = shared[1, 0] = True
+    merged = clustering.merge_shared(labels, shared)
+    np.testing.assert_array_equal(merged, np.repeat([0, 1], [50, 10]))
+    np.testing.assert_array_equal(clustering.merge_shared(labels, np.zeros((3, 3), bool)),
+                                  labels)

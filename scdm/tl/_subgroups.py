@@ -26,6 +26,7 @@ from ..clustering import (
     choose_resolution,
     extend_labels,
     leiden_labels,
+    merge_shared,
     n_substantial,
     shared_boundaries,
 )
@@ -329,6 +330,12 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     shared = _shared_evidence(choice, bounds, found, min_size)
     levels = bounds.levels
     assert levels is not None  # set wherever a boundary is shared
+    if np.unique(levels).size < 2:
+        # a private cluster links the two sides of the shared boundaries, so they outline no
+        # levels to take out: merge across them and keep what is private
+        merged = merge_shared(found, bounds.shared)
+        shared["merged"] = True
+        return (merged if n_substantial(merged, min_size) > 1 else None), rep, choice, shared
     h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
     choice = choose_resolution(h1, h2, **check)
     rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
