@@ -314,7 +314,9 @@ def small_trak(tmp_path_factory):
     import scdm
 
     scdm.settings.verbosity = 0
-    adata = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+    # 150 + 2 × 75 cells: at 120 + 2 × 60 the two halves of 20 checkpoints agreed on the
+    # subtypes only at ARI ~0.55 with igraph 1.0 / torch 2.13 (0.97 at this size)
+    adata = scdm.datasets.planted_subtypes(n_controls=150, n_per_subtype=75, n_subtypes=2,
                                            n_genes=200, batch_genes=100, random_state=0)
     sc.pp.pca(adata, n_comps=20, random_state=0)
     scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path_factory.mktemp("t") / "s")
@@ -331,7 +333,7 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
     adata = small_trak.copy()
     info = adata.uns["trak"]
     assert info["method"] == "trak" and info["trak_params"]["n_checkpoints"] == 40
-    assert adata.obsm["X_trak"].shape == (240, 10) and adata.obs["trak_ok"].all()
+    assert adata.obsm["X_trak"].shape == (300, 10) and adata.obs["trak_ok"].all()
     # the stored matrix is τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i
     training = recorded_training(adata, "trak")
     completed = training.store.completed_indices()
@@ -345,7 +347,7 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
     np.testing.assert_allclose(adata.obsp["trak"], W, rtol=1e-3, atol=1e-3 * np.abs(W).max())
     np.testing.assert_allclose(info["self_influence"], np.diag(W), rtol=1e-3)
     # and the embedding from the factors is the datamodels embedding of that matrix
-    dense, _ = embed_blocks(W, embedding_blocks(adata, "disease"), ok=np.ones(240, bool),
+    dense, _ = embed_blocks(W, embedding_blocks(adata, "disease"), ok=np.ones(300, bool),
                             n_comps=10, standardize=True, within_class=True, seed=0)
     np.testing.assert_allclose(np.abs(adata.obsm["X_trak"][:, :2]), np.abs(dense[:, :2]),
                                atol=1e-2 * np.abs(dense[:, :2]).max())
@@ -384,7 +386,7 @@ def test_tl_trak_without_the_matrix_is_the_same_and_deterministic(small_trak):
     store = small_trak.uns["trak"]["store"]
     again = scdm.tl.trak(small_trak, "disease", use_rep="X_pca", store=store, max_obsp=100,
                          copy=True)
-    assert "trak" not in again.obsp  # 240 cells > max_obsp
+    assert "trak" not in again.obsp  # 300 cells > max_obsp
     np.testing.assert_allclose(again.obsm["X_trak"], small_trak.obsm["X_trak"], atol=1e-5)
     np.testing.assert_allclose(again.obsm["X_trak_half1"], small_trak.obsm["X_trak_half1"],
                                atol=1e-5)
