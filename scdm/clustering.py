@@ -390,9 +390,12 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     ratio
         Share of its own separation at which a boundary counts as shared.
     """
+    def in_halves(half1: np.ndarray, half2: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        return (pair_separations(half1, parts, min_size)
+                + pair_separations(half2, parts, min_size)) / 2
+
     k = int(labels.max()) + 1
-    own = (pair_separations(halves[0], labels, min_size)
-           + pair_separations(halves[1], labels, min_size)) / 2
+    own = in_halves(*halves, labels)
     bar = np.nan_to_num(ratio * own, nan=np.inf)
     separation = np.full((k, k), np.nan)
     where = np.full((k, k), "", dtype=object)
@@ -400,8 +403,7 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     carried_of = {}
     for name, (other_inputs, half1, half2) in others.items():
         carried = nearest_vote(inputs, labels, other_inputs, n_neighbors)
-        sep = (pair_separations(half1, carried, min_size)
-               + pair_separations(half2, carried, min_size)) / 2
+        sep = in_halves(half1, half2, carried)
         sep = np.pad(sep, (0, k - len(sep)), constant_values=np.nan)
         better = np.isfinite(sep) & ~(separation >= sep)
         separation[better], where[better] = sep[better], name

@@ -220,8 +220,9 @@ def subgroups(
 
     adata = adata.copy() if copy else adata  # before the halves, which are cached in adata
     rep = np.asarray(adata.obsm[use_rep], dtype=np.float64)
-    halves = (half_embeddings(adata, key, device=device, verbose=verbose) if automatic
-              else None)
+    # float64 once: every class (and the shared check) indexes its cells out of them
+    halves = (tuple(np.asarray(h, dtype=np.float64) for h in half_embeddings(
+        adata, key, device=device, verbose=verbose)) if automatic else None)
     checked_of = {}  # the cells each class is checked on (a subsample of a large class)
     for index, cls in enumerate(all_classes):
         members = np.flatnonzero((label_values == cls) & ok)
@@ -239,8 +240,7 @@ def subgroups(
             elsewhere = {} if others is None else {
                 c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
             found, class_rep, choice, shared = _checked_split(
-                np.asarray(halves[0], dtype=np.float64)[checked],
-                np.asarray(halves[1], dtype=np.float64)[checked], rep[members], sub,
+                halves[0][checked], halves[1][checked], rep[members], sub,
                 None if others is None else others[cls][0], elsewhere,
                 check={"n_neighbors": n_neighbors, "resolutions": grid,
                        "min_reproducibility": min_reproducibility, "n_null": n_null,
@@ -360,8 +360,7 @@ def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
 
     inputs = recorded_training(adata, key).inputs.X
     return {cls: (np.asarray(inputs[checked], dtype=np.float64),
-                  np.asarray(halves[0], dtype=np.float64)[checked],
-                  np.asarray(halves[1], dtype=np.float64)[checked])
+                  halves[0][checked], halves[1][checked])
             for cls, (_, _, checked) in checked_of.items()}
 
 
