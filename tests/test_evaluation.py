@@ -15,6 +15,7 @@ import scanpy as sc
 from anndata import read_h5ad
 from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
 
 import scdm
 from scdm.evaluation import linear_datamodeling_score, signal_to_noise, spearman_columns
@@ -117,8 +118,9 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
     controls = np.flatnonzero(adata.obs["disease"] == "control")
     proposal[rng.choice(controls, 20, replace=False)] = "random-set"
     adata.obs["proposal"] = pd.Categorical(proposal)
-    # against feature-space neighbourhoods of the same size (the default comparison sets); half
-    # a subtype would not pass them (the other half still supports it), a whole one does
+    # against feature-space neighbourhoods of the same size, spread over the recorded batches as
+    # the subgroup is (the default comparison sets); half a subtype would not pass them (the
+    # other half still supports it), a whole one does
     table = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=19, n_models=8,
                                        subgroups=["planted", "random-set"])
     assert list(table.index) == ["planted", "random-set"]
@@ -130,7 +132,7 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
         min(0.1, table.loc["random-set", "p_value_margin"]))
     assert (table["q_value"] >= table["p_value"]).all()
     stored = adata.uns["proposal"]["validation"]
-    assert stored["random"].shape[0] == 2 * 19 and stored["params"]["null"] == "neighbourhood"
+    assert stored["random"].shape[0] == 2 * 19 and stored["params"]["null"] == "matched"
     # reproducible with the same seed
     again = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=19, n_models=8,
                                        subgroups=["planted", "random-set"])
@@ -168,6 +170,51 @@ def test_feature_space_clusters_of_null_data_do_not_validate(tmp_path):
     assert (uniform["p_value_margin"] <= 0.1).sum() >= 3  # the unfair null passes them
     with pytest.raises(ValueError, match="null must be one of"):
         scdm.tl.validate_subgroups(adata, subgroup_key="proposal", null="uniform")
+
+
+def test_shared_regions_are_the_other_classes_clusters():
+    """Regions come from the classes other than the tested one: an unrecorded batch there
+    (Gaussian and Poisson generators) gives them; structureless data gives one region."""
+    from scdm.tl._validate import shared_regions
+
+    for adata, n_batches in (
+            (scdm.datasets.gaussian_subtypes(random_state=0), 3),
+            (scdm.datasets.planted_subtypes(n_controls=200, n_per_subtype=60, random_state=1),
+             4)):
+        X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        y = (adata.obs["disease"] != "control").to_numpy().astype(int)
+        regions = shared_regions(X, y, 1)
+        batch = adata.obs["batch"].to_numpy()[y == 1]
+        assert regions.shape == batch.shape
+        assert adjusted_rand_score(batch, regions) == 1.0, n_batches
+        # the subtypes are the disease class's own structure, not a region
+        assert adjusted_rand_score(adata.obs["subtype"].to_numpy()[y == 1], regions) < 0.05
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((300, 50)), np.repeat([0, 1], 150)
+    assert (shared_regions(X, y, 1) == 0).all()
+    strata = np.tile([5, 7], 150)  # recorded strata win, renumbered
+    assert np.array_equal(shared_regions(X, y, 1, strata=strata), np.tile([0, 1], 75))
+
+
+@pytest.mark.slow
+def test_subtypes_spread_over_an_unrecorded_batch_validate_on_raw_features(tmp_path):
+    """The default path (raw features, no stratify_key) with a batch that dominates the input:
+    neighbourhoods lie within one batch and leaving one out hurts more than leaving out a
+    subtype spread over three (the former default passed none); matched sets validate them."""
+    adata = scdm.datasets.gaussian_subtypes(
+        classes={"control": [150], "disease": [60, 60]}, random_state=1)
+    scdm.tl.train_models(adata, "disease", n_models=400, store=tmp_path / "s", random_state=1)
+    adata.obs["proposal"] = adata.obs["subtype"]
+    tested = ["disease-0", "disease-1"]
+    matched = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
+                                         n_random=19, n_models=8)
+    assert (matched["n_regions"] == 3).all() and (matched["regions_spanned"] == 3).all()
+    assert np.allclose(matched["p_value_margin"], 0.05)  # the smallest possible
+    assert (matched["margin_drop"] > 1.3 * matched["random_margin_drop"]).all()
+    former = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
+                                        n_random=19, n_models=8, null="neighbourhood")
+    assert (former["p_value_margin"] > 0.5).all()
+    assert "n_regions" not in former
 
 
 def test_signal_to_noise_separates_subset_from_seed_variance(planted):
