@@ -81,7 +81,7 @@ def comparison_sets(X: np.ndarray | None, pool: np.ndarray, size: int, n_sets: i
 
     if X is None:
         raise ValueError("the neighbourhood null needs the features the models train on.")
-    if null == "neighbourhood" or regions is None:
+    if null == "neighbourhood" or regions is None or subgroup is None:
         regions, counts = np.zeros(pool.size, dtype=np.int64), np.array([size])
     else:
         inside = np.isin(pool, subgroup)
@@ -246,7 +246,7 @@ def validate_subgroups(
                              "random sets of its own class, so each must lie within one class.")
         same_class = np.flatnonzero(y == cls[0])
         row = {"subgroup": name, "class": classes[cls[0]], "n_cells": cells.size}
-        if null == "matched":
+        if null == "matched" and space is not None:
             if cls[0] not in regions:
                 regions[cls[0]] = shared_regions(space, y, cls[0], strata=training.inputs.strata,
                                                  random_state=random_state % 2**32)
