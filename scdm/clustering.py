@@ -297,6 +297,15 @@ def extend_labels(rep: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
 # against 0.71; a subtype boundary lands at random in the other class (0.02-0.07 against
 # 0.79-0.81).
 SHARED_RATIO = 0.5
+# ... and when it leaves at most SHARED_UNEXPLAINED times the share of the other class's
+# variance within its two sides that it leaves in its own (floored at SHARED_FLOOR). Measured
+# (workflows/benchmarks/trak_benchmark.py --scale 20000 --rep raw, RESULTS.md): with 10,000
+# cells a class, a subtype boundary carried to the controls cuts their cloud along the
+# program's genes at 0.29-0.60 against 0.92-0.97 at home (so half as sharply), while batch
+# boundaries divide them at 0.91-0.94 (0.91-0.97 at home) and a gradient cut 0.45-0.54
+# against 0.71: a cut of a continuum elsewhere is not the clean boundary a batch draws.
+SHARED_UNEXPLAINED = 4.0
+SHARED_FLOOR = 0.05
 
 
 @dataclass
@@ -353,7 +362,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
                       halves: tuple[np.ndarray, np.ndarray],
                       others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
                       n_neighbors: int, min_size: int = 5,
-                      ratio: float = SHARED_RATIO) -> SharedBoundaries:
+                      ratio: float = SHARED_RATIO,
+                      unexplained: float = SHARED_UNEXPLAINED) -> SharedBoundaries:
     """Carry a partition of one class to the other classes and ask which of its boundaries
     divide them too.
 
@@ -365,7 +375,10 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     other class's), and each boundary's separation is measured in that class's two half
     embeddings (the other two arrays), whose noise the partition never saw, against its
     separation in this class's ``halves``. A boundary is shared where another class is divided
-    at least ``ratio`` times as sharply as this one.
+    at least ``ratio`` times as sharply as this one, and with at most ``unexplained`` times
+    the share of its variance left within the two sides (1 − separation; this class's share
+    floored at ``SHARED_FLOOR``): a batch boundary divides every class cleanly, a subtype
+    boundary carried to a class that lacks the program only cuts its cloud.
 
     Where boundaries are shared, the class they divide most gives the nuisance's levels: its
     points' clusters joined across the boundaries that do not divide it, and every point of
@@ -389,6 +402,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
         A boundary is measured only where both of its clusters received this many points.
     ratio
         Share of its own separation at which a boundary counts as shared.
+    unexplained
+        Most share of the variance left within the sides elsewhere, relative to here.
     """
     def in_halves(half1: np.ndarray, half2: np.ndarray, parts: np.ndarray) -> np.ndarray:
         return (pair_separations(half1, parts, min_size)
@@ -396,7 +411,9 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
 
     k = int(labels.max()) + 1
     own = in_halves(*halves, labels)
-    bar = np.nan_to_num(ratio * own, nan=np.inf)
+    # as sharply (ratio) and about as cleanly (unexplained share) as at home
+    bar = np.maximum(ratio * own, 1 - unexplained * np.maximum(1 - own, SHARED_FLOOR))
+    bar = np.nan_to_num(bar, nan=np.inf)
     separation = np.full((k, k), np.nan)
     where = np.full((k, k), "", dtype=object)
     best: tuple[int, float, str] | None = None  # (shared boundaries, separation, class)
@@ -433,6 +450,48 @@ def merge_shared(labels: np.ndarray, shared: np.ndarray) -> np.ndarray:
     from scipy.sparse.csgraph import connected_components
 
     merged = connected_components(sparse.csr_matrix(shared), directed=False)[1]
+    return _by_size(merged[labels])
+
+
+LEVEL_PURITY = 0.8  # share of a cluster's points in one level for it to belong to that level
+
+
+def match_across_levels(labels: np.ndarray, points: np.ndarray, levels: np.ndarray,
+                        purity: float = LEVEL_PURITY) -> np.ndarray:
+    """``labels`` with the clusters that are copies of one another in different levels of a
+    nuisance joined, numbered by size.
+
+    Centring within levels takes out a nuisance's mean shift, not its interaction with the
+    biology: attribution is a gradient, and a batch that shifts the input also turns every
+    subtype's direction, so at scale a class can still fall into subtype × batch clusters
+    (measured: 9 clusters for 3 subtypes × 3 batches at 10,000 cells a class). A cluster with
+    at least ``purity`` of its points in one level belongs to it; between every two levels,
+    clusters that are each other's nearest (mutual nearest centroids in ``points``) are the
+    same group seen through two levels and are joined (connected components). Clusters that
+    span levels are left as they are; a cluster of one level with no counterpart in another
+    stays on its own only if it is not that level's mutual nearest match.
+    """
+    from itertools import combinations
+
+    from scipy.sparse.csgraph import connected_components
+
+    k = int(labels.max()) + 1
+    level_of = np.full(k, -1)
+    centroids = np.zeros((k, points.shape[1]))
+    for c in range(k):
+        inside = labels == c
+        counts = np.bincount(levels[inside])
+        if counts.sum() and counts.max() >= purity * counts.sum():
+            level_of[c] = counts.argmax()
+        centroids[c] = points[inside].mean(0)
+    joined = np.zeros((k, k), dtype=bool)
+    for a, b in combinations(np.unique(level_of[level_of >= 0]), 2):
+        left, right = np.flatnonzero(level_of == a), np.flatnonzero(level_of == b)
+        distance = ((centroids[left, None] - centroids[None, right]) ** 2).sum(-1)
+        for i, j in enumerate(distance.argmin(1)):
+            if distance[:, j].argmin() == i:
+                joined[left[i], right[j]] = True
+    merged = connected_components(sparse.csr_matrix(joined), directed=False)[1]
     return _by_size(merged[labels])
 
 

@@ -108,7 +108,10 @@ def describe_evidence(e: dict) -> str:
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")
-        return text + (f". Found after taking out a shared partition: {removed}"
+        joined = (f"; {shared['matched_across_levels']} more clusters were copies of these "
+                  "subgroups in other levels of that nuisance and were joined to them"
+                  if shared and shared.get("matched_across_levels") else "")
+        return text + (f". Found after taking out a shared partition: {removed}{joined}"
                        if shared else "")
     # a miss is the check's safe failure, but it must not read as "shown to be homogeneous"
     if shared:

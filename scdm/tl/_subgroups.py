@@ -26,6 +26,7 @@ from ..clustering import (
     choose_resolution,
     extend_labels,
     leiden_labels,
+    match_across_levels,
     merge_shared,
     n_substantial,
     shared_boundaries,
@@ -341,6 +342,13 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
                                                                       n_neighbors))
     found = cluster(rep, choice)
+    if found is not None:
+        # the nuisance's interaction with the biology can leave group × level clusters: join
+        # the copies of one group across levels
+        matched = match_across_levels(found, rep if sub is None else rep[sub], levels)
+        if matched.max() < found.max():
+            shared["matched_across_levels"] = int(found.max() - matched.max())
+        found = matched if n_substantial(matched, min_size) > 1 else None
     if found is not None:
         # measured in the other classes with the nuisance taken out of them too
         again = shared_boundaries(found, inputs, (h1, h2),
