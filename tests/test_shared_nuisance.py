@@ -243,7 +243,7 @@ def test_match_across_levels_joins_the_copies_of_a_group():
     group_centres = 6 * rng.standard_normal((3, 8))
     turn = [np.eye(8) + 0.08 * rng.standard_normal((8, 8)) for _ in range(3)]
     group, level = np.repeat(np.arange(3), 90), np.tile(np.repeat(np.arange(3), 30), 3)
-    points = np.stack([turn[lv] @ group_centres[g] for g, lv in zip(group, level)])
+    points = np.stack([turn[lv] @ group_centres[g] for g, lv in zip(group, level, strict=True)])
     points += 0.5 * rng.standard_normal(points.shape)
     clusters = group * 3 + level
     matched = clustering.match_across_levels(clusters, points, level)
