@@ -132,7 +132,7 @@ def test_planted_subtype_validates_and_random_subset_does_not(evaluated, tmp_pat
         min(0.1, table.loc["random-set", "p_value_margin"]))
     assert (table["q_value"] >= table["p_value"]).all()
     stored = adata.uns["proposal"]["validation"]
-    assert stored["random"].shape[0] == 2 * 19 and stored["params"]["null"] == "matched"
+    assert stored["random"].shape[0] == 2 * 19 and stored["params"]["null"] == "cuts"
     # reproducible with the same seed
     again = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", n_random=19, n_models=8,
                                        subgroups=["planted", "random-set"])
@@ -198,23 +198,51 @@ def test_shared_regions_are_the_other_classes_clusters():
 
 @pytest.mark.slow
 def test_subtypes_spread_over_an_unrecorded_batch_validate_on_raw_features(tmp_path):
-    """The default path (raw features, no stratify_key) with a batch that dominates the input:
-    neighbourhoods lie within one batch and leaving one out hurts more than leaving out a
-    subtype spread over three (the former default passed none); matched sets validate them."""
+    """The default path (raw features, no stratify_key) with a batch that dominates the input.
+    Sets of the nearest cells lie within one batch, and leaving one out hurts more than leaving
+    out a subtype spread over three (the former default validated none); comparison sets
+    spread over the batches like the subtype validate them, and cuts of a batch cluster of null
+    data do not validate against cuts."""
+    from scdm.tl._validate import comparison_sets, shared_regions
+
     adata = scdm.datasets.gaussian_subtypes(
         classes={"control": [150], "disease": [60, 60]}, random_state=1)
     scdm.tl.train_models(adata, "disease", n_models=400, store=tmp_path / "s", random_state=1)
     adata.obs["proposal"] = adata.obs["subtype"]
     tested = ["disease-0", "disease-1"]
-    matched = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
-                                         n_random=19, n_models=8)
-    assert (matched["n_regions"] == 3).all() and (matched["regions_spanned"] == 3).all()
-    assert np.allclose(matched["p_value_margin"], 0.05)  # the smallest possible
-    assert (matched["margin_drop"] > 1.3 * matched["random_margin_drop"]).all()
-    former = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
-                                        n_random=19, n_models=8, null="neighbourhood")
-    assert (former["p_value_margin"] > 0.5).all()
-    assert "n_regions" not in former
+    for null in ("cuts", "neighbourhood"):
+        table = scdm.tl.validate_subgroups(adata, subgroup_key="proposal", subgroups=tested,
+                                           n_random=19, n_models=8, null=null)
+        assert (table["n_regions"] == 3).all() and (table["regions_spanned"] == 3).all()
+        assert np.allclose(table["p_value_margin"], 0.05)  # the smallest possible
+        assert (table["margin_drop"] > 1.3 * table["random_margin_drop"]).all()
+    # why the former sets failed: without the regions each set is a whole batch (40 cells
+    # of the class) and the rest from a second one, where the subtype has ~20 in each
+    X, y = np.asarray(adata.X), (adata.obs["disease"] == "disease").to_numpy().astype(int)
+    pool, batch = np.flatnonzero(y == 1), adata.obs["batch"].to_numpy()
+    subtype = np.flatnonzero(adata.obs["subtype"] == "disease-0")
+    rng = np.random.default_rng(0)
+    plain = comparison_sets(X, pool, subtype.size, 10, rng, "neighbourhood")
+    most = pd.Series(batch[subtype]).value_counts().max()
+    assert all(pd.Series(batch[s]).value_counts().max() == 40 > 1.5 * most for s in plain)
+    regions = shared_regions(X, y, 1)
+    for null in ("cuts", "neighbourhood"):
+        for s in comparison_sets(X, pool, subtype.size, 10, rng, null, regions, subtype):
+            assert s.size == subtype.size
+            assert (pd.Series(batch[s]).value_counts().sort_index().to_numpy()
+                    == pd.Series(batch[subtype]).value_counts().sort_index().to_numpy()).all()
+
+    null = scdm.datasets.gaussian_subtypes(
+        classes={"control": [150], "disease": [120]}, random_state=3)
+    scdm.tl.train_models(null, "disease", n_models=400, store=tmp_path / "n", random_state=3)
+    disease = np.flatnonzero(null.obs["disease"] == "disease")
+    clusters = KMeans(4, n_init=10, random_state=0).fit_predict(np.asarray(null.X)[disease])
+    proposal = np.full(null.n_obs, "control", dtype=object)
+    proposal[disease] = [f"cluster-{c}" for c in clusters]
+    null.obs["proposal"] = pd.Categorical(proposal)
+    table = scdm.tl.validate_subgroups(null, subgroup_key="proposal", n_random=19, n_models=8,
+                                       subgroups=[f"cluster-{c}" for c in range(4)])
+    assert (table["q_value_margin"] > 0.05).all() and (table["q_value"] > 0.05).all()
 
 
 def test_signal_to_noise_separates_subset_from_seed_variance(planted):

@@ -18,7 +18,13 @@ from ..get import UNASSIGNED
 from ._recorded import RecordedTraining, check_n_models, recorded_training
 from ._retrain import heldout_performance, retrain_without
 
-NULL_SETS = ("matched", "neighbourhood", "random")
+NULL_SETS = ("cuts", "neighbourhood", "random")
+# A cut is made along a random direction of a region's top CUT_AXES principal axes, weighted by
+# their singular values, as a clustering cut runs. Measured (workflows/benchmarks/validation.py,
+# RESULTS.md): along all axes (covariance-weighted directions) 4 of 24 k-means cuts of Gaussian
+# null data still validated; along the top 3, none of 36 (Gaussian and Poisson), while 31 of 33
+# true subtypes did.
+CUT_AXES = 3
 
 # Shared regions are the clusters of the other classes in the models' input, if they have any:
 # k-means for k = 2..MAX_REGIONS, kept when its silhouette reaches REGION_SILHOUETTE. Measured
@@ -70,28 +76,39 @@ def comparison_sets(X: np.ndarray | None, pool: np.ndarray, size: int, n_sets: i
                     rng: np.random.Generator, null: str,
                     regions: np.ndarray | None = None,
                     subgroup: np.ndarray | None = None) -> list[np.ndarray]:
-    """``n_sets`` sets of ``size`` observations of ``pool``: uniform draws (``"random"``);
-    the ``size`` nearest members of ``pool`` (rows of ``X``) to a random member
-    (``"neighbourhood"``); or (``"matched"``) as many members of every region as
-    ``subgroup`` has there, in each region the nearest ones to a random member of it
-    (``regions``: a code per member of ``pool``)."""
+    """``n_sets`` sets of ``size`` observations of ``pool``.
+
+    ``"random"``: uniform draws. Otherwise each set takes as many members of every region
+    (``regions``: a code per member of ``pool``; one region if ``None``) as ``subgroup`` has
+    there, and within a region the members nearest to a random member of it
+    (``"neighbourhood"``, rows of ``X``) or the members furthest along a random direction of
+    the region's top ``CUT_AXES`` principal axes (``"cuts"``).
+    """
     if null == "random":
         return [np.sort(rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
     from sklearn.neighbors import NearestNeighbors
 
     if X is None:
-        raise ValueError("the neighbourhood null needs the features the models train on.")
-    if null == "neighbourhood" or regions is None or subgroup is None:
+        raise ValueError(f"the {null} null needs the features the models train on.")
+    if regions is None or subgroup is None:
         regions, counts = np.zeros(pool.size, dtype=np.int64), np.array([size])
     else:
-        inside = np.isin(pool, subgroup)
-        counts = np.bincount(regions[inside], minlength=int(regions.max()) + 1)
+        counts = np.bincount(regions[np.isin(pool, subgroup)],
+                             minlength=int(regions.max()) + 1)
     parts = []
     for region in np.flatnonzero(counts):
-        local = pool[regions == region]
-        index = NearestNeighbors(n_neighbors=int(counts[region])).fit(X[local])
-        centres = rng.choice(local.size, n_sets, replace=n_sets > local.size)
-        parts.append(local[index.kneighbors(X[local[centres]], return_distance=False)])
+        local, count = pool[regions == region], int(counts[region])
+        if null == "cuts":
+            centred = X[local] - X[local].mean(0)
+            _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+            m = min(CUT_AXES, singular.size)
+            directions = (rng.standard_normal((n_sets, m)) * singular[:m]) @ axes[:m]
+            order = np.argsort(-(centred @ directions.T), axis=0, kind="stable")[:count]
+            parts.append(local[order.T])
+        else:
+            index = NearestNeighbors(n_neighbors=count).fit(X[local])
+            centres = rng.choice(local.size, n_sets, replace=n_sets > local.size)
+            parts.append(local[index.kneighbors(X[local[centres]], return_distance=False)])
     return [np.sort(np.concatenate([part[s] for part in parts])) for s in range(n_sets)]
 
 
@@ -116,7 +133,7 @@ def validate_subgroups(
     key: str = "datamodels",
     subgroup_key: str = "datamodels_subgroup",
     subgroups: Sequence[str] | None = None,
-    null: str = "matched",
+    null: str = "cuts",
     n_random: int = 99,
     n_models: int = 16,
     min_size: int = 5,
@@ -139,26 +156,30 @@ def validate_subgroups(
     The comparison sets matter. Any coherent region of feature space loses support when it is
     left out whole, so a subgroup compared with sets drawn uniformly from its class always
     "validates", even a cluster of structureless data (measured: every such cluster got the
-    smallest p-value). The comparison sets are therefore neighbourhoods: the cells of its class
-    nearest to a random cell of it, in the representation the models were trained on
-    (``use_rep``/``layer``, unscaled). With ``null="matched"`` (the default) they are also
-    spread like the subgroup over the structure the classes share: the regions of
-    :func:`shared_regions` (the recorded ``stratify_key``, else the clusters of the other
-    classes, such as an unrecorded batch), each set taking as many cells of every region as
-    the subgroup has there, in each region a neighbourhood. Without that, a subtype spread
-    over three batches was compared with neighbourhoods inside one batch, which any model of
-    batch-dominated input treats as a unit more than the subtype (measured on raw features
-    with a batch: 0 of 15 true subtypes validated with ``null="neighbourhood"``, the former
-    default; 15 of 15 matched). Where the other classes have no clusters the two nulls are the
-    same. Measured on k-means clusters of structureless data
-    (``workflows/benchmarks/validation.py``): none of 12 validates on Poisson data, but about
-    one in five k-means *cuts through* a batch cluster of Gaussian data still does, with
-    either null: leaving out such a cut lowers its margins more than leaving out a
-    neighbourhood of its size. A subgroup that is itself a tight, isolated cluster of the input
-    features cannot beat neighbourhoods (they are the same sets) and will not validate here;
-    expression clustering already shows it. ``null="random"`` restores uniform sets (a weaker
-    check). With many classes, the other classes' cell types are regions too, and a subtype
-    whose cells sit nearest to different other types is compared within them: stricter.
+    smallest p-value). The comparison sets are therefore as coherent as a cluster of the
+    models' input (``use_rep``/``layer``, unscaled) can be, and spread like the subgroup over
+    the structure the classes share:
+
+    - *Regions* (:func:`shared_regions`): the recorded ``stratify_key``, else the clusters of
+      the other classes, such as an unrecorded batch. Each comparison set takes as many cells
+      of every region as the subgroup has there. Without that, a subtype spread over three
+      batches was compared with sets inside one batch, which a model of batch-dominated input
+      treats as a unit more than the subtype (measured on raw features with a batch: 0 of 15
+      true subtypes validated; 15 of 15 with region-matched sets).
+    - *Shape*: with ``null="cuts"`` (the default), within each region the cells furthest along
+      a random direction of the region's top principal axes — the shape a clustering cut has.
+      With ``null="neighbourhood"``, the cells nearest to a random cell of the region (the
+      former default, then without regions). A cut through a cluster is left out with
+      support on one side only, and loses more than a neighbourhood of its size: against
+      neighbourhoods, 7 of 36 k-means clusters of structureless data validated (all cuts
+      through a batch cluster of Gaussian data), against cuts none, while 31 of 33 true
+      subtypes still did (``workflows/benchmarks/validation.py``).
+
+    A subgroup that is itself a tight, isolated cluster of the input features cannot beat such
+    sets (some of them are the same cells) and will not validate here; expression clustering
+    already shows it. ``null="random"`` restores uniform sets (a weaker check). With many
+    classes, the other classes' cell types are regions too, and a subtype whose cells sit
+    nearest to different other types is compared within them: stricter.
 
     A small p-value says that the classifier treats the subgroup as a unit; whether that unit
     is biology is for its markers and known nuisances (``stratify_key``, donors) to tell.
@@ -178,7 +199,7 @@ def validate_subgroups(
     subgroups
         Subgroups to test (default: all).
     null
-        ``"matched"``, ``"neighbourhood"`` or ``"random"`` comparison sets (see above).
+        ``"cuts"``, ``"neighbourhood"`` or ``"random"`` comparison sets (see above).
     n_random
         Comparison sets per subgroup; the smallest attainable p-value is
         ``1 / (n_random + 1)`` (0.01 by default, so that q ≤ 0.01 is reachable).
@@ -200,7 +221,7 @@ def validate_subgroups(
     -------
     The table (a DataFrame, one row per subgroup) if not ``copy``, else the annotated copy.
     Columns: ``class``, ``n_cells``, ``n_regions`` / ``regions_spanned`` (the class's shared
-    regions and how many the subgroup has cells in; ``null="matched"``), ``status``,
+    regions and how many the subgroup has cells in; not with ``null="random"``), ``status``,
     baseline/held-out accuracy and margin, the drops and the comparison sets' mean drops,
     ``p_value`` / ``q_value`` (accuracy) and ``p_value_margin`` / ``q_value_margin``. Also sets
     ``adata.uns[subgroup_key]["validation"]`` with ``"table"``, ``"random"`` (the baseline
@@ -246,7 +267,7 @@ def validate_subgroups(
                              "random sets of its own class, so each must lie within one class.")
         same_class = np.flatnonzero(y == cls[0])
         row = {"subgroup": name, "class": classes[cls[0]], "n_cells": cells.size}
-        if null == "matched" and space is not None:
+        if space is not None:
             if cls[0] not in regions:
                 regions[cls[0]] = shared_regions(space, y, cls[0], strata=training.inputs.strata,
                                                  random_state=random_state % 2**32)

@@ -2,8 +2,9 @@
 
 For each scenario of the suite in ``subgroups.py`` (trained with scdm's defaults on the
 representations ``--reps``; ``--cache`` shares them with that script) and each comparison null
-(``matched``: neighbourhoods spread over the other classes' regions as the subgroup is, the
-default; ``neighbourhood``: plain neighbourhoods; ``random``: uniform sets),
+(``cuts``, the default: in every region the other classes share, as many cells as the
+subgroup has there, furthest along a random direction of the region's top principal axes;
+``neighbourhood``: the same regions, the cells nearest a random cell; ``random``: uniform),
 ``validate_subgroups`` runs with its defaults (99 comparison sets, 16 models each) on:
 
 - null scenarios (no subtypes): k-means clusters (k = 4) of the disease cells in the features
@@ -15,7 +16,7 @@ Goal (issues 13, 27): q > 0.05 for the clusters of null data, q ≤ 0.05 for tru
 every representation.
 
     python workflows/benchmarks/validation.py [--seeds 0 1 2] [--cache DIR] [--reps pca raw]
-        [--nulls matched neighbourhood random] [--scenarios P-null G-null P-3 G-3class ...]
+        [--nulls cuts neighbourhood random] [--scenarios P-null G-null P-3 G-3class ...]
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main() -> None:
     parser.add_argument("--cache", help="trained datamodels (shared with subgroups.py)")
     parser.add_argument("--reps", nargs="+", default=["pca"], choices=["pca", "raw", "scaled"],
                         help="the models' input, as in subgroups.py")
-    parser.add_argument("--nulls", nargs="+", default=list(scdm.tl._validate.NULL_SETS))
+    parser.add_argument("--nulls", nargs="+", default=["cuts", "neighbourhood"],
+                        choices=scdm.tl._validate.NULL_SETS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
     warnings.filterwarnings("ignore", category=scdm.tl._fit.DegenerateDatamodelsWarning)
