@@ -252,3 +252,18 @@ def test_match_across_levels_joins_the_copies_of_a_group():
     assert np.unique(one).size == 1
     spanning = clustering.match_across_levels(group, points, level)  # groups span levels
     assert adjusted_rand_score(group, spanning) == 1.0
+
+
+def test_evidence_says_how_many_clusters_were_joined_across_levels():
+    shared = {"resolution": 1.0, "reproducibility": 0.97, "separation": 0.9, "p_value": 0.048,
+              "n_subgroups": 9, "n_shared": 27, "n_boundaries": 36, "shared_with": ["control"],
+              "max_separation_elsewhere": 0.94, "separation_here": 0.97, "n_levels": 3,
+              "matched_across_levels": 6}
+    evidence = {"split": True, "n_subgroups": 3, "reproducibility": 0.95, "resolution": 0.5,
+                "separation": 0.8, "null_separation_max": 0.6, "p_value": 0.048,
+                "shared": shared}
+    text = scdm.get.describe_evidence(evidence)
+    assert text.startswith("3 subgroups") and "divide class control" in text
+    assert "6 more clusters were copies of these subgroups in other levels" in text
+    del shared["matched_across_levels"]
+    assert "copies" not in scdm.get.describe_evidence(evidence)
