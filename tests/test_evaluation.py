@@ -172,7 +172,7 @@ def test_feature_space_clusters_of_null_data_do_not_validate(tmp_path):
         scdm.tl.validate_subgroups(adata, subgroup_key="proposal", null="uniform")
 
 
-def test_shared_regions_are_the_other_classes_clusters():
+def test_shared_regions_are_the_other_classes_clusters(monkeypatch):
     """Regions come from the classes other than the tested one: an unrecorded batch there
     (Gaussian and Poisson generators) gives them; structureless data gives one region."""
     from scdm.tl._validate import shared_regions
@@ -189,6 +189,10 @@ def test_shared_regions_are_the_other_classes_clusters():
         assert adjusted_rand_score(batch, regions) == 1.0, n_batches
         # the subtypes are the disease class's own structure, not a region
         assert adjusted_rand_score(adata.obs["subtype"].to_numpy()[y == 1], regions) < 0.05
+        # a large other class is fitted on a subsample, with the same regions
+        monkeypatch.setattr("scdm.tl._validate.REGION_FIT_MAX", 120)
+        assert adjusted_rand_score(batch, shared_regions(X, y, 1)) == 1.0
+        monkeypatch.undo()
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((300, 50)), np.repeat([0, 1], 150)
     assert (shared_regions(X, y, 1) == 0).all()

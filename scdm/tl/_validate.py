@@ -36,6 +36,7 @@ REGION_SILHOUETTE = 0.25
 MAX_REGIONS = 8
 REGION_MIN_SIZE = 10  # other-class cells per region at least, so that a region is a cluster
 REGION_SAMPLE = 2000  # cells the silhouette is measured on
+REGION_FIT_MAX = 20_000  # other-class cells the regions are fitted on, at most
 
 
 def shared_regions(X: np.ndarray, y: np.ndarray, cls: int, *, strata: np.ndarray | None = None,
@@ -58,6 +59,9 @@ def shared_regions(X: np.ndarray, y: np.ndarray, cls: int, *, strata: np.ndarray
     if strata is not None:
         return np.unique(strata[members], return_inverse=True)[1]
     other = np.flatnonzero(y != cls)
+    if other.size > REGION_FIT_MAX:  # the regions of a large class from a random subsample
+        rng = np.random.default_rng(random_state)
+        other = np.sort(rng.choice(other, REGION_FIT_MAX, replace=False))
     best, best_score = None, REGION_SILHOUETTE
     for k in range(2, min(MAX_REGIONS, other.size // REGION_MIN_SIZE) + 1):
         codes = KMeans(k, n_init=4, random_state=random_state % 2**32).fit_predict(X[other])
