@@ -473,8 +473,6 @@ def match_across_levels(labels: np.ndarray, points: np.ndarray, levels: np.ndarr
     """
     from itertools import combinations
 
-    from scipy.sparse.csgraph import connected_components
-
     k = int(labels.max()) + 1
     level_of = np.full(k, -1)
     centroids = np.zeros((k, points.shape[1]))
@@ -491,8 +489,7 @@ def match_across_levels(labels: np.ndarray, points: np.ndarray, levels: np.ndarr
         for i, j in enumerate(distance.argmin(1)):
             if distance[:, j].argmin() == i:
                 joined[left[i], right[j]] = True
-    merged = connected_components(sparse.csr_matrix(joined), directed=False)[1]
-    return _by_size(merged[labels])
+    return merge_shared(labels, joined)
 
 
 def carry_levels(levels: np.ndarray, inputs: np.ndarray,

@@ -257,7 +257,6 @@ def validate_subgroups(
     # cluster of that geometry is then as tight as the neighbourhoods it is compared with
     space = training.unscaled_features(adata) if null != "random" else None
 
-    base_accuracy, base_margin, _ = heldout_performance(training.store)
     rows: list[dict] = []
     regions: dict[int, np.ndarray] = {}  # per class, of its members
     sets: list[np.ndarray] = []
@@ -274,7 +273,7 @@ def validate_subgroups(
         if space is not None:
             if cls[0] not in regions:
                 regions[cls[0]] = shared_regions(space, y, cls[0], strata=training.inputs.strata,
-                                                 random_state=random_state % 2**32)
+                                                 random_state=random_state)
             row["n_regions"] = int(regions[cls[0]].max()) + 1
             row["regions_spanned"] = int(np.unique(
                 regions[cls[0]][np.isin(same_class, cells)]).size)
@@ -294,6 +293,7 @@ def validate_subgroups(
         raise ValueError(f"no subgroup of {subgroup_key!r} can be tested (sizes must lie in "
                          f"[min_size={min_size}, half the class]).")
 
+    base_accuracy, base_margin, _ = heldout_performance(training.store)
     accuracy, margin = _train_without(training, sets, n_models, seed, device, chunk_size,
                                       settings.progress(verbose))
     acc_drop = np.array([base_accuracy[s].mean() for s in sets]) - accuracy
