@@ -161,6 +161,13 @@ class TrainResult:
     extras: dict = field(default_factory=dict)
 
 
+def model_state(params: Sequence[torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+    """Model ``j``'s parameters out of stacked ones (``[k, ...]`` per tensor, as
+    :meth:`EnsembleTrainer.train` keeps them), as the store keeps a checkpoint (on the CPU,
+    tensors by position)."""
+    return {str(t): p[j].detach().cpu().clone() for t, p in enumerate(params)}
+
+
 class EnsembleTrainer:
     """Train many MLPs on subsets of one data set, all at once.
 

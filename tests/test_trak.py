@@ -424,6 +424,59 @@ def test_tl_trak_keeps_its_checkpoints_in_the_store_and_uses_them(small_trak, tm
         torch.testing.assert_close(value, saved["state"][key], rtol=0, atol=0)
 
 
+def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
+        small_trak, tmp_path, monkeypatch):
+    import scdm
+    import scdm.tl._trak as trak_module
+    from scdm.ensemble import EnsembleTrainer
+    from scdm.tl._attribution import attribution
+
+    trained: list[int] = []
+    featurized: list[int] = []
+    real_train, real_features = EnsembleTrainer.train, trak_module.mlp_features
+
+    def counting_train(self, masks, model_indices, **kwds):  # the real training, counted
+        trained.extend(int(m) for m in np.asarray(model_indices).ravel())
+        return real_train(self, masks, model_indices, **kwds)
+
+    def counting_features(*args, **kwds):
+        featurized.append(1)
+        return real_features(*args, **kwds)
+
+    monkeypatch.setattr(EnsembleTrainer, "train", counting_train)
+    monkeypatch.setattr(trak_module, "mlp_features", counting_features)
+    adata = small_trak.copy()
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path / "new", n_models=8,
+                 max_obsp=0)
+    assert sorted(trained) == list(range(8)) and len(featurized) == 1
+
+    # the same result as before, when a store filled without checkpoints retrained them
+    old = adata.copy()
+    scdm.tl.train_models(old, "disease", use_rep="X_pca", store=tmp_path / "old", n_models=8,
+                         min_heldout=0, key_added="trak")
+    trained.clear()
+    scdm.tl.trak(old, "disease", use_rep="X_pca", store=tmp_path / "old", n_models=8,
+                 max_obsp=0)
+    assert sorted(trained) == list(range(8))  # retrained from their seeds, once
+    for key in ("X_trak", "X_trak_half1", "X_trak_half2"):
+        np.testing.assert_array_equal(old.obsm[key], adata.obsm[key])
+
+    # later tools read the kept features: no gradients again, and the same numbers
+    trained.clear()
+    featurized.clear()
+    factors = attribution(adata, "trak").factors
+    scdm.tl.lds(adata, key="trak", n_models=20, store=tmp_path / "lds")
+    scdm.tl.model_count_curve(adata, key="trak")
+    assert featurized == [] and len(trained) == 20  # the evaluation models only
+    kept = list((tmp_path / "new" / trak_module.FACTORS_DIR).glob("*.pt"))
+    assert len(kept) == 1
+    kept[0].unlink()  # without them, the same factors are computed again
+    recomputed = attribution(adata, "trak").factors
+    assert len(featurized) == 1
+    for a, b in zip(factors, recomputed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):
     import scdm
 

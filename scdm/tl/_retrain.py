@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memmap import read_rows
-from ..ensemble import EnsembleTrainer, TrainResult
+from ..ensemble import EnsembleTrainer, TrainResult, model_state
 from ..store import ModelStore
 from ._recorded import RecordedTraining
 
@@ -136,8 +136,7 @@ def stored_params(training: RecordedTraining, trainer: EnsembleTrainer, models: 
     if missing:
         result = retrain_stored(training, trainer, models[missing], masks[missing])
         for j, i in enumerate(missing):
-            states[i] = {str(t): p[j].detach().cpu().clone()
-                         for t, p in enumerate(result.extras["params"])}
+            states[i] = model_state(result.extras["params"], j)
         try:
             for i in missing:
                 store.save_checkpoint(int(models[i]), states[i], masks[i])

@@ -74,14 +74,19 @@ def as_backend(backend: str | Backend) -> Backend:
 def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain | None = None,
                *, models: tuple[int, int] | None = None, backend: str | Backend = "local",
                device: str = "auto", progress: bool = True,
-               desc: str = "training models") -> None:
+               desc: str = "training models", keep_checkpoints: bool = False) -> None:
     """Train the incomplete models in ``models`` (``(start, stop)``, default all) of a store.
 
     ``recipe`` says how: a :class:`TrainingRecipe` (saved into the store first when Ray tasks
     need it), a user's ``main`` (:class:`UserMain`), or ``None``: the recipe the store holds.
     Completed models are skipped, so any split of the work gives the same store.
+    ``keep_checkpoints``: keep each new model's parameters in the store as well
+    (``STORE/checkpoints``; TRAK's checkpoints), so nothing is trained twice.
     """
     backend = as_backend(backend)
+    if keep_checkpoints and isinstance(recipe, UserMain):
+        raise ValueError("keep_checkpoints needs a training recipe: a user's main() returns "
+                         "store rows, not model parameters.")
     if not isinstance(store, ModelStore):
         store = ModelStore.open(store, writable=True)
     start, stop = check_models(models, store.n_models)
@@ -93,11 +98,12 @@ def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain
                       ray_address=backend.address, num_cpus_per_task=backend.num_cpus_per_task,
                       num_gpus_per_task=backend.num_gpus_per_task, device=device,
                       chunk_size=backend.chunk_size, max_retries=backend.max_retries,
-                      progress=progress, desc=f"{desc} (ray)", user_main=user_main)
+                      progress=progress, desc=f"{desc} (ray)", user_main=user_main,
+                      keep_checkpoints=keep_checkpoints)
     elif isinstance(recipe, UserMain):
         run_main_worker(store.path, recipe, start, stop, progress=progress)
     else:
         recipe = read_recipe(store.path) if recipe is None else recipe
         train_into_store(store, recipe.trainer(device), recipe.mask_source(),
                          np.arange(start, stop), chunk_size=backend.chunk_size,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, keep_checkpoints=keep_checkpoints)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..ensemble import model_state
 from ..store import ModelStore
 from ._recipes import MaskSource, Trainer
 
@@ -21,13 +22,16 @@ def train_into_store(
     progress: bool = True,
     desc: str = "training models",
     on_chunk: Callable[[int], None] | None = None,
+    keep_checkpoints: bool = False,
 ) -> int:
     """Train every incomplete model among ``model_indices`` (default: all) and write it.
 
     Models are trained ``chunk_size`` at a time; each chunk is written (and flagged complete)
     before the next starts, so an interrupted run loses at most one chunk and a rerun resumes.
-    ``on_chunk(trained_so_far)`` is called after each chunk. Returns the number of models
-    trained.
+    ``on_chunk(trained_so_far)`` is called after each chunk. With ``keep_checkpoints`` each
+    model's parameters are kept in the store as it is written (:meth:`ModelStore.save_checkpoint`,
+    before its row is flagged complete), so TRAK needs no second training of its checkpoints.
+    Returns the number of models trained.
     """
     completed = store.completed
     if model_indices is None:
@@ -44,10 +48,23 @@ def train_into_store(
         for start in range(0, todo.size, chunk_size):
             chunk = todo[start : start + chunk_size]
             masks = sampler.sample(chunk)
-            result = trainer.train(masks, chunk)
+            if keep_checkpoints:
+                result = trainer.train(masks, chunk, keep_params=True)
+                for j, model in enumerate(chunk):
+                    store.save_checkpoint(int(model), _checkpoint(result.extras, j), masks[j])
+            else:
+                result = trainer.train(masks, chunk)
             store.write(chunk, masks=masks, margins=result.margins,
                         heldout_accuracy=result.heldout_accuracy)
             bar.update(chunk.size)
             if on_chunk is not None:
                 on_chunk(start + chunk.size)
     return int(todo.size)
+
+
+def _checkpoint(extras: dict, j: int) -> dict:
+    """Model ``j``'s parameters as the store keeps them: the MLP trainer stacks its models'
+    tensors (``params``), the image trainer gives one state dict per model."""
+    if "state_dicts" in extras:
+        return extras["state_dicts"][j]
+    return model_state(extras["params"], j)

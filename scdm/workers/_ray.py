@@ -27,11 +27,12 @@ def import_ray():
 
 
 def _task(path: str, start: int, stop: int, device: str, chunk_size: int | None,
-          num_threads: int, user_main: UserMain | None = None) -> int:
+          num_threads: int, user_main: UserMain | None = None,
+          keep_checkpoints: bool = False) -> int:
     if user_main is not None:  # the user's main() trains; it picks its own device
         return run_main_worker(path, user_main, start, stop)
     return run_worker(path, start, stop, device=device, chunk_size=chunk_size,
-                      num_threads=num_threads)
+                      num_threads=num_threads, keep_checkpoints=keep_checkpoints)
 
 
 def task_ranges(completed: np.ndarray, start: int, stop: int, task_size: int
@@ -47,14 +48,16 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
                         device: str = "auto", chunk_size: int | None = None,
                         max_retries: int = 3, progress: bool = True,
                         desc: str = "training models (ray)",
-                        user_main: UserMain | None = None) -> int:
+                        user_main: UserMain | None = None,
+                        keep_checkpoints: bool = False) -> int:
     """Train the incomplete models in ``[start, stop)`` as Ray tasks; return how many tasks ran.
 
     Connects to ``ray_address`` (or the cluster of ``RAY_ADDRESS``), or starts a local Ray when
     none is running. ``num_gpus_per_task`` may be fractional (several tasks share a GPU); tasks
     with GPUs train on CUDA, tasks without on CPU (``device`` overrides). With ``user_main``
     the tasks call the user's ``main(index, logdir)`` instead of the store's recipe (it must
-    be importable on every node: the same module path or file).
+    be importable on every node: the same module path or file). ``keep_checkpoints``: the
+    tasks keep each model's parameters in the store too.
     """
     ray = import_ray()
     if int(task_size) < 1:
@@ -73,7 +76,8 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
     remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
                         max_retries=int(max_retries))(_task)
     threads = max(1, int(num_cpus_per_task))
-    pending = [remote.remote(path, a, b, device, chunk_size, threads, user_main)
+    pending = [remote.remote(path, a, b, device, chunk_size, threads, user_main,
+                             keep_checkpoints)
                for a, b in ranges]
     total = stop - start
     with tqdm(total=total, desc=desc, unit="model", disable=not progress) as bar:

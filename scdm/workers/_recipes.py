@@ -34,12 +34,14 @@ class TrainResult(Protocol):
 
     margins: np.ndarray
     heldout_accuracy: np.ndarray
+    extras: dict  # with keep_params: the models' parameters ("params" or "state_dicts")
 
 
 class Trainer(Protocol):
     """Trains a chunk of models from their masks and indices (seeds derive from the index)."""
 
-    def train(self, masks: np.ndarray, model_indices: np.ndarray) -> TrainResult: ...
+    def train(self, masks: np.ndarray, model_indices: np.ndarray, *,
+              keep_params: bool = False) -> TrainResult: ...
 
     def auto_chunk_size(self) -> int: ...
 

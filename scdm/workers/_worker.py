@@ -84,11 +84,12 @@ def check_models(models: tuple[int, int] | None, n_models: int) -> tuple[int, in
 
 def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "auto",
                chunk_size: int | None = None, num_threads: int | None = None,
-               progress: bool = False) -> int:
+               progress: bool = False, keep_checkpoints: bool = False) -> int:
     """Train the incomplete models in ``[start, stop)`` of the store; return how many.
 
     Idempotent: completed models are skipped, so reruns, overlapping ranges and retried tasks
-    are safe; every chunk is written before the next starts.
+    are safe; every chunk is written before the next starts. ``keep_checkpoints``: keep each
+    model's parameters in the store too (what TRAK uses).
     """
     import torch
 
@@ -101,7 +102,8 @@ def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "
     todo = todo[~store.completed[start:stop]]
     with Heartbeat(path, start, stop, int(todo.size)) as beat:
         return train_into_store(store, recipe.trainer(device), recipe.mask_source(), todo,
-                                chunk_size=chunk_size, progress=progress, on_chunk=beat.update)
+                                chunk_size=chunk_size, progress=progress, on_chunk=beat.update,
+                                keep_checkpoints=keep_checkpoints)
 
 
 # ---------------------------------------------------------------------- a user's main()
