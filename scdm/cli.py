@@ -72,6 +72,75 @@ def _fill_defaults(args: argparse.Namespace) -> None:
             setattr(args, option, _tl_default(func, parameter))
 
 
+def _columns(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+
+
+def _check_run(args: argparse.Namespace, adata, label_key: str, use_rep: str | None,
+               covariates: list[str]) -> None:
+    """Every input of ``scdm run`` checked before the estimate, the out folder or any
+    training; each message names the flag and what would work."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory (created if missing).")
+    if label_key not in adata.obs:
+        raise KeyError(f"--label-key {label_key!r} is not a column of the input's obs "
+                       f"(columns: {_columns(adata.obs.columns)}).")
+    counts = adata.obs[label_key].value_counts()
+    counts = counts[counts > 0]
+    if counts.size < 2:
+        raise ValueError(f"--label-key {label_key!r} has {counts.size} class; the models need "
+                         "at least two.")
+    if use_rep is not None and use_rep not in adata.obsm:
+        raise KeyError(f"--use-rep {use_rep!r} is not in the input's obsm (keys: "
+                       f"{_columns(adata.obsm.keys()) or 'none'}); leave it out to train on .X.")
+    for flag, column in (("--group-key", args.group_key), ("--stratify-key", args.stratify_key)):
+        if column is not None and column not in adata.obs:
+            raise KeyError(f"{flag} {column!r} is not a column of the input's obs (columns: "
+                           f"{_columns(adata.obs.columns)}).")
+    unknown = [c for c in covariates if c not in adata.obs]
+    if unknown:
+        raise KeyError(f"--covariates {unknown} are not columns of the input's obs (columns: "
+                       f"{_columns(adata.obs.columns)}).")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must lie strictly between 0 and 1, got {args.alpha}.")
+    fewest = 4 if args.method == "trak" else 1
+    if args.n_models is not None and args.n_models < fewest:
+        raise ValueError(f"--n-models must be at least {fewest} with --method {args.method}, "
+                         f"got {args.n_models}.")
+    if args.lds_models < 0:
+        raise ValueError(f"--lds-models must be 0 (no evaluation) or more, got "
+                         f"{args.lds_models}.")
+    if args.n_neighbors < 2:
+        raise ValueError(f"--n-neighbors must be at least 2, got {args.n_neighbors}.")
+    # tl.subgroups' rule: a kNN graph in each half of a class (automatic resolution)
+    halves = args.resolution is None
+    smallest = 2 * args.n_neighbors if halves else args.n_neighbors + 1
+    small = counts[counts < smallest]
+    if small.size:
+        fits = int(small.min()) // 2 if halves else int(small.min()) - 1
+        fix = (f"use --n-neighbors {fits} or lower" if fits >= 2 else
+               "leave those classes out of the input")
+        raise ValueError(
+            f"classes {small.to_dict()} have fewer than {smallest} cells, too few to check "
+            f"subgroups with --n-neighbors {args.n_neighbors}"
+            + (" on two halves" if halves else "") + f"; {fix}.")
+
+
+# tl's parameter names in messages raised after the checks above, as `scdm run`'s flags
+RUN_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "label_key", "use_rep", "group_key", "stratify_key", "n_models", "n_neighbors", "alpha",
+    "resolution", "random_state")}
+
+
+def _as_flags(message: str) -> str:
+    import re
+
+    return re.sub(r"\b(" + "|".join(RUN_FLAGS) + r")\b(=\s?)?",
+                  lambda m: RUN_FLAGS[m.group(1)] + (" " if m.group(2) else ""), message)
+
+
 def _run(args: argparse.Namespace) -> int:
     import anndata as ad
 
@@ -86,26 +155,19 @@ def _run(args: argparse.Namespace) -> int:
         source = "scanpy.datasets.pbmc68k_reduced (bundled)"
     else:
         if args.label_key is None:
-            raise SystemExit("scdm run: --label-key is required with an input file.")
+            raise ValueError("--label-key is required with an input file (the obs column "
+                             "with the class to predict).")
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"the input {args.input} does not exist or is not a file "
+                                    "(an .h5ad file).")
         adata = ad.read_h5ad(args.input)
         label_key, use_rep, source = args.label_key, args.use_rep, str(args.input)
-    if label_key in adata.obs:  # a missing column is reported by train_models
-        counts = adata.obs[label_key].value_counts()
-        smallest = 2 * args.n_neighbors if args.resolution is None else args.n_neighbors + 1
-        if (counts < smallest).any():  # refuse before training, not after
-            raise ValueError(
-                f"classes {counts[counts < smallest].to_dict()} have fewer than {smallest} "
-                f"cells, too few to check subgroups on two halves with n_neighbors="
-                f"{args.n_neighbors}; lower n_neighbors (--n-neighbors) or drop those classes.")
+    covariates = [c for c in (args.covariates.split(",") if args.covariates is not None
+                              else BUNDLED_COVARIATES if args.input is None else ()) if c]
+    _check_run(args, adata, label_key, use_rep, covariates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.store) if args.store else out / "store"
-
-    covariates = [c for c in (args.covariates.split(",") if args.covariates is not None
-                              else BUNDLED_COVARIATES if args.input is None else ()) if c]
-    unknown = [c for c in covariates if c not in adata.obs]
-    if unknown:  # before training, not after
-        raise KeyError(f"--covariates {unknown} are not columns of the input's obs.")
     from scdm.ensemble import TrainConfig
     from scdm.tl._cost import check_datamodels_cost, estimate_trak
 
@@ -513,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                      "--stratify-key; default for the bundled data: phase,n_counts,"
                      "percent_mito")
     run.add_argument("--umap", action="store_true",
-                     help="also lay out each class's embedding with UMAP for the figures "
-                     "(~10 s more)")
+                     help="also lay out each class's embedding with UMAP: an added figure "
+                     "(embedding_umap.png) beside the components (~10 s more)")
     run.add_argument("--lds-models", type=int, default=None,
                      help="evaluation models for the LDS and the model-count curve (0: skip)")
     run.add_argument("--store", help="store directory (default OUT/store)")
@@ -615,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (KeyError, ValueError, TypeError, FileNotFoundError, ImportError,
             MemoryError) as err:
-        print(f"scdm {args.command}: error: {err}", file=sys.stderr)
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        if args.command == "run":
+            message = _as_flags(message)
+        print(f"scdm {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -53,7 +53,7 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
     path = tmp_path / "in.h5ad"
     make_adata(n_obs=40).write_h5ad(path)
     assert main(["run", str(path), "--label-key", "nope", "--out", str(tmp_path / "o")]) == 2
-    assert "not a column of adata.obs" in capsys.readouterr().err
+    assert "--label-key 'nope' is not a column" in capsys.readouterr().err
     assert main(["run", str(path), "--label-key", "disease", "--covariates", "donor",
                  "--n-neighbors", "5", "--out", str(tmp_path / "o")]) == 2
     assert "--covariates ['donor']" in capsys.readouterr().err
@@ -62,7 +62,7 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
     # the fix in the message
     assert main(["run", str(path), "--label-key", "disease", "--n-models", "600", "--quiet",
                  "--lds-models", "0", "--out", str(tmp_path / "o")]) == 2
-    assert "lower n_neighbors" in capsys.readouterr().err
+    assert "use --n-neighbors 10 or lower" in capsys.readouterr().err
     assert main(["run", str(path), "--label-key", "disease", "--n-models", "600", "--quiet",
                  "--lds-models", "0", "--n-neighbors", "5", "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -86,3 +86,41 @@ def test_run_with_trak_writes_the_same_outputs(tmp_path):
     assert text.startswith("scdm trak on") and "TRAK from 40 checkpoints" in text
     page = (out / "report.html").read_text()
     assert 'id="subgroup-myeloid-0"' in page and "<script" not in page
+
+
+def test_run_refuses_bad_input_before_any_work(tmp_path, capsys):
+    """Each bad input exits 2 with the flag's name (and what would work) before the estimate,
+    the out folder or any training."""
+    path = tmp_path / "in.h5ad"
+    make_adata(n_obs=40).write_h5ad(path)
+    out = tmp_path / "o"
+    cases = [
+        (["--label-key", "nope"], "--label-key 'nope' is not a column of the input's obs "
+         "(columns: disease)"),
+        (["--label-key", "disease", "--use-rep", "X_umap"], "--use-rep 'X_umap' is not in"),
+        (["--label-key", "disease", "--group-key", "donor"], "--group-key 'donor'"),
+        (["--label-key", "disease", "--stratify-key", "batch"], "--stratify-key 'batch'"),
+        (["--label-key", "disease", "--covariates", "phase"], "--covariates ['phase']"),
+        (["--label-key", "disease", "--alpha", "1.5"], "--alpha must lie"),
+        (["--label-key", "disease", "--method", "trak", "--n-models", "2"],
+         "--n-models must be at least 4"),
+        (["--label-key", "disease", "--n-neighbors", "1"], "--n-neighbors must be at least 2"),
+        (["--label-key", "disease"], "use --n-neighbors 10 or lower"),
+        (["--label-key", "disease", "--resolution", "1", "--n-neighbors", "25"],
+         "use --n-neighbors 19 or lower"),
+        ([], "--label-key is required"),
+    ]
+    for flags, expected in cases:
+        assert main(["run", str(path), *flags, "--out", str(out)]) == 2, flags
+        printed = capsys.readouterr()
+        assert expected in printed.err, (flags, printed.err)
+        assert "Traceback" not in printed.err and "estimated" not in printed.out
+        assert not out.exists()
+    assert main(["run", str(tmp_path / "missing.h5ad"), "--label-key", "disease", "--out",
+                 str(out)]) == 2
+    assert "missing.h5ad does not exist" in capsys.readouterr().err and not out.exists()
+    a_file = tmp_path / "results"
+    a_file.write_text("kept")
+    assert main(["run", str(path), "--label-key", "disease", "--n-neighbors", "5", "--out",
+                 str(a_file)]) == 2
+    assert "--out" in capsys.readouterr().err and a_file.read_text() == "kept"

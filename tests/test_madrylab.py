@@ -347,3 +347,16 @@ def test_madrylab_directory_fields_come_from_their_spec_or_the_row_count(tmp_pat
     (logdir / "masks.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"masks\.npy is missing"):
         ModelStore.from_madrylab(logdir)
+
+
+def test_fit_asks_what_the_targets_are_only_when_the_widths_allow_both(tmp_path):
+    """Margins as wide as the masks may be on the training samples or on as many test
+    samples, so a store without a recipe must say; other widths can only be test targets."""
+    from scdm.workers._recipes import targets_are_training_samples
+
+    assert targets_are_training_samples(tmp_path, 200, 40) is False
+    with pytest.raises(ValueError, match="--targets-are-training"):
+        targets_are_training_samples(tmp_path, 40, 40)
+    assert targets_are_training_samples(tmp_path, 40, 40, stated=True) is True
+    with pytest.raises(ValueError, match="as many margin columns"):
+        targets_are_training_samples(tmp_path, 200, 40, stated=True)

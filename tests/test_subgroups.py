@@ -320,6 +320,12 @@ def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
             assert np.isfinite(back.obsm[f"X_{key}_umap"]).all()
             axes = scdm.pl.embedding(back, key=key, show=False)
             assert axes[0, 0].get_xlabel() == f"{key}_umap 1"
+            # the report adds the layout beside the components, not instead of them
+            page = scdm.pl.report(back, tmp_path / "umap" / "report.html", key=key,
+                                  figure_dir=tmp_path / "umap").read_text()
+            assert (tmp_path / "umap" / "embedding.png").exists() and (
+                tmp_path / "umap" / "embedding_umap.png").exists()
+            assert "laid out by UMAP" in page
     assert (tmp_path / "m.png").stat().st_size > 1000
     plt.close("all")
     with pytest.raises(KeyError, match="neither a column"):

@@ -108,8 +108,16 @@ def _figures(adata: AnnData, key: str, subgroup_key: str | None
         color = [c for c in (subgroup_key, info.get("params", {}).get("label_key"))
                  if c and c in adata.obs][:1]
         figures.append(("embedding.png", "The attribution embedding of each class (its own "
-                        "coordinates), coloured by subgroup.",
-                        lambda: embedding(adata, key=key, color=color, show=False)))
+                        "coordinates; the first two of its components), coloured by "
+                        "subgroup.",
+                        lambda: embedding(adata, key=key, basis=key, color=color,
+                                          show=False)))
+        if f"X_{key}_umap" in adata.obsm:  # added beside the components, not instead
+            figures.append(("embedding_umap.png", "The same embedding laid out by UMAP, each "
+                            "class on its own (UMAP can draw clusters more separated than "
+                            "they are; the subgroups are what the colours say).",
+                            lambda: embedding(adata, key=key, basis=f"{key}_umap",
+                                              color=color, show=False)))
     if groups.get("reproducibility_scan"):
         figures.append(("reproducibility.png", "How many subgroups: agreement (ARI) of the "
                         "partitions found on two independent halves of the models at each "

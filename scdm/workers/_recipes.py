@@ -191,10 +191,13 @@ def targets_are_training_samples(store_path: str | Path, masks_width: int,
     """Whether target ``j`` of a store is training sample ``j`` (its datamodel is then chosen
     on the models that did not train on it): as ``stated``, else as the store's recipe says.
 
-    A store without a recipe (made from a spec, or by MadryLab's code) must say: equal widths
-    do not tell margins on the training samples from margins on as many test samples.
+    A store without a recipe (made from a spec, or by MadryLab's code) must say when the
+    widths are equal: they do not tell margins on the training samples from margins on as
+    many test samples. Unequal widths can only be test targets.
     """
     recipe_file = Path(store_path) / RECIPE_FILE
+    if stated is None and masks_width != margins_width:
+        stated = False  # targets as wide as no training set: they can only be test targets
     if stated is None and recipe_file.exists():
         kind = json.loads(recipe_file.read_text()).get("kind", "mlp")
         stated = bool(recipe_class(kind).targets_are_training)
