@@ -161,10 +161,28 @@ def model_inputs(adata: AnnData, label_key: str, *, use_rep: str | None = None,
                        data_hash=hash_arrays(X, y, groups, *(() if strata is None else (strata,))))
 
 
+# An h5 group name cannot hold "/" (anndata warns, and says its next minor release refuses),
+# yet class and subgroup names often do ("CD4+/CD25 T Reg"). Where such names key a mapping
+# in ``uns`` they keep a look-alike (DIVISION SLASH) instead; ``uns_names`` gives the user's
+# names back, so the file writes and reads back with them intact.
+KEY_SLASH = "\u2215"
+
+
+def uns_key(name) -> str:
+    """``name`` as a key of a mapping in ``uns`` (writable to h5ad)."""
+    return str(name).replace("/", KEY_SLASH)
+
+
+def uns_names(mapping) -> dict:
+    """A mapping of ``uns`` keyed by the user's names again (see :func:`uns_key`)."""
+    return {str(k).replace(KEY_SLASH, "/"): v for k, v in (mapping or {}).items()}
+
+
 def uns_safe(value):
-    """A copy of ``value`` that anndata can write to h5ad (no None, tuples or numpy scalars)."""
+    """A copy of ``value`` that anndata can write to h5ad (no None, tuples or numpy scalars;
+    "/" in keys as :func:`uns_key` writes it)."""
     if isinstance(value, dict):
-        return {str(k): uns_safe(v) for k, v in value.items() if v is not None}
+        return {uns_key(k): uns_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [uns_safe(v) for v in value if v is not None]
     if isinstance(value, np.generic):

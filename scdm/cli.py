@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._anndata import uns_names
+
 MYELOID = ("CD14+ Monocyte", "Dendritic")
 # obs columns of pbmc68k_reduced a reviewer would check a subgroup against: cell-cycle phase,
 # library size and mitochondrial fraction (it has no donors or batches)
@@ -243,8 +245,8 @@ def _run(args: argparse.Namespace) -> int:
         "models_trained": int(info["n_completed"]),
         "mean_heldout_accuracy": float(info["mean_heldout_accuracy"]),
         "subgroups": _subgroup_summary(adata, groups),
-        "subgroup_evidence": {str(k): dict(v) for k, v in adata.uns[groups].get(
-            "reproducibility", {}).items()},
+        "subgroup_evidence": {k: dict(v) for k, v in uns_names(adata.uns[groups].get(
+            "reproducibility")).items()},
         "degenerate_datamodels": int((~adata.obs[f"{key}_ok"]).sum()),
         "composition_flags": [describe_flag(row) for _, row in flags.iterrows()],
         "seconds": {name: round(t, 1) for name, t in stages.seconds.items()},
@@ -329,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
 def _subgroup_summary(adata, groups: str, n_markers: int = 5) -> dict:
     markers = adata.uns[groups]["markers"]
     summary = {}
-    for name, size in adata.uns[groups]["sizes"].items():
+    for name, size in uns_names(adata.uns[groups]["sizes"]).items():
         top = markers[markers["subgroup"] == name].sort_values("rank")["gene"].head(n_markers)
         summary[name] = {"size": int(size), "top_markers": [str(g) for g in top]}
     return summary
@@ -340,7 +342,7 @@ def _evidence_lines(adata, groups: str) -> list[str]:
     from .get import describe_evidence
 
     return [f"  {cls}: {describe_evidence(e)}"
-            for cls, e in adata.uns[groups].get("reproducibility", {}).items()]
+            for cls, e in uns_names(adata.uns[groups].get("reproducibility")).items()]
 
 
 def _store_init(args: argparse.Namespace) -> int:

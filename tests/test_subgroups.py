@@ -377,3 +377,34 @@ def test_extend_labels_follows_the_nearest_labelled_points():
     assert clustering.check_subsample(200, None) is None
     out = clustering.extend_labels(rep, labelled, truth[labelled], n_neighbors=5)
     np.testing.assert_array_equal(out, truth)  # numbered by size: the truth's own numbers
+
+
+def test_names_with_slashes_write_and_read_back_intact(tmp_path):
+    """Cell-type names such as "CD4+/CD25 T Reg" key the per-class evidence: the file writes
+    without anndata's slash warning and reads back with the user's names."""
+    import html
+
+    from _helpers import make_adata
+
+    from scdm._anndata import uns_names
+    from scdm.get import describe_evidence
+
+    scdm.settings.verbosity = 0
+    adata = make_adata(n_obs=120)
+    names = {"control": "CD4+/CD25 T Reg", "disease": "B/plasma"}
+    adata.obs["disease"] = adata.obs["disease"].cat.rename_categories(names)
+    scdm.tl.trak(adata, "disease", n_models=8, store=tmp_path / "store")
+    scdm.tl.subgroups(adata, key="trak", n_neighbors=5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]lash.*")
+        adata.write_h5ad(tmp_path / "a.h5ad")
+    back = read_h5ad(tmp_path / "a.h5ad")
+    evidence = uns_names(back.uns["trak_subgroup"]["reproducibility"])
+    assert set(evidence) == set(names.values())
+    assert set(uns_names(back.uns["trak_subgroup"]["sizes"])) == set(
+        back.obs["trak_subgroup"].cat.categories)
+    page = scdm.pl.report(back, tmp_path / "r" / "report.html", key="trak").read_text()
+    for name in names.values():  # each class's card: its name and its evidence
+        assert html.escape(name) in page
+        assert html.escape(describe_evidence(evidence[name])[1:40]) in page
+    plt.close("all")

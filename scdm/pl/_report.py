@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._anndata import uns_names
 from ..get import UNASSIGNED, composition_flags, describe_evidence, describe_flag
 from ..get import subgroup_key as get_subgroup_key
 
@@ -169,7 +170,7 @@ def _typical_target(adata: AnnData, key: str, subgroup_key: str | None) -> int |
         np.ones(adata.n_obs, dtype=bool)
     if subgroup_key is not None:
         names = adata.obs[subgroup_key].astype(str).to_numpy()
-        sizes = adata.uns[subgroup_key].get("sizes", {})
+        sizes = uns_names(adata.uns[subgroup_key].get("sizes"))
         for name in sorted((g for g in sizes if g != UNASSIGNED), key=lambda g: -sizes[g]):
             members = np.flatnonzero((names == name) & ok)
             if members.size:
@@ -285,8 +286,8 @@ def _classes(adata: AnnData, subgroup_key: str | None, label_key: str | None,
     if subgroup_key is None or subgroup_key not in adata.obs:
         return ('<p class="note">No subgroups computed: run scdm.tl.subgroups(adata).</p>')
     groups = adata.uns[subgroup_key]
-    sizes = groups.get("sizes", {})
-    evidence = groups.get("reproducibility", {})
+    sizes = uns_names(groups.get("sizes"))
+    evidence = uns_names(groups.get("reproducibility"))
     labels = adata.obs[label_key].astype(str) if label_key in adata.obs else None
     names = adata.obs[subgroup_key].astype(str)
     parts = []

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._anndata import uns_names
 from ..get import UNASSIGNED
 from ._plots import category_palette, classes_to_draw, finish_figure, new_axes
 
@@ -247,11 +248,11 @@ def reproducibility(
     import matplotlib.pyplot as plt
 
     info = _subgroup_info(adata, key)
-    scans = info.get("reproducibility_scan")
+    scans = uns_names(info.get("reproducibility_scan"))
     if not scans:
         raise KeyError(f"adata.uns[{key!r}] has no reproducibility scan; it is made by "
                        "scdm.tl.subgroups(adata) with resolution=None (the default).")
-    evidence = info.get("reproducibility", {})
+    evidence = uns_names(info.get("reproducibility"))
     threshold = float(info["params"]["min_reproducibility"])
     fig, axes = plt.subplots(1, len(scans), squeeze=False, figsize=(4.2 * len(scans), 3.2))
     for ax, (cls, scan) in zip(axes[0], scans.items(), strict=True):
