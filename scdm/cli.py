@@ -97,7 +97,8 @@ def _check_run(args: argparse.Namespace, adata, label_key: str, use_rep: str | N
     if use_rep is not None and use_rep not in adata.obsm:
         raise KeyError(f"--use-rep {use_rep!r} is not in the input's obsm (keys: "
                        f"{_columns(adata.obsm.keys()) or 'none'}); leave it out to train on .X.")
-    for flag, column in (("--group-key", args.group_key), ("--stratify-key", args.stratify_key)):
+    for flag, column in (("--group-key", args.group_key), ("--stratify-key", args.stratify_key),
+                         ("--known-key", args.known_key)):
         if column is not None and column not in adata.obs:
             raise KeyError(f"{flag} {column!r} is not a column of the input's obs (columns: "
                            f"{_columns(adata.obs.columns)}).")
@@ -166,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         label_key, use_rep, source = args.label_key, args.use_rep, str(args.input)
     covariates = [c for c in (args.covariates.split(",") if args.covariates is not None
                               else BUNDLED_COVARIATES if args.input is None else ()) if c]
+    known_key = args.known_key or ("bulk_labels" if args.input is None else None)
     _check_run(args, adata, label_key, use_rep, covariates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")  # figures go to files; no display needed
         adata.write_h5ad(out / "adata.h5ad")
         report = scdm.pl.report(
-            adata, out / "report.html", key=key, figure_dir=out,
+            adata, out / "report.html", key=key, figure_dir=out, known_key=known_key,
             title=f"scdm: {key} of {label_key!r}",
             run_info={"input": source, "command": "scdm " + " ".join(sys.argv[1:]),
                       **{f"{name} (s)": round(t, 1) for name, t in stages.seconds.items()}})
@@ -269,12 +271,15 @@ def _run(args: argparse.Namespace) -> int:
                                          for c in curve["mean_corr"]],
             "mean_lds": [round(float(c), 4) for c in curve["mean_lds"]],
             "recommendation": str(curve["recommendation"])}
-    if args.input is None:
-        # The bundled label lumps cell types together: show how subgroups split them.
-        table = adata.obs.groupby([groups, "bulk_labels"], observed=True).size()
-        summary["subgroups_vs_bulk_labels"] = {
-            str(group): {str(cell): int(n) for cell, n in counts.items() if n}
-            for group, counts in table.unstack(fill_value=0).iterrows()}
+    if known_key is not None:
+        # e.g. the bundled label lumps cell types together: how the subgroups divide them
+        from scdm.pl._report import known_table
+
+        known = known_table(adata, groups, known_key)
+        summary["subgroups_vs_known"] = {
+            "known_key": known_key,
+            "table": {str(group): {str(cell): int(n) for cell, n in counts.items() if n}
+                      for group, counts in known.T.iterrows()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"scdm {key} on {source}",
@@ -319,6 +324,13 @@ def _run(args: argparse.Namespace) -> int:
     for name, group in summary["subgroups"].items():
         markers = ", ".join(group["top_markers"]) or "-"
         lines.append(f"  {name} ({group['size']}): {markers}")
+    if known_key is not None:
+        width = max(len(str(c)) for c in known.index)
+        lines.append(f"subgroups and the known {known_key!r} (cells):")
+        lines.append("  " + " " * width + "  " + "  ".join(str(g) for g in known.columns))
+        lines += ["  " + f"{cell:<{width}}  " + "  ".join(
+            f"{int(n):>{len(str(g))}}" for g, n in zip(known.columns, row, strict=True))
+            for cell, row in known.iterrows()]
     lines.append(f"report (one page, opens offline): {report}")
     lines.append(f"results: {out / 'adata.h5ad'} (obsm/obs/uns {key!r}, obs {groups!r}); "
                  f"figures ({len(figures)} PNG) in {out}")
@@ -576,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                      "against (donor, batch, QC metrics), besides --group-key and "
                      "--stratify-key; default for the bundled data: phase,n_counts,"
                      "percent_mito")
+    run.add_argument("--known-key", help="obs column of known annotations (e.g. finer cell "
+                     "types) to tabulate against the subgroups in the report and summary "
+                     "(default for the bundled data: bulk_labels)")
     run.add_argument("--umap", action="store_true",
                      help="also lay out each class's embedding with UMAP: an added figure "
                      "(embedding_umap.png) beside the components (~10 s more)")

@@ -222,13 +222,17 @@ class ResolutionChoice:
                     "best_reproducibility": float(row["reproducibility"]),
                     "separation": float(row["separation"]),
                     "null_separation_max": float(row["null_separation_max"]),
-                    "p_value": float(row["p_value"])}
+                    "p_value": float(row["p_value"]), **self._n_null(row)}
         row = self.table.set_index("resolution").loc[self.resolution]
         return {"split": True, "resolution": float(self.resolution),
                 "reproducibility": float(row["reproducibility"]),
                 "separation": float(row["separation"]),
                 "null_separation_max": float(row["null_separation_max"]),
-                "p_value": float(row["p_value"])}
+                "p_value": float(row["p_value"]), **self._n_null(row)}
+
+    @staticmethod
+    def _n_null(row) -> dict:
+        return {"n_null": int(row["n_null"])} if "n_null" in row else {}
 
 
 def check_resolutions(resolutions: Sequence[float] | None) -> tuple[float, ...]:
@@ -620,6 +624,7 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                           "null_reproducibility_max": null_rep.max(0),
                           "separation": separation, "null_separation_mean": null_sep.mean(0),
                           "null_separation_max": null_sep.max(0), "p_value": p_value,
+                          "n_null": n_null,
                           "accepted": accepted})
     if not accepted.any():
         return ResolutionChoice(None, table)

@@ -83,6 +83,19 @@ def lds_models(adata: AnnData, key: str = "datamodels") -> tuple[np.ndarray, np.
                              int(params["n_seeds"]))
 
 
+def _null_pairs(e: dict) -> str:
+    """The separation's p-value in words: how many of the null pairs it beat. ``p = 1/21``
+    read as "borderline"; it is the smallest value 20 null pairs allow."""
+    p, n = e.get("p_value"), e.get("n_null")
+    if n is None or p is None or not np.isfinite(p):
+        return f"p = {p:.3f}" if p is not None and np.isfinite(p) else "p not computed"
+    n = int(n)
+    beaten = n + 1 - round(float(p) * (n + 1))
+    if beaten == n:
+        return f"beat all {n} null pairs: p ≤ 1/{n + 1}, the smallest {n} pairs allow"
+    return f"beat {beaten} of {n} null pairs: p = {p:.2f}"
+
+
 def describe_evidence(e: dict) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report)."""
@@ -104,7 +117,8 @@ def describe_evidence(e: dict) -> str:
         text = (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
                 f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are "
                 f"more separated than in cluster-free null halves ({e['separation']:.2f} vs at "
-                f"most {e['null_separation_max']:.2f}, p = {e['p_value']:.3f}){checked}")
+                f"most {e['null_separation_max']:.2f}, a margin of "
+                f"{e['separation'] - e['null_separation_max']:.2f}; {_null_pairs(e)}){checked}")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")
@@ -123,7 +137,7 @@ def describe_evidence(e: dict) -> str:
                 "stratify_key when training, or shared_check=False to keep such splits")
     return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
             f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
-            f"separation p = {e['p_value']:.2f}){checked}. Not proof of one population: on "
+            f"its separation {_null_pairs(e)}){checked}. Not proof of one population: on "
             "planted data, classes with a subtype of ~10 % of their cells or with weak "
             "programs were often left whole")
 
@@ -146,8 +160,20 @@ def describe_flag(row) -> str:
     if row["flag"] == "imbalanced":
         return (f"{row['subgroup']}: its {row['covariate']} make-up differs from the rest of "
                 f"its class (total variation {row['imbalance']:.2f}, q = {row['q_value']:.2g}); "
-                f"it spans {row['n_levels']} {row['covariate']} levels (as many as "
-                f"{row['effective_levels']:.1f} equal ones)")
+                f"its cells come from {row['n_levels']} {row['covariate']} levels, as evenly "
+                f"as {row['effective_levels']:.1f} equally sized levels would be")
     return (f"{row['subgroup']}: {row['covariate']} is shifted against the rest of its class "
-            f"(mean {row['mean']:.4g} vs {row['class_mean']:.4g} in the class, AUC "
-            f"{row['auc']:.2f}, q = {row['q_value']:.2g})")
+            f"(mean {format_number(row['mean'])} vs {format_number(row['class_mean'])} in the "
+            "class; a cell of "
+            f"the subgroup has the higher value in {row['auc']:.0%} of pairs with the rest, "
+            f"AUC {row['auc']:.2f}; q = {row['q_value']:.2g})")
+
+
+def format_number(x) -> str:
+    """A number for people: 3,012 rather than 3.01e+03."""
+    x = float(x)
+    if not np.isfinite(x):
+        return str(x)
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"

@@ -45,7 +45,13 @@ def test_run_on_bundled_data_writes_its_outputs(tmp_path):
     assert all(name.startswith(("myeloid-", "other-")) or name == "unassigned"
                for name in groups)
     assert "subgroups (size: top markers):" in (tmp_path / "o" / "summary.txt").read_text()
-    assert set(summary["subgroups_vs_bulk_labels"]) == set(groups)
+    known = summary["subgroups_vs_known"]
+    assert known["known_key"] == "bulk_labels" and set(known["table"]) == set(groups)
+    assert "subgroups and the known 'bulk_labels' (cells):" in text
+    assert 'id="known"' in page and "CD14+ Monocyte" in page
+    # how to read the page comes first
+    assert page.index('id="reading"') < page.index('id="overview"')
+    assert "50 PCs of 765 features" in page
     assert bundled_pbmc().obs["lineage"].cat.categories.tolist() == ["myeloid", "other"]
 
 

@@ -83,6 +83,22 @@ def test_report_is_self_contained_and_complete(reported, tmp_path):
     assert stamp.sub("", again) == stamp.sub("", page)
 
 
+def test_report_reads_first_names_the_input_and_tabulates_known_types(reported, tmp_path):
+    adata, _ = reported
+    page = scdm.pl.report(adata, tmp_path / "k.html", known_key="subtype").read_text()
+    assert page.index('id="reading"') < page.index('id="overview"') < page.index(
+        'id="subgroups"')
+    assert "models&#x27; input" in page and "20 PCs of 200 features" in page
+    table = page[page.index('id="known"'):]
+    assert all(f"<td>{t}</td>" in table for t in adata.obs["subtype"].unique())
+    # composition lines only on the cards of classes that were split
+    cards = re.findall(r'id="subgroup-(control-\d+)".*?</div>', page, flags=re.S)
+    assert cards and all("<b>composition</b>" not in c for c in cards)
+    assert "<b>composition</b>" in page
+    with pytest.raises(KeyError, match="known_key"):
+        scdm.pl.report(adata, tmp_path / "bad.html", known_key="nope")
+
+
 def test_report_bad_input(reported, tmp_path):
     adata, _ = reported
     with pytest.raises(KeyError, match="run scdm"):

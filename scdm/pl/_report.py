@@ -17,7 +17,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .._anndata import uns_names
-from ..get import UNASSIGNED, composition_flags, describe_evidence, describe_flag
+from ..get import (
+    UNASSIGNED,
+    composition_flags,
+    describe_evidence,
+    describe_flag,
+    format_number,
+)
 from ..get import subgroup_key as get_subgroup_key
 
 _STYLE = """
@@ -181,7 +187,7 @@ def _typical_target(adata: AnnData, key: str, subgroup_key: str | None) -> int |
 
 def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> str:
     info = adata.uns.get(key, {})
-    numbers = [("cells", adata.n_obs), ("features", adata.n_vars)]
+    numbers = [("cells", adata.n_obs), ("models' input", models_input(adata, info))]
     if "n_completed" in info:
         numbers.append(("models trained", int(info["n_completed"])))
     if "mean_heldout_accuracy" in info:
@@ -212,6 +218,25 @@ def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> 
     return "".join(parts)
 
 
+def models_input(adata: AnnData, info: Mapping) -> str:
+    """What the models trained on, in words: "50 PCs of 765 features", not the 765 alone."""
+    params = info.get("params", {}) if isinstance(info, Mapping) else {}
+    use_rep, layer = params.get("use_rep"), params.get("layer")
+    features = f"{adata.n_vars:,} features"
+    if use_rep and use_rep in adata.obsm:
+        dims = np.shape(adata.obsm[use_rep])[1]
+        if use_rep == "X_pca":
+            return f"{dims} PCs of {features}"
+        return f"{dims} dims of {use_rep}"
+    return f"{features} (layer {layer})" if layer else features
+
+
+def known_table(adata: AnnData, subgroup_key: str, known_key: str) -> pd.DataFrame:
+    """Cells of each known annotation (rows) in each subgroup (columns), non-empty only."""
+    table = pd.crosstab(adata.obs[known_key].astype(str), adata.obs[subgroup_key].astype(str))
+    return table.loc[table.sum(1) > 0, table.sum(0) > 0]
+
+
 def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:
     parts = []
     for name, entry in ((key, adata.uns.get(key, {})),
@@ -232,7 +257,7 @@ def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:
 
 
 def _subgroup_card(adata: AnnData, subgroup_key: str, name: str, size: int,
-                   n_markers: int) -> str:
+                   n_markers: int, composition_lines: bool = True) -> str:
     groups = adata.uns[subgroup_key]
     parts = []
     table = groups.get("markers")
@@ -254,7 +279,7 @@ def _subgroup_card(adata: AnnData, subgroup_key: str, name: str, size: int,
                 f"{_fmt(float(row['q_value_margin']), 2)})")
         else:
             parts.append(f"<b>validation</b>: {escape(str(row.get('status')))}")
-    composition = groups.get("composition")
+    composition = groups.get("composition") if composition_lines else None
     flagged = False
     if composition is not None and len(composition):
         rows = composition[composition["subgroup"].astype(str) == name]
@@ -263,14 +288,16 @@ def _subgroup_card(adata: AnnData, subgroup_key: str, name: str, size: int,
             flag = str(row["flag"])
             flagged |= flag in ("dominated", "shifted")
             if row["kind"] == "numeric":
-                what = (f"mean {_fmt(float(row['mean']))} (class {_fmt(float(row['class_mean']))}"
-                        f", AUC {_fmt(float(row['auc']), 2)})")
+                what = (f"mean {format_number(row['mean'])} (class "
+                        f"{format_number(row['class_mean'])}; a cell "
+                        f"of the subgroup has the higher value in "
+                        f"{float(row['auc']):.0%} of pairs with the rest)")
             else:
                 what = (f"{_fmt(float(row['dominant_fraction']) * 100, 3)}% "
                         f"{escape(str(row['dominant']))} (class "
-                        f"{_fmt(float(row['class_fraction']) * 100, 3)}%), spans "
-                        f"{int(row['n_levels'])} (≈ {_fmt(float(row['effective_levels']), 2)} "
-                        "equal)")
+                        f"{_fmt(float(row['class_fraction']) * 100, 3)}%); from "
+                        f"{int(row['n_levels'])} levels, as evenly as "
+                        f"{_fmt(float(row['effective_levels']), 2)} equal ones would be")
             verdict = (f' <span class="flag">{escape(flag)}</span>' if flag else "")
             lines.append(f"{escape(str(row['covariate']))}: {what}, q = "
                          f"{_fmt(float(row['q_value']), 2)}{verdict}")
@@ -299,7 +326,9 @@ def _classes(adata: AnnData, subgroup_key: str | None, label_key: str | None,
         text = (sentence[:1].upper() + sentence[1:] + "." if cls in evidence else
                 f"{len(members)} subgroup(s) at a fixed resolution (not checked for "
                 "reproducibility).")
-        cards = "".join(_subgroup_card(adata, subgroup_key, g, int(sizes[g]), n_markers)
+        # a class left whole has nothing to compare its one subgroup's make-up with
+        cards = "".join(_subgroup_card(adata, subgroup_key, g, int(sizes[g]), n_markers,
+                                       composition_lines=len(members) > 1)
                         for g in members)
         unassigned = int(((names == UNASSIGNED) & in_class).sum())
         extra = (f'<p class="note">{unassigned} cells unassigned (degenerate datamodels or '
@@ -320,6 +349,7 @@ def report(
     run_info: Mapping[str, object] | None = None,
     n_markers: int = 6,
     figure_dir: str | Path | None = None,
+    known_key: str | None = None,
 ) -> Path:
     """Write one self-contained HTML page of an attribution analysis.
 
@@ -348,6 +378,9 @@ def report(
         Marker genes listed per subgroup card.
     figure_dir
         Also write each figure there as a PNG (``scdm run`` does).
+    known_key
+        An obs column of known annotations (e.g. finer cell types): the page adds a table of
+        how the subgroups divide them.
 
     Returns
     -------
@@ -365,6 +398,8 @@ def report(
         raise KeyError(f"subgroup_key={subgroup_key!r} has no results; run "
                        "scdm.tl.subgroups(adata) first.")
     label_key = adata.uns[key].get("params", {}).get("label_key")
+    if known_key is not None and known_key not in adata.obs:
+        raise KeyError(f"known_key={known_key!r} is not a column of adata.obs.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     title = title or f"scdm: {key} on {adata.n_obs} cells"
@@ -395,6 +430,12 @@ def report(
                       f'src="data:image/png;base64,{data}"><figcaption>{escape(caption)}'
                       "</figcaption></figure>")
 
+    known = ""
+    if known_key is not None and subgroup_key is not None:
+        table = known_table(adata, subgroup_key, known_key)
+        known = (f'<h3 id="known">Subgroups and the known <code>{escape(known_key)}</code>'
+                 "</h3>" + _table([(str(i), *map(int, r)) for i, r in table.iterrows()],
+                                  (known_key, *map(str, table.columns))))
     info_rows = [("scdm", __version__),
                  ("written", _dt.datetime.now().strftime("%Y-%m-%d %H:%M"))]
     info_rows += [(str(k), str(v)) for k, v in (run_info or {}).items()]
@@ -404,21 +445,26 @@ def report(
 <body><header><h1>{escape(title)}</h1><p>Data attribution: which training cells each
 cell's prediction relies on, and the subgroups of cells that rely on the same ones.</p></header>
 <main>
-<section id="overview"><h2>Overview</h2>{_table(info_rows)}
-{_overview(adata, key, label_key, len(flags))}</section>
-<section id="subgroups"><h2>Subgroups</h2>{banner}
-{_classes(adata, subgroup_key, label_key, n_markers)}</section>
-<section id="figures"><h2>Figures</h2>{"".join(blocks)}</section>
-<section id="parameters"><h2>Parameters</h2>{_parameters(adata, key, subgroup_key)}</section>
 <section id="reading"><h2>How to read this page</h2>
 <p>A subgroup is proposed only where a partition of the attribution embedding is found again,
 from scratch, on two independent halves of the trained models, and is more separated than
 the same analysis finds in structureless (Gaussian) data of the same signal and noise; a class
 where no partition passes is one subgroup. A reproducible subgroup is a statement about what
 the classifiers rely on, not yet about biology: check its markers, its make-up (a subgroup
-that is one donor or batch is flagged above) and, with scdm.tl.validate_subgroups, whether
+that is one donor or batch is flagged below) and, with scdm.tl.validate_subgroups, whether
 leaving it out changes predictions more than leaving out an equally coherent set of cells.</p>
-</section></main></body></html>
+<p>"Beat all 20 null pairs" is the strongest evidence 20 null pairs can give (p &le; 1/21); the
+margin says by how much the separation exceeded the most separated null, so a margin near 0
+is a narrow win. The embedding figures show two of the embedding's components: subgroups that
+overlap there can be apart in the others.</p>
+</section>
+<section id="overview"><h2>Overview</h2>{_table(info_rows)}
+{_overview(adata, key, label_key, len(flags))}</section>
+<section id="subgroups"><h2>Subgroups</h2>{banner}
+{_classes(adata, subgroup_key, label_key, n_markers)}{known}</section>
+<section id="figures"><h2>Figures</h2>{"".join(blocks)}</section>
+<section id="parameters"><h2>Parameters</h2>{_parameters(adata, key, subgroup_key)}</section>
+</main></body></html>
 """
     path.write_text(page, encoding="utf-8")
     return path
