@@ -408,3 +408,26 @@ def test_names_with_slashes_write_and_read_back_intact(tmp_path):
         assert html.escape(name) in page
         assert html.escape(describe_evidence(evidence[name])[1:40]) in page
     plt.close("all")
+
+
+@pytest.mark.parametrize("n_classes", [2, 10])
+def test_class_panels_wrap_at_four_per_row(n_classes):
+    """A row of 10 class panels made a 4,683 × 383 px figure; wrapped at 4 per row no figure
+    is wider than 4:1, and the axes keep their [colour, class] indexing."""
+    rng = np.random.default_rng(0)
+    n = 20 * n_classes
+    adata = AnnData(np.zeros((n, 3), dtype=np.float32), obs=pd.DataFrame(
+        {"cls": pd.Categorical(np.repeat([f"type {i}" for i in range(n_classes)], 20))},
+        index=[f"c{i}" for i in range(n)]))
+    adata.obsm["X_datamodels"] = rng.normal(size=(n, 5)).astype(np.float32)
+    adata.uns["datamodels"] = {"params": {"label_key": "cls"}}
+    fig = scdm.pl.embedding(adata, show=False, return_fig=True)
+    width, height = fig.get_size_inches()
+    assert width / height <= 4
+    assert sum(ax.get_visible() for ax in fig.axes) == n_classes
+    axes = scdm.pl.embedding(adata, color=["cls", "cls"], show=False)
+    assert axes.shape == (2, n_classes)
+    for row in range(2):  # each panel shows its own class
+        for col in range(n_classes):
+            assert axes[row, col].collections[0].get_offsets().shape[0] == 20
+    plt.close("all")

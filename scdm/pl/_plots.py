@@ -29,6 +29,29 @@ def finish_figure(fig, axes, *, show: bool | None, save: str | Path | None,
     return fig if return_fig else axes
 
 
+# class panels per row: a row of 10 made a 4,683 px wide figure that a report shrinks to a strip
+PANELS_PER_ROW = 4
+
+
+def panel_grid(n_rows: int, n_panels: int, panel_size: tuple[float, float]):
+    """A figure of ``n_rows`` × ``n_panels`` panels (rows: colours, panels: classes), each row
+    wrapped at :data:`PANELS_PER_ROW`; returns the figure and the axes indexed
+    ``[row, panel]`` whatever the wrapping."""
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(n_panels, PANELS_PER_ROW))
+    lines = -(-n_panels // cols)  # grid rows per colour
+    fig, grid = plt.subplots(n_rows * lines, cols, squeeze=False,
+                             figsize=(panel_size[0] * cols, panel_size[1] * n_rows * lines))
+    axes = np.empty((n_rows, n_panels), dtype=object)
+    for r in range(n_rows):
+        for p in range(n_panels):
+            axes[r, p] = grid[r * lines + p // cols, p % cols]
+        for p in range(n_panels, lines * cols):  # the empty places of a wrapped row
+            grid[r * lines + p // cols, p % cols].set_visible(False)
+    return fig, axes
+
+
 def new_axes(ax, figsize):
     import matplotlib.pyplot as plt
 
@@ -143,7 +166,6 @@ def embedding(
     A 2-D array of Axes (rows: colours, columns: classes) when ``show=False``, the Figure
     with ``return_fig=True``.
     """
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     basis = basis or (f"{key}_umap" if f"X_{key}_umap" in adata.obsm else key)
@@ -166,8 +188,7 @@ def embedding(
         raise ValueError(f"ax= draws one panel, but {len(colors)} colour(s) × {len(drawn)} "
                          "class(es) were asked for; pass classes=[one] and color=one.")
     if ax is None:
-        fig, axes = plt.subplots(len(colors), len(drawn), squeeze=False,
-                                 figsize=(4.2 * len(drawn), 3.6 * len(colors)))
+        fig, axes = panel_grid(len(colors), len(drawn), (4.2, 3.6))
     else:
         fig, axes = ax.figure, np.array([[ax]])
     labels = adata.obs[label_key].astype(str).to_numpy()

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._anndata import uns_names
 from ..get import UNASSIGNED
-from ._plots import category_palette, classes_to_draw, finish_figure, new_axes
+from ._plots import category_palette, classes_to_draw, finish_figure, new_axes, panel_grid
 
 
 def _subgroup_info(adata: AnnData, key: str) -> dict:
@@ -245,7 +245,6 @@ def reproducibility(
     The array of Axes (one per class) when ``show=False``, the Figure with
     ``return_fig=True``.
     """
-    import matplotlib.pyplot as plt
 
     info = _subgroup_info(adata, key)
     scans = uns_names(info.get("reproducibility_scan"))
@@ -254,7 +253,7 @@ def reproducibility(
                        "scdm.tl.subgroups(adata) with resolution=None (the default).")
     evidence = uns_names(info.get("reproducibility"))
     threshold = float(info["params"]["min_reproducibility"])
-    fig, axes = plt.subplots(1, len(scans), squeeze=False, figsize=(4.2 * len(scans), 3.2))
+    fig, axes = panel_grid(1, len(scans), (4.2, 3.2))
     for ax, (cls, scan) in zip(axes[0], scans.items(), strict=True):
         scan = pd.DataFrame(scan)
         res = scan["resolution"].to_numpy(dtype=np.float64)
