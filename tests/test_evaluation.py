@@ -103,7 +103,9 @@ def test_model_count_curve_rises_and_recommends(evaluated):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         axes = scdm.pl.lds(adata, show=False)
-    assert len(axes) == 4
+    assert len(axes) == 5  # the LDS by class, three targets, the model-count curve
+    assert [t.get_text().split(" (")[0] for t in axes[0].get_yticklabels()] == list(
+        dict.fromkeys(adata.obs["disease"].astype(str)))
     plt.close("all")
 
 

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from ..evaluation import predict_margins
 from ..get import datamodel_weights, lds_models
-from ._plots import finish_figure, new_axes, target_index
+from ._plots import finish_figure, new_axes, panel_grid, target_index
 
 
 def lds(
@@ -22,9 +22,11 @@ def lds(
     save: str | Path | None = None,
     return_fig: bool | None = None,
 ):
-    """Predicted vs actual margins of evaluation models, and the model-count curve.
+    """The LDS of every target by class, predicted vs actual margins of evaluation models for
+    a few targets, and the model-count curve.
 
-    One panel per target: each point is an evaluation model (one that did not train on the
+    A first panel shows the distribution of the LDS over each class's targets. Then one panel
+    per target: each point is an evaluation model (one that did not train on the
     target, for held-out datamodels), its margin on the target as the datamodel predicts it
     from the training subset (x) and as the model produced it (y). A last panel shows the
     model-count curve when :func:`scdm.tl.model_count_curve` has run.
@@ -45,8 +47,6 @@ def lds(
     -------
     The list of Axes when ``show=False``, the Figure with ``return_fig=True``.
     """
-    import matplotlib.pyplot as plt
-
     info = adata.uns.get(key)
     if not isinstance(info, dict) or "lds" not in info:
         raise KeyError(f"adata.uns[{key!r}] has no LDS; run scdm.tl.lds(adata) first.")
@@ -60,12 +60,13 @@ def lds(
     params = info["lds"]["params"]
     masks, margins = lds_models(adata, key)
     curve = info.get("model_curve")
-    n_panels = len(idx) + (curve is not None)
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.4), squeeze=False)
-    axes = list(axes[0])  # type: ignore[assignment]
+    n_panels = 1 + len(idx) + (curve is not None)
+    fig, grid = panel_grid(1, n_panels, (3.6, 3.4))
+    axes = list(grid[0])
+    _lds_by_class(axes[0], adata, info, scores)
     pred = predict_margins(weights[idx] if not hasattr(weights, "tocsr") else
                            weights.tocsr()[idx], masks, intercept[idx])
-    for ax, j, column in zip(axes, idx, range(len(idx)), strict=False):
+    for ax, j, column in zip(axes[1:], idx, range(len(idx)), strict=False):
         keep = ~masks[:, j] if bool(params.get("heldout", True)) else np.ones(len(masks), bool)
         ax.scatter(pred[keep, column], margins[keep, j], s=8, alpha=0.6, linewidths=0)
         ax.set_xlabel("predicted margin (datamodel)")
@@ -87,6 +88,21 @@ def lds(
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
+
+
+def _lds_by_class(ax, adata: AnnData, info: dict, scores: np.ndarray) -> None:
+    """Box plots of the targets' LDS, one per class (NaN targets left out, counted)."""
+    label_key = info.get("params", {}).get("label_key")
+    labels = (adata.obs[label_key].astype(str).to_numpy() if label_key in adata.obs
+              else np.full(adata.n_obs, "all"))
+    classes = list(dict.fromkeys(labels))
+    data = [scores[(labels == c) & np.isfinite(scores)] for c in classes]
+    ax.boxplot(data, vert=False, showfliers=False)
+    ax.set_yticks(range(1, len(classes) + 1),
+                  [f"{c} ({d.size})" for c, d in zip(classes, data, strict=True)], fontsize=7)
+    ax.axvline(0, color="gray", linewidth=0.8)
+    ax.set_xlabel("LDS of each target")
+    ax.set_title(f"all targets: median {np.nanmedian(scores):.2f}", fontsize=9)
 
 
 def validation(

@@ -157,9 +157,10 @@ def _figures(adata: AnnData, key: str, subgroup_key: str | None
                             "validation models.", lambda: path(adata, target, key=key,
                                                                show=False)))
     if "lds" in info:
-        figures.append(("lds.png", "Counterfactual check: margins of fresh evaluation models "
-                        "as the datamodels predict them vs as trained (LDS), and the "
-                        "model-count curve.", lambda: lds(adata, key=key, show=False)))
+        figures.append(("lds.png", "Counterfactual check: the LDS of every cell by class "
+                        "(first panel); for three cells, margins of fresh evaluation models "
+                        "as the attribution predicts them vs as trained; and the model-count "
+                        "curve.", lambda: lds(adata, key=key, show=False)))
     if "validation" in groups:
         figures.append(("validation.png", "Retraining without each subgroup vs without equally "
                         "coherent comparison sets.", lambda: validation(

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._anndata import uns_names
+from .._checks import check_int
 from ..get import UNASSIGNED
 from ._plots import category_palette, classes_to_draw, finish_figure, new_axes, panel_grid
 
@@ -77,8 +78,7 @@ def markers(
     plot = {"dotplot": sc.pl.dotplot, "matrixplot": sc.pl.matrixplot}.get(kind)
     if plot is None:
         raise ValueError(f"kind must be 'dotplot' or 'matrixplot', got {kind!r}.")
-    if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
-        raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}.")
+    check_int("n_genes", n_genes, 1)
     table = info["markers"]
     label_key = info["params"]["label_key"]
     with_markers = [str(c) for c in pd.unique(table["class"].astype(str))]

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._anndata import uns_safe
+from .._checks import check_int
 from .._seeding import COMPOSITION_PURPOSE, check_random_state
 from ..composition import CompositionRule, adjust_and_flag, categorical_test, numeric_test
 from ..get import UNASSIGNED
@@ -102,9 +103,7 @@ def subgroup_composition(
     rule = CompositionRule(max_fraction=max_fraction, min_imbalance=min_imbalance,
                            min_auc_shift=min_auc_shift, alpha=alpha)
     seed = check_random_state(random_state)
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) \
-            or n_permutations < 19:
-        raise ValueError(f"n_permutations must be an integer >= 19, got {n_permutations!r}.")
+    check_int("n_permutations", n_permutations, 19)
     if key not in adata.obs or key not in adata.uns or "params" not in adata.uns[key]:
         raise KeyError(f"adata.obs[{key!r}] with its parameters in adata.uns[{key!r}] not "
                        "found; run scdm.tl.subgroups(adata) first.")

@@ -9,6 +9,7 @@ from scipy import sparse
 from sklearn.utils.extmath import randomized_svd
 
 from .._anndata import uns_safe
+from .._checks import check_int
 from .._seeding import check_random_state
 from ..get import datamodel_matrix, label_key_of
 
@@ -140,8 +141,7 @@ def embed_datamodels(
     """
     W = datamodel_matrix(adata, key)
     seed = check_random_state(random_state)
-    if isinstance(n_comps, bool) or not isinstance(n_comps, (int, np.integer)) or n_comps < 1:
-        raise ValueError(f"n_comps must be a positive integer, got {n_comps!r}.")
+    check_int("n_comps", n_comps, 1)
     if adata.n_obs < 2:
         raise ValueError("embedding needs at least 2 observations.")
     n_comps = int(min(n_comps, adata.n_obs - 1))
@@ -222,9 +222,7 @@ def umap(
     if use_rep not in adata.obsm:
         raise KeyError(f"adata.obsm[{use_rep!r}] not found; run scdm.tl.datamodels(adata, "
                        "label_key=...) first (or scdm.tl.embed_datamodels).")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
-            or n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    check_int("n_neighbors", n_neighbors, 2)
     label_key = label_key_of(adata, key, None)
     key_added = key_added or f"X_{key}_umap"
     rep = np.asarray(adata.obsm[use_rep], dtype=np.float64)

@@ -13,6 +13,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
+from .._checks import check_int
 from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
@@ -186,14 +187,9 @@ def subgroups(
     grid = check_resolutions(resolutions)
     if not 0.0 < min_reproducibility <= 1.0:
         raise ValueError(f"min_reproducibility must lie in (0, 1], got {min_reproducibility}.")
-    if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 19:
-        raise ValueError(f"n_null must be an integer >= 19 (p-values down to 0.05), got "
-                         f"{n_null!r}.")
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
-        raise ValueError(f"min_size must be a positive integer, got {min_size!r}.")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) \
-            or n_neighbors < 2:
-        raise ValueError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    check_int("n_null", n_null, 19, " (p-values down to 0.05)")
+    check_int("min_size", min_size, 1)
+    check_int("n_neighbors", n_neighbors, 2)
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(
             max_points, (int, np.integer)) or max_points < 2 * n_neighbors):
         raise ValueError(f"max_points must be None or an integer >= 2 * n_neighbors = "

@@ -17,6 +17,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
+from .._checks import check_int
 from .._docs import doc_params
 from .._seeding import check_random_state
 from .._settings import settings
@@ -132,15 +133,11 @@ def trak(
     timings) and, for small data, ``adata.obsp[key_added]``.
     """
     train_kwds = fold_train_kwds(train_kwds)
-    if isinstance(n_models, bool) or not isinstance(n_models, (int, np.integer)) or n_models < 4:
-        raise ValueError(f"n_models must be an integer >= 4 (two halves of at least 2 "
-                         f"checkpoints), got {n_models!r}.")
-    if isinstance(proj_dim, bool) or not isinstance(proj_dim, (int, np.integer)) or proj_dim < 1:
-        raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}.")
+    check_int("n_models", n_models, 4, " (two halves of at least 2 checkpoints)")
+    check_int("proj_dim", proj_dim, 1)
     if not damping >= 0:
         raise ValueError(f"damping must be non-negative, got {damping!r}.")
-    if isinstance(n_comps, bool) or not isinstance(n_comps, (int, np.integer)) or n_comps < 1:
-        raise ValueError(f"n_comps must be a positive integer, got {n_comps!r}.")
+    check_int("n_comps", n_comps, 1)
     seed = check_random_state(random_state)
     dev = resolve_device(device)
     check_cost(estimate_trak(adata.n_obs, n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_int
+
 PROJECTIONS = ("rademacher", "normal")
 
 
@@ -85,9 +87,7 @@ class RandomProjector:
     def __init__(self, grad_dim: int, proj_dim: int, *, seed: int = 0,
                  kind: str = "rademacher", device: str | torch.device = "cpu",
                  cache_bytes: int = 512 << 20, generator: str = "cpu"):
-        if isinstance(proj_dim, bool) or not isinstance(proj_dim, (int, np.integer)) \
-                or proj_dim < 1:
-            raise ValueError(f"proj_dim must be a positive integer, got {proj_dim!r}.")
+        check_int("proj_dim", proj_dim, 1)
         if kind not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}.")
         if generator not in GENERATORS:

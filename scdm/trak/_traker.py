@@ -20,6 +20,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from .._device import resolve_device
 from .._settings import settings
 from ..store import hash_arrays
@@ -111,16 +112,12 @@ class TRAKer:
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-        if isinstance(train_set_size, bool) or not isinstance(train_set_size, (int, np.integer)) \
-                or train_set_size < 1:
-            raise ValueError(f"train_set_size must be a positive integer, got "
-                             f"{train_set_size!r}.")
+        self.train_set_size = check_int("train_set_size", train_set_size, 1)
         if lambda_reg < 0 or (damping is not None and damping < 0):
             raise ValueError("lambda_reg and damping must be non-negative.")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.task = task
-        self.train_set_size = int(train_set_size)
         self.gradients = GradientComputer(self.model, grad_wrt)
         self.projector = RandomProjector(self.gradients.grad_dim, proj_dim, seed=projector_seed,
                                          kind=projection, device=self.device,
