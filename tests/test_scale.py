@@ -140,12 +140,12 @@ def test_lds_on_ray_equals_local(cluster, planted, tmp_path):
 
 
 def test_trak_on_ray_keeps_its_checkpoints_as_tasks_train_them(cluster, tmp_path):
-    """Ray tasks keep each checkpoint's parameters as they train it (``keep_checkpoints``):
+    """Ray tasks keep each checkpoint's parameters as they train it (``keep_checkpoints``),
     tl.trak on that store then trains nothing again, and its result equals a local run's."""
     adata = make_adata(n_obs=80)
     local = scdm.tl.trak(adata, "disease", n_models=8, store=tmp_path / "local", copy=True)
     scdm.tl.train_models(adata, "disease", n_models=8, min_heldout=0, store=tmp_path / "ray",
-                         backend=RayBackend(task_size=4), keep_checkpoints=True,
+                         backend=RayBackend(task_size=4, keep_checkpoints=True),
                          key_added="trak")
     store = ModelStore.open(tmp_path / "ray")
     assert all(store.load_checkpoint(m) is not None for m in range(8))  # kept by the tasks

@@ -453,7 +453,7 @@ def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
     # the same result as before, when a store filled without checkpoints retrained them
     old = adata.copy()
     scdm.tl.train_models(old, "disease", use_rep="X_pca", store=tmp_path / "old", n_models=8,
-                         min_heldout=0, key_added="trak")
+                         min_heldout=0, key_added="trak")  # no checkpoints kept
     trained.clear()
     scdm.tl.trak(old, "disease", use_rep="X_pca", store=tmp_path / "old", n_models=8,
                  max_obsp=0)

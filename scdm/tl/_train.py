@@ -40,7 +40,6 @@ def train_models(
     model_range: tuple[int, int] | None = None,
     min_heldout: int = 20,
     backend: str | Backend = "local",
-    keep_checkpoints: bool = False,
     random_state: int = 0,
     key_added: str = "datamodels",
     verbose: bool | None = None,
@@ -88,12 +87,11 @@ def train_models(
         GPU), ``task_size``): ranges of models become Ray tasks (retried when a worker dies)
         that write disjoint rows of the store, which must then lie on a filesystem every Ray
         node sees. The store also receives its training recipe, so CLI workers (``scdm train
-        --store``) can join. Results are identical on CPU.
-    keep_checkpoints
-        Also keep every new model's parameters in the store (``STORE/checkpoints``, ~4 bytes
-        per parameter and model), as :func:`scdm.tl.trak` does for its checkpoints; later
-        tools read them instead of retraining the models. Off for datamodels' thousands of
-        models, which only their margins are needed of.
+        --store``) can join. Results are identical on CPU. Either backend with
+        ``keep_checkpoints=True`` also keeps every new model's parameters in the store
+        (``STORE/checkpoints``, ~4 bytes per parameter and model), as :func:`scdm.tl.trak`
+        does for its checkpoints; later tools read them instead of retraining the models
+        (off by default: datamodels need only the margins of their thousands of models).
     random_state
         Seed of masks, initialisations and data orders.
     key_added
@@ -131,7 +129,7 @@ def train_models(
     recipe = MLPRecipe.from_inputs(inputs, model_config, alpha=alpha, mask_mode=mask_mode,
                                    random_state=random_state)
     fill_store(model_store, recipe, models=(start, stop), backend=backend, device=device,
-               progress=settings.progress(verbose), keep_checkpoints=keep_checkpoints)
+               progress=settings.progress(verbose))
 
     completed = model_store.completed_indices()
     params = {

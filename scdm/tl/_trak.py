@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from ..store import ModelStore, hash_arrays
 from ..trak._core import inverse_sqrt_gram
 from ..trak._lowrank import ClassFactors, lowrank_embedding
 from ..trak._mlp import mlp_features
+from ..workers import as_backend
 from ._cost import check_cost, estimate_trak
 from ._embed import embedding_blocks
 from ._halves import half_keys
@@ -133,6 +135,10 @@ def trak(
     timings) and, for small data, ``adata.obsp[key_added]``.
     """
     train_kwds = fold_train_kwds(train_kwds)
+    # each checkpoint's parameters kept as it is trained: TRAK needs them, and training them
+    # again later would double the first call's training
+    train_kwds["backend"] = dataclasses.replace(as_backend(train_kwds.get("backend", "local")),
+                                                keep_checkpoints=True)
     check_int("n_models", n_models, 4, " (two halves of at least 2 checkpoints)")
     check_int("proj_dim", proj_dim, 1)
     if not damping >= 0:
@@ -150,7 +156,7 @@ def trak(
     train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                  device=device, min_heldout=0, random_state=seed, key_added=key_added,
-                 verbose=verbose, keep_checkpoints=True, **train_kwds)
+                 verbose=verbose, **train_kwds)
     trained = time.perf_counter()
     A, Q = checkpoint_factors(adata, key_added, proj_dim=int(proj_dim), damping=damping,
                               device=device, progress=progress)

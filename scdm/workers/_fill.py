@@ -17,9 +17,12 @@ from ._worker import UserMain, check_models, run_main_worker
 @dataclass(frozen=True)
 class LocalBackend:
     """Train in this process, ``chunk_size`` models at a time (default: from the device's
-    memory). Results do not depend on ``chunk_size`` (bitwise on CPU)."""
+    memory). Results do not depend on ``chunk_size`` (bitwise on CPU). ``keep_checkpoints``:
+    also keep each model's parameters in the store as it is written (``STORE/checkpoints``;
+    what ``tl.trak`` does for its checkpoints, so nothing is trained twice)."""
 
     chunk_size: int | None = None
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and int(self.chunk_size) < 1:
@@ -35,6 +38,7 @@ class RayBackend:
     (several tasks share a GPU); a task whose worker dies is retried ``max_retries`` times and
     finishes what its first attempt left. Results are identical to :class:`LocalBackend` on
     CPU. A task costs ~0.1-1 s of overhead (``workflows/benchmarks/scaling.py``).
+    ``keep_checkpoints``: the tasks keep each model's parameters in the store too.
     """
 
     address: str | None = None
@@ -43,6 +47,7 @@ class RayBackend:
     task_size: int = 256
     chunk_size: int | None = None
     max_retries: int = 3
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         if int(self.task_size) < 1:
@@ -74,16 +79,16 @@ def as_backend(backend: str | Backend) -> Backend:
 def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain | None = None,
                *, models: tuple[int, int] | None = None, backend: str | Backend = "local",
                device: str = "auto", progress: bool = True,
-               desc: str = "training models", keep_checkpoints: bool = False) -> None:
+               desc: str = "training models") -> None:
     """Train the incomplete models in ``models`` (``(start, stop)``, default all) of a store.
 
     ``recipe`` says how: a :class:`TrainingRecipe` (saved into the store first when Ray tasks
     need it), a user's ``main`` (:class:`UserMain`), or ``None``: the recipe the store holds.
-    Completed models are skipped, so any split of the work gives the same store.
-    ``keep_checkpoints``: keep each new model's parameters in the store as well
-    (``STORE/checkpoints``; TRAK's checkpoints), so nothing is trained twice.
+    Completed models are skipped, so any split of the work gives the same store. A backend
+    with ``keep_checkpoints`` keeps each new model's parameters in the store as well.
     """
     backend = as_backend(backend)
+    keep_checkpoints = backend.keep_checkpoints
     if keep_checkpoints and isinstance(recipe, UserMain):
         raise ValueError("keep_checkpoints needs a training recipe: a user's main() returns "
                          "store rows, not model parameters.")
