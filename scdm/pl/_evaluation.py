@@ -97,7 +97,7 @@ def _lds_by_class(ax, adata: AnnData, info: dict, scores: np.ndarray) -> None:
               else np.full(adata.n_obs, "all"))
     classes = list(dict.fromkeys(labels))
     data = [scores[(labels == c) & np.isfinite(scores)] for c in classes]
-    ax.boxplot(data, vert=False, showfliers=False)
+    ax.boxplot(data, orientation="horizontal", showfliers=False)
     ax.set_yticks(range(1, len(classes) + 1),
                   [f"{c} ({d.size})" for c, d in zip(classes, data, strict=True)], fontsize=7)
     ax.axvline(0, color="gray", linewidth=0.8)
