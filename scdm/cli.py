@@ -118,11 +118,13 @@ def _check_run(args: argparse.Namespace, adata, label_key: str, use_rep: str | N
     if args.n_neighbors < 2:
         raise ValueError(f"--n-neighbors must be at least 2, got {args.n_neighbors}.")
     # tl.subgroups' rule: a kNN graph in each half of a class (automatic resolution)
+    from .clustering import fewest_points, most_neighbors
+
     halves = args.resolution is None
-    smallest = 2 * args.n_neighbors if halves else args.n_neighbors + 1
+    smallest = fewest_points(args.n_neighbors, halves)
     small = counts[counts < smallest]
     if small.size:
-        fits = int(small.min()) // 2 if halves else int(small.min()) - 1
+        fits = most_neighbors(int(small.min()), halves)
         fix = (f"use --n-neighbors {fits} or lower" if fits >= 2 else
                "leave those classes out of the input")
         raise ValueError(
@@ -273,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
             "recommendation": str(curve["recommendation"])}
     if known_key is not None:
         # e.g. the bundled label lumps cell types together: how the subgroups divide them
-        from scdm.pl._report import known_table
+        from scdm.get import known_table
 
         known = known_table(adata, groups, known_key)
         summary["subgroups_vs_known"] = {

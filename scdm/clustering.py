@@ -235,6 +235,17 @@ class ResolutionChoice:
         return {"n_null": int(row["n_null"])} if "n_null" in row else {}
 
 
+def fewest_points(n_neighbors: int, halves: bool) -> int:
+    """Fewest points a class needs to be clustered with ``n_neighbors``: a kNN graph needs
+    more points than neighbours, and a check on two halves needs one graph in each half."""
+    return 2 * n_neighbors if halves else n_neighbors + 1
+
+
+def most_neighbors(n_points: int, halves: bool) -> int:
+    """The largest ``n_neighbors`` that :func:`fewest_points` allows for ``n_points``."""
+    return n_points // 2 if halves else n_points - 1
+
+
 def check_resolutions(resolutions: Sequence[float] | None) -> tuple[float, ...]:
     """A non-empty, increasing grid of positive resolutions (default ``DEFAULT_RESOLUTIONS``)."""
     if resolutions is None:

@@ -169,6 +169,13 @@ def describe_flag(row) -> str:
             f"AUC {row['auc']:.2f}; q = {row['q_value']:.2g})")
 
 
+def known_table(adata: AnnData, subgroup_key: str, known_key: str) -> pd.DataFrame:
+    """Cells of each known annotation (rows, e.g. finer cell types) in each subgroup
+    (columns), non-empty rows and columns only: how the subgroups divide what is known."""
+    table = pd.crosstab(adata.obs[known_key].astype(str), adata.obs[subgroup_key].astype(str))
+    return table.loc[table.sum(1) > 0, table.sum(0) > 0]
+
+
 def format_number(x) -> str:
     """A number for people: 3,012 rather than 3.01e+03."""
     x = float(x)

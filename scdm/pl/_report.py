@@ -23,6 +23,7 @@ from ..get import (
     describe_evidence,
     describe_flag,
     format_number,
+    known_table,
 )
 from ..get import subgroup_key as get_subgroup_key
 
@@ -230,12 +231,6 @@ def models_input(adata: AnnData, info: Mapping) -> str:
             return f"{dims} PCs of {features}"
         return f"{dims} dims of {use_rep}"
     return f"{features} (layer {layer})" if layer else features
-
-
-def known_table(adata: AnnData, subgroup_key: str, known_key: str) -> pd.DataFrame:
-    """Cells of each known annotation (rows) in each subgroup (columns), non-empty only."""
-    table = pd.crosstab(adata.obs[known_key].astype(str), adata.obs[subgroup_key].astype(str))
-    return table.loc[table.sum(1) > 0, table.sum(0) > 0]
 
 
 def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:

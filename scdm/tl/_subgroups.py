@@ -26,6 +26,7 @@ from ..clustering import (
     check_subsample,
     choose_resolution,
     extend_labels,
+    fewest_points,
     leiden_labels,
     match_across_levels,
     merge_shared,
@@ -205,7 +206,7 @@ def subgroups(
     ok = usable_targets(adata, key)
     label_values = labels.astype(str).to_numpy()
     # a kNN graph needs more points than neighbours; two halves' partitions need a few more
-    smallest = 2 * n_neighbors if automatic else n_neighbors + 1
+    smallest = fewest_points(n_neighbors, halves=automatic)
     counts = {c: int((ok & (label_values == c)).sum()) for c in chosen}
     too_small = {c: n for c, n in counts.items() if n < smallest}
     if too_small:
