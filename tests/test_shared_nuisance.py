@@ -8,6 +8,7 @@ threshold was set on the Gaussian one (``workflows/benchmarks/subgroups.py``).
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -184,6 +185,38 @@ def test_exclusive_programs_has_no_class_marker_feature():
     assert set(obs["batch"]) == {"batch-0", "batch-1", "batch-2"}
     with pytest.raises(ValueError, match="need 70 features"):
         scdm.datasets.exclusive_programs(n_features=40, batch_features=60)
+
+
+def test_exclusive_programs_with_three_programs_and_its_null_twin():
+    """Three programs: disease cells carry exactly one, controls a pair or none, and every
+    program has the same mean in both classes. The null twin deals the same combinations at
+    random and marks the class with a program of its own: one subtype per class."""
+    adata = scdm.datasets.exclusive_programs(n_per_group=40, n_programs=3, random_state=2)
+    obs = adata.obs
+    sizes = obs.groupby(["disease", "subtype"], observed=True).size().to_dict()
+    assert sizes == {("control", "control-0"): 20, ("control", "control-1"): 20,
+                     ("control", "control-2"): 20, ("control", "control-3"): 60,
+                     ("disease", "disease-0"): 40, ("disease", "disease-1"): 40,
+                     ("disease", "disease-2"): 40}
+    assert set(obs.loc[obs["disease"] == "disease", "programs"]) == {"A", "B", "C"}
+    assert set(obs.loc[obs["disease"] == "control", "programs"]) == {"A+B", "A+C", "B+C",
+                                                                      "none"}
+    disease = (obs["disease"] == "disease").to_numpy()
+    for program in ("A", "B", "C"):
+        cols = (adata.var["program"] == program).to_numpy()
+        assert abs(adata.X[disease][:, cols].mean() - adata.X[~disease][:, cols].mean()) < 0.3
+    null = scdm.datasets.exclusive_programs(n_per_group=40, n_programs=3,
+                                            label_relevant=False, random_state=2)
+    assert (null.obs["subtype"].astype(str) == null.obs["disease"].astype(str)).all()
+    assert null.obs["programs"].value_counts().to_dict() == obs["programs"].value_counts(
+    ).to_dict()
+    carried = pd.crosstab(null.obs["disease"], null.obs["programs"])
+    assert (carried > 0).all().all()  # every combination in both classes
+    cols = (null.var["program"] == "class").to_numpy()
+    nd = (null.obs["disease"] == "disease").to_numpy()
+    assert null.X[nd][:, cols].mean() - null.X[~nd][:, cols].mean() > 1.0
+    with pytest.raises(ValueError, match="n_programs must be an integer from 2"):
+        scdm.datasets.exclusive_programs(n_programs=1)
 
 
 def test_shared_boundaries_that_outline_no_levels_are_merged_across():
