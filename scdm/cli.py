@@ -174,29 +174,30 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(args.store) if args.store else out / "store"
-    from scdm.ensemble import TrainConfig
-    from scdm.tl._cost import check_datamodels_cost, estimate_trak
+    from scdm.tl._cost import TRAK_CHECKPOINTS, check_datamodels_cost, trak_cost
+    from scdm.tl._recorded import train_config
 
     key = args.method  # "datamodels" or "trak": the key of every result
     groups = subgroup_key(key)
+    config = train_config(None, n_train=round(args.alpha * adata.n_obs))
+    shape = {"label_key": label_key, "use_rep": use_rep, "layer": None, "alpha": args.alpha,
+             "config": config, "device": args.device}
     if key == "trak":  # shown here; tl.trak checks it against the limits before any work
-        from scdm.ensemble import resolve_device
-
-        estimate = estimate_trak(adata.n_obs, args.n_models or 40,
-                                 cpu=resolve_device(args.device).type == "cpu")
+        estimate = trak_cost(adata, n_models=args.n_models or TRAK_CHECKPOINTS, **shape)
     else:
         estimate = check_datamodels_cost(adata, group_key=args.group_key,
-                                         n_models=args.n_models, epochs=TrainConfig().epochs,
-                                         device=args.device, store=store)
+                                         n_models=args.n_models, store=store, **shape)
     if not args.quiet:
-        print(f"estimated: {estimate.describe()}", flush=True)
+        # subgroups, the evaluation and the report come after: a fifth of the bundled run
+        print(f"estimated for training and fitting (most of the run): {estimate.describe()}",
+              flush=True)
     stages = Stages(quiet=args.quiet)
     if key == "trak":
         with stages("TRAK (checkpoints, projected gradients, embedding)"):
             scdm.tl.trak(adata, label_key, use_rep=use_rep, group_key=args.group_key,
                          stratify_key=args.stratify_key, alpha=args.alpha,
-                         n_models=args.n_models or 40, store=store, device=args.device,
-                         random_state=args.random_state)
+                         n_models=args.n_models or TRAK_CHECKPOINTS, store=store,
+                         device=args.device, random_state=args.random_state)
     else:
         with stages("train models"):
             scdm.tl.train_models(adata, label_key, use_rep=use_rep, group_key=args.group_key,

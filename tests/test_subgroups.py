@@ -306,6 +306,12 @@ def test_subgroup_figures_after_h5ad_roundtrip(key, tmp_path):
         assert axes[0, 0].get_xlabel() == f"{key} 1"
         panels = scdm.pl.markers(back, key=subgroup_key, show=False)
         assert "disease" in panels
+        figure = panels["disease"]["mainplot_ax"].figure
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        for part in panels.values():  # the colour bar's title clear of the dot-size legend
+            title = part["color_legend_ax"].title.get_window_extent(renderer)
+            assert not title.overlaps(part["size_legend_ax"].get_tightbbox(renderer))
         ax = scdm.pl.composition(back, "donor", key=subgroup_key, show=False)
         labels = [t.get_text() for t in ax.get_yticklabels()]
         assert f"{s0} [dominated]" in labels and "disease (all)" in labels

@@ -517,6 +517,45 @@ def test_tl_trak_bad_input(small_trak, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_time_estimates_are_calibrated_by_a_probe_on_this_machine(tmp_path):
+    """A run long enough to be worth it is timed by a real probe (a chunk of real models of the
+    run's shape) and its estimate says so, with the probes' spread as its range; a tiny run
+    keeps the reference estimate; a measured speed scales the reference time and range."""
+    import anndata as ad
+    import pandas as pd
+
+    from scdm.tl._cost import (
+        Speed,
+        check_datamodels_cost,
+        estimate_datamodels,
+        probe_speed,
+    )
+    from scdm.tl._recorded import train_config
+
+    config = train_config(None, n_train=350)
+    speed = probe_speed(700, 20, 2, config, n_models=17_500)
+    assert 0 < speed.low <= speed.factor <= speed.high < 1e3
+    reference = estimate_datamodels(700, 17_500)
+    slow = estimate_datamodels(700, 17_500, speed=Speed(2.0, 1.5, 3.0))
+    assert slow.seconds == pytest.approx(2 * reference.seconds)
+    assert slow.seconds_range == pytest.approx((1.5 * reference.seconds, 3 * reference.seconds))
+    assert "calibrated on this machine" in slow.describe()
+    assert "reference timings" in reference.describe()
+
+    rng = np.random.default_rng(0)
+    cells = ad.AnnData(rng.standard_normal((700, 20)).astype(np.float32), obs=pd.DataFrame(
+        {"y": pd.Categorical(["a", "b"] * 350)}, index=[f"c{i}" for i in range(700)]))
+    kw = {"label_key": "y", "use_rep": None, "layer": None, "group_key": None, "alpha": 0.5,
+          "config": config, "device": "cpu", "store": tmp_path / "s"}
+    probed = check_datamodels_cost(cells, n_models=None, **kw)
+    assert probed.n_models == 17_500 and probed.seconds_range is not None
+    low, high = probed.seconds_range
+    assert low <= probed.seconds <= high
+    tiny = check_datamodels_cost(cells, n_models=1000, **kw)
+    assert tiny.seconds_range is None  # ~3 s by the reference: not worth a probe
+    assert not (tmp_path / "s").exists()
+
+
 def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path, monkeypatch):
     import anndata as ad
     import pandas as pd

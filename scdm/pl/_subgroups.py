@@ -94,11 +94,12 @@ def markers(
         genes[cls] = {str(g): list(part.loc[part["subgroup"] == g, "gene"].astype(str))
                       for g in pd.unique(part["subgroup"].astype(str))}
     width = max(sum(len(v) for v in genes[c].values()) for c in drawn)
-    rows = sum(len(genes[c]) for c in drawn)
-    fig = plt.figure(figsize=(max(6.0, 0.32 * width + 3), 1.3 * len(drawn) + 0.4 * rows + 0.5))
-    # each class's panel as tall as its rows of subgroups, plus room for the gene names
-    grid = fig.add_gridspec(len(drawn), 1, hspace=0.6,
-                            height_ratios=[len(genes[c]) + 3 for c in drawn])
+    # each class's panel as tall as its rows of subgroups plus room for the gene names, and
+    # never shorter than scanpy's legends (dot sizes above the colour bar): in a panel of two
+    # subgroups the colour bar's title was drawn over the size legend
+    heights = [max(0.4 * len(genes[c]) + 1.3, 3.0) for c in drawn]
+    fig = plt.figure(figsize=(max(6.0, 0.32 * width + 3), sum(heights) + 0.5))
+    grid = fig.add_gridspec(len(drawn), 1, hspace=0.6, height_ratios=heights)
     axes = {}
     for i, cls in enumerate(drawn):
         cells = ((labels == cls) & (groups != UNASSIGNED)).to_numpy()

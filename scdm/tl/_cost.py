@@ -3,8 +3,14 @@
 Estimates come from the formulas of what is stored and held, and from CPU timings measured on
 2 cores (``workflows/benchmarks/RESULTS.md``, end to end): 17,500 models of 700 cells trained
 in 47 s (training time per model grows ~n^0.8), their fit 2.9 s (with ~25 models per cell the
-fit grows ~n^2.8, i.e. ~n^1.8 per model), TRAK ~32 s for 5,000 cells (~n^0.6). On a GPU the
-times are unknown and not checked.
+fit grows ~n^2.8, i.e. ~n^1.8 per model), TRAK ~32 s for 5,000 cells (~n^0.6).
+
+Those reference times are then calibrated on the machine that runs: :func:`probe_speed` trains
+one chunk of models of the run's shape (cells, input width, classes, architecture) for one and
+for three epochs, on random numbers (the time does not depend on the values), twice, and
+compares the time per model with the reference formula. A busy or slower machine shows up as
+a factor above 1, and the spread of the probes as the estimate's range. On a GPU the times are
+unknown and not checked.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,22 @@ from .._settings import settings
 
 logger = logging.getLogger("scdm")
 GIB = 2**30
+
+
+# tl.trak's defaults, here so that its estimate (and scdm run's) cannot drift from them
+TRAK_CHECKPOINTS, TRAK_PROJ_DIM, TRAK_MAX_OBSP = 40, 512, 5000
+REFERENCE_MODELS_PER_SECOND = 375.0  # 700 cells, 20 epochs, 2 cores: 17,500 models in 47 s
+
+
+@dataclass(frozen=True)
+class Speed:
+    """This machine's time per model relative to the reference timings (1: as measured for
+    RESULTS.md; 2: twice as slow): ``factor`` from the mean of the probes, ``low`` / ``high``
+    from the fastest and the slowest."""
+
+    factor: float
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -33,17 +56,24 @@ class CostEstimate:
     disk_bytes: float
     memory_bytes: float
     seconds: float | None  # None: no timing model for this device
+    seconds_range: tuple[float, float] | None = None  # with a speed probe: its spread
 
     def describe(self) -> str:
-        time = ("unknown on this device" if self.seconds is None else
-                f"~{_duration(self.seconds)} on 2 CPU cores")
+        if self.seconds is None:
+            when = "unknown on this device"
+        elif self.seconds_range is None:
+            when = f"~{_duration(self.seconds)} on 2 CPU cores (reference timings)"
+        else:
+            low, high = (_duration(t) for t in self.seconds_range)
+            spread = f"{low} to {high}, " if low != high else ""
+            when = f"~{_duration(self.seconds)} ({spread}calibrated on this machine)"
         return (f"{self.method} on {self.n_obs:,} cells with {self.n_models:,} models: disk "
                 f"~{self.disk_bytes / GIB:.2f} GiB, memory ~{self.memory_bytes / GIB:.2f} GiB, "
-                f"time {time}")
+                f"time {when}")
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 120:
+    if seconds < 600:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
@@ -55,32 +85,88 @@ def _bytes_per_entry() -> float:
     return 1.0 + np.dtype(settings.margins_dtype).itemsize
 
 
-def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: bool = True
-                        ) -> CostEstimate:
+def reference_seconds_per_model(n_obs: int, epochs: int) -> float:
+    """Training time of one model in the reference timings (2 CPU cores)."""
+    return (n_obs / 700) ** 0.8 * epochs / 20 / REFERENCE_MODELS_PER_SECOND
+
+
+def _scaled(seconds: float | None, speed: Speed | None) -> dict:
+    if seconds is None or speed is None:
+        return {"seconds": seconds}
+    return {"seconds": seconds * speed.factor,
+            "seconds_range": (seconds * speed.low, seconds * speed.high)}
+
+
+def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: bool = True,
+                        speed: Speed | None = None) -> CostEstimate:
     """Disk (masks 1 byte + margins 4 bytes, or 2 as float16, per model and cell), memory
     (the dense n × n weights, their float64 standardised copy and the SVD: ~24 n² bytes, at
-    least 1 GiB) and time (training + fit) of :func:`scdm.tl.datamodels`."""
+    least 1 GiB) and time (training + fit) of :func:`scdm.tl.datamodels`; ``speed``
+    (:func:`probe_speed`) calibrates the time to this machine."""
     disk = _bytes_per_entry() * n_models * n_obs
     memory = max(24.0 * n_obs**2, float(GIB))
     seconds = None
     if cpu:
-        train = n_models / 375.0 * (n_obs / 700) ** 0.8 * epochs / 20
+        train = n_models * reference_seconds_per_model(n_obs, epochs)
         fit = 2.9 * (n_obs / 700) ** 1.8 * n_models / 17_500
         seconds = train + fit
-    return CostEstimate("datamodels", n_obs, n_models, disk, memory, seconds)
+    return CostEstimate("datamodels", n_obs, n_models, disk, memory,
+                        **_scaled(seconds, speed if cpu else None))
 
 
-def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = 512, max_obsp: int = 5000,
-                  cpu: bool = True) -> CostEstimate:
+def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
+                  max_obsp: int = TRAK_MAX_OBSP,
+                  cpu: bool = True, speed: Speed | None = None) -> CostEstimate:
     """Disk (the checkpoints' masks and margins), memory (the projected features, float32,
     held once — classes are embedded from them checkpoint by checkpoint — plus per-checkpoint
-    temporaries, and the n × n matrix when stored) and time of :func:`scdm.tl.trak`."""
+    temporaries, and the n × n matrix when stored) and time of :func:`scdm.tl.trak`
+    (``speed``: calibrated to this machine)."""
     disk = _bytes_per_entry() * n_models * n_obs
     features = 4.0 * n_models * n_obs * proj_dim
     memory = 1.25 * features + (4.0 * n_obs**2 if n_obs <= max_obsp else 0.0) + 0.5 * GIB
     seconds = (31.6 * (n_obs / 5000) ** 0.6 * (n_models / 40) * (proj_dim / 512)
                if cpu else None)
-    return CostEstimate("trak", n_obs, n_models, disk, memory, seconds)
+    return CostEstimate("trak", n_obs, n_models, disk, memory,
+                        **_scaled(seconds, speed if cpu else None))
+
+
+def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models: int,
+                alpha: float = 0.5, repeats: int = 2, random_state: int = 0) -> Speed:
+    """Time this machine's CPU training against the reference (see the module notes).
+
+    Trains, ``repeats`` times, one chunk of the models a run of ``n_models`` would train at
+    once (at most 256; fewer for a small run) on ``n_obs`` random cells of ``n_features``
+    inputs, for one epoch and for three: the difference is the time of two epochs, the rest
+    the fixed cost (initialisation, margins on every cell). The time per model of the full
+    run (``config.epochs``) over the reference formula's is the factor. The probe costs about
+    eight epochs of one chunk: ~0.2 s for 700 cells, a few seconds for 20,000."""
+    from dataclasses import replace
+
+    from ..ensemble import CPU_MODEL_ALIGN, EnsembleTrainer
+
+    rng = np.random.default_rng(random_state)
+    X = rng.standard_normal((n_obs, max(1, n_features)), dtype=np.float32)
+    y = np.arange(n_obs) % max(2, n_classes)
+    trainer = EnsembleTrainer(X, y, replace(config, epochs=1), device="cpu",
+                              random_state=random_state)
+    chunk = int(min(trainer.auto_chunk_size(), max(CPU_MODEL_ALIGN, n_models)))
+    masks = rng.random((chunk, n_obs)) < alpha
+    masks[:, :2] = True  # no empty training set
+    ids = np.arange(chunk)
+    per_model = []
+    for _ in range(repeats):
+        times = {}
+        for epochs in (1, 3):
+            trainer.config = replace(config, epochs=epochs)
+            start = time.perf_counter()
+            trainer.train(masks, ids)
+            times[epochs] = time.perf_counter() - start
+        per_epoch = max(times[3] - times[1], 0.0) / 2
+        fixed = max(times[1] - per_epoch, 0.0)
+        per_model.append((fixed + per_epoch * config.epochs) / chunk)
+    reference = reference_seconds_per_model(n_obs, config.epochs)
+    ratios = np.array(per_model) / reference
+    return Speed(float(ratios.mean()), float(ratios.min()), float(ratios.max()))
 
 
 def _physical_memory() -> float | None:
@@ -123,10 +209,40 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
     return estimate
 
 
-def check_datamodels_cost(adata, *, group_key: str | None, n_models: int | None,
-                          epochs: int, device: str, store) -> CostEstimate:
-    """:func:`check_cost` of a :func:`scdm.tl.datamodels` run on ``adata``, with what to do
-    instead when it is refused (TRAK's estimate for the same cells among them)."""
+PROBE_ABOVE_SECONDS = 10.0  # shorter runs keep the reference estimate: a probe is not free
+
+
+def model_shape(adata, label_key: str | None, use_rep: str | None, layer: str | None
+                ) -> tuple[int, int]:
+    """The models' input width and number of classes, as far as ``adata`` tells before the
+    inputs are validated (wrong keys are reported by the training itself)."""
+    if use_rep is not None and use_rep in adata.obsm:
+        n_features = int(np.shape(adata.obsm[use_rep])[1])
+    else:
+        n_features = int(adata.n_vars)
+    n_classes = 2
+    if label_key is not None and label_key in adata.obs:
+        n_classes = max(2, int(adata.obs[label_key].nunique()))
+    return n_features, n_classes
+
+
+def calibrated(make, *, n_obs: int, n_features: int, n_classes: int, config, n_models: int,
+               alpha: float, cpu: bool) -> CostEstimate:
+    """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on CPU
+    when the reference estimate is above ``PROBE_ABOVE_SECONDS``."""
+    estimate = make(None)
+    if not cpu or estimate.seconds is None or estimate.seconds <= PROBE_ABOVE_SECONDS:
+        return estimate
+    return make(probe_speed(n_obs, n_features, n_classes, config, n_models=n_models,
+                            alpha=alpha))
+
+
+def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
+                          layer: str | None, group_key: str | None, n_models: int | None,
+                          alpha: float, config, device: str, store) -> CostEstimate:
+    """:func:`check_cost` of a :func:`scdm.tl.datamodels` run on ``adata`` (time calibrated on
+    this machine), with what to do instead when it is refused (TRAK's estimate for the same
+    cells among them)."""
     from ..ensemble import resolve_device
     from ._recorded import default_n_models
 
@@ -134,9 +250,29 @@ def check_datamodels_cost(adata, *, group_key: str | None, n_models: int | None,
              else adata.n_obs)
     n_models = n_models or default_n_models(int(units))
     cpu = resolve_device(device).type == "cpu"
-    trak = estimate_trak(adata.n_obs, 40, cpu=cpu)
+    n_features, n_classes = model_shape(adata, label_key, use_rep, layer)
+    estimate = calibrated(
+        lambda speed: estimate_datamodels(adata.n_obs, n_models, epochs=config.epochs, cpu=cpu,
+                                          speed=speed),
+        n_obs=adata.n_obs, n_features=n_features, n_classes=n_classes, config=config,
+        n_models=n_models, alpha=alpha, cpu=cpu)
+    trak = estimate_trak(adata.n_obs, TRAK_CHECKPOINTS, cpu=cpu)
     alternatives = (f"Instead: scdm.tl.trak ({trak.describe()}); datamodels of fewer cells "
                     "(a subsample, or one class at a time); donors as pseudobulk "
                     "(scdm.pp.pseudobulk); or a GPU (device='cuda').")
-    return check_cost(estimate_datamodels(adata.n_obs, n_models, epochs=epochs, cpu=cpu),
-                      store=store, alternatives=alternatives)
+    return check_cost(estimate, store=store, alternatives=alternatives)
+
+
+def trak_cost(adata, *, label_key: str | None, use_rep: str | None, layer: str | None,
+              alpha: float, config, device: str, n_models: int = TRAK_CHECKPOINTS,
+              proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP) -> CostEstimate:
+    """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine."""
+    from ..ensemble import resolve_device
+
+    cpu = resolve_device(device).type == "cpu"
+    n_features, n_classes = model_shape(adata, label_key, use_rep, layer)
+    return calibrated(
+        lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
+                                    max_obsp=max_obsp, cpu=cpu, speed=speed),
+        n_obs=adata.n_obs, n_features=n_features, n_classes=n_classes, config=config,
+        n_models=n_models, alpha=alpha, cpu=cpu)

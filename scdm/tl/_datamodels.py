@@ -9,6 +9,7 @@ from typing import Any
 from anndata import AnnData
 
 from .._docs import doc_params
+from ..masks import check_alpha
 from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
 from ._fit import fit_datamodels
@@ -91,8 +92,10 @@ def datamodels(
         if clash := sorted(set(kwds) & reserved):
             raise TypeError(f"{name} must not set {clash}; pass them to datamodels directly.")
     train_kwds = fold_train_kwds(train_kwds)
-    epochs = train_config(train_kwds.get("config"), n_train=1).epochs
-    check_datamodels_cost(adata, group_key=group_key, n_models=n_models, epochs=epochs,
+    config = train_config(train_kwds.get("config"),
+                          n_train=round(check_alpha(alpha) * adata.n_obs))
+    check_datamodels_cost(adata, label_key=label_key, use_rep=use_rep, layer=layer,
+                          group_key=group_key, n_models=n_models, alpha=alpha, config=config,
                           device=device, store=store)
     adata = adata.copy() if copy else adata
     train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,

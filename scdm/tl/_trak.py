@@ -23,15 +23,16 @@ from .._docs import doc_params
 from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import resolve_device
+from ..masks import check_alpha
 from ..store import ModelStore, hash_arrays
 from ..trak._core import inverse_sqrt_gram
 from ..trak._lowrank import ClassFactors, lowrank_embedding
 from ..trak._mlp import mlp_features
 from ..workers import as_backend
-from ._cost import check_cost, estimate_trak
+from ._cost import TRAK_CHECKPOINTS, TRAK_MAX_OBSP, TRAK_PROJ_DIM, check_cost, trak_cost
 from ._embed import embedding_blocks
 from ._halves import half_keys
-from ._recorded import fold_train_kwds, recorded_training
+from ._recorded import fold_train_kwds, recorded_training, train_config
 from ._retrain import stored_params
 from ._train import train_models
 
@@ -58,13 +59,13 @@ def trak(
     layer: str | None = None,
     group_key: str | None = None,
     stratify_key: str | None = None,
-    n_models: int = 40,
+    n_models: int = TRAK_CHECKPOINTS,
     alpha: float = 0.5,
-    proj_dim: int = 512,
+    proj_dim: int = TRAK_PROJ_DIM,
     damping: float = DEFAULT_DAMPING,
     n_comps: int = 10,
     rank: int = 256,
-    max_obsp: int = 5000,
+    max_obsp: int = TRAK_MAX_OBSP,
     train_kwds: Mapping | None = None,
     store: str | Path | None = None,
     device: str = "auto",
@@ -146,8 +147,11 @@ def trak(
     check_int("n_comps", n_comps, 1)
     seed = check_random_state(random_state)
     dev = resolve_device(device)
-    check_cost(estimate_trak(adata.n_obs, n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
-                             cpu=dev.type == "cpu"), store=store,
+    config = train_config(train_kwds.get("config"),
+                          n_train=round(check_alpha(alpha) * adata.n_obs))
+    check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep, layer=layer,
+                         n_models=n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
+                         alpha=alpha, config=config, device=dev.type), store=store,
                alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix).")
     adata = adata.copy() if copy else adata
     progress = settings.progress(verbose)
