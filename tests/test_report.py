@@ -140,3 +140,46 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
         assert f'id="{section}"' in dom
     assert dom.count('class="subgroup-card') >= 3
     assert _figure_count(dom) == _figure_count(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def ten_classes(tmp_path_factory):
+    """Ten classes (names with "/"), TRAK, subgroups, LDS and the report: the layout case."""
+    folder = tmp_path_factory.mktemp("ten")
+    classes = {"control": [60]} | {f"type/{i}": [30, 30] if i % 3 == 0 else [60]
+                                   for i in range(9)}
+    adata = scdm.datasets.gaussian_subtypes(classes, n_features=120, random_state=0)
+    scdm.tl.trak(adata, "disease", proj_dim=256, store=folder / "trak", random_state=0)
+    scdm.tl.subgroups(adata, key="trak", n_neighbors=10, random_state=0)
+    scdm.tl.lds(adata, key="trak", n_models=40, store=folder / "lds")
+    path = scdm.pl.report(adata, folder / "report.html", key="trak", figure_dir=folder / "figs")
+    return adata, path
+
+
+@pytest.mark.slow
+def test_report_of_ten_classes_wraps_its_figures_and_renders(ten_classes, tmp_path):
+    """At ten classes no figure is a strip of thumbnails (class panels wrap at 4 per row),
+    the class names with "/" are written as given, and Chromium renders every card."""
+    adata, path = ten_classes
+    page = path.read_text()
+    shapes = {}
+    for name, data in zip(re.findall(r'<img alt="([^"]*)"', page),
+                          re.findall(r'src="data:image/png;base64,([^"]+)"', page),
+                          strict=True):
+        header = base64.b64decode(data[:64])
+        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+        shapes[name] = (width, height)
+    assert {"embedding.png", "reproducibility.png", "lds.png"} <= set(shapes)
+    for name, (width, height) in shapes.items():
+        assert width / height < 5, f"{name} is {width} x {height}"
+    assert all(f"type/{i}" in page for i in range(9))
+    cards = page.count('class="subgroup-card')
+    assert cards == adata.obs["trak_subgroup"].nunique() >= 10
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium-headless-shell)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], check=True,
+                         capture_output=True, timeout=120, text=True).stdout
+    assert dom.count('class="subgroup-card') == cards
+    assert _figure_count(dom) == len(shapes)
