@@ -145,7 +145,7 @@ def test_degenerate_datamodels_are_flagged(trained, tmp_path):
     margins[:, 7] = np.random.default_rng(0).normal(size=margins.shape[0])  # pure noise
     margins.flush()
     del margins
-    with pytest.warns(scdm.tl._fit.DegenerateDatamodelsWarning, match="cell7"):
+    with pytest.warns(scdm.tl.DegenerateDatamodelsWarning, match="cell7"):
         scdm.tl.fit_datamodels(adata, store=copy)
     assert not adata.obs["datamodels_ok"].iloc[7] and adata.obs["datamodels_ok"].sum() >= 35
     scdm.tl.embed_datamodels(adata, label_key="disease")

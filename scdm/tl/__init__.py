@@ -5,7 +5,7 @@ from ._composition import subgroup_composition
 from ._datamodels import datamodels
 from ._embed import embed_datamodels, umap
 from ._evaluate import lds, model_count_curve
-from ._fit import fit_datamodels
+from ._fit import DegenerateDatamodelsWarning, fit_datamodels
 from ._subgroups import subgroup_markers, subgroups
 from ._train import train_models
 from ._trak import trak
@@ -13,6 +13,7 @@ from ._tuning import signal_to_noise
 from ._validate import validate_subgroups
 
 __all__ = [
+    "DegenerateDatamodelsWarning",
     "datamodels",
     "debias",
     "embed_datamodels",

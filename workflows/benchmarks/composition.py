@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="also pbmc68k_reduced's QC columns")
     args = parser.parse_args()
     scdm.settings.verbosity = 0
-    warnings.filterwarnings("ignore", category=scdm.tl._fit.DegenerateDatamodelsWarning)
+    warnings.filterwarnings("ignore", category=scdm.tl.DegenerateDatamodelsWarning)
     names = [n for n in PLANTED + NULL if any(fnmatch.fnmatch(n, p) for p in args.scenarios)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -502,7 +502,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the per-class table as CSV")
     args = parser.parse_args()
     scdm.settings.verbosity = 0
-    warnings.filterwarnings("ignore", category=scdm.tl._fit.DegenerateDatamodelsWarning)
+    warnings.filterwarnings("ignore", category=scdm.tl.DegenerateDatamodelsWarning)
     patterns = args.scenarios + (["R-*"] if args.real else [])
     names = [n for n in [*SCENARIOS, *REAL] if any(fnmatch.fnmatch(n, p) for p in patterns)]
     rows = []

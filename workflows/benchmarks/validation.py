@@ -74,7 +74,7 @@ def main() -> None:
                         choices=scdm.tl._validate.NULL_SETS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
-    warnings.filterwarnings("ignore", category=scdm.tl._fit.DegenerateDatamodelsWarning)
+    warnings.filterwarnings("ignore", category=scdm.tl.DegenerateDatamodelsWarning)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache) if args.cache else Path(tmp)
