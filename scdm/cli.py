@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     key = args.method  # "datamodels" or "trak": the key of every result
     groups = subgroup_key(key)
     config = train_config(None, n_train=round(args.alpha * adata.n_obs))
-    shape = {"label_key": label_key, "use_rep": use_rep, "layer": None, "alpha": args.alpha,
+    shape = {"label_key": label_key, "use_rep": use_rep, "alpha": args.alpha,
              "config": config, "device": args.device}
     if key == "trak":  # shown here; tl.trak checks it against the limits before any work
         estimate = trak_cost(adata, n_models=args.n_models or TRAK_CHECKPOINTS, **shape)

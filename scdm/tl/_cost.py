@@ -139,7 +139,7 @@ def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models
     inputs, for one epoch and for three: the difference is the time of two epochs, the rest
     the fixed cost (initialisation, margins on every cell). The time per model of the full
     run (``config.epochs``) over the reference formula's is the factor. The probe costs about
-    eight epochs of one chunk: ~0.2 s for 700 cells, a few seconds for 20,000."""
+    eight epochs of one chunk: about a second for 700 cells, a few for 20,000."""
     from dataclasses import replace
 
     from ..ensemble import CPU_MODEL_ALIGN, EnsembleTrainer
@@ -212,34 +212,26 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
 PROBE_ABOVE_SECONDS = 10.0  # shorter runs keep the reference estimate: a probe is not free
 
 
-def model_shape(adata, label_key: str | None, use_rep: str | None, layer: str | None
-                ) -> tuple[int, int]:
-    """The models' input width and number of classes, as far as ``adata`` tells before the
-    inputs are validated (wrong keys are reported by the training itself)."""
-    if use_rep is not None and use_rep in adata.obsm:
-        n_features = int(np.shape(adata.obsm[use_rep])[1])
-    else:
-        n_features = int(adata.n_vars)
-    n_classes = 2
-    if label_key is not None and label_key in adata.obs:
-        n_classes = max(2, int(adata.obs[label_key].nunique()))
-    return n_features, n_classes
-
-
-def calibrated(make, *, n_obs: int, n_features: int, n_classes: int, config, n_models: int,
-               alpha: float, cpu: bool) -> CostEstimate:
+def calibrated(make, adata, *, label_key: str | None, use_rep: str | None, config,
+               n_models: int, alpha: float, cpu: bool) -> CostEstimate:
     """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on CPU
-    when the reference estimate is above ``PROBE_ABOVE_SECONDS``."""
+    when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of the input
+    width and classes ``adata`` has (as far as it tells before the inputs are validated:
+    wrong keys are reported by the training itself; a layer is as wide as ``.X``)."""
     estimate = make(None)
     if not cpu or estimate.seconds is None or estimate.seconds <= PROBE_ABOVE_SECONDS:
         return estimate
-    return make(probe_speed(n_obs, n_features, n_classes, config, n_models=n_models,
+    n_features = (int(np.shape(adata.obsm[use_rep])[1])
+                  if use_rep is not None and use_rep in adata.obsm else int(adata.n_vars))
+    n_classes = (max(2, int(adata.obs[label_key].nunique()))
+                 if label_key is not None and label_key in adata.obs else 2)
+    return make(probe_speed(adata.n_obs, n_features, n_classes, config, n_models=n_models,
                             alpha=alpha))
 
 
 def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
-                          layer: str | None, group_key: str | None, n_models: int | None,
-                          alpha: float, config, device: str, store) -> CostEstimate:
+                          group_key: str | None, n_models: int | None, alpha: float, config,
+                          device: str, store) -> CostEstimate:
     """:func:`check_cost` of a :func:`scdm.tl.datamodels` run on ``adata`` (time calibrated on
     this machine), with what to do instead when it is refused (TRAK's estimate for the same
     cells among them)."""
@@ -250,12 +242,11 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
              else adata.n_obs)
     n_models = n_models or default_n_models(int(units))
     cpu = resolve_device(device).type == "cpu"
-    n_features, n_classes = model_shape(adata, label_key, use_rep, layer)
     estimate = calibrated(
         lambda speed: estimate_datamodels(adata.n_obs, n_models, epochs=config.epochs, cpu=cpu,
                                           speed=speed),
-        n_obs=adata.n_obs, n_features=n_features, n_classes=n_classes, config=config,
-        n_models=n_models, alpha=alpha, cpu=cpu)
+        adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
+        alpha=alpha, cpu=cpu)
     trak = estimate_trak(adata.n_obs, TRAK_CHECKPOINTS, cpu=cpu)
     alternatives = (f"Instead: scdm.tl.trak ({trak.describe()}); datamodels of fewer cells "
                     "(a subsample, or one class at a time); donors as pseudobulk "
@@ -263,16 +254,15 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
     return check_cost(estimate, store=store, alternatives=alternatives)
 
 
-def trak_cost(adata, *, label_key: str | None, use_rep: str | None, layer: str | None,
-              alpha: float, config, device: str, n_models: int = TRAK_CHECKPOINTS,
+def trak_cost(adata, *, label_key: str | None, use_rep: str | None, alpha: float, config,
+              device: str, n_models: int = TRAK_CHECKPOINTS,
               proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP) -> CostEstimate:
     """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine."""
     from ..ensemble import resolve_device
 
     cpu = resolve_device(device).type == "cpu"
-    n_features, n_classes = model_shape(adata, label_key, use_rep, layer)
     return calibrated(
         lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
                                     max_obsp=max_obsp, cpu=cpu, speed=speed),
-        n_obs=adata.n_obs, n_features=n_features, n_classes=n_classes, config=config,
-        n_models=n_models, alpha=alpha, cpu=cpu)
+        adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
+        alpha=alpha, cpu=cpu)

@@ -94,7 +94,7 @@ def datamodels(
     train_kwds = fold_train_kwds(train_kwds)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
-    check_datamodels_cost(adata, label_key=label_key, use_rep=use_rep, layer=layer,
+    check_datamodels_cost(adata, label_key=label_key, use_rep=use_rep,
                           group_key=group_key, n_models=n_models, alpha=alpha, config=config,
                           device=device, store=store)
     adata = adata.copy() if copy else adata

@@ -149,7 +149,7 @@ def trak(
     dev = resolve_device(device)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
-    check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep, layer=layer,
+    check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep,
                          n_models=n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
                          alpha=alpha, config=config, device=dev.type), store=store,
                alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix).")
