@@ -140,6 +140,8 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
         assert f'id="{section}"' in dom
     assert dom.count('class="subgroup-card') >= 3
     assert _figure_count(dom) == _figure_count(path.read_text())
+    for name, (width, height) in _image_shapes(path.read_text()).items():  # two classes
+        assert width / height <= 4, f"{name} is {width} x {height}"
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +154,21 @@ def ten_classes(tmp_path_factory):
     scdm.tl.trak(adata, "disease", proj_dim=256, store=folder / "trak", random_state=0)
     scdm.tl.subgroups(adata, key="trak", n_neighbors=10, random_state=0)
     scdm.tl.lds(adata, key="trak", n_models=40, store=folder / "lds")
-    path = scdm.pl.report(adata, folder / "report.html", key="trak", figure_dir=folder / "figs")
+    path = scdm.pl.report(adata, folder / "report.html", key="trak", figure_dir=folder / "figs",
+                          known_key="subtype")
     return adata, path
+
+
+def _image_shapes(page: str) -> dict[str, tuple[int, int]]:
+    """Each embedded figure's name and its PNG's width and height (from the IHDR header)."""
+    shapes = {}
+    for name, data in zip(re.findall(r'<img alt="([^"]*)"', page),
+                          re.findall(r'src="data:image/png;base64,([^"]+)"', page),
+                          strict=True):
+        header = base64.b64decode(data[:64])
+        shapes[name] = (int.from_bytes(header[16:20], "big"),
+                        int.from_bytes(header[20:24], "big"))
+    return shapes
 
 
 @pytest.mark.slow
@@ -162,17 +177,12 @@ def test_report_of_ten_classes_wraps_its_figures_and_renders(ten_classes, tmp_pa
     the class names with "/" are written as given, and Chromium renders every card."""
     adata, path = ten_classes
     page = path.read_text()
-    shapes = {}
-    for name, data in zip(re.findall(r'<img alt="([^"]*)"', page),
-                          re.findall(r'src="data:image/png;base64,([^"]+)"', page),
-                          strict=True):
-        header = base64.b64decode(data[:64])
-        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
-        shapes[name] = (width, height)
+    shapes = _image_shapes(page)
     assert {"embedding.png", "reproducibility.png", "lds.png"} <= set(shapes)
     for name, (width, height) in shapes.items():
-        assert width / height < 5, f"{name} is {width} x {height}"
+        assert width / height <= 4, f"{name} is {width} x {height}"
     assert all(f"type/{i}" in page for i in range(9))
+    assert 'id="known"' in page  # the known-label × subgroup table
     cards = page.count('class="subgroup-card')
     assert cards == adata.obs["trak_subgroup"].nunique() >= 10
     browser = _browser()

@@ -31,6 +31,8 @@ def finish_figure(fig, axes, *, show: bool | None, save: str | Path | None,
 
 # class panels per row: a row of 10 made a 4,683 px wide figure that a report shrinks to a strip
 PANELS_PER_ROW = 4
+# and no figure wider than 4:1 either: the grid's width / height before legends (~10 % more)
+MAX_ASPECT = 3.2
 
 
 def panel_grid(n_rows: int, n_panels: int, panel_size: tuple[float, float]):
@@ -41,8 +43,11 @@ def panel_grid(n_rows: int, n_panels: int, panel_size: tuple[float, float]):
 
     cols = max(1, min(n_panels, PANELS_PER_ROW))
     lines = -(-n_panels // cols)  # grid rows per colour
-    fig, grid = plt.subplots(n_rows * lines, cols, squeeze=False,
-                             figsize=(panel_size[0] * cols, panel_size[1] * n_rows * lines))
+    width = panel_size[0] * cols
+    # a single row of four panels (and its legends) would come out wider than 4:1, a strip
+    # the report shrinks to thumbnails: such rows get taller panels instead
+    height = max(panel_size[1] * n_rows * lines, width / MAX_ASPECT)
+    fig, grid = plt.subplots(n_rows * lines, cols, squeeze=False, figsize=(width, height))
     axes = np.empty((n_rows, n_panels), dtype=object)
     for r in range(n_rows):
         for p in range(n_panels):
