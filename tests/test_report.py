@@ -17,6 +17,7 @@ import pytest
 from anndata import read_h5ad
 
 import scdm
+from scdm._anndata import uns_names
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 
@@ -183,6 +184,12 @@ def test_report_of_ten_classes_wraps_its_figures_and_renders(ten_classes, tmp_pa
         assert width / height <= 4, f"{name} is {width} x {height}"
     assert all(f"type/{i}" in page for i in range(9))
     assert 'id="known"' in page  # the known-label × subgroup table
+    with warnings.catch_warnings():  # "/" in the class names: no h5 key anndata refuses
+        warnings.simplefilter("error")
+        adata.write_h5ad(tmp_path / "ten.h5ad")
+    back = read_h5ad(tmp_path / "ten.h5ad")
+    assert set(uns_names(back.uns["trak_subgroup"]["reproducibility"])) == {
+        "control", *(f"type/{i}" for i in range(9))}
     cards = page.count('class="subgroup-card')
     assert cards == adata.obs["trak_subgroup"].nunique() >= 10
     browser = _browser()

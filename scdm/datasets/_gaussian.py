@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._anndata import uns_safe
 from .._seeding import check_random_state
 
 
@@ -109,11 +110,11 @@ def gaussian_subtypes(
     var = pd.DataFrame({"program": pd.Categorical(program)},
                        index=[f"feature-{f}" for f in range(n_features)])
     adata = AnnData(X=X.astype(np.float32), obs=obs, var=var)
-    adata.uns["gaussian_subtypes"] = {
+    adata.uns["gaussian_subtypes"] = uns_safe({  # class names may hold "/"
         "classes": {c: [int(v) for v in sizes] for c, sizes in classes.items()},
         "n_features": n_features, "program_size": program_size,
         "program_effect": program_effect, "n_batches": n_batches,
         "batch_features": batch_features, "batch_effect": batch_effect,
         "gradient_features": gradient_features, "gradient_effect": gradient_effect,
-        "random_state": seed}
+        "random_state": seed})
     return adata
