@@ -111,7 +111,7 @@ def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: boo
         fit = 2.9 * (n_obs / 700) ** 1.8 * n_models / 17_500
         seconds = train + fit
     return CostEstimate("datamodels", n_obs, n_models, disk, memory,
-                        **_scaled(seconds, speed if cpu else None))
+                        **_scaled(seconds, speed))
 
 
 def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
@@ -127,7 +127,7 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
     seconds = (31.6 * (n_obs / 5000) ** 0.6 * (n_models / 40) * (proj_dim / 512)
                if cpu else None)
     return CostEstimate("trak", n_obs, n_models, disk, memory,
-                        **_scaled(seconds, speed if cpu else None))
+                        **_scaled(seconds, speed))
 
 
 def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models: int,
@@ -147,8 +147,7 @@ def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models
     rng = np.random.default_rng(random_state)
     X = rng.standard_normal((n_obs, max(1, n_features)), dtype=np.float32)
     y = np.arange(n_obs) % max(2, n_classes)
-    trainer = EnsembleTrainer(X, y, replace(config, epochs=1), device="cpu",
-                              random_state=random_state)
+    trainer = EnsembleTrainer(X, y, config, device="cpu", random_state=random_state)
     chunk = int(min(trainer.auto_chunk_size(), max(CPU_MODEL_ALIGN, n_models)))
     masks = rng.random((chunk, n_obs)) < alpha
     masks[:, :2] = True  # no empty training set
