@@ -14,6 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ._anndata import uns_names
 from .store import ModelStore
 
 # the subgroup of cells whose datamodel is degenerate (never a subgroup of its own)
@@ -184,3 +185,81 @@ def format_number(x) -> str:
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _subgroup_table(adata: AnnData, groups: str, n_markers: int) -> dict:
+    markers = adata.uns[groups].get("markers")
+    table = {}
+    for name, size in uns_names(adata.uns[groups].get("sizes")).items():
+        top = ([] if markers is None else markers[markers["subgroup"].astype(str) == name]
+               .sort_values("rank")["gene"].head(n_markers))
+        table[name] = {"size": int(size), "top_markers": [str(g) for g in top]}
+    return table
+
+
+def summary(adata: AnnData, key: str = "datamodels", *, known_key: str | None = None,
+            n_markers: int = 5) -> dict[str, Any]:
+    """What a datamodels or TRAK analysis of ``adata`` found, as plain numbers and strings
+    (JSON-ready): the one summary ``scdm run`` writes (``summary.json``, ``summary.txt``) and
+    :func:`scdm.pl.report` shows.
+
+    Holds the training (method, label, classes, input, models, held-out accuracy, the tool's
+    ``seconds`` per step), the fit (held-out margin correlation, weights per target, degenerate
+    datamodels), the subgroups of ``subgroup_key(key)`` if computed (sizes and top markers,
+    the reproducibility evidence per class, composition flags in words), the LDS and the
+    model-count curve if computed, and with ``known_key`` how the subgroups divide a known
+    annotation (cells per subgroup and known label).
+    """
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "params" not in info:
+        raise KeyError(f"adata.uns[{key!r}] holds no attribution; run scdm.tl.datamodels or "
+                       "scdm.tl.trak first.")
+    params = info["params"]
+    label_key = params["label_key"]
+    out: dict[str, Any] = {
+        "method": str(info.get("method", "datamodels")),
+        "label_key": label_key,
+        "classes": {str(k): int(v) for k, v in adata.obs[label_key].value_counts().items()},
+        "use_rep": params.get("use_rep"),
+        "group_key": params.get("group_key"),
+        "stratify_key": params.get("stratify_key"),
+        "store": str(info["store"]),
+        "models_trained": int(info["n_completed"]),
+        "mean_heldout_accuracy": float(info["mean_heldout_accuracy"]),
+    }
+    if "seconds" in info:
+        out["seconds"] = {k: round(float(v), 1) for k, v in info["seconds"].items()}
+    if f"{key}_ok" in adata.obs:
+        out["degenerate_datamodels"] = int((~adata.obs[f"{key}_ok"]).sum())
+    if f"{key}_corr" in adata.obs:
+        corr = adata.obs[f"{key}_corr"]
+        out["heldout_margin_correlation"] = {
+            "mean": float(corr.mean()), "median": float(corr.median()), "min": float(corr.min())}
+        out["mean_nonzero_weights_per_target"] = float(info["summary"]["mean_nonzero_weights"])
+    if "trak_params" in info:
+        out["trak"] = dict(info["trak_params"])
+    groups = subgroup_key(key)
+    if groups in adata.uns:
+        out["subgroups"] = _subgroup_table(adata, groups, n_markers)
+        out["subgroup_evidence"] = {k: dict(v) for k, v in uns_names(
+            adata.uns[groups].get("reproducibility")).items()}
+        out["composition_flags"] = [describe_flag(row) for _, row in
+                                    composition_flags(adata, groups).iterrows()]
+        if known_key is not None:
+            known = known_table(adata, groups, known_key)
+            out["subgroups_vs_known"] = {
+                "known_key": known_key,
+                "table": {str(group): {str(cell): int(n) for cell, n in counts.items() if n}
+                          for group, counts in known.T.iterrows()}}
+    if "lds" in info:
+        out["lds"] = {"mean": float(info["lds"]["mean"]), "median": float(info["lds"]["median"]),
+                      "evaluation_models": int(info["lds"]["params"]["n_models"])}
+    if "model_curve" in info:
+        curve = info["model_curve"]
+        out["model_curve"] = {
+            "n_models": [int(n) for n in curve["n_models"]],
+            "mean_heldout_correlation": [round(float(c), 4) if np.isfinite(c) else None
+                                         for c in curve["mean_corr"]],
+            "mean_lds": [round(float(c), 4) for c in curve["mean_lds"]],
+            "recommendation": str(curve["recommendation"])}
+    return out

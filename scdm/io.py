@@ -1,6 +1,7 @@
 """Interoperability with the published datamodels data and code (MadryLab).
 
-- ``datamodels.pt`` both ways (:func:`write_datamodels_pt`, :func:`read_datamodels`).
+- ``datamodels.pt`` both ways (:func:`write_datamodels_pt`, :func:`read_datamodels`), and
+  target ranges fitted apart joined (:func:`merge_datamodels_pt`).
 - The published ``train_masks_*.npy`` / ``*_margins_*.npy`` as memmaps (:func:`load_published`).
 - MadryLab's training contract: a store made from their ``spec.json``
   (:meth:`scdm.store.ModelStore.from_spec`) filled by any user function
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -73,6 +75,49 @@ def write_datamodels_pt(model: LassoPath, path: str | os.PathLike, *,
 
 def _tensor(values) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def merge_datamodels_pt(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join ``datamodels.pt`` files of target ranges of one store (``scdm fit --targets A:B``,
+    fast_l1's ``target_start_ind`` / ``target_end_ind``) into one file of all targets.
+
+    The ranges must tile ``[0, n_targets)`` without gaps or overlaps, and the files must come
+    from the same models (units, training samples and mask statistics equal); otherwise
+    nothing is written and the error says which. Returns ``out``.
+    """
+    if not paths:
+        raise ValueError("no files to merge; give the outputs of scdm fit --targets A:B.")
+    parts = [read_datamodels_pt(f) for f in paths]
+    for f, d in zip(paths, parts, strict=True):
+        if "target_start" not in d:
+            raise ValueError(f"{f} has no target range; merge files written by scdm fit "
+                             "--targets A:B.")
+    parts.sort(key=lambda d: int(d["target_start"]))
+    first = parts[0]
+    total = int(first["n_targets_total"])
+    ranges = [(int(d["target_start"]), int(d["target_stop"])) for d in parts]
+    if ranges[0][0] != 0 or ranges[-1][1] != total or any(
+            a[1] != b[0] for a, b in itertools.pairwise(ranges)):
+        raise ValueError(f"the files cover target ranges {ranges}; they must tile [0, {total}) "
+                         "without gaps or overlaps.")
+    for d in parts[1:]:
+        if d.get("units") != first.get("units") or d["weight"].shape[0] != first[
+                "weight"].shape[0] or int(d["n_targets_total"]) != total:
+            raise ValueError("the files come from different stores or conventions (units, "
+                             "training samples or target count differ).")
+        if "mean" in first and not np.allclose(d["mean"], first["mean"]):
+            raise ValueError("the files were fitted on different models (mask statistics "
+                             "differ); fit every range on the same store and models.")
+    data: dict[str, Any] = {
+        key: torch.from_numpy(np.concatenate([d[key] for d in parts], axis=-1))
+        for key in ("weight", "bias", "lam", "self_influence") if key in first}
+    data.update({key: torch.from_numpy(first[key]) for key in ("mean", "scale") if key in first})
+    data.update({"units": first.get("units"), "target_start": 0, "target_stop": total,
+                 "n_targets_total": total})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in data.items() if v is not None}, out)
+    return out
 
 
 def read_datamodels_pt(path: str | os.PathLike) -> dict:

@@ -4,7 +4,8 @@ import anndata as ad
 import pytest
 from _helpers import make_adata
 
-from scdm.cli import bundled_pbmc, main
+from scdm.cli import main
+from scdm.datasets import pbmc68k_lineage
 
 pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
 
@@ -52,7 +53,7 @@ def test_run_on_bundled_data_writes_its_outputs(tmp_path):
     # how to read the page comes first
     assert page.index('id="reading"') < page.index('id="overview"')
     assert "50 PCs of 765 features" in page
-    assert bundled_pbmc().obs["lineage"].cat.categories.tolist() == ["myeloid", "other"]
+    assert pbmc68k_lineage().obs["lineage"].cat.categories.tolist() == ["myeloid", "other"]
 
 
 def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):

@@ -80,3 +80,25 @@ def test_shared_parameter_docs_are_filled_in():
 
     with pytest.raises(KeyError, match="no_such_snippet"):
         doc_params(f)
+
+
+def test_the_cli_only_adapts():
+    """One small module per subcommand, none reaching into ``tl``'s private modules: the CLI
+    calls the public tools and reads their defaults from the signatures."""
+    cli = PACKAGE / "cli"
+    assert {p.stem for p in cli.glob("*.py")} >= {"run", "store", "train", "worker", "fit",
+                                                  "status"}
+    too_long = {p.name: n for p in cli.glob("*.py")
+                if (n := len(p.read_text().splitlines())) > 250}
+    assert not too_long, too_long
+    private = []
+    for path, tree in _modules():
+        if path.parent != cli:
+            continue
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            private += [f"{path.name}:{node.lineno} {name}" for name in names
+                        if any(part.startswith("_") for part in name.split(".")[1:])
+                        and "tl" in name.split(".")]
+    assert not private, private

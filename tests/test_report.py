@@ -100,6 +100,29 @@ def test_report_reads_first_names_the_input_and_tabulates_known_types(reported, 
         scdm.pl.report(adata, tmp_path / "bad.html", known_key="nope")
 
 
+def test_one_summary_for_the_page_and_the_cli(reported, tmp_path):
+    """scdm.get.summary is JSON-ready and holds what the report's overview shows."""
+    import json
+
+    adata, _ = reported
+    found = scdm.get.summary(adata, known_key="subtype")
+    assert json.loads(json.dumps(found)) == found
+    assert found["method"] == "datamodels" and found["label_key"] == "disease"
+    assert found["use_rep"] == "X_pca" and found["stratify_key"] == "batch"
+    assert set(found["seconds"]) == {"train", "fit", "embed"}
+    assert found["lds"]["evaluation_models"] == 60
+    assert sum(g["size"] for g in found["subgroups"].values()) == adata.n_obs
+    assert set(found["subgroup_evidence"]) == {"control", "disease"}
+    table = found["subgroups_vs_known"]["table"]
+    assert sum(n for cells in table.values() for n in cells.values()) == adata.n_obs
+    page = scdm.pl.report(adata, tmp_path / "s.html").read_text()
+    median = found["heldout_margin_correlation"]["median"]
+    assert f"<b>{median:.3f}</b>held-out margin corr. (median)" in page
+    assert f"<b>{found['models_trained']}</b>models trained" in page
+    with pytest.raises(KeyError, match=r"run scdm\.tl\.datamodels or scdm\.tl\.trak"):
+        scdm.get.summary(adata, "trak")
+
+
 def test_report_bad_input(reported, tmp_path):
     adata, _ = reported
     with pytest.raises(KeyError, match="run scdm"):

@@ -125,7 +125,12 @@ def test_cli_workers_on_overlapping_ranges(reference, tmp_path):
     # failures exit non-zero, with the reason
     bad = scdm_cli("train", "--store", str(store), "--models", "500:100")
     assert bad.returncode == 2 and "START < STOP" in bad.stderr
-    no_recipe = scdm_cli("train", "--store", str(local.path))
+    # every store tl.train_models writes carries its recipe; one made from MadryLab's spec
+    # (filled by a user's main()) has none
+    assert (local.path / "recipe.json").exists()
+    spec = ModelStore.from_spec(tmp_path / "spec", {
+        "num_models": 10, "schema": {"margins": {"shape": [5], "dtype": "float32"}}})
+    no_recipe = scdm_cli("train", "--store", str(spec.path))
     assert no_recipe.returncode == 2 and "no training recipe" in no_recipe.stderr
 
 

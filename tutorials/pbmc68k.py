@@ -17,14 +17,14 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 import scdm
-from scdm.cli import bundled_pbmc
+from scdm.datasets import pbmc68k_lineage
 
 SMALL = os.environ.get("SCDM_TUTORIAL_SMALL") == "1"
 N_MODELS = 1000 if SMALL else None  # None: ~25 per cell
 scdm.settings.verbosity = 0 if SMALL else 1
 
 # %%
-adata = bundled_pbmc()
+adata = pbmc68k_lineage()
 if SMALL:
     adata = adata[::2].copy()  # every other cell: a faster smoke test
 pd.crosstab(adata.obs["bulk_labels"], adata.obs["lineage"])

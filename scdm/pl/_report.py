@@ -24,6 +24,7 @@ from ..get import (
     describe_flag,
     format_number,
     known_table,
+    summary,
 )
 from ..get import subgroup_key as get_subgroup_key
 
@@ -189,18 +190,20 @@ def _typical_target(adata: AnnData, key: str, subgroup_key: str | None) -> int |
 
 def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> str:
     info = adata.uns.get(key, {})
-    numbers = [("cells", adata.n_obs), ("models' input", models_input(adata, info))]
-    if "n_completed" in info:
-        numbers.append(("models trained", int(info["n_completed"])))
-    if "mean_heldout_accuracy" in info:
-        numbers.append(("held-out accuracy", _fmt(float(info["mean_heldout_accuracy"]))))
-    if f"{key}_corr" in adata.obs:
+    # the numbers scdm run's summary.json holds, from the same accessor
+    found = summary(adata, key) if isinstance(info, Mapping) and "params" in info else {}
+    numbers: list[tuple[str, Any]] = [("cells", adata.n_obs),
+                                      ("models' input", models_input(adata, info))]
+    if "models_trained" in found:
+        numbers += [("models trained", found["models_trained"]),
+                    ("held-out accuracy", _fmt(found["mean_heldout_accuracy"]))]
+    if "heldout_margin_correlation" in found:
         numbers.append(("held-out margin corr. (median)",
-                        _fmt(float(adata.obs[f"{key}_corr"].median()))))
-    if "lds" in info:
-        numbers.append(("LDS (mean)", _fmt(float(info["lds"]["mean"]))))
-    if f"{key}_ok" in adata.obs:
-        numbers.append(("degenerate datamodels", int((~adata.obs[f"{key}_ok"]).sum())))
+                        _fmt(found["heldout_margin_correlation"]["median"])))
+    if "lds" in found:
+        numbers.append(("LDS (mean)", _fmt(found["lds"]["mean"])))
+    if "degenerate_datamodels" in found:
+        numbers.append(("degenerate datamodels", found["degenerate_datamodels"]))
     numbers.append(("composition flags", n_flags))
     cells = "".join(f'<div class="number"><b>{escape(str(v))}</b>{escape(name)}</div>'
                     for name, v in numbers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def datamodels(
       sample, raw margin units; CSR when sparse),
     - ``adata.obsm[f"X_{key_added}"]``: the embedding,
     - ``adata.obs[f"{key_added}_corr"]``: held-out correlation of predicted and actual margins,
-    - ``adata.uns[key_added]``: store path, ``params``, per-target ``lambda``, summary metrics.
+    - ``adata.uns[key_added]``: store path, ``params``, per-target ``lambda``, summary metrics
+      and ``"seconds"`` (``"train"``, ``"fit"``, ``"embed"``: what each step took).
     """
     fit_kwds = dict(fit_kwds or {})
     reserved = {"adata", "label_key", "key", "key_added", "copy", "store", "device",
@@ -98,11 +100,17 @@ def datamodels(
                           group_key=group_key, n_models=n_models, alpha=alpha, config=config,
                           device=device, store=store)
     adata = adata.copy() if copy else adata
+    start = time.perf_counter()
     train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                  device=device, random_state=random_state, key_added=key_added, verbose=verbose,
                  **train_kwds)
+    trained = time.perf_counter()
     fit_datamodels(adata, key=key_added, device=device, random_state=random_state,
                    verbose=verbose, **fit_kwds)
+    fitted = time.perf_counter()
     embed_datamodels(adata, key=key_added, n_comps=n_comps, random_state=random_state)
+    # as tl.trak records its stages: what each took in this call (a resumed store trains less)
+    adata.uns[key_added]["seconds"] = {"train": trained - start, "fit": fitted - trained,
+                                       "embed": time.perf_counter() - fitted}
     return adata if copy else None

@@ -137,9 +137,9 @@ def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSamp
                           config: TrainConfig, *, label_key: str, group_key: str | None,
                           stratify_key: str | None, mask_mode: str, scale: bool, n_models: int,
                           min_heldout: int, store: str | Path | None, key_added: str,
-                          recipe: MLPRecipe | None = None) -> ModelStore:
-    """Create (or resume) the store of a training configuration; with ``recipe``, also save
-    what workers elsewhere need to train its models (``scdm train --store``)."""
+                          recipe: MLPRecipe) -> ModelStore:
+    """Create (or resume) the store of a training configuration with its ``recipe``: what
+    workers elsewhere need to train its models (``scdm train --store``)."""
     sampler.check_heldout(n_models, min_heldout, obs_names=list(adata.obs_names))
     fingerprint = training_fingerprint(
         inputs, n_obs=adata.n_obs, label_key=label_key, group_key=group_key,
@@ -149,8 +149,7 @@ def create_training_store(adata: AnnData, inputs: ModelInputs, sampler: MaskSamp
     schema = store_schema(adata.n_obs, margins_dtype=settings.margins_dtype)
     model_store = ModelStore.create(path, n_models=n_models, schema=schema,
                                     fingerprint=fingerprint)
-    if recipe is not None:
-        write_recipe(model_store.path, recipe)
+    write_recipe(model_store.path, recipe)
     return model_store
 
 

@@ -76,7 +76,8 @@ def train_models(
     {device}
     model_range
         ``(start, stop)``: train only these models of the ``n_models`` (to split the work
-        across processes or machines sharing the store). Default: all.
+        across processes or machines sharing the store). Default: all. ``(0, 0)`` creates the
+        store and its recipe and trains nothing (workers fill it: ``scdm train --store``).
     min_heldout
         Refuse to train if some observation would be held out of fewer models than this.
     backend
@@ -86,7 +87,7 @@ def train_models(
         ``num_cpus_per_task``, ``num_gpus_per_task`` (fractional puts several tasks on one
         GPU), ``task_size``): ranges of models become Ray tasks (retried when a worker dies)
         that write disjoint rows of the store, which must then lie on a filesystem every Ray
-        node sees. The store also receives its training recipe, so CLI workers (``scdm train
+        node sees. Every store receives its training recipe, so CLI workers (``scdm train
         --store``) can join. Results are identical on CPU. Either backend with
         ``keep_checkpoints=True`` also keeps every new model's parameters in the store
         (``STORE/checkpoints``, ~4 bytes per parameter and model), as :func:`scdm.tl.trak`
@@ -119,19 +120,23 @@ def train_models(
         n_models = default_n_models(sampler.n_units)
         logger.info("n_models=None: training %d models (~25 per sample)", n_models)
     start, stop = (0, n_models) if model_range is None else model_range
-    if not 0 <= start < stop <= n_models:
-        raise ValueError(f"model_range must satisfy 0 <= start < stop <= n_models={n_models}, "
+    if not 0 <= start <= stop <= n_models:
+        raise ValueError(f"model_range must satisfy 0 <= start <= stop <= n_models={n_models}, "
                          f"got {model_range}.")
+    # the store always carries its recipe: later tools, CLI workers and Ray tasks read how its
+    # models were trained from it
+    recipe = MLPRecipe.from_inputs(inputs, model_config, alpha=alpha, mask_mode=mask_mode,
+                                   random_state=random_state)
     model_store = create_training_store(
         adata, inputs, sampler, model_config, label_key=label_key, group_key=group_key,
         stratify_key=stratify_key, mask_mode=mask_mode, scale=scale, n_models=n_models,
-        min_heldout=min_heldout, store=store, key_added=key_added)
-    recipe = MLPRecipe.from_inputs(inputs, model_config, alpha=alpha, mask_mode=mask_mode,
-                                   random_state=random_state)
-    fill_store(model_store, recipe, models=(start, stop), backend=backend, device=device,
-               progress=settings.progress(verbose))
+        min_heldout=min_heldout, store=store, key_added=key_added, recipe=recipe)
+    if stop > start:
+        fill_store(model_store, recipe, models=(start, stop), backend=backend, device=device,
+                   progress=settings.progress(verbose))
 
     completed = model_store.completed_indices()
+    accuracy = model_store.field("heldout_accuracy")[completed]
     params = {
         "label_key": label_key, "use_rep": use_rep, "layer": layer, "group_key": group_key,
         "stratify_key": stratify_key,
@@ -144,7 +149,6 @@ def train_models(
         "classes": inputs.classes,
         "n_models": n_models,
         "n_completed": int(completed.size),
-        "mean_heldout_accuracy": float(np.nanmean(
-            model_store.field("heldout_accuracy")[completed])),
+        "mean_heldout_accuracy": float(np.nanmean(accuracy)) if accuracy.size else np.nan,
     })
     return adata if copy else None

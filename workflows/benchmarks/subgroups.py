@@ -124,9 +124,9 @@ def _mat(name: str, field: str) -> np.ndarray:
 
 
 def real_pbmc() -> ad.AnnData:
-    from scdm.cli import bundled_pbmc
+    from scdm.datasets import pbmc68k_lineage
 
-    adata = bundled_pbmc()
+    adata = pbmc68k_lineage()
     adata.obs["truth"] = adata.obs["bulk_labels"].astype(str)
     adata.uns["benchmark"] = {"label": "lineage", "use_rep": "X_pca"}
     return adata
