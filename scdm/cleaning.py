@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_fraction
 from .clustering import knn_adjacency
 from .evaluation import permutation_p_value
 
@@ -51,8 +52,7 @@ def neighbourhood_probabilities(probabilities: np.ndarray, features: np.ndarray,
     and 0.5 were tried.
     """
     P = np.asarray(probabilities, dtype=np.float64)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must lie in [0, 1], got {weight}.")
+    weight = check_fraction("weight", weight, "[0, 1]")
     graph = knn_adjacency(np.asarray(features, dtype=np.float64),
                           min(int(n_neighbors), P.shape[0] - 1))
     degree = np.asarray(graph.sum(1)).ravel()

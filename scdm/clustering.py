@@ -37,6 +37,8 @@ from scipy import sparse
 from scipy.linalg import orthogonal_procrustes
 from sklearn.metrics import adjusted_rand_score
 
+from ._checks import check_fraction
+
 DEFAULT_RESOLUTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
 
 
@@ -582,10 +584,8 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     random_state
         Seed of Leiden and of the null draws.
     """
-    if not 0.0 < min_reproducibility <= 1.0:
-        raise ValueError(f"min_reproducibility must lie in (0, 1], got {min_reproducibility}.")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    check_fraction("min_reproducibility", min_reproducibility, "(0, 1]")
+    check_fraction("alpha", alpha)
     if (n_null + 1) * alpha < 1:
         raise ValueError(f"with n_null={n_null} null draws the smallest p-value is "
                          f"{1 / (n_null + 1):.3f} > alpha={alpha}; raise n_null.")

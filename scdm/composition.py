@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import false_discovery_control, mannwhitneyu
 
+from ._checks import check_fraction
+
 FLAGS = ("dominated", "imbalanced", "shifted")
 
 
@@ -41,11 +43,8 @@ class CompositionRule:
 
     def __post_init__(self):
         for name in ("max_fraction", "alpha"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {value}.")
-        if not 0.0 < self.min_imbalance <= 1.0:
-            raise ValueError(f"min_imbalance must lie in (0, 1], got {self.min_imbalance}.")
+            check_fraction(name, getattr(self, name))
+        check_fraction("min_imbalance", self.min_imbalance, "(0, 1]")
         if not 0.0 < self.min_auc_shift <= 0.5:
             raise ValueError(f"min_auc_shift must lie in (0, 0.5], got {self.min_auc_shift}.")
 

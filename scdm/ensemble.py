@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ._checks import check_int
 from ._device import resolve_device
 from ._seeding import INIT_STREAM, ORDER_STREAM, model_rng
 
@@ -63,8 +64,7 @@ class TrainConfig:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer widths must be positive, got {self.hidden}.")
         for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+            check_int(name, getattr(self, name), 1)
         for name in ("lr",):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._checks import check_fraction
 from ._seeding import MASK_STREAM, check_random_state, model_rng
 
 MaskMode = Literal["balanced", "bernoulli"]
@@ -20,16 +21,8 @@ MASK_MODES: tuple[str, ...] = ("balanced", "bernoulli")
 
 def check_alpha(alpha: float) -> float:
     """Validate the subset fraction ``alpha``: a number strictly between 0 and 1."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(
-            f"alpha must lie strictly between 0 and 1 (the fraction of samples each model "
-            f"trains on), got {alpha}. The datamodels papers use 0.1-0.75; 0.5 is the default."
-        )
-    return value
+    return check_fraction("alpha", alpha, why=" (the fraction of samples each model trains "
+                          "on; the datamodels papers use 0.1-0.75, 0.5 is the default)")
 
 
 class MaskSampler:

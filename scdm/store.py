@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ._checks import check_int
 from ._settings import MARGIN_DTYPES
 
 CHECKPOINTS = "checkpoints"  # folder of a store that keeps some models' parameters
@@ -124,8 +125,7 @@ def check_madrylab_spec(spec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tu
                          '"dtype": "bool_"}, "margins": {"shape": [10000], "dtype": '
                          '"float16"}}}.')
     n_models = spec["num_models"]
-    if isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1:
-        raise ValueError(f"num_models must be a positive integer, got {n_models!r}.")
+    n_models = check_int("num_models", n_models, 1)
     schema = spec["schema"]
     if not isinstance(schema, Mapping) or not schema:
         raise ValueError("the spec's schema must map at least one field to {dtype, shape}.")
@@ -303,8 +303,7 @@ class ModelStore:
             If False, an existing store at ``path`` is an error instead of being resumed.
         """
         path = Path(path)
-        if n_models < 1:
-            raise ValueError(f"n_models must be at least 1, got {n_models}.")
+        n_models = check_int("n_models", n_models, 1)
         schema = {name: (np.dtype(dt), tuple(int(s) for s in shape)) for name, (dt, shape) in
                   schema.items()}
         if COMPLETED in schema:

@@ -47,7 +47,7 @@ def test_group_spanning_two_labels_is_refused():
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
 def test_alpha_outside_unit_interval_is_refused(alpha):
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\) \(the fraction"):
         MaskSampler(np.arange(10) % 2, alpha)
 
 
@@ -93,3 +93,14 @@ def test_stratified_masks_bad_input():
     groups = np.repeat(np.arange(4), 5)
     with pytest.raises(ValueError, match="spans several strata"):
         MaskSampler(labels, 0.5, groups=groups, strata=np.arange(20) % 2)
+
+
+def test_one_wording_for_fractions():
+    from scdm._checks import check_fraction
+
+    assert check_fraction("f", 0, "[0, 1)") == 0.0 and check_fraction("f", 1, "(0, 1]") == 1.0
+    for value, interval in ((0, "(0, 1)"), (1, "[0, 1)"), (float("nan"), "[0, 1]")):
+        with pytest.raises(ValueError, match=r"f must lie in [\[(]0, 1[\])], got"):
+            check_fraction("f", value, interval)
+    with pytest.raises(TypeError, match="f must be a number"):
+        check_fraction("f", "half")

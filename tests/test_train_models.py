@@ -66,7 +66,7 @@ def test_groups_and_use_rep(tmp_path):
     ({"label_key": "disease", "use_rep": "X_pca"}, KeyError, "not in adata.obsm"),
     ({"label_key": "disease", "layer": "counts"}, KeyError, "not in adata.layers"),
     ({"label_key": "disease", "group_key": "donor"}, KeyError, "group_key='donor'"),
-    ({"label_key": "disease", "alpha": 1.0}, ValueError, "strictly between 0 and 1"),
+    ({"label_key": "disease", "alpha": 1.0}, ValueError, r"alpha must lie in \(0, 1\)"),
     ({"label_key": "disease", "n_models": 0}, ValueError, "at least 1"),
     ({"label_key": "disease", "n_models": 10}, ValueError, "held out of only"),
     ({"label_key": "disease", "model_range": (50, 200)}, ValueError, "model_range"),

@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+from .._checks import check_fraction
 from ._common import Stages, columns, fill_defaults, library_messages
 from ._summary import summary_lines
 
@@ -96,8 +97,7 @@ def check(args: argparse.Namespace, adata, label_key: str, use_rep: str | None,
     if unknown:
         raise KeyError(f"--covariates {unknown} are not columns of the input's obs (columns: "
                        f"{columns(adata.obs.columns)}).")
-    if not 0 < args.alpha < 1:
-        raise ValueError(f"--alpha must lie strictly between 0 and 1, got {args.alpha}.")
+    check_fraction("--alpha", args.alpha)
     fewest = 4 if args.method == "trak" else 1
     if args.n_models is not None and args.n_models < fewest:
         raise ValueError(f"--n-models must be at least {fewest} with --method {args.method}, "

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import check_int
 from .._seeding import check_random_state
 
 
@@ -78,8 +79,8 @@ def exclusive_programs(
         raise ValueError(f"{marked} programs of {program_size} features and {batch_features} "
                          f"batch features need {marked * program_size + batch_features} "
                          f"features but n_features={n_features}.")
-    if n_per_group < 1 or n_batches < 1:
-        raise ValueError("n_per_group and n_batches must be at least 1.")
+    check_int("n_per_group", n_per_group, 1)
+    check_int("n_batches", n_batches, 1)
     rng = np.random.default_rng(seed)
     names = [chr(ord("A") + i) for i in range(n_programs)]
     pairs = [(i, j) for i in range(n_programs) for j in range(i + 1, n_programs)]

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._anndata import uns_safe
+from .._checks import check_int
 from .._seeding import check_random_state
 
 
@@ -63,8 +64,7 @@ def gaussian_subtypes(
                    {"control": [300], "disease": [70, 80, 90]})
     if len(classes) < 2 or any(len(v) < 1 or min(v) < 1 for v in classes.values()):
         raise ValueError("classes needs at least two classes, each with positive subtype sizes.")
-    if n_batches < 1:
-        raise ValueError(f"n_batches must be at least 1, got {n_batches}.")
+    check_int("n_batches", n_batches, 1)
     reference = next(iter(classes))
     programs = [(c, k) for c, sizes in classes.items() if c != reference
                 for k in range(len(sizes))]

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._checks import check_int
 from .._seeding import check_random_state
 
 
@@ -82,8 +83,7 @@ def planted_subtypes(
         sizes = [int(n_per_subtype)] * int(n_subtypes)
     for name, value in (("n_controls", n_controls), ("n_per_subtype", min(sizes, default=0)),
                         ("n_subtypes", n_subtypes), ("n_batches", n_batches)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}.")
+        check_int(name, value, 1)
     needed = n_subtypes * program_size + batch_genes + gradient_genes
     if needed > n_genes:
         raise ValueError(

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import check_fraction
 from .._seeding import check_random_state
 
 
@@ -55,8 +56,7 @@ def spurious_groups(
     seed = check_random_state(random_state)
     if not 0.5 <= correlation < 1:
         raise ValueError(f"correlation must lie in [0.5, 1), got {correlation!r}.")
-    if not 0 <= unaffected < 1:
-        raise ValueError(f"unaffected must lie in [0, 1), got {unaffected!r}.")
+    check_fraction("unaffected", unaffected, "[0, 1)")
     if core_features + site_features > n_features:
         raise ValueError(f"core_features + site_features ({core_features + site_features}) "
                          f"exceed n_features={n_features}.")

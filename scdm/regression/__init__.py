@@ -20,8 +20,10 @@ is relative to each target's scale; and weights are returned in raw units with t
 standardisation kept in ``mean_``/``scale_``.
 """
 
-from ._estimator import LassoPath, fit_datamodels_path
+from ._datamodels import fit_datamodels_path
+from ._estimator import LassoPath
 from ._fista import ConvergenceWarning
-from ._rows import HELDOUT, MIN_VAL_ROWS
+from ._rows import HELDOUT, MIN_ROWS, MIN_VAL_ROWS
 
-__all__ = ["HELDOUT", "MIN_VAL_ROWS", "ConvergenceWarning", "LassoPath", "fit_datamodels_path"]
+__all__ = ["HELDOUT", "MIN_ROWS", "MIN_VAL_ROWS", "ConvergenceWarning", "LassoPath",
+           "fit_datamodels_path"]

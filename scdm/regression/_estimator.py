@@ -1,21 +1,21 @@
-"""The estimator: ``LassoPath`` (scikit-learn's conventions) and the datamodels way to fit it."""
+"""The estimator: ``LassoPath`` (scikit-learn's conventions): validates, plans and calls the
+functional core (:func:`~scdm.regression._path.lasso_path`), then assigns its results."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from tqdm.auto import tqdm
 
+from .._checks import check_fraction
 from .._device import resolve_device
-from .._memmap import column_moments, read_rows
+from .._memmap import read_rows
 from .._settings import settings
-from ._gram import Moments, moment_bytes
-from ._path import fit_block
-from ._rows import HELDOUT, MIN_VAL_ROWS, Rows, as_2d
+from ._path import PathSettings, lasso_path
+from ._plan import plan_memory
+from ._rows import HELDOUT, MIN_ROWS, MIN_VAL_ROWS, as_2d
 
 
 class LassoPath(BaseEstimator):
@@ -101,7 +101,7 @@ class LassoPath(BaseEstimator):
                  val_rows: np.ndarray | None = None, early_stopping: bool = True,
                  patience: int = 2, tol: float = 1e-5, path_tol: float = 1e-3,
                  max_iter: int = 1000,
-                 fit_intercept: bool = True, min_rows: int = 10, device: str = "auto",
+                 fit_intercept: bool = True, min_rows: int = MIN_ROWS, device: str = "auto",
                  dtype: torch.dtype = torch.float32, row_chunk_size: int | None = None,
                  target_block_size: int | None = None, memory_budget: int = 2 << 30,
                  precompute: bool | str = "auto", random_state: int = 0,
@@ -155,10 +155,9 @@ class LassoPath(BaseEstimator):
         sample_weight = self._check_weight("sample_weight", sample_weight, X, Y, offset)
         val_sample_weight = self._check_weight("val_sample_weight", val_sample_weight, X, Y,
                                                offset)
-        if not 0.0 < float(self.eps) < 1.0:
-            raise ValueError(f"eps (λ_min/λ_max) must lie in (0, 1), got {self.eps}.")
-        if self.val_rows is None and not 0.0 <= float(self.val_fraction) < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}.")
+        check_fraction("eps", self.eps, why=" (λ_min / λ_max)")
+        if self.val_rows is None:
+            check_fraction("val_fraction", self.val_fraction, "[0, 1)")
         if self.precompute not in (True, False, "auto"):
             raise ValueError(f"precompute must be True, False or 'auto', got {self.precompute!r}.")
         if self.precompute is True and sample_weight is not None:
@@ -235,9 +234,9 @@ class LassoPath(BaseEstimator):
         X, Y, S, S_val = self._check(X, Y, sample_weight, val_sample_weight, target_offset)
         offset = int(target_offset or 0)
         S_val = S if S_val is None else S_val
-        device = resolve_device(self.device)
         n_rows, p = X.shape
         n_targets = Y.shape[1]
+        lambdas = self._user_lambdas(n_targets)
         train, val = self._split(n_rows)
         self.n_val_rows_ = self._validation_counts(X, S_val, val, n_targets, offset)
         if val.size and self.n_val_rows_.min() < MIN_VAL_ROWS:
@@ -249,101 +248,28 @@ class LassoPath(BaseEstimator):
                 raise ValueError(f"{text}; at least 3 are needed to choose its λ: {fix}")
             warnings.warn(f"{text} (fewer than {MIN_VAL_ROWS}), so its λ is chosen on noise; "
                           f"{fix}", UserWarning, stacklevel=2)
-        dtype = self.dtype
-        itemsize = torch.tensor([], dtype=dtype).element_size()
-        budget = int(self.memory_budget)
-        self.precompute_ = self._use_gram(S, train.size, p, n_targets)
-        # the solver keeps ~24 weight-shaped tensors per block (iterates, gradient, best
-        # weights, temporaries); the Gram form also holds its float64 moments
-        state_budget = budget - (moment_bytes(p, n_targets) + 3 * p * p * itemsize
-                                 if self.precompute_ else 0)
-        block = int(self.target_block_size or max(1, min(n_targets, state_budget // (
-            24 * p * itemsize + 1))))
-        chunk_rows = int(self.row_chunk_size or max(256, budget // (8 * (p + 2 * block) *
-                                                                    itemsize)))
-        self.mean_, self.scale_ = self._standardisation(X, device, chunk_rows)
-        mean = torch.as_tensor(self.mean_, device=device, dtype=dtype)
-        scale = torch.as_tensor(np.where(self.scale_ > 0, self.scale_, 1.0), device=device,
-                                dtype=dtype)
-        lam_path = self._user_lambdas(n_targets)
-
-        out = {key: np.full(n_targets, np.nan) for key in ("lambda", "val_mse", "val_corr",
-                                                            "intercept")}
-        self.coef_ = np.zeros((p, n_targets), dtype=np.float32)
-        self.n_iter_ = np.zeros(n_targets, dtype=np.int64)
-        self.converged_ = np.zeros(n_targets, dtype=bool)
-        k = int(self.n_lambdas) if lam_path is None else lam_path.shape[0]
-        self.path_ = {key: np.full((k, n_targets), np.nan) for key in
-                      ("lambda", "train_mse", "val_mse", "nnz")}
-        common: dict[str, Any] = dict(mean=mean, scale=scale, device=device, dtype=dtype,
-                                      chunk_rows=chunk_rows, offset=offset)
-        # cache budget: the training rows get most of it, validation/all rows the rest
-        cache = {"train": budget // 2, "val": budget // 8, "all": budget // 4}
-        progress = settings.progress(self.verbose)
-        if self.precompute_:
-            moments = self._moments(X, Y, train, val, progress,
-                                    {**common, "chunk_rows": max(256, budget // (
-                                        32 * (p + n_targets) * itemsize))})
-            gram_top = moments["train"].top_eigenvalue()
-            gram_all = moments["all"].top_eigenvalue() if val.size else gram_top
-        else:
-            gram_top = Rows(X, Y, None, train, (0, 1), cache_bytes=0,
-                             **common).gram_top_eigenvalue()
-            gram_all = (Rows(X, Y, None, np.arange(n_rows), (0, 1), cache_bytes=0,
-                              **common).gram_top_eigenvalue() if val.size else gram_top)
-
-        blocks = [(t0, min(t0 + block, n_targets)) for t0 in range(0, n_targets, block)]
-        with tqdm(total=len(blocks) * k, desc="LASSO path", unit="λ", disable=not progress
-                  ) as bar:
-            for t0, t1 in blocks:
-                rows: dict[str, Any]
-                if self.precompute_:
-                    rows = {name: moments[name].block(t0, t1, dtype) if name in moments else None
-                            for name in ("train", "val", "all")}
-                    if S_val is not None and val.size:  # per-target validation rows: streamed
-                        rows["val"] = Rows(X, Y, S_val, val, (t0, t1), cache_bytes=cache["val"],
-                                            **common)
-                else:
-                    rows = {
-                        "train": Rows(X, Y, S, train, (t0, t1), cache_bytes=cache["train"],
-                                       **common),
-                        "val": Rows(X, Y, S_val, val, (t0, t1), cache_bytes=cache["val"],
-                                     **common) if val.size else None,
-                        "all": Rows(X, Y, S, np.arange(n_rows), (t0, t1),
-                                     cache_bytes=cache["all"], **common) if val.size else None,
-                    }
-                fit_block(self, rows, (t0, t1), mean, scale, gram_top, gram_all, lam_path, out,
-                          bar)
-        self.lambda_ = out["lambda"]
-        self.val_mse_ = out["val_mse"]
-        self.val_corr_ = out["val_corr"]
-        self.intercept_ = out["intercept"].astype(np.float32)
+        plan = plan_memory(n_train=train.size, p=p, n_targets=n_targets,
+                           itemsize=torch.tensor([], dtype=self.dtype).element_size(),
+                           budget=int(self.memory_budget), precompute=self.precompute,
+                           weighted=S is not None, block=self.target_block_size,
+                           chunk_rows=self.row_chunk_size)
+        result = lasso_path(
+            X, Y, train=train, val=val, settings=PathSettings(
+                n_lambdas=int(self.n_lambdas), eps=float(self.eps), tol=float(self.tol),
+                path_tol=float(self.path_tol), max_iter=int(self.max_iter),
+                fit_intercept=bool(self.fit_intercept), min_rows=int(self.min_rows),
+                early_stopping=bool(self.early_stopping), patience=int(self.patience)),
+            plan=plan, device=resolve_device(self.device), dtype=self.dtype, sample_weight=S,
+            val_sample_weight=S_val, target_offset=offset, lambdas=lambdas,
+            progress=settings.progress(self.verbose))
+        self.precompute_ = plan.gram
+        self.coef_, self.mean_, self.scale_ = result.coef, result.mean, result.scale
+        self.intercept_ = result.intercept.astype(np.float32)
+        self.lambda_, self.val_mse_, self.val_corr_ = (result.lambda_, result.val_mse,
+                                                       result.val_corr)
+        self.n_iter_, self.converged_, self.path_ = (result.n_iter, result.converged,
+                                                     result.path)
         return self
-
-    def _use_gram(self, S, n_train: int, p: int, n_targets: int) -> bool:
-        """Whether to solve from precomputed moments (see ``precompute``)."""
-        if S is not None:
-            return False
-        if self.precompute != "auto":
-            return bool(self.precompute)
-        # the float64 moments may take half the budget; per iteration the Gram form costs
-        # p²·T against 2·n·p·T when streaming
-        return 2 * moment_bytes(p, n_targets) <= int(self.memory_budget) and p <= 2 * n_train
-
-    def _moments(self, X, Y, train, val, progress, common) -> dict[str, Moments]:
-        rows = {"train": train, "val": val} if val.size else {"train": train}
-        first = read_rows(Y, slice(0, min(1024, Y.shape[0])), np.float64)
-        shift = torch.as_tensor(first.mean(0), device=common["device"], dtype=common["dtype"])
-        moments = {}
-        with tqdm(total=int(np.ceil(train.size / common["chunk_rows"]))
-                  + int(np.ceil(val.size / common["chunk_rows"])), desc="Gram matrix",
-                  unit="chunk", disable=not progress) as bar:
-            for name, idx in rows.items():
-                source = Rows(X, Y, None, idx, (0, Y.shape[1]), cache_bytes=0, **common)
-                moments[name] = Moments(source, shift, bar)
-        if val.size:
-            moments["all"] = moments["train"] + moments["val"]
-        return moments
 
     def _user_lambdas(self, n_targets: int) -> np.ndarray | None:
         if self.lambdas is None:
@@ -355,13 +281,6 @@ class LassoPath(BaseEstimator):
             raise ValueError("lambdas must be positive, shaped (k,) or (k, n_targets).")
         return lam
 
-    @staticmethod
-    def _standardisation(X, device, chunk_rows) -> tuple[np.ndarray, np.ndarray]:
-        mean, scale = column_moments(X, chunk_rows)
-        scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 0.0
-        return mean, scale
-
-    # ------------------------------------------------------------------ per block
     # ------------------------------------------------------------------ predict
     def predict(self, X) -> np.ndarray:
         """Predictions ``n_rows × n_targets`` for raw (unstandardised) features ``X``."""
@@ -371,44 +290,3 @@ class LassoPath(BaseEstimator):
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
             raise ValueError(f"X must have {self.coef_.shape[0]} columns.")
         return X @ self.coef_ + self.intercept_
-
-
-def fit_datamodels_path(model: LassoPath, X, Y, *, targets_are_training: bool = True,
-                        heldout: bool = False, target_offset: int | None = None) -> LassoPath:
-    """Fit ``model`` the datamodels way and return it; rows are models, ``X`` their masks.
-
-    - Targets that are not training samples (test images): every row counts for every target.
-    - Targets that are training samples, ``heldout=False`` (the default): every target is fitted
-      on every model with its own mask column as a feature, which absorbs the self-influence
-      (the margin jump when a sample trains on itself), in the Gram form; λ is chosen on the
-      validation models that did *not* train on the target. The self-influence is then moved
-      out of the weights: ``model.self_influence_`` keeps the diagonal and ``coef_``'s diagonal
-      is set to 0, which leaves every prediction for a model that did not train on the target
-      unchanged. On planted data this is faster than ``heldout=True`` (the gap grows with the
-      samples) at a higher LDS (``workflows/benchmarks/fit_modes.py``; RESULTS.md).
-    - ``heldout=True``: target ``t`` is fitted only on the models that did not train on it.
-
-    ``target_offset``: the columns of ``Y`` are training samples ``target_offset …
-    target_offset + n_targets − 1`` (a range of the targets, fitted on its own); ``None``:
-    they are all the training samples, in order.
-    """
-    if not targets_are_training:
-        if heldout:
-            raise ValueError("heldout=True pairs target t with training sample t; the targets "
-                             "here are not training samples.")
-        model.fit(X, Y)
-        model.self_influence_ = None
-        return model
-    if target_offset is None and X.shape[1] != Y.shape[1]:
-        raise ValueError(f"targets that are the training samples need as many mask columns as "
-                         f"margin columns; got {X.shape[1]} and {Y.shape[1]}.")
-    if heldout:
-        model.fit(X, Y, sample_weight=HELDOUT, target_offset=target_offset)
-        model.self_influence_ = None
-        return model
-    model.fit(X, Y, val_sample_weight=HELDOUT, target_offset=target_offset)
-    targets = np.arange(Y.shape[1])
-    features = (target_offset or 0) + targets
-    model.self_influence_ = model.coef_[features, targets].copy()
-    model.coef_[features, targets] = 0.0
-    return model

@@ -15,6 +15,8 @@ from .._memmap import read_rows
 HELDOUT = "heldout"
 # a validation correlation over fewer rows than this says little about a target's datamodel
 MIN_VAL_ROWS = 10
+# fewest training rows (models) a target may be fitted on: the solver's and tl.fit_datamodels'
+MIN_ROWS = 20
 
 
 def top_eigenvalue(gram: torch.Tensor) -> float:

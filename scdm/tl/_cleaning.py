@@ -14,6 +14,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .._anndata import get_codes, get_labels, uns_safe
+from .._checks import check_fraction
 from .._seeding import CLEANING_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..cleaning import (
@@ -497,8 +498,7 @@ def debias(
         raise ValueError(f"adata.obs[{group_key!r}] has a single value; debiasing needs at least "
                          "two groups to compare.")
     n_models, n_random = check_n_models(n_models), check_n_models(n_random)
-    if not 0 <= max_accuracy_loss < 1:
-        raise ValueError(f"max_accuracy_loss must lie in [0, 1), got {max_accuracy_loss!r}.")
+    check_fraction("max_accuracy_loss", max_accuracy_loss, "[0, 1)")
     if not 0 <= min_gain < 1:
         raise ValueError(f"min_gain must lie in [0, 1), got {min_gain!r}.")
     sizes = _default_removal_sizes(adata.n_obs) if n_remove is None else sorted(

@@ -14,7 +14,7 @@ from scipy import sparse
 from .._anndata import uns_safe
 from .._memmap import RowSubset, read_rows
 from .._settings import settings
-from ..regression import MIN_VAL_ROWS, LassoPath, fit_datamodels_path
+from ..regression import MIN_ROWS, MIN_VAL_ROWS, LassoPath, fit_datamodels_path
 from ._recorded import store_of
 
 
@@ -112,7 +112,7 @@ def fit_datamodels(
     val_fraction: float = 0.1,
     tol: float = 1e-5,
     path_tol: float = 1e-3,
-    min_rows: int = 20,
+    min_rows: int = MIN_ROWS,
     precompute: bool | str = "auto",
     memory_budget: int = 2 << 30,
     sparse_threshold: float = 0.3,

@@ -13,7 +13,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
-from .._checks import check_int
+from .._checks import check_fraction, check_int
 from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
@@ -186,8 +186,7 @@ def subgroups(
     if resolution is not None and not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution}.")
     grid = check_resolutions(resolutions)
-    if not 0.0 < min_reproducibility <= 1.0:
-        raise ValueError(f"min_reproducibility must lie in (0, 1], got {min_reproducibility}.")
+    check_fraction("min_reproducibility", min_reproducibility, "(0, 1]")
     check_int("n_null", n_null, 19, " (p-values down to 0.05)")
     check_int("min_size", min_size, 1)
     check_int("n_neighbors", n_neighbors, 2)

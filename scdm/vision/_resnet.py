@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_fraction, check_int
 from .._seeding import INIT_STREAM, ORDER_STREAM, model_rng
 from ..ensemble import TrainResult, margins_from_logits, resolve_device
 
@@ -83,8 +84,7 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("width", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+            check_int(name, getattr(self, name), 1)
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
         if not 0 <= self.lr_peak_epoch <= self.epochs:
@@ -94,8 +94,7 @@ class ResNetConfig:
             raise ValueError("momentum must lie in [0, 1) and weight_decay be non-negative.")
         if self.cpu_threads is not None and int(self.cpu_threads) < 1:
             raise ValueError(f"cpu_threads must be at least 1 or None, got {self.cpu_threads}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
+        check_fraction("label_smoothing", self.label_smoothing, "[0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -272,8 +271,8 @@ class ResNetEnsembleTrainer:
         self.n, self.n_targets = len(labels), len(target_labels)
         self.random_state = int(random_state)
         self.eval_batch_size = int(eval_batch_size)
-        if models_at_once is not None and int(models_at_once) < 1:
-            raise ValueError(f"models_at_once must be at least 1, got {models_at_once}.")
+        if models_at_once is not None:
+            check_int("models_at_once", models_at_once, 1)
         self.models_at_once = models_at_once
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_int
 from ..store import ModelStore
 from ._loop import train_into_store
 from ._ray import fill_with_ray, import_ray
@@ -25,8 +26,8 @@ class LocalBackend:
     keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
-        if self.chunk_size is not None and int(self.chunk_size) < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}.")
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, 1)
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,7 @@ class RayBackend:
     keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
-        if int(self.task_size) < 1:
-            raise ValueError(f"task_size must be at least 1, got {self.task_size}.")
+        check_int("task_size", self.task_size, 1)
         if not self.num_cpus_per_task > 0 or self.num_gpus_per_task < 0:
             raise ValueError("num_cpus_per_task must be positive and num_gpus_per_task >= 0.")
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from ..ensemble import model_state
 from ..store import ModelStore
 from ._recipes import MaskSource, Trainer
@@ -41,9 +42,7 @@ def train_into_store(
         todo = model_indices[~completed[model_indices]]
     if todo.size == 0:
         return 0
-    chunk_size = int(chunk_size or trainer.auto_chunk_size())
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
+    chunk_size = check_int("chunk_size", chunk_size or trainer.auto_chunk_size(), 1)
     with tqdm(total=todo.size, desc=desc, unit="model", disable=not progress) as bar:
         for start in range(0, todo.size, chunk_size):
             chunk = todo[start : start + chunk_size]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from ..store import ModelStore
 from ._worker import UserMain, run_main_worker, run_worker
 
@@ -60,8 +61,7 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
     tasks keep each model's parameters in the store too.
     """
     ray = import_ray()
-    if int(task_size) < 1:
-        raise ValueError(f"task_size must be at least 1, got {task_size}.")
+    check_int("task_size", task_size, 1)
     if num_cpus_per_task <= 0 or num_gpus_per_task < 0:
         raise ValueError("num_cpus_per_task must be positive and num_gpus_per_task >= 0.")
     if not ray.is_initialized():
