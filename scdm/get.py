@@ -223,10 +223,13 @@ def summary(adata: AnnData, key: str = "datamodels", *, known_key: str | None = 
         "use_rep": params.get("use_rep"),
         "group_key": params.get("group_key"),
         "stratify_key": params.get("stratify_key"),
-        "store": str(info["store"]),
-        "models_trained": int(info["n_completed"]),
-        "mean_heldout_accuracy": float(info["mean_heldout_accuracy"]),
     }
+    # weights given without a store of their own (e.g. made elsewhere) have no training record
+    if "store" in info:
+        out["store"] = str(info["store"])
+    if "n_completed" in info:
+        out["models_trained"] = int(info["n_completed"])
+        out["mean_heldout_accuracy"] = float(info["mean_heldout_accuracy"])
     if "seconds" in info:
         out["seconds"] = {k: round(float(v), 1) for k, v in info["seconds"].items()}
     if f"{key}_ok" in adata.obs:

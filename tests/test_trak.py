@@ -477,6 +477,46 @@ def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_the_models_input_is_built_and_checked_once_per_public_call(
+        small_trak, planted, tmp_path, monkeypatch):
+    """Every tool reads the recorded training through one view per call: the models' input
+    (a dense copy and a hash of every feature) is built once, nested tools included; the next
+    call checks the AnnData again."""
+    import scdm
+    import scdm.tl._recorded as recorded
+
+    built: list[int] = []
+    real = recorded.model_inputs
+
+    def counting(*args, **kwds):
+        built.append(1)
+        return real(*args, **kwds)
+
+    monkeypatch.setattr(recorded, "model_inputs", counting)
+    trak, dm = small_trak.copy(), planted.copy()
+    calls = {
+        "trak": lambda: scdm.tl.trak(trak, "disease", use_rep="X_pca", store=tmp_path / "t",
+                                     max_obsp=0),
+        "subgroups(trak)": lambda: scdm.tl.subgroups(trak, key="trak"),
+        "lds(trak)": lambda: scdm.tl.lds(trak, key="trak", n_models=20,
+                                         store=tmp_path / "lt"),
+        "label_issues(trak)": lambda: scdm.tl.label_issues(
+            trak, "disease", key="trak", n_probability_models=20),
+        "subgroups": lambda: scdm.tl.subgroups(dm),
+        "lds": lambda: scdm.tl.lds(dm, n_models=20, store=tmp_path / "ld"),
+    }
+    counts = {}
+    for name, call in calls.items():
+        built.clear()
+        call()
+        counts[name] = len(built)
+    assert counts == dict.fromkeys(calls, 1), counts
+    # nothing is kept past a call: an AnnData changed since is checked again, and refused
+    dm.obsm["X_pca"] = dm.obsm["X_pca"] + 1.0
+    with pytest.raises(ValueError, match="differ from those the models"):
+        scdm.tl.lds(dm, n_models=20, store=tmp_path / "ld2")
+
+
 def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):
     import scdm
 

@@ -31,7 +31,7 @@ from ..cleaning import (
 )
 from ..ensemble import resolve_device
 from ._attribution import attribution
-from ._recorded import RecordedTraining, check_n_models, recorded_training
+from ._recorded import RecordedTraining, check_n_models, one_view, recorded_training
 from ._retrain import heldout_performance, retrain_without, stored_params
 
 logger = logging.getLogger("scdm")
@@ -90,6 +90,7 @@ def _heldout_probabilities(training: RecordedTraining, n_models: int, device: st
         return total / count[:, None]
 
 
+@one_view
 def label_issues(
     adata: AnnData,
     label_key: str,
@@ -286,6 +287,7 @@ def target_indices(adata: AnnData, targets) -> np.ndarray:
     return cells
 
 
+@one_view
 def influence_removal(
     adata: AnnData,
     *,
@@ -417,6 +419,7 @@ def _default_removal_sizes(n_obs: int) -> list[int]:
     return sorted({max(1, round(f * n_obs)) for f in (0.01, 0.02, 0.05, 0.1, 0.2)})
 
 
+@one_view
 def debias(
     adata: AnnData,
     label_key: str,

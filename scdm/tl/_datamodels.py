@@ -14,10 +14,11 @@ from ..masks import check_alpha
 from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
 from ._fit import fit_datamodels
-from ._recorded import fold_train_kwds, train_config
+from ._recorded import fold_train_kwds, one_view, train_config
 from ._train import train_models
 
 
+@one_view
 @doc_params
 def datamodels(
     adata: AnnData,

@@ -19,12 +19,13 @@ from ..get import datamodel_weights, evaluation_models, lds_models
 from ..store import ModelStore, store_schema
 from ..workers import Backend, as_backend, fill_store
 from ._fit import models_needed, solve_datamodels
-from ._recorded import check_n_models, default_store_path, recorded_training
+from ._recorded import check_n_models, default_store_path, one_view, recorded_training
 
 logger = logging.getLogger("scdm")
 
 
 
+@one_view
 def lds(
     adata: AnnData,
     *,
@@ -185,6 +186,7 @@ def _default_curve_sizes(n_completed: int, min_models: float) -> list[int]:
     return [s for s in sizes if s >= max(min_models, min(100, n_completed))]
 
 
+@one_view
 def model_count_curve(
     adata: AnnData,
     *,

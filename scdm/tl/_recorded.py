@@ -4,10 +4,12 @@ the CLI rebuild to train more models like them."""
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,41 @@ from ..store import ModelStore, store_schema
 from ..workers import MLPRecipe, write_recipe
 
 ALGORITHM = "scdm-mlp-1"
+
+# the recorded trainings built during the current public call, by (AnnData, key): each is
+# rebuilt from the AnnData and checked against its store once per call (None: no call open)
+_VIEWS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("scdm_views",
+                                                                     default=None)
+
+
+def one_view(func: Callable) -> Callable:
+    """Make ``func`` (a public tool) build each recorded training it reads once: the first
+    :func:`recorded_training` of an (AnnData, key) in the call builds the models' input and
+    checks it against the store; later ones in the same call, nested tools included, reuse it.
+    Nothing outlives the call, so an AnnData changed between calls is checked again."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if _VIEWS.get() is not None:
+            return func(*args, **kwargs)
+        token = _VIEWS.set({})
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _VIEWS.reset(token)
+
+    return wrapper
+
+
+def _remember(adata: AnnData, key: str, training: RecordedTraining) -> None:
+    views = _VIEWS.get()
+    if views is not None:  # the AnnData is held too, so its id cannot be reused meanwhile
+        views[(id(adata), key)] = (adata, _record(adata.uns[key]), training)
+
+
+def _record(info: Mapping) -> str:
+    """What identifies a training in ``adata.uns[key]``: its parameters and store."""
+    return json.dumps({"params": info["params"], "store": str(info["store"])}, sort_keys=True,
+                      default=repr)
 
 
 def default_n_models(n_units: int) -> int:
@@ -177,6 +214,7 @@ class RecordedTraining:
     config: TrainConfig
     params: dict
     store: ModelStore
+    _unscaled: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def sampler(self, random_state: int, keep: np.ndarray | None = None) -> MaskSampler:
         """A mask sampler with the recorded settings (over the observations in ``keep``)."""
@@ -201,8 +239,10 @@ class RecordedTraining:
         """The models' input representation as the user gave it (``use_rep``/``layer``), not
         standardised per feature as the models see it: neighbourhoods in it follow the
         representation's own geometry (e.g. PCA's top axes carry most of the variance)."""
-        return dense_features(get_features(adata, self.params.get("use_rep"),
-                                           self.params.get("layer")), scale=False)
+        if self._unscaled is None:
+            self._unscaled = dense_features(get_features(adata, self.params.get("use_rep"),
+                                                         self.params.get("layer")), scale=False)
+        return self._unscaled
 
 
 def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraining:
@@ -215,6 +255,11 @@ def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraini
     if not isinstance(info, dict) or "params" not in info:
         raise KeyError(f"adata.uns[{key!r}] holds no training parameters; run "
                        "scdm.tl.datamodels (or tl.train_models) on this AnnData first.")
+    views = _VIEWS.get() or {}
+    if (id(adata), key) in views:
+        held, record, training = views[id(adata), key]
+        if held is adata and record == _record(info):  # not trained again since
+            return training
     params = dict(info["params"])
     store = store_of(adata, None, key)
     inputs = model_inputs(adata, params["label_key"], use_rep=params.get("use_rep"),
@@ -226,6 +271,22 @@ def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraini
             f"adata's features or labels differ from those the models in {store.path} were "
             "trained on (a subset, re-normalised, or another object?); use the AnnData that "
             "scdm.tl.datamodels ran on.")
+    training = recorded(inputs, params, store)
+    _remember(adata, key, training)
+    return training
+
+
+def recorded(inputs: ModelInputs, params: Mapping[str, Any], store: ModelStore
+             ) -> RecordedTraining:
+    """The recorded training of ``params`` (``adata.uns[key]["params"]``) on ``inputs``."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in params.items() if k in fields})
-    return RecordedTraining(inputs=inputs, config=config, params=params, store=store)
+    return RecordedTraining(inputs=inputs, config=config, params=dict(params), store=store)
+
+
+def remember_training(adata: AnnData, key: str, inputs: ModelInputs) -> None:
+    """What ``train_models`` just built and recorded in ``adata.uns[key]``, kept for the rest
+    of the public call (tl.trak reads its checkpoints' inputs without building them again)."""
+    if _VIEWS.get() is not None:
+        info = adata.uns[key]
+        _remember(adata, key, recorded(inputs, info["params"], ModelStore.open(info["store"])))

@@ -36,8 +36,10 @@ from ..clustering import (
 from ..get import UNASSIGNED, label_key_of, subgroup_key
 from ._embed import usable_targets
 from ._halves import half_embeddings
+from ._recorded import one_view
 
 
+@one_view
 def subgroups(
     adata: AnnData,
     *,

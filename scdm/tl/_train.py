@@ -16,11 +16,19 @@ from .._settings import settings
 from ..ensemble import TrainConfig, resolve_device
 from ..masks import MaskMode
 from ..workers import Backend, MLPRecipe, as_backend, fill_store
-from ._recorded import check_n_models, create_training_store, default_n_models, training_parts
+from ._recorded import (
+    check_n_models,
+    create_training_store,
+    default_n_models,
+    one_view,
+    remember_training,
+    training_parts,
+)
 
 logger = logging.getLogger("scdm")
 
 
+@one_view
 @doc_params
 def train_models(
     adata: AnnData,
@@ -151,4 +159,5 @@ def train_models(
         "n_completed": int(completed.size),
         "mean_heldout_accuracy": float(np.nanmean(accuracy)) if accuracy.size else np.nan,
     })
+    remember_training(adata, key_added, inputs)  # the call's later steps read these inputs
     return adata if copy else None

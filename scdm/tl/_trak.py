@@ -32,7 +32,7 @@ from ..workers import as_backend
 from ._cost import TRAK_CHECKPOINTS, TRAK_MAX_OBSP, TRAK_PROJ_DIM, check_cost, trak_cost
 from ._embed import embedding_blocks
 from ._halves import half_keys
-from ._recorded import fold_train_kwds, recorded_training, train_config
+from ._recorded import fold_train_kwds, one_view, recorded_training, train_config
 from ._retrain import stored_params
 from ._train import train_models
 
@@ -50,6 +50,7 @@ def _tensor_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
+@one_view
 @doc_params
 def trak(
     adata: AnnData,

@@ -15,7 +15,7 @@ from .._settings import settings
 from ..ensemble import resolve_device
 from ..evaluation import permutation_p_value
 from ..get import UNASSIGNED
-from ._recorded import RecordedTraining, check_n_models, recorded_training
+from ._recorded import RecordedTraining, check_n_models, one_view, recorded_training
 from ._retrain import heldout_performance, retrain_without
 
 NULL_SETS = ("cuts", "neighbourhood", "random")
@@ -131,6 +131,7 @@ def _train_without(training: RecordedTraining, heldout_sets: Sequence[np.ndarray
             np.array([margin[s, cells].mean() for s, cells in enumerate(heldout_sets)]))
 
 
+@one_view
 def validate_subgroups(
     adata: AnnData,
     *,
