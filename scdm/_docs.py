@@ -49,6 +49,22 @@ verbose
     Progress bars (default: ``scdm.settings.verbosity >= 1``).
 copy
     Return a copy instead of writing into ``adata``.""",
+    "show_save": """\
+show
+    Show the figure (default: when it is neither saved nor returned), as in scanpy.
+save
+    File path to save the figure to (any format matplotlib writes).
+return_fig
+    Return the Figure instead of the Axes.""",
+    "show_save_ax": """\
+show
+    Show the figure (default: when it is neither saved nor returned), as in scanpy.
+save
+    File path to save the figure to (any format matplotlib writes).
+ax
+    Axes to draw into (default: a new figure).
+return_fig
+    Return the Figure instead of the Axes.""",
 }
 
 _PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>\w+)\}[ \t]*$", re.M)

@@ -8,6 +8,7 @@ The AnnData tools are :func:`scdm.tl.label_issues`, :func:`scdm.tl.influence_rem
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ._checks import check_fraction
 from .clustering import knn_adjacency
@@ -134,3 +135,70 @@ def removal_effect(effect: float, random_effects: np.ndarray, direction: str) ->
         "z": float((effect - random_effects.mean()) / sd) if sd > 0 else np.nan,
         "p_value": permutation_p_value(sign * effect, sign * random_effects),
     }
+
+
+def default_removal_sizes(n: int) -> list[int]:
+    """D3M's removal sizes: 1, 2, 5, 10 and 20 % of ``n`` samples (at least 1 each,
+    distinct)."""
+    return sorted({max(1, round(f * n)) for f in (0.01, 0.02, 0.05, 0.1, 0.2)})
+
+
+def selection_half(names: np.ndarray, groups: list[str], rng: np.random.Generator
+                   ) -> np.ndarray:
+    """A random half of each group's samples (``names == g``; groups in the order given, drawn
+    from ``rng``): D3M's *selection* half, whose group accuracies weight the alignment. The
+    gain is reported on the other half, so it is not measured on the samples that chose the
+    removals."""
+    selection = np.zeros(names.size, dtype=bool)
+    for g in groups:
+        cells = np.flatnonzero(names == g)
+        selection[rng.permutation(cells)[: cells.size // 2]] = True
+    return selection
+
+
+def group_accuracy_table(rows: list[tuple], cell_accuracy: np.ndarray,
+                         members: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per removal (``rows``: ``(removal, n_removed, set)``; ``cell_accuracy``: removal × cell
+    held-out accuracy), each group's accuracy over its ``members``, the worst group and the
+    overall accuracy over all members."""
+    table = pd.DataFrame(rows, columns=["removal", "n_removed", "set"])
+    for g, cells in members.items():
+        table[g] = np.nanmean(cell_accuracy[:, cells], axis=1)
+    table["worst_group_accuracy"] = table[list(members)].min(axis=1)
+    table["worst_group"] = table[list(members)].idxmin(axis=1)
+    everyone = np.concatenate(list(members.values())) if members else np.array([], int)
+    table["overall_accuracy"] = np.nanmean(cell_accuracy[:, np.sort(everyone)], axis=1)
+    return table
+
+
+def recommend_removal(table: pd.DataFrame, *, n_random: int, min_gain: float,
+                      max_accuracy_loss: float) -> tuple[int, str]:
+    """D3M's recommendation from :func:`group_accuracy_table` (first row: no removal; rows
+    ``"d3m"`` and ``"random"`` per size): the size with the best worst-group accuracy among
+    those that beat every random removal of that size (empirical p ≤ 1 / (n_random + 1)),
+    gain at least ``min_gain`` over no removal and lose at most ``max_accuracy_loss`` of
+    overall accuracy; 0 when none does. Returns the size and the reason in words."""
+    baseline = table.iloc[0]
+    steps = table[table["removal"] == "d3m"]
+    random = table[table["removal"] == "random"].groupby("n_removed")[
+        ["worst_group_accuracy", "overall_accuracy"]].agg(["mean", "std", "max"])
+    recommended = 0
+    reason = (f"no removal size beat all {n_random} random removals of its size and raised "
+              f"worst-group accuracy by {min_gain} within {max_accuracy_loss:.0%} of overall "
+              "accuracy")
+    best = baseline["worst_group_accuracy"] + min_gain
+    for _, row in steps.iterrows():
+        k = int(row["n_removed"])
+        beats_random = row["worst_group_accuracy"] > random.loc[k, ("worst_group_accuracy",
+                                                                    "max")]
+        keeps_accuracy = (row["overall_accuracy"]
+                          >= baseline["overall_accuracy"] - max_accuracy_loss)
+        if beats_random and keeps_accuracy and row["worst_group_accuracy"] >= best:
+            best, recommended = row["worst_group_accuracy"], k
+            reason = (f"removing {k} cells raised worst-group accuracy from "
+                      f"{baseline['worst_group_accuracy']:.3f} to {best:.3f} (random removals: "
+                      f"{random.loc[k, ('worst_group_accuracy', 'mean')]:.3f} on average, "
+                      f"{random.loc[k, ('worst_group_accuracy', 'max')]:.3f} at best) at overall "
+                      f"accuracy {row['overall_accuracy']:.3f} (from "
+                      f"{baseline['overall_accuracy']:.3f})")
+    return recommended, reason

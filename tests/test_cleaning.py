@@ -18,7 +18,7 @@ from scdm.cleaning import (
     removal_effect,
     top_influencers,
 )
-from scdm.tl._attribution import attribution
+from scdm.tl import attribution
 
 pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
 
@@ -254,3 +254,30 @@ def test_neighbourhood_probabilities_average_a_cell_with_its_neighbours():
     np.testing.assert_array_equal(neighbourhood_probabilities(P, X, weight=0.0), P)
     with pytest.raises(ValueError, match="weight"):
         neighbourhood_probabilities(P, X, weight=1.5)
+
+
+def test_d3m_rule_split_and_scoring_on_arrays():
+    """debias' engine: a random half per group chooses, the other half scores, and a size is
+    recommended only when it beats every random removal, gains enough and keeps accuracy."""
+    from scdm.cleaning import group_accuracy_table, recommend_removal, selection_half
+
+    names = np.array(["a"] * 6 + ["b"] * 5)
+    selection = selection_half(names, ["a", "b"], np.random.default_rng(0))
+    assert selection[:6].sum() == 3 and selection[6:].sum() == 2
+    rows = [("none", 0, 0), ("d3m", 2, 0), ("random", 2, 1), ("random", 2, 2)]
+    acc = np.array([[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 0.9, 0.9], [1.0, 1.0, 0.6, 0.6],
+                    [1.0, 1.0, 0.7, np.nan]])
+    table = group_accuracy_table(rows, acc, {"a": np.array([0, 1]), "b": np.array([2, 3])})
+    assert table["worst_group"].tolist() == ["b"] * 4
+    np.testing.assert_allclose(table["worst_group_accuracy"], [0.5, 0.9, 0.6, 0.7])
+    np.testing.assert_allclose(table["overall_accuracy"], [0.75, 0.95, 0.8, 0.9])
+    k, reason = recommend_removal(table, n_random=2, min_gain=0.02, max_accuracy_loss=0.01)
+    assert k == 2 and "from 0.500 to 0.900" in reason
+    # a gain that does not beat the best random removal, or one too small, is not taken
+    worse = table.copy()
+    worse.loc[1, "worst_group_accuracy"] = 0.7
+    assert recommend_removal(worse, n_random=2, min_gain=0.02, max_accuracy_loss=0.01)[0] == 0
+    assert recommend_removal(table, n_random=2, min_gain=0.5, max_accuracy_loss=0.01)[0] == 0
+    costly = table.copy()
+    costly.loc[1, "overall_accuracy"] = 0.7
+    assert recommend_removal(costly, n_random=2, min_gain=0.02, max_accuracy_loss=0.01)[0] == 0

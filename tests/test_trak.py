@@ -429,7 +429,7 @@ def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
     import scdm
     import scdm.tl._trak as trak_module
     from scdm.ensemble import EnsembleTrainer
-    from scdm.tl._attribution import attribution
+    from scdm.tl import attribution
 
     trained: list[int] = []
     featurized: list[int] = []

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
-from ._plots import finish_figure
+from .._docs import doc_params
+from ._utils import finish_figure
 
 
+@doc_params
 def label_issues(
     adata: AnnData,
     *,
@@ -34,8 +36,7 @@ def label_issues(
         Its ``key_added``.
     n_top
         Flagged cells named in the title of the right panel.
-    show, save, return_fig
-        As in scanpy.
+    {show_save}
 
     Returns
     -------
@@ -83,6 +84,7 @@ def label_issues(
     return finish_figure(fig, [left, right], show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def debias(
     adata: AnnData,
     *,
@@ -103,8 +105,7 @@ def debias(
         After :func:`scdm.tl.debias`.
     key
         Its ``key_added``.
-    show, save, return_fig
-        As in scanpy.
+    {show_save}
 
     Returns
     -------

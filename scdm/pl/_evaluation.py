@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from ..evaluation import predict_margins
 from ..get import datamodel_weights, lds_models
-from ._plots import finish_figure, new_axes, panel_grid, target_index
+from ._utils import finish_figure, new_axes, panel_grid, target_index
 
 
+@doc_params
 def lds(
     adata: AnnData,
     *,
@@ -40,8 +42,7 @@ def lds(
     targets
         Observation names or positions (default: the targets at the 90th, 50th and 10th
         percentile of LDS).
-    show, save, return_fig
-        As in scanpy.
+    {show_save}
 
     Returns
     -------
@@ -105,6 +106,7 @@ def _lds_by_class(ax, adata: AnnData, info: dict, scores: np.ndarray) -> None:
     ax.set_title(f"all targets: median {np.nanmedian(scores):.2f}", fontsize=9)
 
 
+@doc_params
 def validation(
     adata: AnnData,
     *,
@@ -128,8 +130,7 @@ def validation(
         The column the subgroups were validated from.
     metric
         ``"accuracy"`` or ``"margin"``.
-    show, save, ax, return_fig
-        As in scanpy.
+    {show_save_ax}
 
     Returns
     -------

@@ -11,69 +11,16 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .._docs import doc_params
 from ..get import UNASSIGNED, datamodel_matrix, label_key_of, subgroup_key
-
-
-def finish_figure(fig, axes, *, show: bool | None, save: str | Path | None,
-                  return_fig: bool | None):
-    """Save, show and return like scanpy: Axes when not shown, the Figure when asked."""
-    import matplotlib.pyplot as plt
-
-    if save:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if show is None:
-        show = save is None and not return_fig
-    if show:
-        plt.show()
-        return None
-    return fig if return_fig else axes
-
-
-# class panels per row: a row of 10 made a 4,683 px wide figure that a report shrinks to a strip
-PANELS_PER_ROW = 4
-# and no figure wider than 4:1 either: the grid's width / height before legends (~10 % more)
-MAX_ASPECT = 3.2
-
-
-def panel_grid(n_rows: int, n_panels: int, panel_size: tuple[float, float]):
-    """A figure of ``n_rows`` × ``n_panels`` panels (rows: colours, panels: classes), each row
-    wrapped at :data:`PANELS_PER_ROW`; returns the figure and the axes indexed
-    ``[row, panel]`` whatever the wrapping."""
-    import matplotlib.pyplot as plt
-
-    cols = max(1, min(n_panels, PANELS_PER_ROW))
-    lines = -(-n_panels // cols)  # grid rows per colour
-    width = panel_size[0] * cols
-    # a single row of four panels (and its legends) would come out wider than 4:1, a strip
-    # the report shrinks to thumbnails: such rows get taller panels instead
-    height = max(panel_size[1] * n_rows * lines, width / MAX_ASPECT)
-    fig, grid = plt.subplots(n_rows * lines, cols, squeeze=False, figsize=(width, height))
-    axes = np.empty((n_rows, n_panels), dtype=object)
-    for r in range(n_rows):
-        for p in range(n_panels):
-            axes[r, p] = grid[r * lines + p // cols, p % cols]
-        for p in range(n_panels, lines * cols):  # the empty places of a wrapped row
-            grid[r * lines + p // cols, p % cols].set_visible(False)
-    return fig, axes
-
-
-def new_axes(ax, figsize):
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
-
-
-def target_index(adata: AnnData, target: str | int) -> int:
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        if not -adata.n_obs <= target < adata.n_obs:
-            raise IndexError(f"target {target} is out of range for {adata.n_obs} observations.")
-        return int(target) % adata.n_obs
-    if target not in adata.obs_names:
-        raise KeyError(f"target {target!r} is not an observation name (adata.obs_names).")
-    return int(adata.obs_names.get_loc(target))
+from ._utils import (
+    category_palette,
+    classes_to_draw,
+    finish_figure,
+    new_axes,
+    panel_grid,
+    target_index,
+)
 
 
 def _grouping_columns(adata: AnnData, key: str) -> list[str]:
@@ -82,20 +29,6 @@ def _grouping_columns(adata: AnnData, key: str) -> list[str]:
     params = info.get("params", {}) if isinstance(info, dict) else {}
     candidates = [subgroup_key(key), params.get("label_key")]
     return [c for c in candidates if c is not None and c in adata.obs]
-
-
-def category_palette(adata: AnnData, column: str, categories) -> dict:
-    """Category → colour, from ``adata.uns[f"{column}_colors"]`` (scanpy's) when it fits."""
-    import matplotlib.pyplot as plt
-
-    stored = adata.uns.get(f"{column}_colors")
-    if stored is not None and len(stored) == len(categories):
-        return dict(zip(categories, stored, strict=True))
-    cmap = plt.get_cmap("tab10" if len(categories) <= 10 else "tab20")
-    named = [c for c in categories if c != UNASSIGNED]
-    colours: dict[Any, Any] = {c: cmap(i % cmap.N) for i, c in enumerate(named)}
-    colours[UNASSIGNED] = "lightgray"
-    return colours
 
 
 def _values(adata: AnnData, name: str) -> pd.Series:
@@ -111,19 +44,7 @@ def _values(adata: AnnData, name: str) -> pd.Series:
                    "adata.var_names (or adata.raw.var_names).")
 
 
-def classes_to_draw(adata: AnnData, label_key: str, classes) -> list[str]:
-    labels = adata.obs[label_key].astype("category")
-    present = [str(c) for c in labels.cat.categories if (labels == c).any()]
-    if classes is None:
-        return present
-    chosen = [classes] if isinstance(classes, str) else [str(c) for c in classes]
-    unknown = sorted(set(chosen) - set(present))
-    if unknown:
-        raise ValueError(f"classes {unknown} are not in adata.obs[{label_key!r}] (classes: "
-                         f"{present}).")
-    return chosen
-
-
+@doc_params
 def embedding(
     adata: AnnData,
     *,
@@ -163,8 +84,9 @@ def embedding(
         The two components of ``basis`` to draw (1-based).
     size
         Point size (default from the number of cells in a panel).
-    show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path; ``ax`` only for one class and one colour.
+    {show_save}
+    ax
+        Axes to draw into, for one class and one colour only (default: a new figure).
 
     Returns
     -------
@@ -236,6 +158,7 @@ def embedding(
     return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def influencers(
     adata: AnnData,
     target: str | int,
@@ -266,8 +189,7 @@ def influencers(
         Bars on each side.
     color
         ``.obs`` column to colour bars by.
-    show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save_ax}
 
     Returns
     -------
@@ -311,6 +233,7 @@ def influencers(
     return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def similarity(
     adata: AnnData,
     *,
@@ -344,8 +267,7 @@ def similarity(
         Above this many observations, a random subset (per ``random_state``) is shown.
     cmap
         Colour map (similarities lie in [-1, 1]).
-    show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save_ax}
 
     Returns
     -------
@@ -388,6 +310,7 @@ def similarity(
     return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def path(
     adata: AnnData,
     target: str | int,
@@ -411,8 +334,7 @@ def path(
         Observation name or position.
     key
         Key of ``adata.uns`` with the fit.
-    show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save_ax}
 
     Returns
     -------

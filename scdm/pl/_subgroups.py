@@ -12,8 +12,9 @@ from anndata import AnnData
 
 from .._anndata import uns_names
 from .._checks import check_int
+from .._docs import doc_params
 from ..get import UNASSIGNED
-from ._plots import category_palette, classes_to_draw, finish_figure, new_axes, panel_grid
+from ._utils import category_palette, classes_to_draw, finish_figure, new_axes, panel_grid
 
 
 def _subgroup_info(adata: AnnData, key: str) -> dict:
@@ -24,6 +25,7 @@ def _subgroup_info(adata: AnnData, key: str) -> dict:
     return info
 
 
+@doc_params
 def markers(
     adata: AnnData,
     *,
@@ -58,8 +60,7 @@ def markers(
         :func:`scanpy.pl.matrixplot`).
     use_raw
         Passed to scanpy (default: ``.raw`` when present).
-    show, save, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save}
     **kwargs
         Passed to the scanpy plot.
 
@@ -117,6 +118,7 @@ def markers(
     return finish_figure(fig, axes, show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def composition(
     adata: AnnData,
     by: str,
@@ -144,8 +146,7 @@ def composition(
         The subgroup column.
     classes
         Classes to draw (default all).
-    show, save, ax, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save_ax}
 
     Returns
     -------
@@ -216,6 +217,7 @@ def composition(
     return finish_figure(fig, ax, show=show, save=save, return_fig=return_fig)
 
 
+@doc_params
 def reproducibility(
     adata: AnnData,
     *,
@@ -238,8 +240,7 @@ def reproducibility(
         AnnData after :func:`scdm.tl.subgroups` with ``resolution=None``.
     key
         The subgroup column and its ``adata.uns`` entry.
-    show, save, return_fig
-        As in scanpy; ``save`` is a file path.
+    {show_save}
 
     Returns
     -------

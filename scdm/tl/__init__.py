@@ -1,11 +1,14 @@
 """Tools: the steps of a datamodels analysis on AnnData."""
 
-from ._cleaning import debias, influence_removal, label_issues
+from ._attribution import Attribution, attribution
 from ._composition import subgroup_composition
 from ._datamodels import datamodels
+from ._debias import debias
 from ._embed import embed_datamodels, umap
 from ._evaluate import lds, model_count_curve
 from ._fit import DegenerateDatamodelsWarning, fit_datamodels
+from ._influence import influence_removal
+from ._label_issues import label_issues
 from ._subgroups import subgroup_markers, subgroups
 from ._train import train_models
 from ._trak import trak
@@ -13,7 +16,9 @@ from ._tuning import signal_to_noise
 from ._validate import validate_subgroups
 
 __all__ = [
+    "Attribution",
     "DegenerateDatamodelsWarning",
+    "attribution",
     "datamodels",
     "debias",
     "embed_datamodels",

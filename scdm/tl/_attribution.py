@@ -10,6 +10,8 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
+from ._recorded import one_view
+
 
 @dataclass
 class Attribution:
@@ -57,8 +59,14 @@ class Attribution:
         return (out / len(factors)).cpu().numpy().astype(np.float64)
 
 
-def attribution(adata: AnnData, key: str, *, device: str = "auto") -> Attribution:
-    """The attribution stored under ``key`` (an error naming the call that computes it)."""
+@one_view
+def attribution(adata: AnnData, key: str = "datamodels", *, device: str = "auto"
+                ) -> Attribution:
+    """The attribution of ``adata.uns[key]`` as one view, datamodels or TRAK alike: what
+    :func:`scdm.tl.label_issues`, :func:`scdm.tl.influence_removal` and :func:`scdm.tl.debias`
+    read (``target_sums``, ``class_sums``, ``diagonal``). TRAK's ``n × n`` matrix is never
+    formed when it was not kept: its per-checkpoint factors are read from the store (computed
+    once and kept there). Raises with the call that computes it when there is none."""
     info = adata.uns.get(key)
     if not isinstance(info, dict) or "params" not in info:
         raise KeyError(f"adata.uns[{key!r}] holds no attribution; run scdm.tl.datamodels or "

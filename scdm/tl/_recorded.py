@@ -290,3 +290,14 @@ def remember_training(adata: AnnData, key: str, inputs: ModelInputs) -> None:
     if _VIEWS.get() is not None:
         info = adata.uns[key]
         _remember(adata, key, recorded(inputs, info["params"], ModelStore.open(info["store"])))
+
+
+def check_trained_label(adata: AnnData, key: str, label_key: str) -> RecordedTraining:
+    """The recorded training of ``key``, refused unless its models predict ``label_key``."""
+    training = recorded_training(adata, key)
+    trained = training.params["label_key"]
+    if trained != label_key:
+        raise ValueError(f"the models of adata.uns[{key!r}] predict {trained!r}, not "
+                         f"{label_key!r}; pass label_key={trained!r}, or train on "
+                         f"{label_key!r} first (scdm.tl.trak or scdm.tl.datamodels).")
+    return training
