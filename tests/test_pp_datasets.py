@@ -91,3 +91,24 @@ def test_planted_subtypes_structure():
     np.testing.assert_array_equal(adata.X, again.X)
     with pytest.raises(ValueError, match="n_genes"):
         scdm.datasets.planted_subtypes(n_genes=50)
+
+
+def test_graded_subtypes_shade_into_the_class():
+    """program_spread grades each cell's program; 0 leaves every disease cell at full
+    strength and draws nothing more (the default data are unchanged)."""
+    kwds = dict(n_controls=40, n_per_subtype=40, n_subtypes=2, n_genes=100, batch_genes=40,
+                random_state=2)
+    plain = scdm.datasets.planted_subtypes(**kwds)
+    strength = plain.obs["program_strength"].to_numpy()
+    disease = (plain.obs["disease"] == "disease").to_numpy()
+    assert (strength[disease] == 1).all() and (strength[~disease] == 0).all()
+    graded = scdm.datasets.planted_subtypes(program_spread=0.75, **kwds)
+    strength = graded.obs["program_strength"].to_numpy()
+    assert 0.25 <= strength[disease].min() < 0.5 and 1.5 < strength[disease].max() <= 1.75
+    # the program's expression follows the strength within a subtype
+    cells = np.flatnonzero((graded.obs["subtype"] == "subtype-0").to_numpy())
+    genes = (graded.var["program"] == "subtype-0").to_numpy()
+    level = graded.layers["counts"][cells][:, genes].toarray().mean(1)
+    assert np.corrcoef(strength[cells], level)[0, 1] > 0.5
+    with pytest.raises(ValueError, match=r"program_spread must lie in \[0, 1\]"):
+        scdm.datasets.planted_subtypes(program_spread=1.5)

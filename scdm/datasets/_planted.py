@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._checks import check_int
+from .._checks import check_fraction, check_int
 from .._seeding import check_random_state
 
 
@@ -28,6 +28,7 @@ def planted_subtypes(
     n_genes: int = 500,
     program_size: int = 10,
     program_effect: float = 1.5,
+    program_spread: float = 0.0,
     n_batches: int = 4,
     batch_genes: int = 250,
     batch_effect: float = 1.2,
@@ -59,6 +60,12 @@ def planted_subtypes(
         Genes in total (programs and batch genes are disjoint subsets).
     program_size, program_effect
         Genes per subtype program and their log-rate increase.
+    program_spread
+        Graded subtypes: each disease cell expresses its program at ``program_effect · u``
+        with ``u`` ~ U(1 − spread, 1 + spread) (``obs["program_strength"]``), so a subtype
+        shades into the rest of the class; 0 (default): every cell at full strength. With
+        ``n_subtypes=1`` and spread 1, the disease is one program graded from absent to twice
+        the effect: a continuum, no discrete subtype (the graded null).
     n_batches, batch_genes, batch_effect
         The nuisance: batches, genes they shift, and the log-rate shift per batch.
     gradient_genes, gradient_effect
@@ -76,6 +83,7 @@ def planted_subtypes(
     (the subtype a gene marks, or ``"none"``) and ``.var["batch_gene"]``.
     """
     seed = check_random_state(random_state)
+    check_fraction("program_spread", program_spread, "[0, 1]")
     if isinstance(n_per_subtype, Sequence) or np.ndim(n_per_subtype) == 1:
         sizes = [int(v) for v in n_per_subtype]  # type: ignore[union-attr]
         n_subtypes = len(sizes)
@@ -112,9 +120,13 @@ def planted_subtypes(
     state = rng.uniform(-1.0, 1.0, size=n_obs)
     gradient_loading = gradient_effect * rng.choice([-1.0, 1.0], size=gradient_genes)
     log_rate[:, gradient_gene_idx] += state[:, None] * gradient_loading
+    # drawn only when asked, so that the default data stay as they were
+    strength = (rng.uniform(1.0 - program_spread, 1.0 + program_spread, size=n_obs)
+                if program_spread else np.ones(n_obs))
+    strength[subtype < 0] = 0.0
     for k in range(n_subtypes):
         rows = np.flatnonzero(subtype == k)
-        log_rate[np.ix_(rows, program_genes[k])] += program_effect
+        log_rate[np.ix_(rows, program_genes[k])] += program_effect * strength[rows, None]
     size_factor = rng.lognormal(0.0, 0.2, size=(n_obs, 1))
     counts = rng.poisson(np.exp(log_rate) * size_factor).astype(np.float32)
 
@@ -131,6 +143,7 @@ def planted_subtypes(
                 categories=["control", *[f"subtype-{k}" for k in range(n_subtypes)]]),
             "batch": pd.Categorical([f"batch-{b}" for b in batch]),
             "state": state.astype(np.float32),
+            "program_strength": strength.astype(np.float32),
         },
         index=[f"cell-{i}" for i in range(n_obs)],
     )
@@ -141,6 +154,7 @@ def planted_subtypes(
     adata.uns["planted_subtypes"] = {
         "n_controls": n_controls, "n_per_subtype": sizes, "n_subtypes": n_subtypes,
         "n_genes": n_genes, "program_size": program_size, "program_effect": program_effect,
+        "program_spread": program_spread,
         "n_batches": n_batches, "batch_genes": batch_genes, "batch_effect": batch_effect,
         "random_state": seed,
     }

@@ -101,6 +101,10 @@ SCENARIOS = {
     "G-2-unequal": (G, dict(classes={"control": [300], "disease": [50, 120]}), {}),
     "G-rare": (G, dict(classes={"control": [300], "disease": [15, 30, 255]}), {}),
     "P-rare": (P, dict(n_per_subtype=[15, 30, 255]), {}),
+    # graded subtypes: each cell's program at 0.25-1.75 × the effect; the graded null is one
+    # program over the whole disease class, graded from absent to twice the effect
+    "P-graded": (P, dict(program_spread=0.75), {}),
+    "P-graded-null": (P, dict(n_subtypes=1, n_per_subtype=300, program_spread=1.0), {}),
     "X-exclusive": (X, dict(), {}),
     "X-3": (X, dict(n_programs=3), {}),
     "X-null": (X, dict(label_relevant=False), {}),
