@@ -120,6 +120,13 @@ def describe_evidence(e: dict) -> str:
                 f"more separated than in cluster-free null halves ({e['separation']:.2f} vs at "
                 f"most {e['null_separation_max']:.2f}, a margin of "
                 f"{e['separation'] - e['null_separation_max']:.2f}; {_null_pairs(e)}){checked}")
+        within = e.get("split_within") or {}
+        if within:
+            text += ("; " + " and ".join(
+                f"a subgroup of {w['n_cells']} cells came apart into {w['n_subgroups']} when "
+                f"checked again on its own (ARI {w['reproducibility']:.2f}, separation "
+                f"{w['separation']:.2f} vs at most {w['null_separation_max']:.2f})"
+                for w in within.values()))
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")

@@ -437,3 +437,34 @@ def test_class_panels_wrap_at_four_per_row(n_classes):
         for col in range(n_classes):
             assert axes[row, col].collections[0].get_offsets().shape[0] == 20
     plt.close("all")
+
+
+def test_accepted_subgroups_are_checked_again_on_their_own():
+    """Two close groups merged at the class's resolution come apart when their subgroup is
+    checked again on its own cells; a homogeneous subgroup is left whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scdm.clustering import DEFAULT_RESOLUTIONS
+    from scdm.tl._subgroups import _checked_split, _split_within
+
+    rng = np.random.default_rng(1)
+    check = {"n_neighbors": 15, "resolutions": DEFAULT_RESOLUTIONS, "min_reproducibility": 0.8,
+             "n_null": 20, "min_size": 5, "random_state": 0}
+
+    def split(centres):
+        X = np.concatenate([c + rng.normal(size=(60, 10)) for c in centres])
+        h1, h2 = (X + 0.3 * rng.normal(size=X.shape) for _ in range(2))
+        found, rep, _, _, halves = _checked_split(h1, h2, X, None, None, {}, check)
+        return found, _split_within(found, halves, rep, None, {}, check)
+
+    near, far = np.zeros(10), np.zeros(10)
+    near[0], far[1] = 4.0, 12.0
+    truth = np.repeat([0, 1, 2], 60)
+    found, (again, inner) = split([np.zeros(10), near, far])
+    assert sorted(np.bincount(found)) == [60, 120]  # the two near groups merged
+    assert np.bincount(again).size == 3 and list(inner) == ["1"]
+    assert adjusted_rand_score(truth, again) > 0.95
+    assert inner["1"]["n_cells"] == 120 and inner["1"]["n_subgroups"] == 2
+    found, (again, inner) = split([np.zeros(10), far])
+    np.testing.assert_array_equal(again, found)
+    assert inner == {}
