@@ -68,7 +68,7 @@ def _graph(adjacency: sparse.csr_matrix):
     return ig.Graph(n=adjacency.shape[0], edges=np.column_stack([upper.row, upper.col]).tolist())
 
 
-def _by_size(codes: np.ndarray) -> np.ndarray:
+def by_size(codes: np.ndarray) -> np.ndarray:
     """Relabel clusters by size (largest = 0), ties by first member, so names are stable."""
     sizes = np.bincount(codes)
     first = np.array([np.flatnonzero(codes == c)[0] for c in range(sizes.size)])
@@ -97,7 +97,7 @@ def leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolutions: Sequence[fl
                                           resolution=float(resolution), n_iterations=-1)
         finally:
             ig.set_random_number_generator(random)  # igraph's default
-        out.append(_by_size(np.asarray(part.membership, dtype=np.int64)))
+        out.append(by_size(np.asarray(part.membership, dtype=np.int64)))
     return out
 
 
@@ -304,7 +304,7 @@ def extend_labels(rep: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
     out[labelled] = labels
     rest = np.setdiff1d(np.arange(rep.shape[0]), labelled)
     out[rest] = nearest_vote(rep[labelled], labels, rep[rest], n_neighbors)
-    return _by_size(out)
+    return by_size(out)
 
 
 # A boundary carried to another class counts as a boundary there when it divides that class at
@@ -467,7 +467,7 @@ def merge_shared(labels: np.ndarray, shared: np.ndarray) -> np.ndarray:
     from scipy.sparse.csgraph import connected_components
 
     merged = connected_components(sparse.csr_matrix(shared), directed=False)[1]
-    return _by_size(merged[labels])
+    return by_size(merged[labels])
 
 
 LEVEL_PURITY = 0.8  # share of a cluster's points in one level for it to belong to that level

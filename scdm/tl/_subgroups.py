@@ -20,6 +20,7 @@ from ..clustering import (
     MAX_CHECK_POINTS,
     ResolutionChoice,
     SharedBoundaries,
+    by_size,
     carry_levels,
     centre_within,
     check_resolutions,
@@ -36,7 +37,7 @@ from ..clustering import (
 from ..get import UNASSIGNED, label_key_of, subgroup_key
 from ._embed import usable_targets
 from ._halves import half_embeddings
-from ._recorded import one_view
+from ._recorded import one_view, recorded_training
 
 
 @one_view
@@ -403,18 +404,13 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
         for part in np.unique(split)[1:]:
             out[cells[split == part]] = next_code
             next_code += 1
-    order = np.argsort(-np.bincount(out), kind="stable")  # numbered by size again
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return rank[out], inner
+    return by_size(out), inner  # numbered by size again, as every partition here
 
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
                    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per class, its checked cells' models' input (as the models see it) and half
     embeddings: what a partition of another class is carried to."""
-    from ._recorded import recorded_training
-
     inputs = recorded_training(adata, key).inputs.X
     return {cls: (np.asarray(inputs[checked], dtype=np.float64),
                   halves[0][checked], halves[1][checked])
