@@ -59,14 +59,23 @@ def inverse_sqrt_gram(grads: torch.Tensor, *, lambda_reg: float = 0.0,
     """A symmetric ``M`` with ``M @ M = inverse_gram(grads, ...)``: features ``G M`` then
     have inner products equal to the attribution (before the out-to-loss weight)."""
     g = grads.to(torch.float64)
-    gram = g.T @ g
+    return inverse_sqrt_of_gram(g.T @ g, n_rows=grads.shape[0], lambda_reg=lambda_reg,
+                                damping=damping, normalize=normalize)
+
+
+def inverse_sqrt_of_gram(gram: torch.Tensor, *, n_rows: int, lambda_reg: float = 0.0,
+                         damping: float | None = None, normalize: bool = True
+                         ) -> torch.Tensor:
+    """:func:`inverse_sqrt_gram` from ``GᵀG`` itself (float64, ``n_rows`` rows of ``G``), for
+    gradients streamed from disk in blocks."""
+    gram = gram.to(torch.float64)
     lam = ridge(gram, lambda_reg=lambda_reg, damping=damping)
     values, vectors = torch.linalg.eigh(gram)
     values = values.clamp_min(0) + lam
     if not bool((values > values.max() * 1e-12).all()):
         raise ValueError(
             f"the projected gradients' Gram matrix is singular at λ = {lam:.3g} "
-            f"({grads.shape[0]} training examples, proj_dim = {grads.shape[1]}); lower "
+            f"({n_rows} training examples, proj_dim = {gram.shape[0]}); lower "
             "proj_dim or add damping.")
     inv_values = 1.0 / values
     if normalize:  # the same scale as inverse_gram(normalize=True)

@@ -21,6 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._memmap import read_rows
+
+BLOCK_ROWS = 65536  # rows of a memory-mapped checkpoint read at once (fixed: same numbers)
+
 
 class ClassFactors:
     """``A = [F_1[rows], …, F_K[rows]] / sqrt(K)`` as an operator, without forming it.
@@ -28,32 +32,64 @@ class ClassFactors:
     Parameters
     ----------
     factors
-        Per checkpoint ``n × k`` features (tensors on one device).
+        Per checkpoint ``n × k`` features: tensors on one device, or arrays (memory maps of
+        :class:`scdm.trak._ondisk.FeatureStore`), whose rows are read for each product and
+        released again, so that memory holds one checkpoint's rows of the class at a time.
     rows
-        The class's rows.
+        The class's rows (sorted).
+    device
+        Where the products are computed (default: the tensors' device, or the CPU).
     """
 
-    def __init__(self, factors: Sequence[torch.Tensor], rows: np.ndarray | torch.Tensor):
+    def __init__(self, factors: Sequence[torch.Tensor | np.ndarray],
+                 rows: np.ndarray | torch.Tensor, device: torch.device | str | None = None):
         self.factors = list(factors)
-        self.rows = torch.as_tensor(np.asarray(rows), device=self.factors[0].device)
-        self.k = int(self.factors[0].shape[1])
+        first = self.factors[0]
+        self.device = torch.device(device if device is not None else (
+            first.device if isinstance(first, torch.Tensor) else "cpu"))
+        self.index = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
+        self.rows = torch.as_tensor(self.index, device=self.device)
+        self.k = int(first.shape[1])
         self.scale = 1.0 / np.sqrt(len(self.factors))
-        self.shape = (int(self.rows.numel()), self.k * len(self.factors))
+        self.shape = (int(self.index.size), self.k * len(self.factors))
+
+    def _slice(self, f: torch.Tensor | np.ndarray, part: slice = slice(None)) -> torch.Tensor:
+        """Rows ``part`` (of the class's rows) of one checkpoint's features."""
+        if isinstance(f, torch.Tensor):
+            return f[self.rows[part].to(f.device)].to(self.device)
+        return torch.from_numpy(read_rows(f, self.index[part])).to(self.device)
+
+    def _parts(self, f: torch.Tensor | np.ndarray) -> list[slice]:
+        """Row chunks read at once: all of a tensor's, :data:`BLOCK_ROWS` of a memory map's
+        (a class of 500,000 cells would otherwise read 1 GB per checkpoint)."""
+        n = self.shape[0]
+        if isinstance(f, torch.Tensor):
+            return [slice(0, n)]
+        return [slice(i, min(i + BLOCK_ROWS, n)) for i in range(0, n, BLOCK_ROWS)]
 
     def dense(self) -> np.ndarray:
-        return (torch.cat([f[self.rows] for f in self.factors], dim=1) * self.scale
+        return (torch.cat([self._slice(f) for f in self.factors], dim=1) * self.scale
                 ).cpu().numpy()
 
     def matmul(self, M: torch.Tensor) -> torch.Tensor:
         """``A @ M`` (``M``: ``K·k × r``)."""
         out = torch.zeros(self.shape[0], M.shape[1], dtype=M.dtype, device=M.device)
         for c, f in enumerate(self.factors):
-            out += f[self.rows].to(M.dtype) @ M[c * self.k:(c + 1) * self.k]
+            block = M[c * self.k:(c + 1) * self.k]
+            for part in self._parts(f):
+                out[part] += self._slice(f, part).to(M.dtype) @ block
         return out * self.scale
 
     def rmatmul(self, Y: torch.Tensor) -> torch.Tensor:
         """``Aᵀ @ Y`` (``Y``: ``|C| × r``)."""
-        return torch.cat([f[self.rows].to(Y.dtype).T @ Y for f in self.factors]) * self.scale
+        out = []
+        for f in self.factors:
+            parts = self._parts(f)
+            total = self._slice(f, parts[0]).to(Y.dtype).T @ Y[parts[0]]
+            for part in parts[1:]:
+                total = total + self._slice(f, part).to(Y.dtype).T @ Y[part]
+            out.append(total)
+        return torch.cat(out) * self.scale
 
 
 def _orthonormal(Y: torch.Tensor) -> torch.Tensor:
@@ -67,7 +103,7 @@ def randomized_left(A: ClassFactors, rank: int, *, n_iter: int = 4, oversample: 
     and ``Aᵀ @ Y``."""
     width = min(rank + oversample, min(A.shape))
     generator = torch.Generator().manual_seed(int(seed))
-    omega = torch.randn(A.shape[1], width, generator=generator).to(A.factors[0].device)
+    omega = torch.randn(A.shape[1], width, generator=generator).to(A.device)
     Q = _orthonormal(A.matmul(omega))
     for _ in range(n_iter):
         Q = _orthonormal(A.matmul(_orthonormal(A.rmatmul(Q))))
@@ -94,6 +130,23 @@ def _thin_svd(A: np.ndarray | ClassFactors, rank: int, seed: int
         A = ClassFactors([torch.as_tensor(np.asarray(A, dtype=np.float32))],
                          np.arange(A.shape[0]))
     return randomized_left(A, rank, seed=seed)
+
+
+CHUNK_ROWS = 65536
+
+
+def _chunked_rows(U: np.ndarray, f) -> np.ndarray:
+    """``f`` of each row chunk of ``U``, concatenated (no temporary of ``U``'s size)."""
+    return np.concatenate([f(U[i:i + CHUNK_ROWS]) for i in range(0, U.shape[0], CHUNK_ROWS)])
+
+
+def _chunked_gram(U: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Uᵀ diag(w) U`` over row chunks."""
+    out = np.zeros((U.shape[1], U.shape[1]))
+    for i in range(0, U.shape[0], CHUNK_ROWS):
+        u = U[i:i + CHUNK_ROWS]
+        out += (u * w[i:i + CHUNK_ROWS, None]).T @ u
+    return out
 
 
 def lowrank_embedding(A: np.ndarray | ClassFactors, q: np.ndarray, *, n_comps: int,
@@ -125,28 +178,47 @@ def lowrank_embedding(A: np.ndarray | ClassFactors, q: np.ndarray, *, n_comps: i
     q = np.asarray(q, dtype=np.float64)
     n = A.shape[0]
     U, S = _thin_svd(A, rank, seed)
-    U, S = U.astype(np.float64), S.astype(np.float64)
+    U, S = U.astype(np.float64, copy=False), S.astype(np.float64, copy=False)
     keep = S > S.max() * 1e-10 if S.size and S.max() > 0 else np.zeros(S.size, bool)
-    U, S2 = U[:, keep], S[keep] ** 2
-    left = U * S2  # W = left @ (U * q[:, None]).T
-    mean = (left.mean(axis=0) @ U.T) * q  # column means of W
+    if not keep.all():
+        U, S = U[:, keep], S[keep]
+    S2 = S**2
+    # W = U S² Uᵀ diag(q). Nothing of U's size is formed besides U itself (a class of 500,000
+    # cells has a 1 GB U): the products below run over row chunks.
+    mean = (U @ (U.mean(axis=0) * S2)) * q  # column means of W
     if standardize:
         # ||W e_i||² = q_i² ||S² u_i||², as U has orthonormal columns
-        sq = q**2 * ((U * S2) ** 2).sum(axis=1) / n
+        sq = q**2 * _chunked_rows(U, lambda u: ((u * S2) ** 2).sum(axis=1)) / n
         std = np.sqrt(np.clip(sq - mean**2, 0, None))
         scale = np.where(std > 1e-12 * max(std.max(initial=0.0), 1e-300), 1.0 / np.where(
             std > 0, std, 1.0), 0.0)
     else:
         scale = np.ones(n)
-    # M = (W - 1 meanᵀ) diag(scale) = L Rᵀ with L = [left, 1], R = [diag(q·scale) U, -mean·scale]
-    L = np.hstack([left, np.ones((n, 1))])
-    R = np.hstack([U * (q * scale)[:, None], -(mean * scale)[:, None]])
-    QL, RL = np.linalg.qr(L)
-    _, RR = np.linalg.qr(R)  # only the triangle: the right vectors are not needed
-    Uc, Sc, _ = np.linalg.svd(RL @ RR.T)
+    # M = (W - 1 meanᵀ) diag(scale) = L Rᵀ with L = [U S², 1] and R = [diag(q·scale) U,
+    # -mean·scale]. L's QR is known from U's orthonormal columns: the ones vector's part
+    # outside U's span completes it. Of R only a C with CᵀC = RᵀR is needed (the SVD of
+    # RL Cᵀ has M's left vectors and values), from R's small Gram matrix.
+    ones = U.sum(axis=0)  # Uᵀ1
+    rest = 1.0 - U @ ones
+    rest_norm = float(np.linalg.norm(rest))
+    width = U.shape[1] + 1
+    RL = np.zeros((width, width))
+    RL[:-1, :-1] = np.diag(S2)
+    RL[:-1, -1] = ones
+    RL[-1, -1] = rest_norm
+    weights = q * scale
+    gram = np.zeros((width, width))
+    gram[:-1, :-1] = _chunked_gram(U, weights**2)
+    gram[:-1, -1] = gram[-1, :-1] = -(U.T @ (weights * mean * scale))
+    gram[-1, -1] = float(((mean * scale) ** 2).sum())
+    values, vectors = np.linalg.eigh(gram)
+    C = np.sqrt(np.clip(values, 0, None))[:, None] * vectors.T
+    Uc, Sc, _ = np.linalg.svd(RL @ C.T)
     comps = min(n_comps, Sc.size, n - 1)
-    scores = (QL @ Uc[:, :comps]) * Sc[:comps]
-    U_left = QL @ Uc[:, :comps]
+    if rest_norm <= 1e-12 * np.sqrt(n):  # the ones vector lies in U's span already
+        Uc[-1] = 0.0
+    U_left = U @ Uc[:-1, :comps] + np.outer(rest / max(rest_norm, 1e-300), Uc[-1, :comps])
+    scores = U_left * Sc[:comps]
     signs = np.sign(U_left[np.argmax(np.abs(U_left), axis=0), np.arange(comps)])
     signs[signs == 0] = 1
     out = np.zeros((n, n_comps))

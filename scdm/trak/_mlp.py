@@ -74,6 +74,55 @@ def _output_signal(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
     return signal, 1.0 - p
 
 
+class MLPProjection:
+    """The projection matrices of some checkpoints of a stacked MLP ensemble, drawn once and
+    applied to any block of examples (:meth:`block`): every row's features are the same
+    whatever the blocks, and a caller can stream examples through them.
+
+    Parameters
+    ----------
+    params
+        Stacked parameters ``[W1 [K, in, h], b1 [K, h], ..., W_L, b_L]`` as
+        :class:`scdm.ensemble.EnsembleTrainer` holds them.
+    proj_dim, seed, model_ids
+        Dimension of the projection, its seed and each checkpoint's id (default ``0..K-1``),
+        which pick its matrices.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], *, proj_dim: int, seed: int = 0,
+                 model_ids: Sequence[int] | None = None):
+        K = params[0].shape[0]
+        ids = list(range(K)) if model_ids is None else [int(m) for m in model_ids]
+        if len(ids) != K:
+            raise ValueError(f"{len(ids)} model_ids for {K} checkpoints.")
+        self.params = list(params)
+        self.proj_dim = int(proj_dim)
+        self.device = params[0].device
+        self.sizes = [params[0].shape[1]] + [params[i].shape[-1]
+                                             for i in range(0, len(params), 2)]
+        n_params = sum(int(np.prod(p.shape[1:])) for p in params)
+        self.scale = 1.0 / np.sqrt(n_params)
+        mats = [_layer_matrices(self.sizes, proj_dim, seed, m, self.device) for m in ids]
+        # [K, rows, k] per layer and part, so that all checkpoints project in one bmm
+        self.stacked = [tuple(torch.stack([mats[c][layer][part] for c in range(K)])
+                              for part in range(3)) for layer in range(len(self.sizes) - 1)]
+
+    @torch.no_grad()
+    def block(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G [K, b, proj_dim], q [K, b])`` of the examples ``X [b, d]``, ``y [b]``."""
+        inputs, pre = _forward(self.params, X.to(self.device))
+        delta, q = _output_signal(pre[-1], y.to(self.device))
+        out = torch.zeros(delta.shape[0], delta.shape[1], self.proj_dim, device=self.device)
+        for layer in range(len(self.sizes) - 2, -1, -1):
+            p_in, p_out, p_bias = self.stacked[layer]
+            out += torch.bmm(inputs[layer], p_in) * torch.bmm(delta, p_out)
+            out += torch.bmm(delta, p_bias)
+            if layer > 0:
+                delta = torch.bmm(delta, self.params[2 * layer].transpose(1, 2))
+                delta = delta * (pre[layer - 1] > 0)
+        return out * self.scale, q
+
+
 @torch.no_grad()
 def mlp_features(params: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor, *,
                  proj_dim: int, seed: int = 0, model_ids: Sequence[int] | None = None,
@@ -98,33 +147,11 @@ def mlp_features(params: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tenso
     -------
     ``(G [K, n, proj_dim], q [K, n])``, float32 on the parameters' device.
     """
-    K = params[0].shape[0]
-    ids = list(range(K)) if model_ids is None else [int(m) for m in model_ids]
-    if len(ids) != K:
-        raise ValueError(f"{len(ids)} model_ids for {K} checkpoints.")
-    device = params[0].device
-    sizes = [params[0].shape[1]] + [params[i].shape[-1] for i in range(0, len(params), 2)]
-    n_params = sum(int(np.prod(p.shape[1:])) for p in params)
-    mats = [_layer_matrices(sizes, proj_dim, seed, m, device) for m in ids]
-    # [K, rows, k] per layer and part, so that all checkpoints project in one bmm
-    stacked = [tuple(torch.stack([mats[c][layer][part] for c in range(K)]) for part in range(3))
-               for layer in range(len(sizes) - 1)]
-    X, y = X.to(device), y.to(device)
-    n = X.shape[0]
+    projection = MLPProjection(params, proj_dim=proj_dim, seed=seed, model_ids=model_ids)
+    K, n, device = params[0].shape[0], X.shape[0], params[0].device
     G = torch.empty(K, n, proj_dim, device=device)
     Q = torch.empty(K, n, device=device)
-    scale = 1.0 / np.sqrt(n_params)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
-        inputs, pre = _forward(params, X[rows])
-        delta, Q[:, rows] = _output_signal(pre[-1], y[rows])
-        out = torch.zeros(K, delta.shape[1], proj_dim, device=device)
-        for layer in range(len(sizes) - 2, -1, -1):
-            p_in, p_out, p_bias = stacked[layer]
-            out += torch.bmm(inputs[layer], p_in) * torch.bmm(delta, p_out)
-            out += torch.bmm(delta, p_bias)
-            if layer > 0:
-                delta = torch.bmm(delta, params[2 * layer].transpose(1, 2))
-                delta = delta * (pre[layer - 1] > 0)
-        G[:, rows] = out * scale
+        G[:, rows], Q[:, rows] = projection.block(X[rows], y[rows])
     return G, Q
