@@ -1,6 +1,7 @@
 """TRAK engine: projection, closed-form MLP features, TRAKer against exact TRAK, bad input."""
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -307,6 +308,73 @@ def test_large_classes_stream_the_checkpoints_into_a_randomized_svd():
                                                                 seed=0))
 
 
+def test_features_on_disk_equal_the_in_memory_formula_and_resume_where_they_stopped(
+        tmp_path, monkeypatch):
+    """Each checkpoint's features are computed in row blocks and written to their own files:
+    equal to centring and whitening the whole gradient matrix in memory; a run killed
+    part-way redoes only the checkpoints it had not finished, with the same numbers; the class
+    operator reads its rows from the memory maps."""
+    import scdm.trak._ondisk as ondisk
+    from scdm.trak._core import inverse_sqrt_gram
+    from scdm.trak._lowrank import ClassFactors
+
+    monkeypatch.setattr(ondisk, "BLOCK_ROWS", 64)  # several blocks for 300 rows
+    torch.manual_seed(0)
+    n, d, h, K, k = 300, 12, 16, 4, 24
+    params = [torch.randn(K, d, h) / 3, torch.randn(K, h) / 3, torch.randn(K, h, 1) / 3,
+              torch.randn(K, 1) / 3]
+    X, y = torch.randn(n, d), torch.randint(0, 2, (n,))
+    cells = np.arange(n) % 3 + 3 * y.numpy()  # (class, batch) cells
+    ids = [5, 6, 7, 8]
+    store = ondisk.FeatureStore(tmp_path / "f", n_obs=n, proj_dim=k, model_ids=ids)
+    assert ondisk.featurize(store, params, X, y, seed=3, damping=0.5, cells=cells) == K
+
+    G, Q = mlp_features(params, X, y, proj_dim=k, seed=3, model_ids=ids)
+    codes = torch.as_tensor(cells)
+    for c in range(K):
+        g = G[c].double()
+        means = torch.zeros(6, k, dtype=torch.float64).index_add_(0, codes, g)
+        g = g - (means / torch.bincount(codes)[:, None])[codes]
+        expected = g.float() @ inverse_sqrt_gram(g.float(), damping=0.5, normalize=False)
+        torch.testing.assert_close(torch.from_numpy(np.array(store.features(c))), expected,
+                                   rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(store.out_to_loss(), Q.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(store.sq_norm(), np.stack(
+        [(np.asarray(f, np.float64) ** 2).sum(1) for f in store.feature_maps()]), rtol=1e-12)
+
+    # killed while writing the third checkpoint: its folder is left without meta.json
+    real = ondisk.featurize_checkpoint
+    computed: list[int] = []
+
+    def dies_on_the_third(*args, **kwds):
+        computed.append(kwds["model_id"])
+        if len(computed) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwds)
+
+    monkeypatch.setattr(ondisk, "featurize_checkpoint", dies_on_the_third)
+    again = ondisk.FeatureStore(tmp_path / "g", n_obs=n, proj_dim=k, model_ids=ids)
+    with pytest.raises(KeyboardInterrupt):
+        ondisk.featurize(again, params, X, y, seed=3, damping=0.5, cells=cells)
+    assert again.missing() == [7, 8]
+    with pytest.raises(RuntimeError, match="not in"):
+        again.feature_maps()
+    computed.clear()
+    monkeypatch.setattr(ondisk, "featurize_checkpoint", real)
+    assert ondisk.featurize(again, params, X, y, seed=3, damping=0.5, cells=cells) == 2
+    for a, b in zip(store.feature_maps(), again.feature_maps(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # the class operator on memory maps is the operator on tensors
+    rows = np.sort(np.random.default_rng(0).choice(n, 120, replace=False))
+    maps = ClassFactors(store.feature_maps(), rows)
+    tensors = ClassFactors(store.load(), rows)
+    M = torch.randn(K * k, 5)
+    torch.testing.assert_close(maps.matmul(M), tensors.matmul(M), rtol=0, atol=0)
+    Y = torch.randn(rows.size, 5)
+    torch.testing.assert_close(maps.rmatmul(Y), tensors.rmatmul(Y), rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def small_trak(tmp_path_factory):
     import scanpy as sc
@@ -428,27 +496,28 @@ def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
         small_trak, tmp_path, monkeypatch):
     import scdm
     import scdm.tl._trak as trak_module
+    import scdm.trak._ondisk as ondisk
     from scdm.ensemble import EnsembleTrainer
     from scdm.tl import attribution
 
     trained: list[int] = []
     featurized: list[int] = []
-    real_train, real_features = EnsembleTrainer.train, trak_module.mlp_features
+    real_train, real_features = EnsembleTrainer.train, ondisk.featurize_checkpoint
 
     def counting_train(self, masks, model_indices, **kwds):  # the real training, counted
         trained.extend(int(m) for m in np.asarray(model_indices).ravel())
         return real_train(self, masks, model_indices, **kwds)
 
     def counting_features(*args, **kwds):
-        featurized.append(1)
+        featurized.append(kwds["model_id"])
         return real_features(*args, **kwds)
 
     monkeypatch.setattr(EnsembleTrainer, "train", counting_train)
-    monkeypatch.setattr(trak_module, "mlp_features", counting_features)
+    monkeypatch.setattr(ondisk, "featurize_checkpoint", counting_features)
     adata = small_trak.copy()
     scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path / "new", n_models=8,
                  max_obsp=0)
-    assert sorted(trained) == list(range(8)) and len(featurized) == 1
+    assert sorted(trained) == list(range(8)) and featurized == list(range(8))
 
     # the same result as before, when a store filled without checkpoints retrained them
     old = adata.copy()
@@ -468,13 +537,13 @@ def test_tl_trak_trains_each_checkpoint_once_and_computes_its_features_once(
     scdm.tl.lds(adata, key="trak", n_models=20, store=tmp_path / "lds")
     scdm.tl.model_count_curve(adata, key="trak")
     assert featurized == [] and len(trained) == 20  # the evaluation models only
-    kept = list((tmp_path / "new" / trak_module.FACTORS_DIR).glob("*.pt"))
-    assert len(kept) == 1
-    kept[0].unlink()  # without them, the same factors are computed again
+    kept = list((tmp_path / "new" / trak_module.FACTORS_DIR).iterdir())
+    assert len(kept) == 1 and len(list(kept[0].glob("model_*/meta.json"))) == 8
+    shutil.rmtree(kept[0])  # without them, the same factors are computed again
     recomputed = attribution(adata, "trak").factors
-    assert len(featurized) == 1
-    for a, b in zip(factors, recomputed, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert featurized == list(range(8))
+    for a, b in zip(factors, recomputed, strict=True):  # memory maps of the store's files
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_models_input_is_built_and_checked_once_per_public_call(
@@ -515,6 +584,27 @@ def test_the_models_input_is_built_and_checked_once_per_public_call(
     dm.obsm["X_pca"] = dm.obsm["X_pca"] + 1.0
     with pytest.raises(ValueError, match="differ from those the models"):
         scdm.tl.lds(dm, n_models=20, store=tmp_path / "ld2")
+
+
+def test_attribution_of_large_data_streams_the_features_from_the_store(small_trak):
+    """Without the n × n matrix, tl.attribution reads TRAK's features from the store's memory
+    maps in row blocks; its sums equal those of the stored matrix."""
+    from scdm.tl import attribution
+    from scdm.tl._attribution import Attribution
+    from scdm.tl._trak import checkpoint_features
+
+    dense = attribution(small_trak, "trak")
+    assert dense.W is not None
+    features = checkpoint_features(small_trak, "trak", proj_dim=int(
+        small_trak.uns["trak"]["trak_params"]["proj_dim"]), damping=1.0)
+    maps = features.feature_maps()
+    assert all(isinstance(f, np.memmap) for f in maps)
+    streamed = Attribution(method="trak", diagonal=dense.diagonal, factors=maps,
+                           q=features.out_to_loss().mean(0).astype(np.float64))
+    B = np.random.default_rng(0).normal(size=(small_trak.n_obs, 3))
+    for name in ("class_sums", "target_sums"):
+        np.testing.assert_allclose(getattr(streamed, name)(B), getattr(dense, name)(B),
+                                   rtol=1e-3, atol=1e-4 * np.abs(getattr(dense, name)(B)).max())
 
 
 def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):

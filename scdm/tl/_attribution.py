@@ -3,6 +3,7 @@ sample ``i`` on target ``j``'s margin, applied to weight matrices without formin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
+from ..trak._lowrank import ClassFactors
 from ._recorded import one_view
 
 
@@ -26,7 +28,8 @@ class Attribution:
     method: str
     diagonal: np.ndarray  # τ(j, j): 0 where the fit absorbed it (datamodels), else TRAK's
     W: np.ndarray | sparse.spmatrix | None = None
-    factors: list[torch.Tensor] | None = None
+    # tensors, or memory maps of the store's features (read in row blocks: large data)
+    factors: Sequence[torch.Tensor] | Sequence[np.ndarray] | None = None
     q: np.ndarray | None = None
 
     def target_sums(self, R: np.ndarray) -> np.ndarray:
@@ -45,17 +48,21 @@ class Attribution:
             return np.asarray(self.W @ B, dtype=np.float64)
         return self._mean_gram(self._factors()[1][:, None] * B)
 
-    def _factors(self) -> tuple[list[torch.Tensor], np.ndarray]:
+    def _factors(self) -> tuple[Sequence[torch.Tensor] | Sequence[np.ndarray], np.ndarray]:
         if self.factors is None or self.q is None:
             raise RuntimeError("an Attribution without W needs TRAK's factors and q.")
         return self.factors, self.q
 
     def _mean_gram(self, B: np.ndarray) -> np.ndarray:
         factors = self._factors()[0]
+        if not isinstance(factors[0], torch.Tensor):  # streamed: A Aᵀ B with A = [F_c] / √K
+            A = ClassFactors(factors, np.arange(factors[0].shape[0]))
+            Bt = torch.as_tensor(B, dtype=torch.float32)
+            return A.matmul(A.rmatmul(Bt)).numpy().astype(np.float64)
         Bt = torch.as_tensor(B, dtype=factors[0].dtype, device=factors[0].device)
         out = torch.zeros(factors[0].shape[0], Bt.shape[1], dtype=Bt.dtype, device=Bt.device)
         for a in factors:
-            out += a @ (a.T @ Bt)
+            out += torch.as_tensor(a) @ (torch.as_tensor(a).T @ Bt)  # tensors already
         return (out / len(factors)).cpu().numpy().astype(np.float64)
 
 
@@ -83,10 +90,10 @@ def attribution(adata: AnnData, key: str = "datamodels", *, device: str = "auto"
     if method != "trak":
         raise KeyError(f"adata.obsp[{key!r}] not found: the datamodels were trained but not "
                        "fitted; run scdm.tl.fit_datamodels(adata, key=...) first.")
-    from ._trak import checkpoint_factors, trak_factor_settings
+    from ._trak import checkpoint_features, trak_factor_settings
 
     params = trak_factor_settings(adata, key)
-    A, Q = checkpoint_factors(adata, key, proj_dim=int(params["proj_dim"]),
-                              damping=float(params["damping"]), device=device)
-    return Attribution(method=method, diagonal=diagonal, factors=A,
-                       q=Q.mean(0).cpu().numpy().astype(np.float64))
+    features = checkpoint_features(adata, key, proj_dim=int(params["proj_dim"]),
+                                   damping=float(params["damping"]), device=device)
+    return Attribution(method=method, diagonal=diagonal, factors=features.feature_maps(),
+                       q=features.out_to_loss().mean(0).astype(np.float64))

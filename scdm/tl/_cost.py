@@ -115,15 +115,23 @@ def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: boo
 
 
 def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
-                  max_obsp: int = TRAK_MAX_OBSP,
-                  cpu: bool = True, speed: Speed | None = None) -> CostEstimate:
-    """Disk (the checkpoints' masks and margins), memory (the projected features, float32,
-    held once — classes are embedded from them checkpoint by checkpoint — plus per-checkpoint
-    temporaries, and the n × n matrix when stored) and time of :func:`scdm.tl.trak`
-    (``speed``: calibrated to this machine)."""
-    disk = _bytes_per_entry() * n_models * n_obs
-    features = 4.0 * n_models * n_obs * proj_dim
-    memory = 1.25 * features + (4.0 * n_obs**2 if n_obs <= max_obsp else 0.0) + 0.5 * GIB
+                  max_obsp: int = TRAK_MAX_OBSP, largest_class: int | None = None,
+                  rank: int = 256, cpu: bool = True, speed: Speed | None = None
+                  ) -> CostEstimate:
+    """Disk (the checkpoints' masks and margins, and their projected features, float32, kept
+    in the store), memory (one checkpoint's rows of the largest class at a time, that class's
+    randomized SVD of width ``rank + 10``, per-cell terms of every checkpoint, and the
+    ``n × n`` matrix with the features it is made of when stored) and time of
+    :func:`scdm.tl.trak` (``speed``: calibrated to this machine)."""
+    from ..trak._ondisk import bytes_on_disk
+
+    disk = _bytes_per_entry() * n_models * n_obs + bytes_on_disk(n_obs, n_models, proj_dim)
+    c = float(n_obs if largest_class is None else largest_class)
+    width = rank + 10
+    memory = (0.5 * GIB + 8.0 * c * proj_dim + c * (24.0 * width + 8.0 * rank)
+              + 16.0 * n_models * n_obs)
+    if n_obs <= max_obsp:
+        memory += 8.0 * n_obs**2 + 4.0 * n_models * n_obs * proj_dim
     seconds = (31.6 * (n_obs / 5000) ** 0.6 * (n_models / 40) * (proj_dim / 512)
                if cpu else None)
     return CostEstimate("trak", n_obs, n_models, disk, memory,
@@ -255,13 +263,17 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
 
 def trak_cost(adata, *, label_key: str | None, use_rep: str | None, alpha: float, config,
               device: str, n_models: int = TRAK_CHECKPOINTS,
-              proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP) -> CostEstimate:
+              proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP,
+              rank: int = 256) -> CostEstimate:
     """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine."""
     from ..ensemble import resolve_device
 
     cpu = resolve_device(device).type == "cpu"
+    largest = (int(adata.obs[label_key].value_counts().max())
+               if label_key is not None and label_key in adata.obs and adata.n_obs else None)
     return calibrated(
         lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
-                                    max_obsp=max_obsp, cpu=cpu, speed=speed),
+                                    max_obsp=max_obsp, largest_class=largest, rank=rank,
+                                    cpu=cpu, speed=speed),
         adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
         alpha=alpha, cpu=cpu)

@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -15,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
 from .._checks import check_int
@@ -25,10 +26,9 @@ from .._settings import settings
 from ..ensemble import resolve_device
 from ..masks import check_alpha
 from ..store import ModelStore, hash_arrays
-from ..trak._core import inverse_sqrt_gram
 from ..trak._lowrank import ClassFactors, lowrank_embedding
-from ..trak._mlp import mlp_features
-from ..workers import as_backend
+from ..trak._ondisk import FeatureStore, featurize, strata_cells
+from ..workers import Backend, RayBackend, as_backend, fill_features
 from ._cost import TRAK_CHECKPOINTS, TRAK_MAX_OBSP, TRAK_PROJ_DIM, check_cost, trak_cost
 from ._embed import embedding_blocks
 from ._halves import half_keys
@@ -90,6 +90,14 @@ def trak(
     computed from the low-rank factors: the ``n × n`` matrix is never formed for the
     embedding, and is stored only when ``n_obs <= max_obsp``.
 
+    The features are computed checkpoint by checkpoint in row blocks and written to the store
+    (``STORE/trak_features``, float32, ``n × proj_dim`` per checkpoint: 8 GB for 100,000 cells
+    at the defaults); each class is then embedded from its rows, read one checkpoint at a time.
+    Memory therefore grows with the largest class, not with ``n × checkpoints × proj_dim``; the
+    cost estimate logged first states the disk and memory, and refuses what will not fit. A
+    run stopped part-way resumes at the first checkpoint it had not finished, and later tools
+    (:func:`scdm.tl.lds`, :func:`scdm.pl.influencers`, ...) read the same features.
+
     ``damping`` is the knob that matters for subgroups: undamped (``0``, MadryLab ``traker``'s
     default) the inverse whitens away the directions that groups of cells share; very large it
     becomes plain gradient similarity. The default was chosen by measurement (RESULTS.md).
@@ -146,14 +154,18 @@ def trak(
     if not damping >= 0:
         raise ValueError(f"damping must be non-negative, got {damping!r}.")
     check_int("n_comps", n_comps, 1)
+    check_int("rank", rank, 1)
     seed = check_random_state(random_state)
     dev = resolve_device(device)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
     check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep,
                          n_models=n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
-                         alpha=alpha, config=config, device=dev.type), store=store,
-               alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix).")
+                         rank=int(rank), alpha=alpha, config=config, device=dev.type),
+               store=store,
+               alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix); the "
+                            "features are kept in the store: give store= a folder on a disk "
+                            "with more room.")
     adata = adata.copy() if copy else adata
     progress = settings.progress(verbose)
 
@@ -163,26 +175,30 @@ def trak(
                  device=device, min_heldout=0, random_state=seed, key_added=key_added,
                  verbose=verbose, **train_kwds)
     trained = time.perf_counter()
-    A, Q = checkpoint_factors(adata, key_added, proj_dim=int(proj_dim), damping=damping,
-                              device=device, progress=progress)
+    features = checkpoint_features(adata, key_added, proj_dim=int(proj_dim), damping=damping,
+                                   device=device, progress=progress,
+                                   backend=train_kwds["backend"])
     featurized = time.perf_counter()
-    q = Q.mean(0).cpu().numpy().astype(np.float64)
-    finite = np.isfinite(q) & np.all([torch.isfinite(a).all(1).cpu().numpy() for a in A], axis=0)
-    self_influence = (_tensor_sum([(a * a).sum(1) for a in A]) / len(A)).cpu().numpy() * q
+    Q = features.out_to_loss().astype(np.float64)
+    q = Q.mean(0)
+    sq_norm = features.sq_norm()
+    finite = np.isfinite(q) & np.isfinite(sq_norm).all(0)
+    self_influence = sq_norm.mean(0) * q
+    A = features.feature_maps()  # read a class's rows at a time, never all of them
 
     blocks = embedding_blocks(adata, label_key)
     embeddings = {name: np.full((adata.n_obs, n_comps), np.nan, dtype=np.float32)
                   for name in ("full", "half1", "half2")}
     # each half from its own checkpoints only, out-to-loss terms included, so that the two
     # halves are independent replicates
-    parts = {"full": (A, q), "half1": (A[0::2], Q[0::2].mean(0).cpu().numpy()),
-             "half2": (A[1::2], Q[1::2].mean(0).cpu().numpy())}
+    parts = {"full": (A, q), "half1": (A[0::2], Q[0::2].mean(0)),
+             "half2": (A[1::2], Q[1::2].mean(0))}
     for members in blocks.values():
         rows = members[finite[members]]
         for name, (factors, weights) in parts.items():
-            embeddings[name][rows] = lowrank_embedding(ClassFactors(factors, rows),
-                                                       np.asarray(weights, np.float64)[rows],
-                                                       n_comps=n_comps, rank=rank, seed=seed)
+            embeddings[name][rows] = lowrank_embedding(ClassFactors(factors, rows, device=dev),
+                                                       weights[rows], n_comps=n_comps,
+                                                       rank=rank, seed=seed)
     embedded = time.perf_counter()
 
     adata.obsm[f"X_{key_added}"] = embeddings["full"]
@@ -190,7 +206,7 @@ def trak(
         adata.obsm[obsm_key] = embeddings[name]
     adata.obs[f"{key_added}_ok"] = finite
     if adata.n_obs <= max_obsp:
-        factors = torch.cat(A, dim=1) / np.sqrt(len(A))
+        factors = torch.cat(features.load(dev), dim=1) / np.sqrt(len(A))
         W = (factors @ factors.T).cpu().numpy() * q[None, :]
         adata.obsp[key_added] = W.astype(np.float32)
     elif key_added in adata.obsp:
@@ -217,15 +233,23 @@ def trak(
     return adata if copy else None
 
 
-def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: float,
-                       device: str = "auto", progress: bool = False
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per checkpoint of ``adata.uns[key]``'s store, the factors ``G_c (G_cᵀG_c + λ_c I)^(-1/2)``
-    (``n × proj_dim``) and the out-to-loss terms ``[K, n]``.
+def checkpoint_features(adata: AnnData, key: str, *, proj_dim: int, damping: float,
+                        device: str = "auto", progress: bool = False,
+                        backend: Backend | None = None) -> FeatureStore:
+    """The TRAK features of ``adata.uns[key]``'s checkpoints, on disk: per checkpoint
+    ``G_c (G_cᵀG_c + λ_c I)^(-1/2)`` (``n × proj_dim``), the out-to-loss terms and the rows'
+    squared norms (:class:`scdm.trak._ondisk.FeatureStore`).
 
     The checkpoints are the store's first ``n_models`` models; their parameters are kept in the
     store (:func:`stored_params`: retrained from their seeds the first time, bitwise the same
-    on CPU, tested, and checked against the stored margins).
+    on CPU, tested, and checked against the stored margins). The features are kept in the
+    store too (``STORE/trak_features/<digest>``, keyed by everything that made them, as
+    traker's saver keeps them per experiment), so tl.lds, tl.model_count_curve, pl.influencers
+    and tl.influence_removal after tl.trak compute no gradients again, and a run stopped
+    part-way resumes from the last complete checkpoint. Nothing of size ``n × checkpoints ×
+    proj_dim`` is held in memory: each checkpoint is computed in row blocks and written out.
+    With a :class:`scdm.workers.RayBackend`, the checkpoints are featurized as Ray tasks (the
+    store must be on a filesystem the workers see), with the same numbers.
     """
     training = recorded_training(adata, key)
     seed = int(training.params["random_state"])
@@ -237,42 +261,42 @@ def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: floa
     _, params = stored_params(training, trainer, completed)
     digest = _factors_digest(training.inputs.data_hash, params, completed, proj_dim=proj_dim,
                              damping=damping, seed=seed)
-    kept = _load_factors(training.store, digest, resolve_device(device))
-    if kept is not None:
-        return kept
-    G, Q = mlp_features(params, trainer.X, trainer.y, proj_dim=proj_dim,
-                        seed=seed, model_ids=[int(m) for m in completed])
-    strata = training.inputs.strata
-    if strata is not None:
-        # A known nuisance (stratify_key) shifts the inputs, and with them every gradient of a
-        # batch: centred within each (class, batch) cell, the gradients keep what varies
-        # within batches (subtypes are balanced across them) and lose the batch means, as
-        # balanced masks do for datamodels.
-        cells = training.inputs.y.astype(np.int64) * (int(strata.max()) + 1) + strata
-        codes = torch.as_tensor(cells, device=G.device)
-        counts = torch.bincount(codes).clamp_min(1).to(G.dtype)
-        for g in G:  # one checkpoint at a time: no second copy of the features
-            sums = torch.zeros(int(cells.max()) + 1, G.shape[2], device=G.device)
-            sums.index_add_(0, codes, g)
-            g -= (sums / counts[:, None])[codes]
+    features = FeatureStore(_features_root(training.store, digest), n_obs=adata.n_obs,
+                            proj_dim=proj_dim, model_ids=completed)
+    if not features.missing():
+        logger.info("TRAK features read from %s", features.root)
+        return features
+    # A known nuisance (stratify_key) shifts the inputs, and with them every gradient of a
+    # batch: centred within each (class, batch) cell, the gradients keep what varies within
+    # batches (subtypes are balanced across them) and lose the batch means, as balanced masks
+    # do for datamodels.
+    if isinstance(backend, RayBackend):  # tasks read the store's recipe and checkpoints
+        fill_features(training.store.path, features.root, features.missing(),
+                      n_obs=adata.n_obs, proj_dim=proj_dim, seed=seed, damping=damping,
+                      backend=backend, device=device, progress=progress)
+    else:
+        featurize(features, params, trainer.X, trainer.y, seed=seed, damping=damping,
+                  cells=strata_cells(training.inputs.y, training.inputs.strata),
+                  progress=progress)
+    return features
+
+
+def checkpoint_factors(adata: AnnData, key: str, *, proj_dim: int, damping: float,
+                       device: str = "auto", progress: bool = False
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """:func:`checkpoint_features` read into memory: the per-checkpoint factors (``n ×
+    proj_dim`` tensors on ``device``) and the out-to-loss terms ``[K, n]``, for tools that
+    form ``n × n`` anyway."""
+    features = checkpoint_features(adata, key, proj_dim=proj_dim, damping=damping,
+                                   device=device, progress=progress)
     dev = resolve_device(device)
-    A = []
-    for c in tqdm(range(G.shape[0]), desc="TRAK features", unit="checkpoint",
-                  disable=not progress):
-        # in place: the features replace the gradients, so memory holds one copy
-        G[c] = G[c] @ inverse_sqrt_gram(G[c], damping=damping, normalize=False).to(dev)
-        A.append(G[c])
-    _keep_factors(training.store, digest, G, Q)
-    return A, Q
+    return features.load(dev), torch.from_numpy(features.out_to_loss()).to(dev)
 
 
-# Finalized features are kept in the store, keyed by everything that made them (as traker's
-# saver keeps them per experiment), so tl.lds, tl.model_count_curve, pl.influencers and
-# tl.influence_removal after tl.trak compute no gradients again. Up to this size only: at
-# 20,000 cells × 512 × 40 checkpoints they take 1.6 GB; far larger runs recompute.
+# Kept per store, keyed by everything that made them; other settings (proj_dim, damping) get
+# their own folder, and only the newest few are kept.
 FACTORS_DIR = "trak_features"
-FACTORS_MAX_BYTES = 4 << 30
-FACTORS_KEPT = 4  # digests kept per store (other proj_dim / damping settings); oldest go
+FACTORS_KEPT = 4
 
 
 def _factors_digest(data_hash: str, params: list[torch.Tensor], models: np.ndarray, *,
@@ -282,36 +306,39 @@ def _factors_digest(data_hash: str, params: list[torch.Tensor], models: np.ndarr
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"data": data_hash, "models": [int(m) for m in models],
                          "proj_dim": int(proj_dim), "damping": float(damping),
-                         "seed": int(seed), "version": 1}, sort_keys=True).encode())
+                         "seed": int(seed), "version": 2}, sort_keys=True).encode())
     h.update(hash_arrays(*(p.detach().cpu().numpy() for p in params)).encode())
     return h.hexdigest()
 
 
-def _load_factors(store: ModelStore, digest: str, device: torch.device
-                  ) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-    path = store.path / FACTORS_DIR / f"{digest}.pt"
-    if not path.is_file():
-        return None
-    saved = torch.load(path, map_location=device, weights_only=True)
-    logger.info("TRAK features read from %s", path)
-    return list(saved["A"].unbind(0)), saved["Q"]
-
-
-def _keep_factors(store: ModelStore, digest: str, G: torch.Tensor, Q: torch.Tensor) -> None:
-    if G.numel() * G.element_size() > FACTORS_MAX_BYTES:
-        return
+def _features_root(store: ModelStore, digest: str) -> Path:
+    """Where this setting's features go: in the store, the oldest other settings' removed;
+    a temporary folder (removed at exit) when the store cannot be written to."""
     folder = store.path / FACTORS_DIR
+    root = folder / digest
     try:
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f".{digest}.tmp{os.getpid()}"
-        torch.save({"A": G.cpu(), "Q": Q.cpu()}, tmp)
-        os.replace(tmp, folder / f"{digest}.pt")
-        for old in sorted(folder.glob("*.pt"), key=lambda f: f.stat().st_mtime_ns,
-                          reverse=True)[FACTORS_KEPT:]:
-            old.unlink()
-    except OSError as error:  # a read-only or full disk: correct, only slower next time
-        warnings.warn(f"could not keep the TRAK features in the store ({error}); they are "
-                      "computed again on the next call.", RuntimeWarning, stacklevel=3)
+        root.mkdir(parents=True, exist_ok=True)
+        os.utime(root)  # the newest setting, whatever the file system's atime policy
+        others = sorted((d for d in folder.iterdir() if d != root),
+                        key=lambda d: d.stat().st_mtime_ns, reverse=True)
+        for old in others[FACTORS_KEPT - 1:]:  # earlier settings, and the format before 2
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return root
+    except OSError as error:  # a read-only store: correct, only slower next time
+        warnings.warn(f"could not keep the TRAK features in the store ({error}); they go to "
+                      "a temporary folder and are computed again on the next call.",
+                      RuntimeWarning, stacklevel=3)
+        return Path(_scratch_folder()) / digest
+
+
+def _scratch_folder() -> str:
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="scdm-trak-")
+    return _SCRATCH.name
+
+
+_SCRATCH: tempfile.TemporaryDirectory | None = None
 
 
 def trak_predictions(A: list[torch.Tensor], q: np.ndarray, masks: np.ndarray) -> np.ndarray:
