@@ -161,6 +161,29 @@ def test_trak_on_ray_keeps_its_checkpoints_as_tasks_train_them(cluster, tmp_path
     assert_same_store(ModelStore.open(tmp_path / "local"), store)
 
 
+def test_trak_features_as_ray_tasks_equal_local_ones(cluster, tmp_path):
+    """With a RayBackend, tl.trak's checkpoints are featurized as Ray tasks (one checkpoint
+    each, from the store's recipe and kept checkpoints) into the store: the same files and the
+    same embedding as a local run, bitwise; a second call finds them and runs no task."""
+    adata = make_adata(n_obs=80)
+    local = scdm.tl.trak(adata, "disease", n_models=8, store=tmp_path / "local", copy=True)
+    remote = scdm.tl.trak(adata, "disease", n_models=8, store=tmp_path / "ray", copy=True,
+                          train_kwds={"backend": RayBackend(task_size=4)})
+    for key in ("X_trak", "X_trak_half1", "X_trak_half2"):
+        np.testing.assert_array_equal(remote.obsm[key], local.obsm[key])
+    np.testing.assert_array_equal(remote.obsp["trak"], local.obsp["trak"])
+    folders = [sorted((tmp_path / where / "trak_features").glob("*/model_*"))
+               for where in ("local", "ray")]
+    assert len(folders[0]) == len(folders[1]) == 8
+    for a, b in zip(*folders, strict=True):
+        for name in ("features.npy", "out_to_loss.npy", "sq_norm.npy"):
+            np.testing.assert_array_equal(np.load(a / name), np.load(b / name))
+    stamps = [(f / "features.npy").stat().st_mtime_ns for f in folders[1]]
+    scdm.tl.trak(adata, "disease", n_models=8, store=tmp_path / "ray", copy=True,
+                 train_kwds={"backend": RayBackend(task_size=4)})
+    assert [(f / "features.npy").stat().st_mtime_ns for f in folders[1]] == stamps
+
+
 def test_image_store_on_ray_equals_local(cluster, tmp_path):
     """Ray tasks read the ResNet-9 recipe from the store (scdm.vision imported on the workers)
     and fill it as one local run does."""

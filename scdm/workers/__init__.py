@@ -10,9 +10,11 @@
 - Recipes: :class:`MLPRecipe` (``tl.train_models``' ensembles), ``scdm.vision.ImageRecipe``;
   :func:`register_recipe` adds a kind; :func:`write_recipe` / :func:`read_recipe` save and
   load one in a store.
+- :func:`fill_features` / :func:`run_feature_worker` write ``tl.trak``'s features of a store's
+  kept checkpoints, here or as Ray tasks.
 """
 
-from ._fill import Backend, LocalBackend, RayBackend, as_backend, fill_store
+from ._fill import Backend, LocalBackend, RayBackend, as_backend, fill_features, fill_store
 from ._loop import train_into_store
 from ._recipes import (
     RECIPES,
@@ -32,12 +34,13 @@ from ._worker import (
     check_models,
     check_row,
     parse_range,
+    run_feature_worker,
     run_main_worker,
     run_worker,
 )
 
 __all__ = ["RECIPES", "WORKERS_DIR", "Backend", "LocalBackend", "MLPRecipe", "MaskSource",
            "RayBackend", "RepeatedMasks", "Trainer", "TrainingRecipe", "UserMain", "as_backend",
-           "check_models", "check_row", "fill_store", "parse_range", "read_recipe",
-           "register_recipe", "run_main_worker", "run_worker", "targets_are_training_samples",
-           "train_into_store", "write_recipe"]
+           "check_models", "check_row", "fill_features", "fill_store", "parse_range",
+           "read_recipe", "register_recipe", "run_feature_worker", "run_main_worker",
+           "run_worker", "targets_are_training_samples", "train_into_store", "write_recipe"]

@@ -10,9 +10,9 @@ import numpy as np
 from .._checks import check_int
 from ..store import ModelStore
 from ._loop import train_into_store
-from ._ray import fill_with_ray, import_ray
+from ._ray import features_with_ray, fill_with_ray, import_ray
 from ._recipes import TrainingRecipe, read_recipe, write_recipe
-from ._worker import UserMain, check_models, run_main_worker
+from ._worker import UserMain, check_models, run_feature_worker, run_main_worker
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,23 @@ def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain
         train_into_store(store, recipe.trainer(device), recipe.mask_source(),
                          np.arange(start, stop), chunk_size=backend.chunk_size,
                          progress=progress, desc=desc, keep_checkpoints=keep_checkpoints)
+
+
+def fill_features(store: str | Path, root: str | Path, model_ids, *, n_obs: int, proj_dim: int,
+                  seed: int, damping: float, backend: str | Backend = "local",
+                  device: str = "auto", progress: bool = True) -> None:
+    """Write the TRAK features of the store's kept checkpoints ``model_ids`` into ``root``
+    (:mod:`scdm.trak._ondisk`), here or as Ray tasks (one checkpoint each), from the store's
+    recipe and checkpoints alone. Checkpoints already featurized are skipped; the numbers do
+    not depend on the backend (bitwise on CPU)."""
+    backend = as_backend(backend)
+    ids = [int(m) for m in model_ids]
+    if isinstance(backend, RayBackend):
+        features_with_ray(store, root, ids, n_obs=n_obs, proj_dim=proj_dim, seed=seed,
+                          damping=damping, ray_address=backend.address,
+                          num_cpus_per_task=backend.num_cpus_per_task,
+                          num_gpus_per_task=backend.num_gpus_per_task, device=device,
+                          max_retries=backend.max_retries, progress=progress)
+    else:
+        run_feature_worker(store, root, ids, proj_dim=proj_dim, seed=seed, damping=damping,
+                           device=device)

@@ -8,6 +8,7 @@ first attempt left incomplete. Progress is read from the store's completion flag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_int
 from ..store import ModelStore
-from ._worker import UserMain, run_main_worker, run_worker
+from ._worker import UserMain, run_feature_worker, run_main_worker, run_worker
 
 
 def import_ray():
@@ -91,3 +92,51 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
         raise RuntimeError(f"Ray tasks finished but {int((~store.completed[start:stop]).sum())}"
                            f" models of [{start}, {stop}) are incomplete in {path}.")
     return len(ranges)
+
+
+def _feature_task(path: str, root: str, model_ids: list[int], proj_dim: int, seed: int,
+                  damping: float, device: str, num_threads: int) -> int:
+    return run_feature_worker(path, root, model_ids, proj_dim=proj_dim, seed=seed,
+                              damping=damping, device=device, num_threads=num_threads)
+
+
+def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Sequence[int], *,
+                      n_obs: int, proj_dim: int, seed: int, damping: float,
+                      ray_address: str | None = None,
+                      num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
+                      device: str = "auto", max_retries: int = 3, progress: bool = True
+                      ) -> int:
+    """Featurize the stored checkpoints ``model_ids`` into ``root`` as Ray tasks, one
+    checkpoint each (:func:`scdm.workers.run_feature_worker`); return how many tasks ran.
+
+    Each checkpoint's features are written to files of their own, so tasks never share a
+    file; a task whose worker dies is retried and redoes only its unfinished checkpoint.
+    """
+    from ..trak._ondisk import FeatureStore
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False)
+    path = str(Path(store_path).resolve())
+    features = FeatureStore(root, n_obs=n_obs, proj_dim=proj_dim, model_ids=model_ids)
+    todo = features.missing()
+    if device == "auto":
+        device = "cuda" if num_gpus_per_task > 0 else "cpu"
+    remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
+                        max_retries=int(max_retries))(_feature_task)
+    threads = max(1, int(num_cpus_per_task))
+    pending = [remote.remote(path, str(Path(root).resolve()), [m], int(proj_dim), int(seed),
+                             float(damping), device, threads) for m in todo]
+    with tqdm(total=len(features), desc="TRAK features (ray)", unit="checkpoint",
+              disable=not progress) as bar:
+        bar.update(len(features) - len(todo))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                ray.get(ref)  # a task that failed after its retries raises here
+            bar.update(len(features) - len(features.missing()) - bar.n)
+    missing = features.missing()
+    if missing:
+        raise RuntimeError(f"Ray tasks finished but the features of checkpoints {missing[:5]} "
+                           f"are missing from {root}.")
+    return len(todo)

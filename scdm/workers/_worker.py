@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..store import ModelStore
 from ._loop import train_into_store
-from ._recipes import read_recipe
+from ._recipes import MLPRecipe, read_recipe
 
 WORKERS_DIR = "workers"
 
@@ -104,6 +105,39 @@ def run_worker(store_path: str | Path, start: int, stop: int, *, device: str = "
         return train_into_store(store, recipe.trainer(device), recipe.mask_source(), todo,
                                 chunk_size=chunk_size, progress=progress, on_chunk=beat.update,
                                 keep_checkpoints=keep_checkpoints)
+
+
+def run_feature_worker(store_path: str | Path, root: str | Path, model_ids: Sequence[int], *,
+                       proj_dim: int, seed: int, damping: float, device: str = "auto",
+                       num_threads: int | None = None) -> int:
+    """Write the TRAK features of the store's kept checkpoints ``model_ids`` into ``root``
+    (:mod:`scdm.trak._ondisk`) from the store alone: its recipe (the models' inputs and a
+    known batch) and the checkpoints' parameters. Idempotent: checkpoints already featurized
+    are skipped, so a retried task redoes only what its first attempt did not finish. Returns
+    how many were computed."""
+    import torch
+
+    from ..trak._ondisk import FeatureStore, featurize, strata_cells
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    path = Path(store_path)
+    recipe = read_recipe(path)
+    store = ModelStore.open(path)
+    loaded = [store.load_checkpoint(int(m)) for m in model_ids]
+    states = [state for state in loaded if state is not None]
+    lost = [int(m) for m, state in zip(model_ids, loaded, strict=True) if state is None]
+    if lost or not isinstance(recipe, MLPRecipe):
+        raise ValueError(f"{path} keeps no parameters of models {lost[:5]} (or its recipe is "
+                         "not an MLP ensemble's): TRAK features are made from the kept "
+                         "checkpoints of scdm.tl.trak.")
+    trainer = recipe.trainer(device)
+    params = [torch.stack([state[str(t)] for state in states]).to(trainer.device)
+              for t in range(len(states[0]))]
+    features = FeatureStore(root, n_obs=int(trainer.X.shape[0]), proj_dim=proj_dim,
+                            model_ids=model_ids)
+    return featurize(features, params, trainer.X, trainer.y, seed=seed, damping=damping,
+                     cells=strata_cells(recipe.y, recipe.strata))
 
 
 # ---------------------------------------------------------------------- a user's main()
