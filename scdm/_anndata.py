@@ -69,8 +69,24 @@ def check_finite(X, what: str = "the input features") -> None:
         )
 
 
+def in_memory(X) -> bool:
+    """Whether ``X`` is an array or a scipy sparse matrix in memory (not an h5py dataset or a
+    backed AnnData's sparse dataset, which are read from disk in row blocks)."""
+    return isinstance(X, np.ndarray) or sparse.issparse(X)
+
+
+READ_ROWS = 16384  # rows of a backed matrix read at once
+
+
 def dense_features(X, *, scale: bool = True) -> np.ndarray:
-    """A dense float32 copy of ``X``, standardised per feature when ``scale`` (constant → 0)."""
+    """A dense float32 copy of ``X``, standardised per feature when ``scale`` (constant → 0).
+
+    ``X`` may be an array, a scipy sparse matrix, or a matrix of an AnnData opened backed
+    (``read_h5ad(..., backed="r")``: an h5py dataset or a backed sparse dataset). A backed or
+    sparse matrix is read in blocks of rows straight into the float32 result (and a backed
+    one checked for NaN and inf there), so memory holds the result and one block, never the
+    matrix in its stored form; the file is only read.
+    """
     n, d = X.shape
     if n * d * 4 > DENSE_LIMIT_BYTES:
         raise MemoryError(
@@ -78,8 +94,18 @@ def dense_features(X, *, scale: bool = True) -> np.ndarray:
             "a reduced representation instead, e.g. sc.pp.pca(adata) and use_rep='X_pca', or "
             "highly variable genes."
         )
-    dense = X.toarray() if sparse.issparse(X) else np.asarray(X)
-    dense = np.array(dense, dtype=np.float32, order="C")
+    if isinstance(X, np.ndarray):
+        dense = np.array(X, dtype=np.float32, order="C")
+    else:
+        X = X.tocsr() if sparse.issparse(X) else X  # row slices (COO has none)
+        dense = np.empty((n, d), dtype=np.float32)
+        for start in range(0, n, READ_ROWS):
+            rows = slice(start, min(start + READ_ROWS, n))
+            block = X[rows]
+            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+            if not in_memory(X):
+                check_finite(block)
+            dense[rows] = block
     if scale:
         mean = dense.mean(axis=0, dtype=np.float64)
         std = dense.std(axis=0, dtype=np.float64)
@@ -155,7 +181,8 @@ def model_inputs(adata: AnnData, label_key: str, *, use_rep: str | None = None,
     if raw.shape[0] != adata.n_obs:
         raise ValueError(f"the features have {raw.shape[0]} rows but adata has {adata.n_obs} "
                          "observations.")
-    check_finite(raw)
+    if in_memory(raw):  # a backed matrix is checked as it is read
+        check_finite(raw)
     X = dense_features(raw, scale=scale)
     return ModelInputs(X=X, y=y, classes=classes, groups=groups, strata=strata,
                        data_hash=hash_arrays(X, y, groups, *(() if strata is None else (strata,))))

@@ -732,3 +732,44 @@ def test_tl_trak_with_a_known_batch_does_not_split_by_it(tmp_path):
     assert adjusted_rand_score(adata.obs["subtype"][disease], groups[disease]) > 0.9
     # the batch check that tl.subgroups ran on the stratify_key finds nothing
     assert (adata.uns["trak_subgroup"]["composition"]["flag"] == "").all()
+
+
+@pytest.mark.parametrize("as_sparse", [False, True])
+def test_tl_trak_on_an_anndata_opened_backed_equals_in_memory_and_leaves_the_file(
+        tmp_path, as_sparse):
+    """An AnnData opened with backed="r" (dense or sparse .X on disk) is read in row blocks:
+    the models' input, and with it the result, equal those of the same data in memory, and
+    the file is only read. A NaN on disk is reported before any training."""
+    import hashlib
+
+    import anndata as ad
+    from scipy import sparse
+
+    import scdm
+    from scdm._anndata import READ_ROWS, dense_features
+
+    adata = scdm.datasets.planted_subtypes(n_controls=60, n_per_subtype=30, n_subtypes=2,
+                                           n_genes=60, batch_genes=30, random_state=1)
+    adata.X = sparse.csr_matrix(adata.X) if as_sparse else np.asarray(adata.X)
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    backed = ad.read_h5ad(path, backed="r")
+    assert not isinstance(backed.X, np.ndarray) and not sparse.issparse(backed.X)
+    np.testing.assert_array_equal(dense_features(backed.X), dense_features(adata.X))
+    assert READ_ROWS < 10**6  # the blocks are what keeps a million rows out of memory
+
+    settings = {"n_models": 4, "max_obsp": 0, "random_state": 2}
+    scdm.tl.trak(backed, "disease", store=tmp_path / "backed", **settings)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "memory", **settings)
+    np.testing.assert_array_equal(backed.obsm["X_trak"], adata.obsm["X_trak"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+    if not as_sparse:
+        broken = adata.copy()
+        broken.X[5, 3] = np.nan
+        broken.write_h5ad(tmp_path / "nan.h5ad")
+        with pytest.raises(ValueError, match="NaN or inf"):
+            scdm.tl.trak(ad.read_h5ad(tmp_path / "nan.h5ad", backed="r"), "disease",
+                         store=tmp_path / "nan", **settings)
+        assert not (tmp_path / "nan").exists()
