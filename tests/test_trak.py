@@ -708,6 +708,18 @@ def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path
         scdm.tl.trak(cells, "y", store=tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
+    # the features are kept on disk: 40 checkpoints × 512 float32 per cell, counted and
+    # refused where the store's disk lacks the room, before anything is written
+    monkeypatch.setattr(scdm.settings, "max_memory", None)
+    atlas = estimate_trak(1_000_000, 40, largest_class=500_000)
+    assert atlas.disk_bytes > 40 * 512 * 4 * 1_000_000 and atlas.memory_bytes < 8 * 2**30
+    free = 2**20  # what this disk reports as free, made small
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=free))
+    with pytest.raises(MemoryError, match=r"disk ~.* GiB > 0\.0 GiB free.*store="):
+        scdm.tl.trak(cells[:400].copy(), "y", store=tmp_path / "t")  # 400 cells: 33 MB
+    assert not (tmp_path / "t").exists()
+
 
 @pytest.mark.slow
 def test_tl_trak_with_a_known_batch_does_not_split_by_it(tmp_path):

@@ -12,7 +12,7 @@ Part 2 (``--scale N [N ...]``): ``tl.trak`` + ``tl.subgroups`` on N synthetic ce
 ARI; the growth exponent between sizes.
 
     python workflows/benchmarks/trak_benchmark.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
-    python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw]
+    python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw] [--flips 0.05]
     python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
 Part 4 (``--vs-datamodels --cache DIR --scenarios P-3 G-3``): the datamodels of the scenario
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 import scdm
 
@@ -128,13 +128,23 @@ def sweep(args) -> None:
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-def one_scale(n: int, seed: int, rep: str = "pca") -> dict:
+def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0) -> dict:
     """tl.trak + tl.subgroups on n cells, in this process (run fresh per size); ``rep``:
     the models' input, ``pca`` (50 PCs) or ``raw`` (the 80 features, batch on 50 of them,
-    as a user who runs no PCA and names no batch)."""
+    as a user who runs no PCA and names no batch). With ``flips``, that share of the cells
+    gets the other class's label before training (seeded), and ``tl.label_issues(key="trak")``
+    runs after the subgroups: its AUROC on the flipped cells, its time and the peak RSS
+    of the whole process."""
     per = n // 2 // 3
     adata = G(classes={"control": [n // 2], "disease": [per, per, n // 2 - 2 * per]},
               random_state=seed)
+    flipped = np.zeros(n, bool)
+    if flips:
+        flipped[np.random.default_rng(seed + 1).choice(n, round(flips * n),
+                                                          replace=False)] = True
+        truth = adata.obs["disease"].astype(str).to_numpy()
+        noisy = np.where(flipped, np.where(truth == "disease", "control", "disease"), truth)
+        adata.obs["disease"] = pd.Categorical(noisy)
     if rep == "pca":
         sc.pp.pca(adata, n_comps=50, random_state=seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +154,15 @@ def one_scale(n: int, seed: int, rep: str = "pca") -> dict:
         trak_s = time.perf_counter() - start
         scdm.tl.subgroups(adata, key="trak", markers=False)
         total = time.perf_counter() - start
-    d = (adata.obs["disease"] == "disease").to_numpy()
+        label = {}
+        if flips:
+            scdm.tl.label_issues(adata, "disease", key="trak", random_state=seed)
+            label = {"label_issues_s": time.perf_counter() - start - total,
+                     "label_auroc": roc_auc_score(flipped, adata.obs["label_issues_score"]),
+                     "flagged": int(adata.obs["label_issues"].sum()),
+                     "flipped": int(flipped.sum())}
+    # the disease class as trained (noisy labels), scored on its truly diseased cells
+    d = (adata.obs["disease"] == "disease").to_numpy() & ~flipped
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     evidence = adata.uns["trak_subgroup"]["reproducibility"]
     found = adata.obs["trak_subgroup"][d]
@@ -155,14 +173,14 @@ def one_scale(n: int, seed: int, rep: str = "pca") -> dict:
             "found_k": int(adata.obs["trak_subgroup"][d].nunique()),
             "control_k": int(adata.obs["trak_subgroup"][~d].nunique()),
             "n_checked": int(evidence["disease"]["n_checked"]),
-            "seconds": adata.uns["trak"]["seconds"]}
+            "seconds": adata.uns["trak"]["seconds"], **label}
 
 
 def scale(args) -> None:
     results = []
     for n in args.scale:
         out = subprocess.run([sys.executable, __file__, "--one-scale", str(n), "--rep",
-                              args.rep],
+                              args.rep, "--flips", str(args.flips)],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(row)
@@ -174,6 +192,10 @@ def scale(args) -> None:
               f"control {row['control_k']}; checked on {row['n_checked']} cells per class; "
               f"a shared partition taken out of {row['shared_removed'] or 'none'}; input "
               f"{row['rep']})", flush=True)
+        if args.flips:
+            print(f"    + tl.label_issues(key='trak') {row['label_issues_s']:.1f} s: AUROC "
+                  f"{row['label_auroc']:.3f} on {row['flipped']} flipped labels "
+                  f"({row['flagged']} flagged); peak RSS above includes it", flush=True)
     for a, b in itertools.pairwise(results):
         exponent = np.log(b["total_s"] / a["total_s"]) / np.log(b["n"] / a["n"])
         print(f"growth {a['n']} → {b['n']}: time ∝ n^{exponent:.2f}")
@@ -345,12 +367,14 @@ def main() -> None:
     parser.add_argument("--trak-checkpoints", type=int, nargs="+", default=[40, 1000])
     parser.add_argument("--rep", choices=["pca", "raw"], default="pca",
                         help="--scale: the models' input (50 PCs, or the raw features)")
+    parser.add_argument("--flips", type=float, default=0.0,
+                        help="--scale: flip this share of labels, then tl.label_issues")
     parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     if args.one_scale:
-        print(json.dumps(one_scale(args.one_scale, 0, args.rep)))
+        print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips)))
         return
     if args.sweep:
         sweep(args)
