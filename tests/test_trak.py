@@ -375,6 +375,30 @@ def test_features_on_disk_equal_the_in_memory_formula_and_resume_where_they_stop
     torch.testing.assert_close(maps.rmatmul(Y), tensors.rmatmul(Y), rtol=0, atol=0)
 
 
+def test_features_on_disk_do_not_depend_on_the_thread_count(tmp_path):
+    """A Ray worker featurizes on one thread, this process on several: the files must be
+    the same bitwise (LAPACK's eigh was not, before it ran single-threaded)."""
+    import scdm.trak._ondisk as ondisk
+
+    torch.manual_seed(0)
+    n, d, h, k = 3000, 50, 64, 512
+    params = [torch.randn(1, d, h) / 5, torch.randn(1, h) / 5, torch.randn(1, h, 1) / 5,
+              torch.randn(1, 1) / 5]
+    X, y = torch.randn(n, d), torch.randint(0, 2, (n,))
+    threads = torch.get_num_threads()
+    files = []
+    try:
+        for count in (1, max(2, threads)):
+            torch.set_num_threads(count)
+            store = ondisk.FeatureStore(tmp_path / str(count), n_obs=n, proj_dim=k,
+                                        model_ids=[3])
+            ondisk.featurize(store, params, X, y, seed=0, damping=1.0)
+            files.append(np.array(store.features(0)))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(files[0], files[1])
+
+
 @pytest.fixture(scope="module")
 def small_trak(tmp_path_factory):
     import scanpy as sc

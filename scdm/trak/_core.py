@@ -15,7 +15,21 @@ gradient similarity (see :func:`scdm.tl.trak`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+
+
+@contextmanager
+def single_threaded():
+    """torch on one thread inside the block: for small factorizations whose last bits
+    otherwise depend on how many threads the process has."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ridge(gram: torch.Tensor, *, lambda_reg: float = 0.0, damping: float | None = None
@@ -70,7 +84,8 @@ def inverse_sqrt_of_gram(gram: torch.Tensor, *, n_rows: int, lambda_reg: float =
     gradients streamed from disk in blocks."""
     gram = gram.to(torch.float64)
     lam = ridge(gram, lambda_reg=lambda_reg, damping=damping)
-    values, vectors = torch.linalg.eigh(gram)
+    with single_threaded():  # LAPACK's eigh differs with the thread count (a Ray worker's is 1)
+        values, vectors = torch.linalg.eigh(gram)
     values = values.clamp_min(0) + lam
     if not bool((values > values.max() * 1e-12).all()):
         raise ValueError(

@@ -116,19 +116,20 @@ def fill_store(store: ModelStore | str | Path, recipe: TrainingRecipe | UserMain
 
 def fill_features(store: str | Path, root: str | Path, model_ids, *, n_obs: int, proj_dim: int,
                   seed: int, damping: float, backend: str | Backend = "local",
-                  device: str = "auto", progress: bool = True) -> None:
+                  device: str = "auto", progress: bool = True) -> list[int]:
     """Write the TRAK features of the store's kept checkpoints ``model_ids`` into ``root``
     (:mod:`scdm.trak._ondisk`), here or as Ray tasks (one checkpoint each), from the store's
     recipe and checkpoints alone. Checkpoints already featurized are skipped; the numbers do
-    not depend on the backend (bitwise on CPU)."""
+    not depend on the backend (bitwise on CPU). Returns the peak resident memory (bytes) of
+    the worker of each Ray task that ran (empty here)."""
     backend = as_backend(backend)
     ids = [int(m) for m in model_ids]
     if isinstance(backend, RayBackend):
-        features_with_ray(store, root, ids, n_obs=n_obs, proj_dim=proj_dim, seed=seed,
-                          damping=damping, ray_address=backend.address,
-                          num_cpus_per_task=backend.num_cpus_per_task,
-                          num_gpus_per_task=backend.num_gpus_per_task, device=device,
-                          max_retries=backend.max_retries, progress=progress)
-    else:
-        run_feature_worker(store, root, ids, proj_dim=proj_dim, seed=seed, damping=damping,
-                           device=device)
+        return features_with_ray(store, root, ids, n_obs=n_obs, proj_dim=proj_dim,
+                                 seed=seed, damping=damping, ray_address=backend.address,
+                                 num_cpus_per_task=backend.num_cpus_per_task,
+                                 num_gpus_per_task=backend.num_gpus_per_task, device=device,
+                                 max_retries=backend.max_retries, progress=progress)
+    run_feature_worker(store, root, ids, proj_dim=proj_dim, seed=seed, damping=damping,
+                       device=device)
+    return []

@@ -96,8 +96,12 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
 
 def _feature_task(path: str, root: str, model_ids: list[int], proj_dim: int, seed: int,
                   damping: float, device: str, num_threads: int) -> int:
-    return run_feature_worker(path, root, model_ids, proj_dim=proj_dim, seed=seed,
-                              damping=damping, device=device, num_threads=num_threads)
+    """Featurize, and return the peak resident memory of this worker process (bytes)."""
+    import resource
+
+    run_feature_worker(path, root, model_ids, proj_dim=proj_dim, seed=seed, damping=damping,
+                       device=device, num_threads=num_threads)
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
 
 
 def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Sequence[int], *,
@@ -105,9 +109,10 @@ def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Seque
                       ray_address: str | None = None,
                       num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
                       device: str = "auto", max_retries: int = 3, progress: bool = True
-                      ) -> int:
+                      ) -> list[int]:
     """Featurize the stored checkpoints ``model_ids`` into ``root`` as Ray tasks, one
-    checkpoint each (:func:`scdm.workers.run_feature_worker`); return how many tasks ran.
+    checkpoint each (:func:`scdm.workers.run_feature_worker`); return, per task that ran, the
+    peak resident memory of its worker process (bytes: what a worker of the cluster needs).
 
     Each checkpoint's features are written to files of their own, so tasks never share a
     file; a task whose worker dies is retried and redoes only its unfinished checkpoint.
@@ -127,16 +132,17 @@ def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Seque
     threads = max(1, int(num_cpus_per_task))
     pending = [remote.remote(path, str(Path(root).resolve()), [m], int(proj_dim), int(seed),
                              float(damping), device, threads) for m in todo]
+    peaks = []
     with tqdm(total=len(features), desc="TRAK features (ray)", unit="checkpoint",
               disable=not progress) as bar:
         bar.update(len(features) - len(todo))
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in done:
-                ray.get(ref)  # a task that failed after its retries raises here
+                peaks.append(int(ray.get(ref)))  # a task that failed after its retries raises
             bar.update(len(features) - len(features.missing()) - bar.n)
     missing = features.missing()
     if missing:
         raise RuntimeError(f"Ray tasks finished but the features of checkpoints {missing[:5]} "
                            f"are missing from {root}.")
-    return len(todo)
+    return peaks

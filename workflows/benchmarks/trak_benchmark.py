@@ -12,7 +12,8 @@ Part 2 (``--scale N [N ...]``): ``tl.trak`` + ``tl.subgroups`` on N synthetic ce
 ARI; the growth exponent between sizes.
 
     python workflows/benchmarks/trak_benchmark.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
-    python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw] [--flips 0.05]
+    python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw] [--flips 0.05] \
+        [--ray-workers 2]
     python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
 Part 4 (``--vs-datamodels --cache DIR --scenarios P-3 G-3``): the datamodels of the scenario
@@ -128,13 +129,44 @@ def sweep(args) -> None:
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0) -> dict:
+def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
+    """The same checkpoints featurized again as Ray tasks on ``workers`` local workers: time,
+    the largest worker's peak RSS, and whether every file equals the local run's bitwise."""
+    import ray
+
+    from scdm.workers import RayBackend, fill_features
+
+    local = next((store / "trak_features").iterdir())
+    ids = sorted(int(d.name.split("_")[1]) for d in local.glob("model_*"))
+    params = adata.uns["trak"]["trak_params"]
+    ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+    start = time.perf_counter()
+    peaks = fill_features(store, out / local.name, ids, n_obs=adata.n_obs,
+                          proj_dim=int(params["proj_dim"]), seed=int(params["random_state"]),
+                          damping=float(params["damping"]), backend=RayBackend(),
+                          progress=False)
+    seconds = time.perf_counter() - start
+    ray.shutdown()
+    equal = True
+    for m in ids:
+        for name in ("features.npy", "out_to_loss.npy", "sq_norm.npy"):
+            a = np.load(local / f"model_{m}" / name, mmap_mode="r")
+            b = np.load(out / local.name / f"model_{m}" / name, mmap_mode="r")
+            for i in range(0, a.shape[0], 65536):  # a block at a time: no copy of a file
+                equal &= bool(np.array_equal(a[i:i + 65536], b[i:i + 65536]))
+    return {"ray_s": seconds, "ray_worker_peak_gib": max(peaks) / 2**30,
+            "ray_equal": equal, "local_featurize_s": adata.uns["trak"]["seconds"]["featurize"]}
+
+
+def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
+              ray_workers: int = 0) -> dict:
     """tl.trak + tl.subgroups on n cells, in this process (run fresh per size); ``rep``:
     the models' input, ``pca`` (50 PCs) or ``raw`` (the 80 features, batch on 50 of them,
     as a user who runs no PCA and names no batch). With ``flips``, that share of the cells
     gets the other class's label before training (seeded), and ``tl.label_issues(key="trak")``
     runs after the subgroups: its AUROC on the flipped cells, its time and the peak RSS
-    of the whole process."""
+    of the whole process. With ``ray_workers``, the checkpoints are featurized again as Ray
+    tasks on that many local workers and compared with the local files."""
     per = n // 2 // 3
     adata = G(classes={"control": [n // 2], "disease": [per, per, n // 2 - 2 * per]},
               random_state=seed)
@@ -154,12 +186,14 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0) -> dict:
         trak_s = time.perf_counter() - start
         scdm.tl.subgroups(adata, key="trak", markers=False)
         total = time.perf_counter() - start
-        label = {}
+        label = (_ray_features(Path(tmp, "store"), Path(tmp, "ray"), adata, ray_workers)
+                 if ray_workers else {})
+        start = time.perf_counter() - total  # label_issues' clock leaves the Ray run out
         if flips:
             scdm.tl.label_issues(adata, "disease", key="trak", random_state=seed)
-            label = {"label_issues_s": time.perf_counter() - start - total,
-                     "label_auroc": roc_auc_score(flipped, adata.obs["label_issues_score"]),
-                     "flagged": int(adata.obs["label_issues"].sum()),
+            label |= {"label_issues_s": time.perf_counter() - start - total,
+                     "label_auroc": roc_auc_score(flipped, adata.obs["label_issue_score"]),
+                     "flagged": int(adata.obs["label_issue"].sum()),
                      "flipped": int(flipped.sum())}
     # the disease class as trained (noisy labels), scored on its truly diseased cells
     d = (adata.obs["disease"] == "disease").to_numpy() & ~flipped
@@ -180,7 +214,8 @@ def scale(args) -> None:
     results = []
     for n in args.scale:
         out = subprocess.run([sys.executable, __file__, "--one-scale", str(n), "--rep",
-                              args.rep, "--flips", str(args.flips)],
+                              args.rep, "--flips", str(args.flips), "--ray-workers",
+                              str(args.ray_workers)],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(row)
@@ -192,6 +227,11 @@ def scale(args) -> None:
               f"control {row['control_k']}; checked on {row['n_checked']} cells per class; "
               f"a shared partition taken out of {row['shared_removed'] or 'none'}; input "
               f"{row['rep']})", flush=True)
+        if args.ray_workers:
+            print(f"    Ray: the {row['ray_s']:.1f} s featurizing again on {args.ray_workers} "
+                  f"local workers (local: {row['local_featurize_s']:.1f} s, with loading the "
+                  f"checkpoints), largest worker peak RSS {row['ray_worker_peak_gib']:.2f} GiB, "
+                  f"bitwise equal to local: {row['ray_equal']}", flush=True)
         if args.flips:
             print(f"    + tl.label_issues(key='trak') {row['label_issues_s']:.1f} s: AUROC "
                   f"{row['label_auroc']:.3f} on {row['flipped']} flipped labels "
@@ -369,12 +409,14 @@ def main() -> None:
                         help="--scale: the models' input (50 PCs, or the raw features)")
     parser.add_argument("--flips", type=float, default=0.0,
                         help="--scale: flip this share of labels, then tl.label_issues")
+    parser.add_argument("--ray-workers", type=int, default=0,
+                        help="--scale: featurize again as Ray tasks on this many workers")
     parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     if args.one_scale:
-        print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips)))
+        print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips, args.ray_workers)))
         return
     if args.sweep:
         sweep(args)
