@@ -184,6 +184,70 @@ def test_trak_features_as_ray_tasks_equal_local_ones(cluster, tmp_path):
     assert [(f / "features.npy").stat().st_mtime_ns for f in folders[1]] == stamps
 
 
+def _holder_of(path) -> int | None:
+    """The pid of a process that has ``path`` open (Linux: /proc/<pid>/fd)."""
+    target = str(path)
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit() or int(proc) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{proc}/fd")
+            if any(os.readlink(f"/proc/{proc}/fd/{fd}") == target for fd in fds):
+                return int(proc)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
+
+
+def test_a_killed_feature_worker_redoes_only_its_checkpoint(cluster, tmp_path):
+    """A Ray worker killed while it writes a checkpoint's features: Ray retries the task, the
+    retry redoes that checkpoint (the others were complete), and every file equals a local
+    run's bitwise."""
+    from scdm.workers import fill_features
+
+    adata = make_adata(n_obs=20_000, n_vars=20)
+    scdm.tl.train_models(adata, "disease", n_models=6, min_heldout=0, store=tmp_path / "s",
+                         backend=scdm.workers.LocalBackend(keep_checkpoints=True),
+                         key_added="trak", random_state=1)
+    settings = {"n_obs": adata.n_obs, "proj_dim": 512, "seed": 1, "damping": 1.0,
+                "progress": False}
+    errors, killed, finished = [], [], {}
+
+    def run():
+        try:
+            fill_features(tmp_path / "s", tmp_path / "ray", range(6),
+                          backend=RayBackend(max_retries=2), **settings)
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    while not killed and thread.is_alive() and time.time() < deadline:
+        for folder in sorted((tmp_path / "ray").glob("model_*")):
+            if (folder / "meta.json").exists():
+                continue
+            pid = _holder_of(folder / "features.npy")
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)  # mid-checkpoint: its files half written
+                killed.append(folder.name)
+                finished.update({meta.parent.name: meta.stat().st_mtime_ns
+                                 for meta in (tmp_path / "ray").glob("model_*/meta.json")})
+                break
+        time.sleep(0.005)
+    thread.join(timeout=300)
+    assert killed, "no feature worker was seen writing to kill"
+    assert not errors, errors
+    assert killed[0] not in finished
+    for name, stamp in finished.items():  # complete before the kill: not computed again
+        assert (tmp_path / "ray" / name / "meta.json").stat().st_mtime_ns == stamp
+    fill_features(tmp_path / "s", tmp_path / "local", range(6), **settings)
+    for m in range(6):
+        for name in ("features.npy", "out_to_loss.npy", "sq_norm.npy"):
+            np.testing.assert_array_equal(np.load(tmp_path / "ray" / f"model_{m}" / name),
+                                          np.load(tmp_path / "local" / f"model_{m}" / name))
+
+
 def test_image_store_on_ray_equals_local(cluster, tmp_path):
     """Ray tasks read the ResNet-9 recipe from the store (scdm.vision imported on the workers)
     and fill it as one local run does."""
