@@ -611,8 +611,9 @@ def test_the_models_input_is_built_and_checked_once_per_public_call(
 
 
 def test_attribution_of_large_data_streams_the_features_from_the_store(small_trak):
-    """Without the n × n matrix, tl.attribution reads TRAK's features from the store's memory
-    maps in row blocks; its sums equal those of the stored matrix."""
+    """Without the n × n matrix, tl.attribution and tl.lds read TRAK's features from the
+    store's memory maps in row blocks; the sums equal those of the stored matrix, the
+    predicted margins those from the features in memory."""
     from scdm.tl import attribution
     from scdm.tl._attribution import Attribution
     from scdm.tl._trak import checkpoint_features
@@ -629,6 +630,14 @@ def test_attribution_of_large_data_streams_the_features_from_the_store(small_tra
     for name in ("class_sums", "target_sums"):
         np.testing.assert_allclose(getattr(streamed, name)(B), getattr(dense, name)(B),
                                    rtol=1e-3, atol=1e-4 * np.abs(getattr(dense, name)(B)).max())
+    # tl.lds' predictions of TRAK on large data: the same from memory maps as from tensors
+    from scdm.tl._trak import trak_predictions
+
+    masks = np.random.default_rng(1).random((4, small_trak.n_obs)) < 0.5
+    q = streamed.q
+    expected = trak_predictions(features.load(), q, masks)
+    np.testing.assert_allclose(trak_predictions(maps, q, masks), expected, rtol=1e-3,
+                               atol=1e-4 * np.abs(expected).max())
 
 
 def test_tl_trak_uses_the_checkpoints_it_asked_for_from_a_larger_store(small_trak):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
@@ -134,11 +135,22 @@ def _trak_lds(adata: AnnData, key: str, masks: np.ndarray, margins: np.ndarray,
               sizes: Sequence[int] | None, device: str):
     """LDS of TRAK scores from the first ``m`` checkpoints, for each ``m`` in ``sizes`` (all
     when ``None``: one array), on evaluation models that did not train on the target."""
-    from ._trak import checkpoint_factors, trak_factor_settings, trak_predictions
+    from ._trak import (
+        checkpoint_factors,
+        checkpoint_features,
+        trak_factor_settings,
+        trak_predictions,
+    )
 
     params = trak_factor_settings(adata, key)
-    A, Q = checkpoint_factors(adata, key, proj_dim=int(params["proj_dim"]),
-                              damping=float(params["damping"]), device=device)
+    A: list[torch.Tensor] | list[np.ndarray]
+    if key in adata.obsp:  # small data (tl.trak kept the n × n matrix): in memory
+        A, Q = checkpoint_factors(adata, key, proj_dim=int(params["proj_dim"]),
+                                  damping=float(params["damping"]), device=device)
+    else:  # large data: the store's memory maps, read in row blocks
+        features = checkpoint_features(adata, key, proj_dim=int(params["proj_dim"]),
+                                       damping=float(params["damping"]), device=device)
+        A, Q = features.feature_maps(), torch.from_numpy(features.out_to_loss())
     out = []
     for m in ([len(A)] if sizes is None else sizes):
         q = Q[:m].mean(0).cpu().numpy().astype(np.float64)

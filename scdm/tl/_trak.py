@@ -341,12 +341,19 @@ def _scratch_folder() -> str:
 _SCRATCH: tempfile.TemporaryDirectory | None = None
 
 
-def trak_predictions(A: list[torch.Tensor], q: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def trak_predictions(A: list[torch.Tensor] | list[np.ndarray], q: np.ndarray,
+                     masks: np.ndarray) -> np.ndarray:
     """Margins that TRAK scores predict for models trained on ``masks`` (``E × n``):
-    ``Σ_i mask_i τ(j, i)`` for every target ``j``, from the factors (no ``n × n`` matrix)."""
-    weights = torch.as_tensor(np.asarray(masks, dtype=np.float32) * q[None, :].astype(
-        np.float32), device=A[0].device)
-    pred = _tensor_sum([(weights @ a) @ a.T for a in A]) / len(A)
+    ``Σ_i mask_i τ(j, i)`` for every target ``j``, from the factors (no ``n × n`` matrix):
+    tensors, or the store's memory maps (read in row blocks)."""
+    weights = np.asarray(masks, dtype=np.float32) * q[None, :].astype(np.float32)
+    if not isinstance(A[0], torch.Tensor):  # mean_c W a_c a_cᵀ = (A Aᵀ Wᵀ)ᵀ, A = [a_c] / √K
+        factors = ClassFactors(A, np.arange(A[0].shape[0]))
+        pred = factors.matmul(factors.rmatmul(torch.as_tensor(weights.T))).T
+        return pred.numpy().astype(np.float64)
+    tensors = [torch.as_tensor(a) for a in A]
+    W = torch.as_tensor(weights, device=tensors[0].device)
+    pred = _tensor_sum([(W @ a) @ a.T for a in tensors]) / len(tensors)
     return pred.cpu().numpy().astype(np.float64)
 
 

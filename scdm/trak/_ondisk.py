@@ -91,7 +91,7 @@ class FeatureStore:
         """Checkpoint ``model_ids[index]``'s features, memory-mapped read-only."""
         return np.load(self.folder(self.model_ids[index]) / "features.npy", mmap_mode="r")
 
-    def feature_maps(self) -> list[np.memmap]:
+    def feature_maps(self) -> list[np.ndarray]:
         """Every checkpoint's features, memory-mapped (nothing is read yet)."""
         self._check_done()
         return [self.features(i) for i in range(len(self))]
