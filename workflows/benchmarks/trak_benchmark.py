@@ -28,8 +28,10 @@ and ``proj_dim``; LDS of each on fresh subset models and wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -179,13 +181,18 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
         adata.obs["disease"] = pd.Categorical(noisy)
     if rep == "pca":
         sc.pp.pca(adata, n_comps=50, random_state=seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    # SCDM_BENCH_SAVE=DIR keeps the store and the result (DIR/scale-N-REP) for a closer look
+    save = os.environ.get("SCDM_BENCH_SAVE")
+    with (contextlib.nullcontext(str(Path(save, f"scale-{n}-{rep}"))) if save
+          else tempfile.TemporaryDirectory()) as tmp:
         start = time.perf_counter()
         scdm.tl.trak(adata, "disease", use_rep="X_pca" if rep == "pca" else None,
                      random_state=seed, store=Path(tmp, "store"))
         trak_s = time.perf_counter() - start
         scdm.tl.subgroups(adata, key="trak", markers=False)
         total = time.perf_counter() - start
+        if save:
+            adata.write_h5ad(Path(tmp, "result.h5ad"))
         label = (_ray_features(Path(tmp, "store"), Path(tmp, "ray"), adata, ray_workers)
                  if ray_workers else {})
         start = time.perf_counter() - total  # label_issues' clock leaves the Ray run out
