@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -166,6 +166,13 @@ def model_state(params: Sequence[torch.Tensor], j: int) -> dict[str, torch.Tenso
     :meth:`EnsembleTrainer.train` keeps them), as the store keeps a checkpoint (on the CPU,
     tensors by position)."""
     return {str(t): p[j].detach().cpu().clone() for t, p in enumerate(params)}
+
+
+def stacked_params(states: Sequence[Mapping[str, torch.Tensor]], device) -> list[torch.Tensor]:
+    """Kept checkpoints (:func:`model_state`'s form) stacked again, ``[k, ...]`` per tensor,
+    on ``device``: the inverse of :func:`model_state`."""
+    return [torch.stack([state[str(t)] for state in states]).to(device)
+            for t in range(len(states[0]))]
 
 
 class EnsembleTrainer:

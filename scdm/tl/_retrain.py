@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memmap import read_rows
-from ..ensemble import EnsembleTrainer, TrainResult, model_state
+from ..ensemble import EnsembleTrainer, TrainResult, model_state, stacked_params
 from ..store import ModelStore
 from ._recorded import RecordedTraining
 
@@ -143,6 +143,5 @@ def stored_params(training: RecordedTraining, trainer: EnsembleTrainer, models: 
         except OSError as error:  # a read-only store: correct, only slower next time
             warnings.warn(f"could not keep model parameters in the store ({error}); they are "
                           "retrained on the next call.", RuntimeWarning, stacklevel=2)
-    params = [torch.stack([states[i][str(t)] for i in range(models.size)]).to(trainer.device)
-              for t in range(len(states[0]))]
+    params = stacked_params([states[i] for i in range(models.size)], trainer.device)
     return masks, params

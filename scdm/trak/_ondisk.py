@@ -37,7 +37,6 @@ from ._core import inverse_sqrt_of_gram
 from ._mlp import MLPProjection
 
 BLOCK_ROWS = 8192
-FILES = ("features.npy", "out_to_loss.npy", "sq_norm.npy")
 
 
 def bytes_on_disk(n_obs: int, n_models: int, proj_dim: int) -> int:

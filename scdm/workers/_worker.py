@@ -117,6 +117,7 @@ def run_feature_worker(store_path: str | Path, root: str | Path, model_ids: Sequ
     how many were computed."""
     import torch
 
+    from ..ensemble import stacked_params
     from ..trak._ondisk import FeatureStore, featurize, strata_cells
 
     if num_threads:
@@ -132,8 +133,7 @@ def run_feature_worker(store_path: str | Path, root: str | Path, model_ids: Sequ
                          "not an MLP ensemble's): TRAK features are made from the kept "
                          "checkpoints of scdm.tl.trak.")
     trainer = recipe.trainer(device)
-    params = [torch.stack([state[str(t)] for state in states]).to(trainer.device)
-              for t in range(len(states[0]))]
+    params = stacked_params(states, trainer.device)
     features = FeatureStore(root, n_obs=int(trainer.X.shape[0]), proj_dim=proj_dim,
                             model_ids=model_ids)
     return featurize(features, params, trainer.X, trainer.y, seed=seed, damping=damping,
