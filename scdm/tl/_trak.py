@@ -80,10 +80,10 @@ def trak(
     Trains ``n_models`` classifiers (checkpoints) on random ``alpha``-subsets exactly as
     :func:`scdm.tl.train_models` does (same store, recipe and resumability), computes every
     observation's gradient of its margin for every checkpoint in closed form, projected to
-    ``proj_dim`` (:func:`scdm.trak.mlp_features`; the checkpoints' parameters are kept in the
-    store, ``STORE/checkpoints``, as they are trained, so each is trained once and a later
-    call reuses them), and the attribution of
-    training cell ``i`` to cell ``j``,
+    ``proj_dim`` (the projection of :func:`scdm.trak.mlp_features`; the checkpoints'
+    parameters are kept in the store, ``STORE/checkpoints``, as they are trained, so each is
+    trained once and a later call reuses them), and the attribution of training cell ``i`` to
+    cell ``j``,
     ``τ(j, i) = mean_c g_c(j)ᵀ (G_cᵀG_c + λ_c I)⁻¹ g_c(i) · q̄_i`` (Park et al. 2023) with
     ``λ_c = damping · mean(diag(G_cᵀG_c))``. The per-class embedding is that of the
     attribution rows with centred and scaled columns (as :func:`scdm.tl.embed_datamodels`),

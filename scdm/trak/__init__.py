@@ -3,7 +3,8 @@
 - :class:`TRAKer` — MadryLab ``traker``'s workflow for any PyTorch classifier (featurize,
   finalize_features, score, finalize_scores), memory-mapped and resumable;
 - :func:`mlp_features` — the closed-form, Kronecker-projected features of scdm's own stacked
-  MLP ensembles, all checkpoints at once (what :func:`scdm.tl.trak` uses);
+  MLP ensembles, all checkpoints at once in memory (:func:`scdm.tl.trak` applies the same
+  projection checkpoint by checkpoint in row blocks and writes the features to its store);
 - :class:`RandomProjector`, :func:`inverse_gram` — the pieces.
 """
 
