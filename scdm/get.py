@@ -143,9 +143,11 @@ def describe_evidence(e: dict) -> str:
                  else "; without it no split reproduces and beats the null")
         return (f"one subgroup; {removed}{again}{checked}. Give a known batch as "
                 "stratify_key when training, or shared_check=False to keep such splits")
-    return (f"one subgroup; no split both reproduces and beats the null (best ARI between "
-            f"halves {e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}; "
-            f"its separation {_null_pairs(e)}){checked}. Not proof of one population: on "
+    return (f"one subgroup; no split both reproduces and beats the null by the required "
+            f"margin (best ARI between halves {e['best_reproducibility']:.2f} at resolution "
+            f"{e['best_resolution']:g}; its separation {e['separation']:.2f} vs at most "
+            f"{e['null_separation_max']:.2f} in null halves, {_null_pairs(e)}){checked}. Not "
+            "proof of one population: on "
             "planted data, classes with a subtype of ~10 % of their cells or with weak "
             "programs were often left whole")
 

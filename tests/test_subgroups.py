@@ -232,6 +232,8 @@ def test_subgroups_bad_input_for_the_reproducibility_check(null_trained):
         scdm.tl.subgroups(adata, min_reproducibility=1.5)
     with pytest.raises(ValueError, match="n_null"):
         scdm.tl.subgroups(adata, n_null=5)
+    with pytest.raises(ValueError, match=r"min_margin must lie in \[0, 1\)"):
+        scdm.tl.subgroups(adata, min_margin=-0.1)
     with pytest.raises(ValueError, match="fewer than 100 usable datamodels"):
         scdm.tl.subgroups(adata, n_neighbors=50)
     with pytest.raises(ValueError, match="needs a fixed resolution"):
@@ -368,6 +370,41 @@ def test_null_pairs_in_parallel_processes_give_the_same_choice(monkeypatch):
     together = clustering.choose_resolution(half1, half2, **kw)
     pd.testing.assert_frame_equal(alone.table, together.table)
     assert alone.resolution == together.resolution is not None
+
+
+def test_a_split_must_beat_the_null_by_the_margin():
+    """A resolution is accepted only where its separation exceeds the most separated null
+    pair by ``min_margin``: raised just above the chosen split's margin, that split goes, and
+    with the margin at 0 every split beyond the null counts again."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    centres = np.repeat(np.eye(3) * 4, 60, axis=0)
+    half1 = centres + rng.normal(size=centres.shape)
+    half2 = centres + rng.normal(size=centres.shape)
+    kw = {"n_neighbors": 10, "resolutions": [0.2, 0.5, 1.0], "n_null": 19}
+    default = clustering.choose_resolution(half1, half2, **kw)
+    table = default.table
+    assert default.resolution is not None
+    np.testing.assert_allclose(table["margin"],
+                               table["separation"] - table["null_separation_max"])
+    assert (table["margin"][table["accepted"]] >= clustering.MIN_MARGIN).all()
+    chosen = table.set_index("resolution").loc[default.resolution]
+    assert default.summary()["margin"] == pytest.approx(chosen["margin"])
+    stricter = clustering.choose_resolution(half1, half2, **kw,
+                                            min_margin=chosen["margin"] + 0.01)
+    assert stricter.resolution != default.resolution
+    assert not (stricter.table["accepted"] & (stricter.table["margin"]
+                                              < chosen["margin"] + 0.01)).any()
+    none = clustering.choose_resolution(half1, half2, **kw, min_margin=0.99)
+    assert none.resolution is None and not none.table["accepted"].any()
+    text = scdm.get.describe_evidence({**none.summary(), "n_subgroups": 1})
+    assert "beats the null by the required margin" in text
+    assert f"{none.summary()['separation']:.2f} vs at most" in text
+    loose = clustering.choose_resolution(half1, half2, **kw, min_margin=0.0)
+    assert (loose.table["accepted"] >= table["accepted"]).all()
+    with pytest.raises(ValueError, match="min_margin"):
+        clustering.choose_resolution(half1, half2, **kw, min_margin=1.0)
 
 
 def test_extend_labels_follows_the_nearest_labelled_points():

@@ -57,6 +57,7 @@ class CostEstimate:
     memory_bytes: float
     seconds: float | None  # None: no timing model for this device
     seconds_range: tuple[float, float] | None = None  # with a speed probe: its spread
+    worker_memory_bytes: float | None = None  # each Ray worker's share, when run on Ray
 
     def describe(self) -> str:
         if self.seconds is None:
@@ -67,9 +68,11 @@ class CostEstimate:
             low, high = (_duration(t) for t in self.seconds_range)
             spread = f"{low} to {high}, " if low != high else ""
             when = f"~{_duration(self.seconds)} ({spread}calibrated on this machine)"
+        workers = ("" if self.worker_memory_bytes is None else
+                   f" here and ~{self.worker_memory_bytes / GIB:.2f} GiB per Ray worker")
         return (f"{self.method} on {self.n_obs:,} cells with {self.n_models:,} models: disk "
-                f"~{self.disk_bytes / GIB:.2f} GiB, memory ~{self.memory_bytes / GIB:.2f} GiB, "
-                f"time {when}")
+                f"~{self.disk_bytes / GIB:.2f} GiB, memory ~{self.memory_bytes / GIB:.2f} GiB"
+                f"{workers}, time {when}")
 
 
 def _duration(seconds: float) -> str:
@@ -114,16 +117,23 @@ def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: boo
                         **_scaled(seconds, speed))
 
 
+RAY_WORKER_BASE = 0.5 * GIB  # a Ray worker with torch and scdm imported (measured: 0.53 GiB
+# at 3,000 cells, 0.68 GiB at 20,000, one checkpoint featurized; RESULTS.md)
+
+
 def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
                   max_obsp: int = TRAK_MAX_OBSP, largest_class: int | None = None,
-                  rank: int = 256, cpu: bool = True, speed: Speed | None = None
-                  ) -> CostEstimate:
+                  rank: int = 256, cpu: bool = True, speed: Speed | None = None,
+                  n_features: int | None = None, ray: bool = False) -> CostEstimate:
     """Disk (the checkpoints' masks and margins, and their projected features, float32, kept
     in the store), memory (one checkpoint's rows of the largest class at a time, that class's
     randomized SVD of width ``rank + 10``, per-cell terms of every checkpoint, and the
     ``n × n`` matrix with the features it is made of when stored) and time of
-    :func:`scdm.tl.trak` (``speed``: calibrated to this machine)."""
-    from ..trak._ondisk import bytes_on_disk
+    :func:`scdm.tl.trak` (``speed``: calibrated to this machine). With ``ray``, also the
+    memory of each Ray worker, which featurizes one checkpoint at a time: the models' input
+    (``n_features`` wide, rebuilt from the store's recipe, and its float32 copy), one block
+    of rows with its projection, and the Gram matrix."""
+    from ..trak._ondisk import BLOCK_ROWS, bytes_on_disk
 
     disk = _bytes_per_entry() * n_models * n_obs + bytes_on_disk(n_obs, n_models, proj_dim)
     c = float(n_obs if largest_class is None else largest_class)
@@ -136,8 +146,12 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
     # (77 s, 430 s and 1,230 s at 20,000, 100,000 and 300,000 cells, features on disk)
     seconds = (31.6 * (min(n_obs, 20_000) / 5000) ** 0.6 * (max(n_obs, 20_000) / 20_000) ** 1.02
                * (n_models / 40) * (proj_dim / 512) if cpu else None)
-    return CostEstimate("trak", n_obs, n_models, disk, memory,
-                        **_scaled(seconds, speed))
+    worker = None
+    if ray:
+        worker = (RAY_WORKER_BASE + 8.0 * n_obs * (n_features or 1)
+                  + BLOCK_ROWS * proj_dim * 12.0 + 8.0 * proj_dim**2)
+    return CostEstimate("trak", n_obs, n_models, disk, memory, **_scaled(seconds, speed),
+                        worker_memory_bytes=worker)
 
 
 def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models: int,
@@ -221,17 +235,22 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
 PROBE_ABOVE_SECONDS = 10.0  # shorter runs keep the reference estimate: a probe is not free
 
 
+def input_width(adata, use_rep: str | None) -> int:
+    """The models' input width as far as ``adata`` tells before the inputs are validated
+    (wrong keys are reported by the training itself; a layer is as wide as ``.X``)."""
+    return (int(np.shape(adata.obsm[use_rep])[1])
+            if use_rep is not None and use_rep in adata.obsm else int(adata.n_vars))
+
+
 def calibrated(make, adata, *, label_key: str | None, use_rep: str | None, config,
                n_models: int, alpha: float, cpu: bool) -> CostEstimate:
     """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on CPU
     when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of the input
-    width and classes ``adata`` has (as far as it tells before the inputs are validated:
-    wrong keys are reported by the training itself; a layer is as wide as ``.X``)."""
+    width (:func:`input_width`) and classes ``adata`` has."""
     estimate = make(None)
     if not cpu or estimate.seconds is None or estimate.seconds <= PROBE_ABOVE_SECONDS:
         return estimate
-    n_features = (int(np.shape(adata.obsm[use_rep])[1])
-                  if use_rep is not None and use_rep in adata.obsm else int(adata.n_vars))
+    n_features = input_width(adata, use_rep)
     n_classes = (max(2, int(adata.obs[label_key].nunique()))
                  if label_key is not None and label_key in adata.obs else 2)
     return make(probe_speed(adata.n_obs, n_features, n_classes, config, n_models=n_models,
@@ -266,16 +285,18 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
 def trak_cost(adata, *, label_key: str | None, use_rep: str | None, alpha: float, config,
               device: str, n_models: int = TRAK_CHECKPOINTS,
               proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP,
-              rank: int = 256) -> CostEstimate:
-    """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine."""
+              rank: int = 256, ray: bool = False) -> CostEstimate:
+    """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine
+    (``ray``: featurized by Ray workers, whose memory it states too)."""
     from ..ensemble import resolve_device
 
     cpu = resolve_device(device).type == "cpu"
     largest = (int(adata.obs[label_key].value_counts().max())
                if label_key is not None and label_key in adata.obs and adata.n_obs else None)
+    width = input_width(adata, use_rep)
     return calibrated(
         lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
                                     max_obsp=max_obsp, largest_class=largest, rank=rank,
-                                    cpu=cpu, speed=speed),
+                                    cpu=cpu, speed=speed, n_features=width, ray=ray),
         adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
         alpha=alpha, cpu=cpu)

@@ -161,7 +161,8 @@ def trak(
                           n_train=round(check_alpha(alpha) * adata.n_obs))
     check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep,
                          n_models=n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
-                         rank=int(rank), alpha=alpha, config=config, device=dev.type),
+                         rank=int(rank), alpha=alpha, config=config, device=dev.type,
+                         ray=isinstance(train_kwds["backend"], RayBackend)),
                store=store,
                alternatives="Lower proj_dim or n_models, or max_obsp (the n × n matrix); the "
                             "features are kept in the store: give store= a folder on a disk "

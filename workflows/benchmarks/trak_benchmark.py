@@ -47,6 +47,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 import scdm
+from scdm.tl._cost import estimate_trak
 
 P, G = scdm.datasets.planted_subtypes, scdm.datasets.gaussian_subtypes
 SCENARIOS = {
@@ -156,7 +157,11 @@ def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
             b = np.load(out / local.name / f"model_{m}" / name, mmap_mode="r")
             for i in range(0, a.shape[0], 65536):  # a block at a time: no copy of a file
                 equal &= bool(np.array_equal(a[i:i + 65536], b[i:i + 65536]))
+    width = adata.obsm["X_pca"].shape[1] if "X_pca" in adata.obsm else adata.n_vars
+    estimate = estimate_trak(adata.n_obs, len(ids), proj_dim=int(params["proj_dim"]),
+                             n_features=width, ray=True)
     return {"ray_s": seconds, "ray_worker_peak_gib": max(peaks) / 2**30,
+            "ray_worker_estimate_gib": estimate.worker_memory_bytes / 2**30,
             "ray_equal": equal, "local_featurize_s": adata.uns["trak"]["seconds"]["featurize"]}
 
 
@@ -237,7 +242,8 @@ def scale(args) -> None:
         if args.ray_workers:
             print(f"    Ray: the {row['ray_s']:.1f} s featurizing again on {args.ray_workers} "
                   f"local workers (local: {row['local_featurize_s']:.1f} s, with loading the "
-                  f"checkpoints), largest worker peak RSS {row['ray_worker_peak_gib']:.2f} GiB, "
+                  f"checkpoints), largest worker peak RSS {row['ray_worker_peak_gib']:.2f} GiB "
+                  f"(the cost preview's {row['ray_worker_estimate_gib']:.2f} GiB), "
                   f"bitwise equal to local: {row['ray_equal']}", flush=True)
         if args.flips:
             print(f"    + tl.label_issues(key='trak') {row['label_issues_s']:.1f} s: AUROC "
