@@ -172,6 +172,7 @@ def test_no_structure_gives_one_subgroup_per_class(null_trained):
         assert not evidence["split"] and evidence["n_subgroups"] == 1
         assert evidence["best_reproducibility"] < info["params"]["min_reproducibility"]
         assert not info["reproducibility_scan"][cls]["accepted"].any()
+    assert info["params"]["min_margin"] == scdm.clustering.MIN_MARGIN  # the rule, recorded
     assert info["markers"].empty  # nothing to contrast within a class
     # the halves were cached: a second call reuses them instead of refitting
     cached = adata.obsm["X_datamodels_half1"].copy()
@@ -232,8 +233,6 @@ def test_subgroups_bad_input_for_the_reproducibility_check(null_trained):
         scdm.tl.subgroups(adata, min_reproducibility=1.5)
     with pytest.raises(ValueError, match="n_null"):
         scdm.tl.subgroups(adata, n_null=5)
-    with pytest.raises(ValueError, match=r"min_margin must lie in \[0, 1\)"):
-        scdm.tl.subgroups(adata, min_margin=-0.1)
     with pytest.raises(ValueError, match="fewer than 100 usable datamodels"):
         scdm.tl.subgroups(adata, n_neighbors=50)
     with pytest.raises(ValueError, match="needs a fixed resolution"):

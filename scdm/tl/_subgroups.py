@@ -53,7 +53,6 @@ def subgroups(
     resolutions: Sequence[float] | None = None,
     min_reproducibility: float = 0.8,
     n_null: int = 20,
-    min_margin: float = MIN_MARGIN,
     min_size: int = 5,
     max_points: int | None = MAX_CHECK_POINTS,
     shared_check: bool = True,
@@ -78,11 +77,14 @@ def subgroups(
     counts only if both halves find the same number of clusters, their partitions agree
     (ARI ≥ ``min_reproducibility``), and each half's clusters are more separated in the other
     half than in every one of ``n_null`` pairs of cluster-free Gaussian halves with the same
-    signal and noise, by at least ``min_margin`` (see :mod:`scdm.clustering`). The most
-    reproducible accepted partition (ties to the one with more clusters) gives the resolution
-    used on the full embedding; a class with no accepted resolution stays one subgroup. A
-    fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also one of pure
-    noise: use it to explore, not to report).
+    signal and noise, by a margin (:data:`scdm.clustering.MIN_MARGIN`, 0.03 on separation's
+    0-1 scale: beating every null pair by a hair happens by chance when a grid of resolutions
+    is scanned; on the scenario suite's 273 null and 171 planted class runs the margin kept a
+    graded continuum whole, 0.028 above its null, and left the right counts as they were).
+    The most reproducible accepted partition (ties to the one with more clusters) gives the
+    resolution used on the full embedding; a class with no accepted resolution stays one
+    subgroup. A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
+    one of pure noise: use it to explore, not to report).
 
     Reproducible is not enough: a nuisance that all classes share (batch, donor, sequencing
     run, cell cycle) shifts the models' input of every class alike and splits each class's
@@ -133,14 +135,6 @@ def subgroups(
     n_null
         Null pairs per class; the smallest p-value is ``1 / (n_null + 1)``, which must not
         exceed 0.05.
-    min_margin
-        How much more separated than the most separated null pair an accepted split must be
-        (separation runs from 0 to 1; a Gaussian cut at its mean scores 2/π). Beating every
-        null pair by a hair happens by chance when a grid of resolutions is scanned. On the
-        scenario suite's 273 null and 171 planted class runs the default kept a graded
-        continuum whole (its split 0.028 above the null), and otherwise left the right counts
-        as they were (one planted split lost, one over-split corrected); ``0`` accepts any
-        split beyond the null.
     min_size
         Clusters smaller than this are no subgroup: their cells are ``"unassigned"`` (and
         they do not count when the halves' partitions are compared).
@@ -209,7 +203,6 @@ def subgroups(
     grid = check_resolutions(resolutions)
     check_fraction("min_reproducibility", min_reproducibility, "(0, 1]")
     check_int("n_null", n_null, 19, " (p-values down to 0.05)")
-    check_fraction("min_margin", min_margin, "[0, 1)")
     check_int("min_size", min_size, 1)
     check_int("n_neighbors", n_neighbors, 2)
     if max_points is not None and (isinstance(max_points, bool) or not isinstance(
@@ -260,7 +253,7 @@ def subgroups(
                 c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
             check = {"n_neighbors": n_neighbors, "resolutions": grid,
                      "min_reproducibility": min_reproducibility, "n_null": n_null,
-                     "min_margin": min_margin, "min_size": min_size, "random_state": seed}
+                     "min_margin": MIN_MARGIN, "min_size": min_size, "random_state": seed}
             inputs = None if others is None else others[cls][0]
             found, class_rep, choice, shared, checked_halves = _checked_split(
                 halves[0][checked], halves[1][checked], rep[members], sub, inputs, elsewhere,
@@ -306,7 +299,7 @@ def subgroups(
         "params": {"key": key, "label_key": label_key, "use_rep": use_rep,
                    "n_neighbors": n_neighbors, "resolution": resolution,
                    "resolutions": list(grid), "min_reproducibility": min_reproducibility,
-                   "n_null": n_null, "min_margin": min_margin, "min_size": min_size,
+                   "n_null": n_null, "min_margin": MIN_MARGIN, "min_size": min_size,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
                    "random_state": seed},

@@ -13,7 +13,7 @@ ARI; the growth exponent between sizes.
 
     python workflows/benchmarks/trak_benchmark.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
     python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw] [--flips 0.05] \
-        [--ray-workers 2]
+        [--ray-workers 2] [--proj-dim 256]
     python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
 Part 4 (``--vs-datamodels --cache DIR --scenarios P-3 G-3``): the datamodels of the scenario
@@ -166,7 +166,7 @@ def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
 
 
 def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
-              ray_workers: int = 0) -> dict:
+              ray_workers: int = 0, proj_dim: int = 512) -> dict:
     """tl.trak + tl.subgroups on n cells, in this process (run fresh per size); ``rep``:
     the models' input, ``pca`` (50 PCs) or ``raw`` (the 80 features, batch on 50 of them,
     as a user who runs no PCA and names no batch). With ``flips``, that share of the cells
@@ -192,7 +192,7 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
           else tempfile.TemporaryDirectory()) as tmp:
         start = time.perf_counter()
         scdm.tl.trak(adata, "disease", use_rep="X_pca" if rep == "pca" else None,
-                     random_state=seed, store=Path(tmp, "store"))
+                     proj_dim=proj_dim, random_state=seed, store=Path(tmp, "store"))
         trak_s = time.perf_counter() - start
         scdm.tl.subgroups(adata, key="trak", markers=False)
         total = time.perf_counter() - start
@@ -227,7 +227,7 @@ def scale(args) -> None:
     for n in args.scale:
         out = subprocess.run([sys.executable, __file__, "--one-scale", str(n), "--rep",
                               args.rep, "--flips", str(args.flips), "--ray-workers",
-                              str(args.ray_workers)],
+                              str(args.ray_workers), "--proj-dim", str(args.proj_dim)],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(row)
@@ -429,7 +429,8 @@ def main() -> None:
     scdm.settings.verbosity = 0
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     if args.one_scale:
-        print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips, args.ray_workers)))
+        print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips, args.ray_workers,
+                                   args.proj_dim)))
         return
     if args.sweep:
         sweep(args)
