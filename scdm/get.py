@@ -147,9 +147,8 @@ def describe_evidence(e: dict) -> str:
             f"margin (best ARI between halves {e['best_reproducibility']:.2f} at resolution "
             f"{e['best_resolution']:g}; its separation {e['separation']:.2f} vs at most "
             f"{e['null_separation_max']:.2f} in null halves, {_null_pairs(e)}){checked}. Not "
-            "proof of one population: on "
-            "planted data, classes with a subtype of ~10 % of their cells or with weak "
-            "programs were often left whole")
+            "proof of one population: on planted data, classes with a subtype of ~10 % of "
+            "their cells or with weak programs were often left whole")
 
 
 def composition_flags(adata: AnnData, key: str = "datamodels_subgroup") -> pd.DataFrame:

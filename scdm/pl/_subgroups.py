@@ -263,7 +263,7 @@ def reproducibility(
         accepted = scan["accepted"].to_numpy(dtype=bool)
         ax.plot(res, ari, "-", color="gray", linewidth=1)
         ax.scatter(res[accepted], ari[accepted], color="tab:green", zorder=3,
-                   label="accepted (reproduces, beats the null)")
+                   label="accepted (reproduces, beats the null by the margin)")
         ax.scatter(res[~accepted], ari[~accepted], facecolors="none", edgecolors="tab:red",
                    zorder=3, label="rejected")
         ax.axhline(threshold, color="black", linestyle=":", linewidth=1,
