@@ -193,6 +193,16 @@ def test_debias_recommends_nothing_without_a_shortcut(tmp_path):
     assert "no removal size" in a.uns["debias"]["reason"]
 
 
+def test_label_issues_too_large_to_train_names_the_reuse_of_a_trak_key(monkeypatch):
+    """label_issues without key trains its own 200 TRAK checkpoints; where their cost check
+    refuses them, the message also names the cheaper path: an earlier tl.trak's key."""
+    a = three_types(n_per=20, n_flip=0)
+    monkeypatch.setattr(scdm.settings, "max_memory", 2**20)  # 1 MiB
+    with pytest.raises(MemoryError, match=r"max_memory.*key='trak'"):
+        scdm.tl.label_issues(a, "cell_type", device="cpu")
+    assert "label_issue_trak" not in a.uns and "label_issue" not in a.obs
+
+
 def test_cleaning_bad_input_fails_before_training(flipped, tmp_path):
     a = flipped.copy()
     tiny = three_types(n_per=20, n_flip=0)

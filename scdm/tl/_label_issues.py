@@ -176,10 +176,17 @@ def label_issues(
         from ._trak import trak
 
         key = f"{key_added}_trak"
-        trak(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-             n_models=check_n_models(n_models), random_state=random_state, device=device,
-             key_added=key, verbose=verbose,
-             train_kwds={**LABEL_ISSUE_TRAIN, **dict(train_kwds or {})})
+        try:
+            trak(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+                 n_models=check_n_models(n_models), random_state=random_state, device=device,
+                 key_added=key, verbose=verbose,
+                 train_kwds={**LABEL_ISSUE_TRAIN, **dict(train_kwds or {})})
+        except MemoryError as refused:  # refused by its cost check, before any work
+            raise MemoryError(
+                f"{refused} For label issues, key= an earlier scdm.tl.trak result reuses its "
+                f"checkpoints and features instead of training {n_models} more (at atlas "
+                "scale: scdm.tl.trak(adata, label_key) then scdm.tl.label_issues(adata, "
+                "label_key, key='trak')).") from None
         training = recorded_training(adata, key)
 
     accuracy, margin, held = heldout_performance(training.store)
