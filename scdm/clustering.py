@@ -235,7 +235,7 @@ class ResolutionChoice:
     @staticmethod
     def _optional(row) -> dict:
         """Columns that tables written by earlier versions lack."""
-        out = {"n_null": int(row["n_null"])} if "n_null" in row else {}
+        out: dict[str, float] = {"n_null": int(row["n_null"])} if "n_null" in row else {}
         if "margin" in row:
             out["margin"] = float(row["margin"])
         return out
