@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 from scipy.linalg import orthogonal_procrustes
 from sklearn.metrics import adjusted_rand_score
@@ -42,19 +43,113 @@ from ._checks import check_fraction
 DEFAULT_RESOLUTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
 
 
-def knn_adjacency(rep: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
-    """Symmetric, unweighted exact kNN graph (an edge where either point lists the other).
+EXACT_KNN_MAX = 100_000  # above this many points, neighbours come from a partitioned search
+
+
+def knn_indices(rep: np.ndarray, n_neighbors: int, *, random_state: int = 0,
+                exact: bool | None = None) -> np.ndarray:
+    """Each point's ``n_neighbors`` nearest other points (``n × n_neighbors`` indices).
+
+    Exact (scikit-learn) up to :data:`EXACT_KNN_MAX` points; above that the exact search is
+    O(n²) (a million cells: hours on 2 cores) and :func:`partitioned_knn` is used instead.
+    ``exact`` forces one or the other.
+    """
+    rep = np.asarray(rep)
+    if exact is None:
+        exact = rep.shape[0] <= EXACT_KNN_MAX
+    if not exact:
+        return partitioned_knn(rep, n_neighbors, random_state=random_state)
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(rep)
+    return index.kneighbors(rep)[1][:, 1:]
+
+
+def _sq_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    return (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + b_sq[None, :]
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    sq = (centres * centres).sum(1)
+    return torch.cat([_sq_distances(points[i:i + block], centres, sq).argmin(1)
+                      for i in range(0, points.shape[0], block)])
+
+
+def partitioned_knn(rep: np.ndarray, n_neighbors: int, *, random_state: int = 0,
+                    n_lists: int | None = None, n_probe: int = 20,
+                    budget: int = 2**24) -> np.ndarray:
+    """Approximate nearest neighbours by an inverted-file search, in O(n^1.5) rather than O(n²).
+
+    k-means (on a seeded subsample, 10 Lloyd steps) cuts the points into ``n_lists`` ≈ √n
+    lists; the points of each list are compared, exactly, with every point of the
+    ``n_probe`` lists whose centres lie nearest to their own list's centre. A neighbour is
+    missed only where it sits in none of those lists. Measured: ≥ 99.99 % of the exact
+    neighbours of 100,000 points (20 Gaussian clusters, 50 dimensions of isotropic noise, the
+    hard case); at 1,000,000 such points 71 %, the neighbours found lying 1 % farther on
+    average than the exact ones (RESULTS.md). Deterministic for a ``random_state``
+    (no approximate-search package is, across thread counts: pynndescent's graph changes with
+    ``n_jobs``). Recall against the exact search is measured in the tests.
+
+    Returns ``n × n_neighbors`` indices of other points, nearest first.
+    """
+    X = torch.as_tensor(np.ascontiguousarray(rep, dtype=np.float32))
+    X = X - X.mean(0)  # the squared-norm expansion loses less to rounding near the origin
+    n = X.shape[0]
+    k = int(n_neighbors)
+    if k >= n:
+        raise ValueError(f"{k} neighbours asked of {n} points; ask for fewer than the points.")
+    n_lists = int(n_lists or max(1, round(np.sqrt(n))))
+    rng = np.random.default_rng(int(random_state))
+    sample = X[torch.from_numpy(np.sort(rng.choice(n, min(n, 32 * n_lists), replace=False)))]
+    centres = sample[torch.from_numpy(np.sort(rng.choice(sample.shape[0], n_lists,
+                                                         replace=False)))].clone()
+    for _ in range(10):
+        owner = _nearest(sample, centres)
+        sums = torch.zeros_like(centres).index_add_(0, owner, sample)
+        counts = torch.bincount(owner, minlength=n_lists)
+        filled = counts > 0  # an empty list keeps its centre
+        centres[filled] = sums[filled] / counts[filled, None].to(sums.dtype)
+    owner = _nearest(X, centres).numpy()
+    order = np.argsort(owner, kind="stable")
+    starts = np.searchsorted(owner[order], np.arange(n_lists + 1))
+    members = [order[starts[c]:starts[c + 1]] for c in range(n_lists)]
+    between = _sq_distances(centres, centres, (centres * centres).sum(1))
+    between.fill_diagonal_(-np.inf)  # a list always searches itself, even beside a twin centre
+    probe = torch.topk(-between, min(n_probe, n_lists), dim=1).indices.numpy()
+    out = np.empty((n, k), dtype=np.int64)
+    for c in range(n_lists):
+        queries = members[c]
+        if queries.size == 0:
+            continue
+        candidates = np.concatenate([members[p] for p in probe[c]])
+        if candidates.size <= k:  # too few near lists: this list searches all points
+            candidates = np.arange(n)
+        cand = X[torch.from_numpy(candidates)]
+        cand_sq = (cand * cand).sum(1)[None, :]
+        sorter = np.argsort(candidates)
+        self_at = sorter[np.searchsorted(candidates[sorter], queries)]  # where each query sits
+        step = max(1, budget // candidates.size)
+        for i in range(0, queries.size, step):
+            q = queries[i:i + step]
+            # ‖c‖² − 2 q·c ranks the candidates as the distance does (‖q‖² is the same for all)
+            d = torch.addmm(cand_sq, X[torch.from_numpy(q)], cand.T, alpha=-2.0)
+            d[torch.arange(q.size), torch.from_numpy(self_at[i:i + step])] = np.inf
+            out[q] = candidates[torch.topk(d, k, dim=1, largest=False).indices.numpy()]
+    return out
+
+
+def knn_adjacency(rep: np.ndarray, n_neighbors: int, *, random_state: int = 0
+                  ) -> sparse.csr_matrix:
+    """Symmetric, unweighted kNN graph (an edge where either point lists the other), exact up
+    to :data:`EXACT_KNN_MAX` points (:func:`knn_indices`).
 
     Unweighted on purpose: kernel weights need a per-point bandwidth, which is zero (and the
     weights undefined) where several targets share an identical embedding.
     """
-    from sklearn.neighbors import NearestNeighbors
-
-    index = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(rep)
-    _, neighbors = index.kneighbors(rep)
-    rows = np.repeat(np.arange(rep.shape[0]), n_neighbors)
-    cols = neighbors[:, 1:].ravel()
-    graph = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(rep.shape[0],) * 2)
+    neighbors = knn_indices(rep, n_neighbors, random_state=random_state)
+    n = neighbors.shape[0]
+    rows = np.repeat(np.arange(n), neighbors.shape[1])
+    graph = sparse.csr_matrix((np.ones(rows.size), (rows, neighbors.ravel())), shape=(n, n))
     graph = graph.maximum(graph.T)
     graph.setdiag(0)
     graph.eliminate_zeros()

@@ -266,6 +266,42 @@ def test_neighbourhood_probabilities_average_a_cell_with_its_neighbours():
         neighbourhood_probabilities(P, X, weight=1.5)
 
 
+def test_partitioned_knn_finds_the_neighbours_above_the_exact_search_size(monkeypatch):
+    """Above EXACT_KNN_MAX points the kNN graph comes from the inverted-file search: on cells
+    along a curve in 20 dimensions (a manifold, as expression is) it finds ≥ 95 % of the
+    exact neighbours, never a point itself, the same ones every run; and the label issues'
+    neighbourhood vote runs on it (no O(n²) search)."""
+    import scdm.clustering as clustering
+    from scdm.cleaning import neighbourhood_probabilities
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 6, 6000)
+    X = np.column_stack([np.sin(k * t / 3 + k) for k in range(1, 21)]) * 3
+    X += rng.normal(0, 0.1, X.shape)
+    exact = clustering.knn_indices(X, 10, exact=True)
+    found = clustering.partitioned_knn(X, 10, random_state=0)
+    assert found.shape == (6000, 10)
+    assert not (found == np.arange(6000)[:, None]).any()
+    recall = np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(found, exact,
+                                                                       strict=True)])
+    assert recall >= 0.95, recall
+    np.testing.assert_array_equal(found, clustering.partitioned_knn(X, 10, random_state=0))
+    # a probe of one list (its own) misses the neighbours across its borders: recall measured
+    narrow = clustering.partitioned_knn(X, 10, random_state=0, n_probe=1)
+    assert np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(narrow, exact,
+                                                                     strict=True)]) < recall
+    with pytest.raises(ValueError, match="fewer"):
+        clustering.partitioned_knn(X[:5], 5)
+
+    P = np.column_stack([t / 6, 1 - t / 6])
+    monkeypatch.setattr(clustering, "EXACT_KNN_MAX", 1000)
+    np.testing.assert_array_equal(clustering.knn_indices(X, 10), found)
+    approximate = neighbourhood_probabilities(P, X, n_neighbors=10)
+    monkeypatch.setattr(clustering, "EXACT_KNN_MAX", 10**6)
+    np.testing.assert_allclose(approximate, neighbourhood_probabilities(P, X, n_neighbors=10),
+                               atol=0.02)
+
+
 def test_d3m_rule_split_and_scoring_on_arrays():
     """debias' engine: a random half per group chooses, the other half scores, and a size is
     recommended only when it beats every random removal, gains enough and keeps accuracy."""

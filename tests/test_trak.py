@@ -309,6 +309,44 @@ def test_large_classes_stream_the_checkpoints_into_a_randomized_svd():
                                                                 seed=0))
 
 
+def test_all_classes_share_one_set_of_reads_and_equal_one_class_at_a_time(tmp_path,
+                                                                          monkeypatch):
+    """class_embeddings reads the checkpoints once per pass for every class together (file
+    order, blocks of rows): each class's embedding equals the one it gets alone, memory maps
+    give the numbers tensors give, and a class too small for the randomized SVD takes the
+    exact path beside them."""
+    import scdm.trak._lowrank as lowrank
+
+    monkeypatch.setattr(lowrank, "BLOCK_ROWS", 128)  # blocks that cut across the classes
+    rng = np.random.default_rng(2)
+    n, k, K = 900, 40, 6
+    types = rng.integers(0, 4, n)
+    arrays = []
+    for c in range(K):
+        F = 0.2 * rng.normal(size=(n, k))
+        F[:, :4] += np.eye(4)[types]
+        arrays.append(F.astype(np.float32))
+        np.save(tmp_path / f"f{c}.npy", arrays[-1])
+    maps = [np.load(tmp_path / f"f{c}.npy", mmap_mode="r") for c in range(K)]
+    tensors = [torch.from_numpy(a) for a in arrays]
+    label = rng.integers(0, 3, n)
+    label[:30] = 3  # a fourth class of 30 cells: the exact path
+    groups = [np.flatnonzero(label == g) for g in range(4)]
+    q = rng.uniform(0.05, 0.9, n)
+    together = lowrank.class_embeddings(maps, groups, q, n_comps=3, rank=20, seed=0)
+    from_tensors = lowrank.class_embeddings(tensors, groups, q, n_comps=3, rank=20, seed=0)
+    for a, b in zip(together, from_tensors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for rows, emb in zip(groups, together, strict=True):
+        alone = lowrank.lowrank_embedding(lowrank.ClassFactors(tensors, rows), q[rows],
+                                          n_comps=3, rank=20, seed=0)
+        np.testing.assert_allclose(emb, alone, rtol=1e-4, atol=1e-4 * np.abs(alone).max())
+        exact = lowrank.lowrank_embedding(lowrank.ClassFactors(tensors, rows).dense(), q[rows],
+                                          n_comps=3, rank=1000)
+        for c in range(3):  # the randomized SVD finds the exact embedding
+            assert abs(np.corrcoef(exact[:, c], emb[:, c])[0, 1]) > 0.999
+
+
 def test_features_on_disk_equal_the_in_memory_formula_and_resume_where_they_stopped(
         tmp_path, monkeypatch):
     """Each checkpoint's features are computed in row blocks and written to their own files:

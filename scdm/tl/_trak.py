@@ -26,7 +26,7 @@ from .._settings import settings
 from ..ensemble import resolve_device
 from ..masks import check_alpha
 from ..store import ModelStore, hash_arrays
-from ..trak._lowrank import ClassFactors, lowrank_embedding
+from ..trak._lowrank import ClassFactors, class_embeddings
 from ..trak._ondisk import FeatureStore, featurize, strata_cells
 from ..workers import Backend, RayBackend, as_backend, fill_features
 from ._cost import TRAK_CHECKPOINTS, TRAK_MAX_OBSP, TRAK_PROJ_DIM, check_cost, trak_cost
@@ -194,12 +194,13 @@ def trak(
     # halves are independent replicates
     parts = {"full": (A, q), "half1": (A[0::2], Q[0::2].mean(0)),
              "half2": (A[1::2], Q[1::2].mean(0))}
-    for members in blocks.values():
-        rows = members[finite[members]]
-        for name, (factors, weights) in parts.items():
-            embeddings[name][rows] = lowrank_embedding(ClassFactors(factors, rows, device=dev),
-                                                       weights[rows], n_comps=n_comps,
-                                                       rank=rank, seed=seed)
+    groups = [members[finite[members]] for members in blocks.values()]
+    for name, (factors, weights) in parts.items():
+        # all classes in one set of reads of the features (on disk, the reads are the cost)
+        for rows, embedding in zip(groups, class_embeddings(
+                factors, groups, weights, n_comps=n_comps, rank=rank, seed=seed, device=dev),
+                strict=True):
+            embeddings[name][rows] = embedding
     embedded = time.perf_counter()
 
     adata.obsm[f"X_{key_added}"] = embeddings["full"]

@@ -96,28 +96,122 @@ def _orthonormal(Y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(Y.double())[0].to(Y.dtype)
 
 
+def _chunk(f: torch.Tensor | np.ndarray, first: int, last: int,
+           device: torch.device) -> torch.Tensor:
+    """Rows ``first:last`` of one checkpoint's features (a memory map's pages released)."""
+    if isinstance(f, torch.Tensor):
+        return f[first:last].to(device)
+    return torch.from_numpy(read_rows(f, slice(first, last))).to(device)
+
+
+def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
+                            groups: Sequence[np.ndarray], rank: int, *, n_iter: int = 4,
+                            oversample: int = 10, seed: int = 0,
+                            device: torch.device | str | None = None
+                            ) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """Leading ``rank`` left singular vectors and values of every class's
+    ``A = [F_1[rows], …, F_K[rows]] / sqrt(K)``, by a randomized range finder with ``n_iter``
+    power iterations (Halko, Martinsson & Tropp 2011), all classes at once.
+
+    The features are read in file order, :data:`BLOCK_ROWS` rows of one checkpoint at a time,
+    and each read serves every class: the classes' rows interleave in the file, so a class
+    read on its own touches nearly every page, and reading class by class multiplies what is
+    read from disk by the number of classes. A power iteration applies ``A Aᵀ`` checkpoint by
+    checkpoint (``F_c (F_cᵀ Q)``), reading each checkpoint's rows twice in a row — the second
+    time from the page cache — so the whole randomized SVD reads the features ``n_iter + 2``
+    times, and every other pass runs backwards, so that what the page cache still holds
+    from the last pass is used first. (The range is re-orthonormalised after each ``A Aᵀ``,
+    not between ``Aᵀ`` and ``A``: the same subspace, with half the reads.)
+
+    Returns, per class, ``(Q, Ub, S)``: the class's left singular vectors are
+    ``Q.double() @ Ub`` (formed by the caller one class at a time; together they are as
+    large as the features of one checkpoint in float64).
+    """
+    K = len(factors)
+    n, k = int(factors[0].shape[0]), int(factors[0].shape[1])
+    first = factors[0]
+    dev = torch.device(device if device is not None else (
+        first.device if isinstance(first, torch.Tensor) else "cpu"))
+    scale = 1.0 / np.sqrt(K)
+    owner = np.full(n, -1, dtype=np.int64)
+    position = np.zeros(n, dtype=np.int64)
+    for g, rows in enumerate(groups):
+        owner[rows] = g
+        position[rows] = np.arange(len(rows))
+    chunks = []  # per block of file rows: (first, last, [(class, rows in block, rows in class)])
+    for lo in range(0, n, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, n)
+        inside = owner[lo:hi]
+        parts = []
+        for g in np.unique(inside[inside >= 0]):
+            local = np.flatnonzero(inside == g)
+            parts.append((int(g), torch.from_numpy(local).to(dev),
+                          torch.from_numpy(position[lo:hi][local]).to(dev)))
+        chunks.append((lo, hi, parts))
+    widths = [min(rank + oversample, len(rows), K * k) for rows in groups]
+    omega = []
+    for width in widths:  # every class from the same seed, as one class alone would draw
+        generator = torch.Generator().manual_seed(int(seed))
+        omega.append(torch.randn(K * k, width, generator=generator).to(dev))
+
+    def sweep(Q: list[torch.Tensor] | None, backwards: bool, apply: bool
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``Z = Aᵀ Q`` (or ``Ω`` when ``Q`` is None) and, with ``apply``, ``Y = A Z``."""
+        Z = [torch.zeros(K * k, w, device=dev) for w in widths]
+        Y = [torch.zeros(len(rows), w, device=dev) for rows, w in zip(groups, widths,
+                                                                         strict=True)]
+        order = range(K - 1, -1, -1) if backwards else range(K)
+        for c in order:
+            f, cols = factors[c], slice(c * k, (c + 1) * k)
+            if Q is None:
+                for g in range(len(groups)):
+                    Z[g][cols] = omega[g][cols]
+            else:
+                for lo, hi, parts in chunks:
+                    block = _chunk(f, lo, hi, dev)
+                    for g, local, pos in parts:
+                        Z[g][cols] += block[local].T @ Q[g][pos]
+                for g in range(len(groups)):
+                    Z[g][cols] *= scale
+            if apply:
+                for lo, hi, parts in (reversed(chunks) if backwards else chunks):
+                    block = _chunk(f, lo, hi, dev)
+                    for g, local, pos in parts:
+                        Y[g][pos] += block[local] @ Z[g][cols]
+        return Z, [y * scale for y in Y]
+
+    _, Y = sweep(None, backwards=False, apply=True)
+    Q = [_orthonormal(y) for y in Y]
+    for i in range(n_iter):
+        _, Y = sweep(Q, backwards=i % 2 == 0, apply=True)
+        Q = [_orthonormal(y) for y in Y]
+    Z, _ = sweep(Q, backwards=n_iter % 2 == 0, apply=False)
+    out = []
+    for g in range(len(groups)):
+        Ub, S, _ = torch.linalg.svd(Z[g].T.double(), full_matrices=False)
+        out.append((Q[g], Ub[:, :rank].cpu().numpy(), S[:rank].cpu().numpy()))
+    return out
+
+
 def randomized_left(A: ClassFactors, rank: int, *, n_iter: int = 4, oversample: int = 10,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Leading ``rank`` left singular vectors and values of ``A`` by a randomized range finder
-    with ``n_iter`` power iterations (Halko, Martinsson & Tropp 2011), using only ``A @ M``
-    and ``Aᵀ @ Y``."""
-    width = min(rank + oversample, min(A.shape))
-    generator = torch.Generator().manual_seed(int(seed))
-    omega = torch.randn(A.shape[1], width, generator=generator).to(A.device)
-    Q = _orthonormal(A.matmul(omega))
-    for _ in range(n_iter):
-        Q = _orthonormal(A.matmul(_orthonormal(A.rmatmul(Q))))
-    B = A.rmatmul(Q).T.double()  # width × K·k
-    Ub, S, _ = torch.linalg.svd(B, full_matrices=False)
-    U = Q.double() @ Ub[:, :rank]
-    return U.cpu().numpy(), S[:rank].cpu().numpy()
+    """Leading ``rank`` left singular vectors and values of one class's ``A``
+    (:func:`randomized_left_classes` with that class alone)."""
+    [(Q, Ub, S)] = randomized_left_classes(A.factors, [A.index], rank, n_iter=n_iter,
+                                           oversample=oversample, seed=seed, device=A.device)
+    return Q.double().cpu().numpy() @ Ub, S
+
+
+def _dense_path(rows: int, width: int, rank: int) -> bool:
+    """Whether a class's thin SVD is computed exactly (``rank`` covers it, or nearly)."""
+    full = min(rows, width)
+    return rank >= full or full <= 2 * rank
 
 
 def _thin_svd(A: np.ndarray | ClassFactors, rank: int, seed: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """Left singular vectors and values of ``A`` (all when ``rank`` covers them)."""
-    full = min(A.shape)
-    if rank >= full or full <= 2 * rank:
+    if _dense_path(A.shape[0], A.shape[1], rank):
         dense = (A.dense() if isinstance(A, ClassFactors) else np.asarray(A)).astype(np.float64)
         if dense.shape[0] <= dense.shape[1]:  # via the small Gram matrix: |C| × |C|
             values, vectors = np.linalg.eigh(dense @ dense.T)
@@ -175,9 +269,40 @@ def lowrank_embedding(A: np.ndarray | ClassFactors, q: np.ndarray, *, n_comps: i
     ``|C| × n_comps`` scores ``U·S`` of the standardised matrix, each component's sign fixed
     so that its largest loading is positive (as :func:`scdm.tl.embed_datamodels`).
     """
-    q = np.asarray(q, dtype=np.float64)
-    n = A.shape[0]
     U, S = _thin_svd(A, rank, seed)
+    return embedding_from_svd(U, S, q, n_comps=n_comps, standardize=standardize)
+
+
+def class_embeddings(factors: Sequence[torch.Tensor | np.ndarray], groups: Sequence[np.ndarray],
+                     q: np.ndarray, *, n_comps: int, rank: int = 256, seed: int = 0,
+                     device: torch.device | str | None = None) -> list[np.ndarray]:
+    """:func:`lowrank_embedding` of every class (``groups``: each class's sorted rows) of the
+    same per-checkpoint features, the large classes' randomized SVDs in one set of reads
+    (:func:`randomized_left_classes`). Equal to embedding the classes one by one, up to
+    rounding (the same random draws; the order of the sums differs)."""
+    width = len(factors) * int(factors[0].shape[1])
+    q = np.asarray(q, dtype=np.float64)
+    large = [g for g, rows in enumerate(groups) if not _dense_path(len(rows), width, rank)]
+    out: list[np.ndarray] = [np.zeros((0, n_comps))] * len(groups)
+    for g, rows in enumerate(groups):
+        if g not in large:
+            out[g] = lowrank_embedding(ClassFactors(factors, rows, device=device), q[rows],
+                                       n_comps=n_comps, rank=rank, seed=seed)
+    if large:
+        found = randomized_left_classes(factors, [groups[g] for g in large], rank, seed=seed,
+                                        device=device)
+        for g, (Q, Ub, S) in zip(large, found, strict=True):
+            U = Q.double().cpu().numpy() @ Ub
+            out[g] = embedding_from_svd(U, S, q[groups[g]], n_comps=n_comps)
+            del U
+    return out
+
+
+def embedding_from_svd(U: np.ndarray, S: np.ndarray, q: np.ndarray, *, n_comps: int,
+                       standardize: bool = True) -> np.ndarray:
+    """:func:`lowrank_embedding` from the thin SVD ``A = U S Vᵀ`` of the class's factors."""
+    q = np.asarray(q, dtype=np.float64)
+    n = U.shape[0]
     U, S = U.astype(np.float64, copy=False), S.astype(np.float64, copy=False)
     keep = S > S.max() * 1e-10 if S.size and S.max() > 0 else np.zeros(S.size, bool)
     if not keep.all():
