@@ -109,9 +109,9 @@ def partitioned_knn(rep: np.ndarray, n_neighbors: int, *, random_state: int = 0,
         counts = torch.bincount(owner, minlength=n_lists)
         filled = counts > 0  # an empty list keeps its centre
         centres[filled] = sums[filled] / counts[filled, None].to(sums.dtype)
-    owner = _nearest(X, centres).numpy()
-    order = np.argsort(owner, kind="stable")
-    starts = np.searchsorted(owner[order], np.arange(n_lists + 1))
+    lists = _nearest(X, centres).numpy()
+    order = np.argsort(lists, kind="stable")
+    starts = np.searchsorted(lists[order], np.arange(n_lists + 1))
     members = [order[starts[c]:starts[c + 1]] for c in range(n_lists)]
     between = _sq_distances(centres, centres, (centres * centres).sum(1))
     between.fill_diagonal_(-np.inf)  # a list always searches itself, even beside a twin centre
