@@ -209,6 +209,8 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
                      "flipped": int(flipped.sum())}
     # the disease class as trained (noisy labels), scored on its truly diseased cells
     d = (adata.obs["disease"] == "disease").to_numpy() & ~flipped
+    # the controls as trained, without the flipped disease cells (their own, real structure)
+    control = (adata.obs["disease"] == "control").to_numpy() & ~flipped
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     evidence = adata.uns["trak_subgroup"]["reproducibility"]
     found = adata.obs["trak_subgroup"][d]
@@ -217,7 +219,9 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
             "ari_batch": adjusted_rand_score(adata.obs["batch"][d], found),
             "shared_removed": sorted(c for c, e in evidence.items() if "shared" in e),
             "found_k": int(adata.obs["trak_subgroup"][d].nunique()),
-            "control_k": int(adata.obs["trak_subgroup"][~d].nunique()),
+            "control_k": int(adata.obs["trak_subgroup"][control].nunique()),
+            "control_largest": float(adata.obs["trak_subgroup"][control].value_counts(
+                normalize=True).iloc[0]),
             "n_checked": int(evidence["disease"]["n_checked"]),
             "seconds": adata.uns["trak"]["seconds"], **label}
 
@@ -236,7 +240,8 @@ def scale(args) -> None:
               f"{row['seconds']['embed']:.1f}), + subgroups {row['total_s']:.1f} s total, "
               f"peak RSS {row['peak_rss_gib']:.2f} GiB, ARI {row['ari']:.2f} "
               f"({row['found_k']} subgroups for 3, ARI with batch {row['ari_batch']:.2f}; "
-              f"control {row['control_k']}; checked on {row['n_checked']} cells per class; "
+              f"control {row['control_k']}, {row['control_largest']:.1%} of its cells in one; "
+              f"checked on {row['n_checked']} cells per class; "
               f"a shared partition taken out of {row['shared_removed'] or 'none'}; input "
               f"{row['rep']})", flush=True)
         if args.ray_workers:
