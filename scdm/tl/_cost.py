@@ -126,20 +126,24 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
                   rank: int = 256, cpu: bool = True, speed: Speed | None = None,
                   n_features: int | None = None, ray: bool = False) -> CostEstimate:
     """Disk (the checkpoints' masks and margins, and their projected features, float32, kept
-    in the store), memory (one checkpoint's rows of the largest class at a time, that class's
-    randomized SVD of width ``rank + 10``, per-cell terms of every checkpoint, and the
-    ``n × n`` matrix with the features it is made of when stored) and time of
+    in the store), memory (one block of a checkpoint's rows at a time; the randomized SVDs of
+    all classes at once, width ``rank + 10``, with the orthonormalisation of the largest;
+    per-cell terms of every checkpoint; and the ``n × n`` matrix with the features it is made
+    of when stored) and time of
     :func:`scdm.tl.trak` (``speed``: calibrated to this machine). With ``ray``, also the
     memory of each Ray worker, which featurizes one checkpoint at a time: the models' input
     (``n_features`` wide, rebuilt from the store's recipe, and its float32 copy), one block
     of rows with its projection, and the Gram matrix."""
+    from ..trak._lowrank import BLOCK_ROWS as EMBED_ROWS
     from ..trak._ondisk import BLOCK_ROWS, bytes_on_disk
 
     disk = _bytes_per_entry() * n_models * n_obs + bytes_on_disk(n_obs, n_models, proj_dim)
     c = float(n_obs if largest_class is None else largest_class)
     width = rank + 10
-    memory = (0.5 * GIB + 8.0 * c * proj_dim + c * (24.0 * width + 8.0 * rank)
-              + 16.0 * n_models * n_obs)
+    # the range and its product for every class (float32), and the largest class's QR in
+    # float64: all classes' SVDs share one set of reads (scdm.trak._lowrank)
+    memory = (0.5 * GIB + 8.0 * EMBED_ROWS * proj_dim + 8.0 * n_obs * width
+              + 16.0 * c * width + 16.0 * n_models * n_obs)
     if n_obs <= max_obsp:
         memory += 8.0 * n_obs**2 + 4.0 * n_models * n_obs * proj_dim
     # measured on 2 cores (RESULTS.md): ∝ n^0.6 up to 20,000 cells (fixed costs), then ∝ n^1.02

@@ -198,8 +198,8 @@ def trak(
     for name, (factors, weights) in parts.items():
         # all classes in one set of reads of the features (on disk, the reads are the cost)
         for rows, embedding in zip(groups, class_embeddings(
-                factors, groups, weights, n_comps=n_comps, rank=rank, seed=seed, device=dev),
-                strict=True):
+                factors, groups, weights, n_comps=n_comps, rank=rank, seed=seed, device=dev,
+                progress=progress, desc=f"TRAK embedding ({name})"), strict=True):
             embeddings[name][rows] = embedding
     embedded = time.perf_counter()
 

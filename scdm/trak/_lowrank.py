@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .._memmap import read_rows
 
@@ -107,7 +108,8 @@ def _chunk(f: torch.Tensor | np.ndarray, first: int, last: int,
 def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
                             groups: Sequence[np.ndarray], rank: int, *, n_iter: int = 4,
                             oversample: int = 10, seed: int = 0,
-                            device: torch.device | str | None = None
+                            device: torch.device | str | None = None, progress: bool = False,
+                            desc: str = "TRAK embedding"
                             ) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
     """Leading ``rank`` left singular vectors and values of every class's
     ``A = [F_1[rows], …, F_K[rows]] / sqrt(K)``, by a randomized range finder with ``n_iter``
@@ -154,6 +156,8 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
         generator = torch.Generator().manual_seed(int(seed))
         omega.append(torch.randn(K * k, width, generator=generator).to(dev))
 
+    bar = tqdm(total=(n_iter + 2) * K, desc=desc, unit="checkpoint", disable=not progress)
+
     def sweep(Q: list[torch.Tensor] | None, backwards: bool, apply: bool
               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``Z = Aᵀ Q`` (or ``Ω`` when ``Q`` is None) and, with ``apply``, ``Y = A Z``."""
@@ -178,6 +182,7 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
                     block = _chunk(f, lo, hi, dev)
                     for g, local, pos in parts:
                         Y[g][pos] += block[local] @ Z[g][cols]
+            bar.update()
         return Z, [y * scale for y in Y]
 
     _, Y = sweep(None, backwards=False, apply=True)
@@ -186,6 +191,7 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
         _, Y = sweep(Q, backwards=i % 2 == 0, apply=True)
         Q = [_orthonormal(y) for y in Y]
     Z, _ = sweep(Q, backwards=n_iter % 2 == 0, apply=False)
+    bar.close()
     out = []
     for g in range(len(groups)):
         Ub, S, _ = torch.linalg.svd(Z[g].T.double(), full_matrices=False)
@@ -275,7 +281,8 @@ def lowrank_embedding(A: np.ndarray | ClassFactors, q: np.ndarray, *, n_comps: i
 
 def class_embeddings(factors: Sequence[torch.Tensor | np.ndarray], groups: Sequence[np.ndarray],
                      q: np.ndarray, *, n_comps: int, rank: int = 256, seed: int = 0,
-                     device: torch.device | str | None = None) -> list[np.ndarray]:
+                     device: torch.device | str | None = None, progress: bool = False,
+                     desc: str = "TRAK embedding") -> list[np.ndarray]:
     """:func:`lowrank_embedding` of every class (``groups``: each class's sorted rows) of the
     same per-checkpoint features, the large classes' randomized SVDs in one set of reads
     (:func:`randomized_left_classes`). Equal to embedding the classes one by one, up to
@@ -290,7 +297,7 @@ def class_embeddings(factors: Sequence[torch.Tensor | np.ndarray], groups: Seque
                                        n_comps=n_comps, rank=rank, seed=seed)
     if large:
         found = randomized_left_classes(factors, [groups[g] for g in large], rank, seed=seed,
-                                        device=device)
+                                        device=device, progress=progress, desc=desc)
         for g, (Q, Ub, S) in zip(large, found, strict=True):
             U = Q.double().cpu().numpy() @ Ub
             out[g] = embedding_from_svd(U, S, q[groups[g]], n_comps=n_comps)
