@@ -138,17 +138,22 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
     owner = np.full(n, -1, dtype=np.int64)
     position = np.zeros(n, dtype=np.int64)
     for g, rows in enumerate(groups):
+        if len(rows) > 1 and (np.diff(rows) <= 0).any():
+            raise ValueError("every class's rows must be sorted and distinct.")
         owner[rows] = g
         position[rows] = np.arange(len(rows))
-    chunks = []  # per block of file rows: (first, last, [(class, rows in block, rows in class)])
+    # per block of file rows: (first, last, [(class, its rows in the block, their span in the
+    # class)]). A class's rows are sorted, so those inside one block are consecutive rows of
+    # the class: its range and product are sliced, never gathered or scattered.
+    chunks = []
     for lo in range(0, n, BLOCK_ROWS):
         hi = min(lo + BLOCK_ROWS, n)
         inside = owner[lo:hi]
         parts = []
         for g in np.unique(inside[inside >= 0]):
             local = np.flatnonzero(inside == g)
-            parts.append((int(g), torch.from_numpy(local).to(dev),
-                          torch.from_numpy(position[lo:hi][local]).to(dev)))
+            span = slice(int(position[lo + local[0]]), int(position[lo + local[-1]]) + 1)
+            parts.append((int(g), torch.from_numpy(local).to(dev), span))
         chunks.append((lo, hi, parts))
     widths = [min(rank + oversample, len(rows), K * k) for rows in groups]
     omega = []
@@ -173,15 +178,15 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
             else:
                 for lo, hi, parts in chunks:
                     block = _chunk(f, lo, hi, dev)
-                    for g, local, pos in parts:
-                        Z[g][cols] += block[local].T @ Q[g][pos]
+                    for g, local, span in parts:
+                        Z[g][cols] += block[local].T @ Q[g][span]
                 for g in range(len(groups)):
                     Z[g][cols] *= scale
             if apply:
                 for lo, hi, parts in (reversed(chunks) if backwards else chunks):
                     block = _chunk(f, lo, hi, dev)
-                    for g, local, pos in parts:
-                        Y[g][pos] += block[local] @ Z[g][cols]
+                    for g, local, span in parts:
+                        Y[g][span] += block[local] @ Z[g][cols]
             bar.update()
         return Z, [y * scale for y in Y]
 
@@ -203,9 +208,12 @@ def randomized_left(A: ClassFactors, rank: int, *, n_iter: int = 4, oversample: 
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Leading ``rank`` left singular vectors and values of one class's ``A``
     (:func:`randomized_left_classes` with that class alone)."""
-    [(Q, Ub, S)] = randomized_left_classes(A.factors, [A.index], rank, n_iter=n_iter,
+    order = np.argsort(A.index, kind="stable")  # the reads run in file order
+    [(Q, Ub, S)] = randomized_left_classes(A.factors, [A.index[order]], rank, n_iter=n_iter,
                                            oversample=oversample, seed=seed, device=A.device)
-    return Q.double().cpu().numpy() @ Ub, S
+    U = np.empty((A.shape[0], Ub.shape[1]))
+    U[order] = Q.double().cpu().numpy() @ Ub
+    return U, S
 
 
 def _dense_path(rows: int, width: int, rank: int) -> bool:
