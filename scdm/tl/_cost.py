@@ -146,10 +146,12 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
               + 16.0 * c * width + 16.0 * n_models * n_obs)
     if n_obs <= max_obsp:
         memory += 8.0 * n_obs**2 + 4.0 * n_models * n_obs * proj_dim
-    # measured on 2 cores (RESULTS.md): ∝ n^0.6 up to 20,000 cells (fixed costs), then ∝ n^1.02
-    # (77 s, 430 s and 1,230 s at 20,000, 100,000 and 300,000 cells, features on disk)
-    seconds = (31.6 * (min(n_obs, 20_000) / 5000) ** 0.6 * (max(n_obs, 20_000) / 20_000) ** 1.02
-               * (n_models / 40) * (proj_dim / 512) if cpu else None)
+    # measured on 2 cores (RESULTS.md): ∝ n^0.6 up to 20,000 cells (fixed costs), then ∝ n^1.05
+    # (proj_dim 512: 77 s, 430 s and 1,230 s at 20,000, 100,000 and 300,000 cells; 256: 280 s
+    # and 3,427 s at 100,000 and 1,000,000). Training does not depend on proj_dim: 256 takes
+    # 0.65 of 512's time at 100,000 cells, not half.
+    seconds = (31.6 * (min(n_obs, 20_000) / 5000) ** 0.6 * (max(n_obs, 20_000) / 20_000) ** 1.05
+               * (n_models / 40) * (0.3 + 0.7 * proj_dim / 512) if cpu else None)
     worker = None
     if ray:
         worker = (RAY_WORKER_BASE + 8.0 * n_obs * (n_features or 1)
