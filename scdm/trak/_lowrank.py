@@ -167,8 +167,10 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``Z = Aᵀ Q`` (or ``Ω`` when ``Q`` is None) and, with ``apply``, ``Y = A Z``."""
         Z = [torch.zeros(K * k, w, device=dev) for w in widths]
+        # the products only where they are used (all classes' Y: 1 GB at 1,000,000 cells)
         Y = [torch.zeros(len(rows), w, device=dev) for rows, w in zip(groups, widths,
-                                                                         strict=True)]
+                                                                         strict=True)
+             ] if apply else []
         order = range(K - 1, -1, -1) if backwards else range(K)
         for c in order:
             f, cols = factors[c], slice(c * k, (c + 1) * k)
@@ -188,7 +190,7 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
                     for g, local, span in parts:
                         Y[g][span] += block[local] @ Z[g][cols]
             bar.update()
-        return Z, [y * scale for y in Y]
+        return Z, [y.mul_(scale) for y in Y]
 
     _, Y = sweep(None, backwards=False, apply=True)
     Q = [_orthonormal(y) for y in Y]
