@@ -13,7 +13,7 @@ ARI; the growth exponent between sizes.
 
     python workflows/benchmarks/trak_benchmark.py --sweep [--seeds 0 1] [--damping 0 0.1 1 10]
     python workflows/benchmarks/trak_benchmark.py --scale 5000 20000 [--rep raw] [--flips 0.05] \
-        [--ray-workers 2] [--proj-dim 256]
+        [--ray-workers 2 [--kill-one]] [--proj-dim 256]
     python workflows/benchmarks/trak_benchmark.py --vs-traker --scenarios P-3 G-3  # with traker
 
 Part 4 (``--vs-datamodels --cache DIR --scenarios P-3 G-3``): the datamodels of the scenario
@@ -33,9 +33,11 @@ import itertools
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -132,9 +134,41 @@ def sweep(args) -> None:
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
+def _holder_of(path: Path) -> int | None:
+    """The pid of another process that has ``path`` open (Linux: /proc/<pid>/fd)."""
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit() or int(proc) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{proc}/fd")
+            if any(os.readlink(f"/proc/{proc}/fd/{fd}") == str(path) for fd in fds):
+                return int(proc)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
+
+
+def _kill_a_writer(folder: Path, stop: threading.Event, record: dict) -> None:
+    """Once a checkpoint is complete in ``folder``, SIGKILL the Ray worker that is writing
+    another one (its files half written), and note which checkpoints were complete then."""
+    while not stop.is_set():
+        done = {m.parent.name: m.stat().st_mtime_ns for m in folder.glob("model_*/meta.json")}
+        if done:
+            for model in sorted(folder.glob("model_*")):
+                pid = (None if (model / "meta.json").exists()
+                       else _holder_of(model / "features.npy"))
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    record |= {"killed": model.name, "complete_then": done}
+                    return
+        time.sleep(0.01)
+
+
+def _ray_features(store: Path, out: Path, adata, workers: int, kill_one: bool = False) -> dict:
     """The same checkpoints featurized again as Ray tasks on ``workers`` local workers: time,
-    the largest worker's peak RSS, and whether every file equals the local run's bitwise."""
+    the largest worker's peak RSS, and whether every file equals the local run's bitwise.
+    With ``kill_one``, one worker is killed while it writes a checkpoint: Ray retries that
+    task, and the checkpoints complete before the kill must not be written again."""
     import ray
 
     from scdm.workers import RayBackend, fill_features
@@ -143,13 +177,27 @@ def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
     ids = sorted(int(d.name.split("_")[1]) for d in local.glob("model_*"))
     params = adata.uns["trak"]["trak_params"]
     ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+    stop, record = threading.Event(), {}
+    watcher = threading.Thread(target=_kill_a_writer, args=(out / local.name, stop, record))
+    if kill_one:
+        watcher.start()
     start = time.perf_counter()
     peaks = fill_features(store, out / local.name, ids, n_obs=adata.n_obs,
                           proj_dim=int(params["proj_dim"]), seed=int(params["random_state"]),
                           damping=float(params["damping"]), backend=RayBackend(),
                           progress=False)
     seconds = time.perf_counter() - start
+    stop.set()
+    if kill_one:
+        watcher.join()
     ray.shutdown()
+    killed = {}
+    if kill_one:
+        rewritten = [name for name, stamp in record.get("complete_then", {}).items()
+                     if (out / local.name / name / "meta.json").stat().st_mtime_ns != stamp]
+        killed = {"killed": record.get("killed"),
+                  "complete_at_kill": len(record.get("complete_then", {})),
+                  "rewritten_after_kill": rewritten}
     equal = True
     for m in ids:
         for name in ("features.npy", "out_to_loss.npy", "sq_norm.npy"):
@@ -162,18 +210,20 @@ def _ray_features(store: Path, out: Path, adata, workers: int) -> dict:
                              n_features=width, ray=True)
     return {"ray_s": seconds, "ray_worker_peak_gib": max(peaks) / 2**30,
             "ray_worker_estimate_gib": estimate.worker_memory_bytes / 2**30,
-            "ray_equal": equal, "local_featurize_s": adata.uns["trak"]["seconds"]["featurize"]}
+            "ray_equal": equal, "local_featurize_s": adata.uns["trak"]["seconds"]["featurize"],
+            **killed}
 
 
 def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
-              ray_workers: int = 0, proj_dim: int = 512) -> dict:
+              ray_workers: int = 0, proj_dim: int = 512, kill_one: bool = False) -> dict:
     """tl.trak + tl.subgroups on n cells, in this process (run fresh per size); ``rep``:
     the models' input, ``pca`` (50 PCs) or ``raw`` (the 80 features, batch on 50 of them,
     as a user who runs no PCA and names no batch). With ``flips``, that share of the cells
     gets the other class's label before training (seeded), and ``tl.label_issues(key="trak")``
     runs after the subgroups: its AUROC on the flipped cells, its time and the peak RSS
     of the whole process. With ``ray_workers``, the checkpoints are featurized again as Ray
-    tasks on that many local workers and compared with the local files."""
+    tasks on that many local workers and compared with the local files (``kill_one``: one
+    worker SIGKILLed mid-checkpoint)."""
     per = n // 2 // 3
     adata = G(classes={"control": [n // 2], "disease": [per, per, n // 2 - 2 * per]},
               random_state=seed)
@@ -198,8 +248,8 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
         total = time.perf_counter() - start
         if save:
             adata.write_h5ad(Path(tmp, "result.h5ad"))
-        label = (_ray_features(Path(tmp, "store"), Path(tmp, "ray"), adata, ray_workers)
-                 if ray_workers else {})
+        label = (_ray_features(Path(tmp, "store"), Path(tmp, "ray"), adata, ray_workers,
+                               kill_one) if ray_workers else {})
         start = time.perf_counter() - total  # label_issues' clock leaves the Ray run out
         if flips:
             scdm.tl.label_issues(adata, "disease", key="trak", random_state=seed)
@@ -231,7 +281,8 @@ def scale(args) -> None:
     for n in args.scale:
         out = subprocess.run([sys.executable, __file__, "--one-scale", str(n), "--rep",
                               args.rep, "--flips", str(args.flips), "--ray-workers",
-                              str(args.ray_workers), "--proj-dim", str(args.proj_dim)],
+                              str(args.ray_workers), "--proj-dim", str(args.proj_dim)]
+                             + (["--kill-one"] if args.kill_one else []),
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(row)
@@ -250,6 +301,10 @@ def scale(args) -> None:
                   f"checkpoints), largest worker peak RSS {row['ray_worker_peak_gib']:.2f} GiB "
                   f"(the cost preview's {row['ray_worker_estimate_gib']:.2f} GiB), "
                   f"bitwise equal to local: {row['ray_equal']}", flush=True)
+        if "killed" in row:
+            print(f"    a Ray worker SIGKILLed while writing {row['killed']} "
+                  f"({row['complete_at_kill']} checkpoints complete then; written again after "
+                  f"the kill: {row['rewritten_after_kill'] or 'none'})", flush=True)
         if args.flips:
             print(f"    + tl.label_issues(key='trak') {row['label_issues_s']:.1f} s: AUROC "
                   f"{row['label_auroc']:.3f} on {row['flipped']} flipped labels "
@@ -429,13 +484,15 @@ def main() -> None:
                         help="--scale: flip this share of labels, then tl.label_issues")
     parser.add_argument("--ray-workers", type=int, default=0,
                         help="--scale: featurize again as Ray tasks on this many workers")
+    parser.add_argument("--kill-one", action="store_true",
+                        help="--ray-workers: SIGKILL one worker while it writes a checkpoint")
     parser.add_argument("--one-scale", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scdm.settings.verbosity = 0
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     if args.one_scale:
         print(json.dumps(one_scale(args.one_scale, 0, args.rep, args.flips, args.ray_workers,
-                                   args.proj_dim)))
+                                   args.proj_dim, args.kill_one)))
         return
     if args.sweep:
         sweep(args)
