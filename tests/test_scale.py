@@ -292,3 +292,76 @@ def test_user_main_on_ray_equals_local(cluster, tmp_path):
         np.testing.assert_array_equal(local.field(field), remote.field(field))
     with pytest.raises(ValueError, match="redo"):
         train_with_main(remote.path, str(script), backend="ray", redo=True)
+
+
+def _mapping(path) -> int | None:
+    """The pid of another process that has ``path`` memory-mapped (Linux: /proc/<pid>/maps)."""
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit() or int(proc) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc}/maps") as maps:
+                if str(path) in maps.read():
+                    return int(proc)
+        except OSError:
+            continue
+    return None
+
+
+def test_embedding_passes_as_ray_tasks_equal_local_ones_and_survive_a_killed_worker(
+        cluster, tmp_path):
+    """Each checkpoint's share of the TRAK embedding's passes as a Ray task that memory-maps
+    its features (two blocks of rows, three interleaved classes): the range, its singular
+    vectors and values equal the local computation bitwise, also when a worker is killed in
+    the middle of a pass (Ray retries the task; it writes nothing)."""
+    from scdm.trak._lowrank import BLOCK_ROWS, randomized_left_classes
+    from scdm.workers import RayCheckpointProducts
+
+    rng = np.random.default_rng(0)
+    n, k, K = BLOCK_ROWS + 4_000, 8, 4
+    paths = []
+    for c in range(K):
+        paths.append(tmp_path / f"features_{c}.npy")
+        np.save(paths[-1], rng.normal(size=(n, k)).astype(np.float32))
+    factors = [np.load(p, mmap_mode="r") for p in paths]
+    owner = rng.integers(0, 4, n)  # class 3: cells of no class
+    groups = [np.flatnonzero(owner == g) for g in range(3)]
+    local = randomized_left_classes(factors, groups, 4, seed=3)
+
+    executor = RayCheckpointProducts(paths, max_retries=3)
+    assert len(randomized_left_classes(factors, groups, 4, seed=3, executor=executor)) == 3
+    assert len(executor.peaks) == (4 + 2) * K  # every share of every pass was a task
+
+    killed = []
+
+    def kill():
+        deadline = time.time() + 60
+        while not killed and time.time() < deadline:
+            pid = _mapping(paths[1].resolve())
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    remote = randomized_left_classes(factors, groups, 4, seed=3,
+                                     executor=RayCheckpointProducts(paths, max_retries=3))
+    thread.join()
+    assert killed, "no Ray worker was seen reading checkpoint 1's features"
+    for (q0, u0, s0), (q1, u1, s1) in zip(local, remote, strict=True):
+        np.testing.assert_array_equal(q0.numpy(), q1.numpy())
+        np.testing.assert_array_equal(u0, u1)
+        np.testing.assert_array_equal(s0, s1)
+
+
+def test_trak_embedding_on_ray_equals_local(cluster, tmp_path):
+    """tl.trak with a RayBackend and classes on the randomized path (rank 8): the embedding
+    and its halves equal a local run's bitwise."""
+    adata = make_adata(n_obs=80)
+    local = scdm.tl.trak(adata, "disease", n_models=8, rank=8, store=tmp_path / "local",
+                         copy=True)
+    remote = scdm.tl.trak(adata, "disease", n_models=8, rank=8, store=tmp_path / "ray",
+                          copy=True, train_kwds={"backend": RayBackend(task_size=4)})
+    for key in ("X_trak", "X_trak_half1", "X_trak_half2"):
+        np.testing.assert_array_equal(remote.obsm[key], local.obsm[key])

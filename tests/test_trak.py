@@ -785,14 +785,18 @@ def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path
     monkeypatch.setattr(scdm.settings, "max_memory", None)
     atlas = estimate_trak(1_000_000, 40, largest_class=500_000)
     assert atlas.disk_bytes > 40 * 512 * 4 * 1_000_000 and atlas.memory_bytes < 8 * 2**30
-    # on Ray each worker featurizes a checkpoint at a time: its memory is stated apart and
-    # grows with the models' input it rebuilds, not with the checkpoints
+    # on Ray each worker featurizes a checkpoint at a time, and computes one checkpoint's
+    # share of an embedding pass (the range and its product: O(n · rank)): its memory is
+    # stated apart and grows with the models' input it rebuilds and with rank, not with the
+    # checkpoints
     assert atlas.worker_memory_bytes is None and "per Ray worker" not in atlas.describe()
-    on_ray = [estimate_trak(1_000_000, m, largest_class=500_000, n_features=d, ray=True)
-              for m, d in ((40, 50), (400, 50), (40, 2000))]
-    assert on_ray[0].worker_memory_bytes == on_ray[1].worker_memory_bytes < 2**30
-    assert on_ray[2].worker_memory_bytes > on_ray[0].worker_memory_bytes + 15e9
-    assert re.search(r"memory ~\d+\.\d+ GiB here and ~0\.\d+ GiB per Ray worker",
+    on_ray = [estimate_trak(1_000_000, m, largest_class=500_000, n_features=d, ray=True,
+                            rank=r) for m, d, r in ((40, 50, 256), (400, 50, 256),
+                                                    (40, 2000, 256), (40, 50, 32))]
+    assert on_ray[0].worker_memory_bytes == on_ray[1].worker_memory_bytes < 4 * 2**30
+    assert on_ray[2].worker_memory_bytes > on_ray[0].worker_memory_bytes + 12e9
+    assert on_ray[3].worker_memory_bytes < on_ray[0].worker_memory_bytes - 2.5e9
+    assert re.search(r"memory ~\d+\.\d+ GiB here and ~3\.\d+ GiB per Ray worker",
                      on_ray[0].describe())
     free = 2**20  # what this disk reports as free, made small
     real_usage = shutil.disk_usage

@@ -131,9 +131,10 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
     per-cell terms of every checkpoint; and the ``n × n`` matrix with the features it is made
     of when stored) and time of
     :func:`scdm.tl.trak` (``speed``: calibrated to this machine). With ``ray``, also the
-    memory of each Ray worker, which featurizes one checkpoint at a time: the models' input
+    memory of each Ray worker, which featurizes one checkpoint at a time — the models' input
     (``n_features`` wide, rebuilt from the store's recipe, and its float32 copy), one block
-    of rows with its projection, and the Gram matrix."""
+    of rows with its projection, and the Gram matrix — and computes one checkpoint's share
+    of an embedding pass (the range, its product and the copy returned)."""
     from ..trak._lowrank import BLOCK_ROWS as EMBED_ROWS
     from ..trak._ondisk import BLOCK_ROWS, bytes_on_disk
 
@@ -154,8 +155,12 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
                * (n_models / 40) * (0.3 + 0.7 * proj_dim / 512) if cpu else None)
     worker = None
     if ray:
-        worker = (RAY_WORKER_BASE + 8.0 * n_obs * (n_features or 1)
-                  + BLOCK_ROWS * proj_dim * 12.0 + 8.0 * proj_dim**2)
+        featurize = (8.0 * n_obs * (n_features or 1) + BLOCK_ROWS * proj_dim * 12.0
+                     + 8.0 * proj_dim**2)
+        # one checkpoint's share of an embedding pass: the range (read from the object
+        # store), its product and the copy returned, and one block of rows
+        embed = 12.0 * n_obs * width + 8.0 * EMBED_ROWS * proj_dim
+        worker = RAY_WORKER_BASE + max(featurize, embed)
     return CostEstimate("trak", n_obs, n_models, disk, memory, **_scaled(seconds, speed),
                         worker_memory_bytes=worker)
 

@@ -16,7 +16,8 @@ second 4 GB copy of the features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -105,11 +106,91 @@ def _chunk(f: torch.Tensor | np.ndarray, first: int, last: int,
     return torch.from_numpy(read_rows(f, slice(first, last))).to(device)
 
 
+@dataclass(frozen=True)
+class PassPlan:
+    """What every checkpoint's share of a pass of :func:`randomized_left_classes` needs besides
+    its features and the current range: the classes' rows, each class's range width, the
+    random start ``Ω`` and ``1 / sqrt(K)``. Plain arrays, so that a Ray task can be sent it."""
+
+    groups: tuple[np.ndarray, ...]
+    widths: tuple[int, ...]
+    omega: tuple[np.ndarray, ...]
+    scale: float
+    n: int
+    k: int
+
+    def blocks(self, device: torch.device
+               ) -> list[tuple[int, int, list[tuple[int, torch.Tensor, slice]]]]:
+        """Per block of :data:`BLOCK_ROWS` file rows: ``(first, last, [(class, its rows in the
+        block, their span in the class)])``. A class's rows are sorted, so those inside one
+        block are consecutive rows of the class: its range and product are sliced, never
+        gathered or scattered."""
+        owner = np.full(self.n, -1, dtype=np.int64)
+        position = np.zeros(self.n, dtype=np.int64)
+        for g, rows in enumerate(self.groups):
+            owner[rows] = g
+            position[rows] = np.arange(len(rows))
+        out = []
+        for lo in range(0, self.n, BLOCK_ROWS):
+            hi = min(lo + BLOCK_ROWS, self.n)
+            inside = owner[lo:hi]
+            parts = []
+            for g in np.unique(inside[inside >= 0]):
+                local = np.flatnonzero(inside == g)
+                span = slice(int(position[lo + local[0]]), int(position[lo + local[-1]]) + 1)
+                parts.append((int(g), torch.from_numpy(local).to(device), span))
+            out.append((lo, hi, parts))
+        return out
+
+
+def checkpoint_products(plan: PassPlan, f: torch.Tensor | np.ndarray, c: int,
+                        Q: Sequence[torch.Tensor] | None, *, apply: bool, backwards: bool,
+                        device: torch.device,
+                        blocks: list | None = None, into: list[torch.Tensor] | None = None
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Checkpoint ``c``'s share of a pass, for every class: ``Z_c = F_cᵀ Q / sqrt(K)`` (its
+    rows of ``Aᵀ Q``; ``Ω``'s rows when ``Q`` is None) and, with ``apply``, ``F_c Z_c`` — added
+    into ``into`` (the pass's running sum, here) or returned (a Ray task's share, summed by
+    the caller in the same order: every row of ``F_c Z_c`` is one product of one block either
+    way, so the sums are bitwise the same)."""
+    blocks = plan.blocks(device) if blocks is None else blocks
+    cols = slice(c * plan.k, (c + 1) * plan.k)
+    if Q is None:
+        Z = [torch.as_tensor(w[cols]).to(device) for w in plan.omega]
+    else:
+        Z = [torch.zeros(plan.k, w, device=device) for w in plan.widths]
+        for lo, hi, parts in blocks:
+            block = _chunk(f, lo, hi, device)
+            for g, local, span in parts:
+                Z[g] += block[local].T @ Q[g][span]
+        for z in Z:
+            z *= plan.scale
+    if not apply:
+        return Z, None
+    out = into if into is not None else [torch.zeros(len(rows), w, device=device)
+                                         for rows, w in zip(plan.groups, plan.widths,
+                                                            strict=True)]
+    for lo, hi, parts in (reversed(blocks) if backwards else blocks):
+        block = _chunk(f, lo, hi, device)
+        for g, local, span in parts:
+            if into is not None:
+                out[g][span] += block[local] @ Z[g]
+            else:
+                out[g][span] = block[local] @ Z[g]
+    return Z, (None if into is not None else out)
+
+
+# (order, Q, apply, backwards) → (c, Z_c, F_c Z_c or None) in ``order``: another executor of
+# checkpoint_products (Ray tasks: scdm.workers.ray_checkpoint_products)
+CheckpointMap = Callable[[PassPlan, Sequence[int], Sequence[torch.Tensor] | None, bool, bool],
+                         Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor] | None]]]
+
+
 def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
                             groups: Sequence[np.ndarray], rank: int, *, n_iter: int = 4,
                             oversample: int = 10, seed: int = 0,
                             device: torch.device | str | None = None, progress: bool = False,
-                            desc: str = "TRAK embedding"
+                            desc: str = "TRAK embedding", executor: CheckpointMap | None = None
                             ) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
     """Leading ``rank`` left singular vectors and values of every class's
     ``A = [F_1[rows], …, F_K[rows]] / sqrt(K)``, by a randomized range finder with ``n_iter``
@@ -119,11 +200,14 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
     and each read serves every class: the classes' rows interleave in the file, so a class
     read on its own touches nearly every page, and reading class by class multiplies what is
     read from disk by the number of classes. A power iteration applies ``A Aᵀ`` checkpoint by
-    checkpoint (``F_c (F_cᵀ Q)``), reading each checkpoint's rows twice in a row — the second
-    time from the page cache — so the whole randomized SVD reads the features ``n_iter + 2``
-    times, and every other pass runs backwards, so that what the page cache still holds
-    from the last pass is used first. (The range is re-orthonormalised after each ``A Aᵀ``,
-    not between ``Aᵀ`` and ``A``: the same subspace, with half the reads.)
+    checkpoint (``F_c (F_cᵀ Q)``, :func:`checkpoint_products`), reading each checkpoint's rows
+    twice in a row — the second time from the page cache — so the whole randomized SVD reads
+    the features ``n_iter + 2`` times, and every other pass runs backwards, so that what the
+    page cache still holds from the last pass is used first. (The range is re-orthonormalised
+    after each ``A Aᵀ``, not between ``Aᵀ`` and ``A``: the same subspace, with half the reads.)
+
+    ``executor``: run the checkpoints' shares elsewhere (Ray tasks, one checkpoint each); they
+    are summed here in the same order, so the result is bitwise the same on the same device.
 
     Returns, per class, ``(Q, Ub, S)``: the class's left singular vectors are
     ``Q.double() @ Ub`` (formed by the caller one class at a time; together they are as
@@ -134,32 +218,18 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
     first = factors[0]
     dev = torch.device(device if device is not None else (
         first.device if isinstance(first, torch.Tensor) else "cpu"))
-    scale = 1.0 / np.sqrt(K)
-    owner = np.full(n, -1, dtype=np.int64)
-    position = np.zeros(n, dtype=np.int64)
-    for g, rows in enumerate(groups):
+    for rows in groups:
         if len(rows) > 1 and (np.diff(rows) <= 0).any():
             raise ValueError("every class's rows must be sorted and distinct.")
-        owner[rows] = g
-        position[rows] = np.arange(len(rows))
-    # per block of file rows: (first, last, [(class, its rows in the block, their span in the
-    # class)]). A class's rows are sorted, so those inside one block are consecutive rows of
-    # the class: its range and product are sliced, never gathered or scattered.
-    chunks = []
-    for lo in range(0, n, BLOCK_ROWS):
-        hi = min(lo + BLOCK_ROWS, n)
-        inside = owner[lo:hi]
-        parts = []
-        for g in np.unique(inside[inside >= 0]):
-            local = np.flatnonzero(inside == g)
-            span = slice(int(position[lo + local[0]]), int(position[lo + local[-1]]) + 1)
-            parts.append((int(g), torch.from_numpy(local).to(dev), span))
-        chunks.append((lo, hi, parts))
     widths = [min(rank + oversample, len(rows), K * k) for rows in groups]
     omega = []
     for width in widths:  # every class from the same seed, as one class alone would draw
         generator = torch.Generator().manual_seed(int(seed))
-        omega.append(torch.randn(K * k, width, generator=generator).to(dev))
+        omega.append(torch.randn(K * k, width, generator=generator).numpy())
+    plan = PassPlan(groups=tuple(np.asarray(rows, dtype=np.int64) for rows in groups),
+                    widths=tuple(widths), omega=tuple(omega), scale=float(1.0 / np.sqrt(K)),
+                    n=n, k=k)
+    blocks = plan.blocks(dev) if executor is None else None
 
     bar = tqdm(total=(n_iter + 2) * K, desc=desc, unit="checkpoint", disable=not progress)
 
@@ -171,26 +241,23 @@ def randomized_left_classes(factors: Sequence[torch.Tensor | np.ndarray],
         Y = [torch.zeros(len(rows), w, device=dev) for rows, w in zip(groups, widths,
                                                                          strict=True)
              ] if apply else []
-        order = range(K - 1, -1, -1) if backwards else range(K)
-        for c in order:
-            f, cols = factors[c], slice(c * k, (c + 1) * k)
-            if Q is None:
-                for g in range(len(groups)):
-                    Z[g][cols] = omega[g][cols]
-            else:
-                for lo, hi, parts in chunks:
-                    block = _chunk(f, lo, hi, dev)
-                    for g, local, span in parts:
-                        Z[g][cols] += block[local].T @ Q[g][span]
-                for g in range(len(groups)):
-                    Z[g][cols] *= scale
-            if apply:
-                for lo, hi, parts in (reversed(chunks) if backwards else chunks):
-                    block = _chunk(f, lo, hi, dev)
-                    for g, local, span in parts:
-                        Y[g][span] += block[local] @ Z[g][cols]
+        order = list(range(K - 1, -1, -1) if backwards else range(K))
+        shares: Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor] | None]]
+        if executor is None:
+            shares = ((c, *checkpoint_products(plan, factors[c], c, Q, apply=apply,
+                                               backwards=backwards, device=dev,
+                                               blocks=blocks, into=Y if apply else None))
+                      for c in order)
+        else:
+            shares = executor(plan, order, Q, apply, backwards)
+        for c, Zc, P in shares:
+            for g, z in enumerate(Zc):
+                Z[g][c * k:(c + 1) * k] = z.to(dev)
+            if apply and P is not None:
+                for g, p in enumerate(P):
+                    Y[g] += p.to(dev)
             bar.update()
-        return Z, [y.mul_(scale) for y in Y]
+        return Z, [y.mul_(plan.scale) for y in Y]
 
     _, Y = sweep(None, backwards=False, apply=True)
     Q = [_orthonormal(y) for y in Y]
@@ -292,11 +359,13 @@ def lowrank_embedding(A: np.ndarray | ClassFactors, q: np.ndarray, *, n_comps: i
 def class_embeddings(factors: Sequence[torch.Tensor | np.ndarray], groups: Sequence[np.ndarray],
                      q: np.ndarray, *, n_comps: int, rank: int = 256, seed: int = 0,
                      device: torch.device | str | None = None, progress: bool = False,
-                     desc: str = "TRAK embedding") -> list[np.ndarray]:
+                     desc: str = "TRAK embedding", executor: CheckpointMap | None = None
+                     ) -> list[np.ndarray]:
     """:func:`lowrank_embedding` of every class (``groups``: each class's sorted rows) of the
     same per-checkpoint features, the large classes' randomized SVDs in one set of reads
     (:func:`randomized_left_classes`). Equal to embedding the classes one by one, up to
-    rounding (the same random draws; the order of the sums differs)."""
+    rounding (the same random draws; the order of the sums differs). ``executor``: where the
+    large classes' checkpoint products run (:func:`randomized_left_classes`)."""
     width = len(factors) * int(factors[0].shape[1])
     q = np.asarray(q, dtype=np.float64)
     large = [g for g, rows in enumerate(groups) if not _dense_path(len(rows), width, rank)]
@@ -307,7 +376,8 @@ def class_embeddings(factors: Sequence[torch.Tensor | np.ndarray], groups: Seque
                                        n_comps=n_comps, rank=rank, seed=seed)
     if large:
         found = randomized_left_classes(factors, [groups[g] for g in large], rank, seed=seed,
-                                        device=device, progress=progress, desc=desc)
+                                        device=device, progress=progress, desc=desc,
+                                        executor=executor)
         for g, (Q, Ub, S) in zip(large, found, strict=True):
             U = Q.double().cpu().numpy() @ Ub
             out[g] = embedding_from_svd(U, S, q[groups[g]], n_comps=n_comps)

@@ -146,3 +146,80 @@ def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Seque
         raise RuntimeError(f"Ray tasks finished but the features of checkpoints {missing[:5]} "
                            f"are missing from {root}.")
     return peaks
+
+
+def _read_only_tensor(a: np.ndarray):
+    """A tensor over an array Ray handed over read-only (it is only read: no copy)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def _products_task(plan, path: str, c: int, Q: list[np.ndarray] | None, apply: bool,
+                   backwards: bool, device: str, num_threads: int):
+    """One checkpoint's share of a pass of the TRAK embedding's randomized SVD
+    (:func:`scdm.trak._lowrank.checkpoint_products`), its features memory-mapped from ``path``;
+    returns ``Z_c``, ``F_c Z_c`` (or None) and this worker's peak resident memory (bytes)."""
+    import resource
+
+    import torch
+
+    from ..trak._lowrank import checkpoint_products
+
+    torch.set_num_threads(int(num_threads))
+    range_ = None if Q is None else [_read_only_tensor(q) for q in Q]
+    Z, P = checkpoint_products(plan, np.load(path, mmap_mode="r"), c, range_, apply=apply,
+                               backwards=backwards, device=torch.device(device))
+    return ([z.cpu().numpy() for z in Z], None if P is None else [p.cpu().numpy() for p in P],
+            int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024)
+
+
+class RayCheckpointProducts:
+    """Runs each checkpoint's share of a pass of the TRAK embedding (its ``F_cᵀ Q`` and
+    ``F_c (F_cᵀ Q)``) as a Ray task that memory-maps the checkpoint's features from ``paths``
+    (a filesystem every node sees), and yields the shares in the order asked, so that the
+    caller sums them as it would its own: the embedding equals a local one bitwise on CPU.
+
+    At most one task per free worker runs ahead of the share being summed (a share is as large
+    as the range: 0.55 GB at 1,000,000 cells), so the object store holds a few at a time.
+    ``peaks``: each task's worker peak resident memory (bytes).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, ray_address: str | None = None,
+                 num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
+                 device: str = "auto", max_retries: int = 3):
+        self.ray = import_ray()
+        if not self.ray.is_initialized():
+            self.ray.init(address=ray_address, log_to_driver=False)
+        self.paths = [str(Path(p).resolve()) for p in paths]
+        self.device = ("cuda" if num_gpus_per_task > 0 else "cpu") if device == "auto" else device
+        self.remote = self.ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
+                                      max_retries=int(max_retries))(_products_task)
+        self.threads = max(1, int(num_cpus_per_task))
+        slots = self.ray.cluster_resources().get("GPU" if num_gpus_per_task > 0 else "CPU", 1)
+        per = num_gpus_per_task if num_gpus_per_task > 0 else num_cpus_per_task
+        self.ahead = max(1, int(slots // per)) + 1
+        self.peaks: list[int] = []
+        self._plan: tuple[object, object] | None = None
+
+    def __call__(self, plan, order, Q, apply: bool, backwards: bool):
+        if self._plan is None or self._plan[0] is not plan:  # sent once per embedding
+            self._plan = (plan, self.ray.put(plan))
+        plan_ref = self._plan[1]
+        q_ref = None if Q is None else self.ray.put([q.cpu().numpy() for q in Q])
+        order = list(order)
+        pending = {}
+        for i, c in enumerate(order):
+            for ahead in order[i:i + self.ahead]:
+                if ahead not in pending:
+                    pending[ahead] = self.remote.remote(plan_ref, self.paths[ahead], ahead,
+                                                        q_ref, apply, backwards, self.device,
+                                                        self.threads)
+            Z, P, peak = self.ray.get(pending.pop(c))  # failed after its retries: raises
+            self.peaks.append(peak)
+            yield (c, [_read_only_tensor(z) for z in Z],
+                   None if P is None else [_read_only_tensor(p) for p in P])
