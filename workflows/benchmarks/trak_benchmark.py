@@ -164,6 +164,53 @@ def _kill_a_writer(folder: Path, stop: threading.Event, record: dict) -> None:
         time.sleep(0.01)
 
 
+def _ray_peaks(stop: threading.Event, peaks: dict) -> None:
+    """Every Ray worker's peak resident memory (VmHWM, bytes) by pid, read until ``stop``."""
+    while not stop.is_set():
+        for proc in os.listdir("/proc"):
+            if not proc.isdigit():
+                continue
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as cmd:
+                    if not cmd.read().startswith(b"ray::"):
+                        continue
+                with open(f"/proc/{proc}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peaks[proc] = max(peaks.get(proc, 0), int(line.split()[1]) * 1024)
+            except OSError:
+                continue
+        time.sleep(0.5)
+
+
+def _ray_embedding(adata, store: Path, seed: int, proj_dim: int, workers: int) -> dict:
+    """``tl.trak`` again on the same store with a RayBackend: the models and features are
+    found, so only the embedding runs, each checkpoint's share of a pass as a Ray task. Its
+    time, the Ray workers' largest peak RSS, and whether the embedding and its halves equal
+    the local run's bitwise."""
+    import ray
+
+    from scdm.workers import RayBackend
+
+    ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+    stop, peaks = threading.Event(), {}
+    watcher = threading.Thread(target=_ray_peaks, args=(stop, peaks))
+    watcher.start()
+    start = time.perf_counter()
+    remote = scdm.tl.trak(adata, "disease", use_rep=adata.uns["trak"]["params"]["use_rep"],
+                          proj_dim=proj_dim, random_state=seed, store=store, copy=True,
+                          train_kwds={"backend": RayBackend()})
+    seconds = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    ray.shutdown()
+    keys = ("X_trak", "X_trak_half1", "X_trak_half2")
+    return {"ray_embed_s": seconds, "ray_embed_local_s": adata.uns["trak"]["seconds"]["embed"],
+            "ray_embed_peak_gib": max(peaks.values(), default=0) / 2**30,
+            "ray_embed_equal": all(np.array_equal(remote.obsm[k], adata.obsm[k],
+                                                  equal_nan=True) for k in keys)}
+
+
 def _ray_features(store: Path, out: Path, adata, workers: int, kill_one: bool = False) -> dict:
     """The same checkpoints featurized again as Ray tasks on ``workers`` local workers: time,
     the largest worker's peak RSS, and whether every file equals the local run's bitwise.
@@ -223,7 +270,8 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
     runs after the subgroups: its AUROC on the flipped cells, its time and the peak RSS
     of the whole process. With ``ray_workers``, the checkpoints are featurized again as Ray
     tasks on that many local workers and compared with the local files (``kill_one``: one
-    worker SIGKILLed mid-checkpoint)."""
+    worker SIGKILLed mid-checkpoint), then ``tl.trak`` runs again on the same store with a
+    RayBackend (only the embedding left to do, as Ray tasks) and is compared bitwise."""
     per = n // 2 // 3
     adata = G(classes={"control": [n // 2], "disease": [per, per, n // 2 - 2 * per]},
               random_state=seed)
@@ -249,7 +297,9 @@ def one_scale(n: int, seed: int, rep: str = "pca", flips: float = 0.0,
         if save:
             adata.write_h5ad(Path(tmp, "result.h5ad"))
         label = (_ray_features(Path(tmp, "store"), Path(tmp, "ray"), adata, ray_workers,
-                               kill_one) if ray_workers else {})
+                               kill_one) | _ray_embedding(adata, Path(tmp, "store"), seed,
+                                                          proj_dim, ray_workers)
+                 if ray_workers else {})
         start = time.perf_counter() - total  # label_issues' clock leaves the Ray run out
         if flips:
             scdm.tl.label_issues(adata, "disease", key="trak", random_state=seed)
@@ -301,6 +351,11 @@ def scale(args) -> None:
                   f"checkpoints), largest worker peak RSS {row['ray_worker_peak_gib']:.2f} GiB "
                   f"(the cost preview's {row['ray_worker_estimate_gib']:.2f} GiB), "
                   f"bitwise equal to local: {row['ray_equal']}", flush=True)
+            print(f"    Ray: tl.trak again on the same store, the embedding as Ray tasks: "
+                  f"{row['ray_embed_s']:.1f} s (local embedding {row['ray_embed_local_s']:.1f}"
+                  f" s), largest worker peak RSS {row['ray_embed_peak_gib']:.2f} GiB, "
+                  f"embedding and halves bitwise equal to local: {row['ray_embed_equal']}",
+                  flush=True)
         if "killed" in row:
             print(f"    a Ray worker SIGKILLed while writing {row['killed']} "
                   f"({row['complete_at_kill']} checkpoints complete then; written again after "
