@@ -155,6 +155,7 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
                * (n_models / 40) * (0.3 + 0.7 * proj_dim / 512) if cpu else None)
     worker = None
     if ray:
+        memory += 4.0 * n_obs * width  # each pass's range, put in the object store for tasks
         featurize = (8.0 * n_obs * (n_features or 1) + BLOCK_ROWS * proj_dim * 12.0
                      + 8.0 * proj_dim**2)
         # one checkpoint's share of an embedding pass: the range (read from the object
