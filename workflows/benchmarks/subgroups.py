@@ -338,11 +338,12 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
 
 
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
-            rep: str = "pca") -> ad.AnnData:
+            rep: str = "pca", damping: float | None = None) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
-    ``sc.pp.scale``)."""
-    tag = f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
+    ``sc.pp.scale``). ``damping``: tl.trak's, where not its default."""
+    tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
+           + ("" if damping is None or method != "trak" else f"-damping{damping:g}"))
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
     if path.exists():
         return ad.read_h5ad(path)
@@ -364,6 +365,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         adata.uns["benchmark"]["use_rep"] = "X"
     adata.uns["benchmark"]["rep"] = rep
     start = time.perf_counter()
+    if method == "trak" and damping is not None:
+        kwargs = {**kwargs, "damping": damping}
     if method == "trak":  # its halves (checkpoints) come with it
         scdm.tl.trak(adata, label, use_rep=use_rep, store=cache / f"trak-{tag}",
                      random_state=seed, **kwargs)
@@ -391,7 +394,7 @@ def attribution_seconds(adata: ad.AnnData) -> float:
 
 def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[dict]:
     method = args.method
-    adata = trained(name, seed, cache, method, rep)
+    adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None))
     label = adata.uns["benchmark"]["label"]
     n_neighbors = int(adata.uns["benchmark"].get("n_neighbors", 15))
     found, seconds, evidence = {}, {}, {}
@@ -503,6 +506,8 @@ def main() -> None:
     parser.add_argument("--min-reproducibility", type=float, default=0.8)
     parser.add_argument("--method", choices=["datamodels", "trak"], default="datamodels",
                         help="the attribution embedded and split (tl.datamodels or tl.trak)")
+    parser.add_argument("--trak-damping", type=float,
+                        help="--method trak: tl.trak's damping (default: its own)")
     parser.add_argument("--out", help="also write the per-class table as CSV")
     args = parser.parse_args()
     scdm.settings.verbosity = 0
