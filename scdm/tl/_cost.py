@@ -159,8 +159,10 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
         featurize = (8.0 * n_obs * (n_features or 1) + BLOCK_ROWS * proj_dim * 12.0
                      + 8.0 * proj_dim**2)
         # one checkpoint's share of an embedding pass: the range (read from the object
-        # store), its product and the copy returned, and one block of rows
-        embed = 12.0 * n_obs * width + 8.0 * EMBED_ROWS * proj_dim
+        # store), its product, the copy returned and the blocks' products; the checkpoint's
+        # features, memory-mapped (resident while read); one block of rows (measured at
+        # 300,000 cells, proj_dim 256: 2.24 GiB, this says 2.1; RESULTS.md)
+        embed = 16.0 * n_obs * width + 4.0 * n_obs * proj_dim + 8.0 * EMBED_ROWS * proj_dim
         worker = RAY_WORKER_BASE + max(featurize, embed)
     return CostEstimate("trak", n_obs, n_models, disk, memory, **_scaled(seconds, speed),
                         worker_memory_bytes=worker)
