@@ -82,7 +82,7 @@ def test_run_with_trak_writes_the_same_outputs(tmp_path):
                  str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "trak" and summary["models_trained"] == 40
-    assert summary["trak"]["damping"] == 1.0
+    assert summary["trak"]["damping"] == 10.0
     assert summary["model_curve"]["n_models"] == [10, 20, 40]  # checkpoints
     assert summary["lds"]["mean"] > 0.3
     result = ad.read_h5ad(out / "adata.h5ad")

@@ -473,7 +473,8 @@ def test_tl_trak_matches_the_trak_formula_and_finds_subtypes(small_trak, tmp_pat
                            keep_params=True).extras["params"]
     G, Q = mlp_features(params, trainer.X, trainer.y, proj_dim=512, seed=0,
                         model_ids=completed)
-    W = sum((G[c] @ inverse_gram(G[c], damping=1.0, normalize=False) @ G[c].T).numpy()
+    damping = info["trak_params"]["damping"]
+    W = sum((G[c] @ inverse_gram(G[c], damping=damping, normalize=False) @ G[c].T).numpy()
             for c in range(G.shape[0])) / G.shape[0] * Q.mean(0).numpy()[None, :]
     np.testing.assert_allclose(adata.obsp["trak"], W, rtol=1e-3, atol=1e-3 * np.abs(W).max())
     np.testing.assert_allclose(info["self_influence"], np.diag(W), rtol=1e-3)
@@ -659,8 +660,9 @@ def test_attribution_of_large_data_streams_the_features_from_the_store(small_tra
 
     dense = attribution(small_trak, "trak")
     assert dense.W is not None
-    features = checkpoint_features(small_trak, "trak", proj_dim=int(
-        small_trak.uns["trak"]["trak_params"]["proj_dim"]), damping=1.0)
+    params = small_trak.uns["trak"]["trak_params"]
+    features = checkpoint_features(small_trak, "trak", proj_dim=int(params["proj_dim"]),
+                                   damping=float(params["damping"]))
     maps = features.feature_maps()
     assert all(isinstance(f, np.memmap) for f in maps)
     streamed = Attribution(method="trak", diagonal=dense.diagonal, factors=maps,
