@@ -181,7 +181,7 @@ def checkpoint_products(plan: PassPlan, f: torch.Tensor | np.ndarray, c: int,
 
 
 # (order, Q, apply, backwards) → (c, Z_c, F_c Z_c or None) in ``order``: another executor of
-# checkpoint_products (Ray tasks: scdm.workers.ray_checkpoint_products)
+# checkpoint_products (Ray tasks: scdm.workers.RayCheckpointProducts)
 CheckpointMap = Callable[[PassPlan, Sequence[int], Sequence[torch.Tensor] | None, bool, bool],
                          Iterator[tuple[int, list[torch.Tensor], list[torch.Tensor] | None]]]
 
