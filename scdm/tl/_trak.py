@@ -28,7 +28,7 @@ from ..masks import check_alpha
 from ..store import ModelStore, hash_arrays
 from ..trak._lowrank import ClassFactors, class_embeddings
 from ..trak._ondisk import FeatureStore, featurize, strata_cells
-from ..workers import Backend, RayBackend, RayCheckpointProducts, as_backend, fill_features
+from ..workers import Backend, RayBackend, as_backend, embedding_executor, fill_features
 from ._cost import TRAK_CHECKPOINTS, TRAK_MAX_OBSP, TRAK_PROJ_DIM, check_cost, trak_cost
 from ._embed import embedding_blocks
 from ._halves import half_keys
@@ -207,15 +207,11 @@ def trak(
     paths = [features.folder(m) / "features.npy" for m in features.model_ids]
     paths_of = {"full": paths, "half1": paths[0::2], "half2": paths[1::2]}
     groups = [members[finite[members]] for members in blocks.values()]
-    backend = train_kwds["backend"]
     for name, (factors, weights) in parts.items():
         # with Ray, each checkpoint's share of a pass is a task (summed here in order: the
         # same numbers on CPU); the tasks memory-map the features from the store
-        executor = (RayCheckpointProducts(
-            paths_of[name], ray_address=backend.address,
-            num_cpus_per_task=backend.num_cpus_per_task,
-            num_gpus_per_task=backend.num_gpus_per_task, device=device,
-            max_retries=backend.max_retries) if isinstance(backend, RayBackend) else None)
+        executor = embedding_executor(paths_of[name], backend=train_kwds["backend"],
+                                      device=device)
         # all classes in one set of reads of the features (on disk, the reads are the cost)
         for rows, embedding in zip(groups, class_embeddings(
                 factors, groups, weights, n_comps=n_comps, rank=rank, seed=seed, device=dev,

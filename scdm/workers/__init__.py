@@ -11,11 +11,19 @@
   :func:`register_recipe` adds a kind; :func:`write_recipe` / :func:`read_recipe` save and
   load one in a store.
 - :func:`fill_features` / :func:`run_feature_worker` write ``tl.trak``'s features of a store's
-  kept checkpoints, here or as Ray tasks; :class:`RayCheckpointProducts` runs its embedding's
-  per-checkpoint products as Ray tasks.
+  kept checkpoints, here or as Ray tasks; :func:`embedding_executor` runs its embedding's
+  per-checkpoint products here or as Ray tasks (:class:`RayCheckpointProducts`).
 """
 
-from ._fill import Backend, LocalBackend, RayBackend, as_backend, fill_features, fill_store
+from ._fill import (
+    Backend,
+    LocalBackend,
+    RayBackend,
+    as_backend,
+    embedding_executor,
+    fill_features,
+    fill_store,
+)
 from ._loop import train_into_store
 from ._ray import RayCheckpointProducts
 from ._recipes import (
@@ -41,9 +49,32 @@ from ._worker import (
     run_worker,
 )
 
-__all__ = ["RECIPES", "WORKERS_DIR", "Backend", "LocalBackend", "MLPRecipe", "MaskSource",
-           "RayBackend", "RayCheckpointProducts", "RepeatedMasks", "Trainer", "TrainingRecipe",
-           "UserMain", "as_backend",
-           "check_models", "check_row", "fill_features", "fill_store", "parse_range",
-           "read_recipe", "register_recipe", "run_feature_worker", "run_main_worker",
-           "run_worker", "targets_are_training_samples", "train_into_store", "write_recipe"]
+__all__ = [
+    "RECIPES",
+    "WORKERS_DIR",
+    "Backend",
+    "LocalBackend",
+    "MLPRecipe",
+    "MaskSource",
+    "RayBackend",
+    "RayCheckpointProducts",
+    "RepeatedMasks",
+    "Trainer",
+    "TrainingRecipe",
+    "UserMain",
+    "as_backend",
+    "check_models",
+    "check_row",
+    "embedding_executor",
+    "fill_features",
+    "fill_store",
+    "parse_range",
+    "read_recipe",
+    "register_recipe",
+    "run_feature_worker",
+    "run_main_worker",
+    "run_worker",
+    "targets_are_training_samples",
+    "train_into_store",
+    "write_recipe",
+]

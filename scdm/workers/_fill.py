@@ -10,7 +10,7 @@ import numpy as np
 from .._checks import check_int
 from ..store import ModelStore
 from ._loop import train_into_store
-from ._ray import features_with_ray, fill_with_ray, import_ray
+from ._ray import RayCheckpointProducts, features_with_ray, fill_with_ray, import_ray
 from ._recipes import TrainingRecipe, read_recipe, write_recipe
 from ._worker import UserMain, check_models, run_feature_worker, run_main_worker
 
@@ -133,3 +133,18 @@ def fill_features(store: str | Path, root: str | Path, model_ids, *, n_obs: int,
     run_feature_worker(store, root, ids, proj_dim=proj_dim, seed=seed, damping=damping,
                        device=device)
     return []
+
+
+def embedding_executor(paths, *, backend: str | Backend = "local", device: str = "auto"
+                       ) -> RayCheckpointProducts | None:
+    """Where the TRAK embedding's per-checkpoint products run
+    (:func:`scdm.trak._lowrank.randomized_left_classes`' ``executor``): Ray tasks that
+    memory-map the checkpoints' features at ``paths`` for a :class:`RayBackend`, here
+    (``None``) otherwise. The numbers do not depend on the backend (bitwise on CPU)."""
+    backend = as_backend(backend)
+    if not isinstance(backend, RayBackend):
+        return None
+    return RayCheckpointProducts(paths, ray_address=backend.address,
+                                 num_cpus_per_task=backend.num_cpus_per_task,
+                                 num_gpus_per_task=backend.num_gpus_per_task, device=device,
+                                 max_retries=backend.max_retries)

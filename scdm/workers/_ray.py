@@ -44,6 +44,21 @@ def task_ranges(completed: np.ndarray, start: int, stop: int, task_size: int
             if not completed[a : min(a + task_size, stop)].all()]
 
 
+def _connect(fn, *, ray_address: str | None, num_cpus_per_task: float,
+             num_gpus_per_task: float, device: str, max_retries: int):
+    """Ray (connected to ``ray_address``, or a local one started when none is running), ``fn``
+    as a remote function with the task's resources and retries, the tasks' device (``auto``:
+    CUDA for tasks with GPUs, else CPU) and their torch thread count."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False)
+    if device == "auto":
+        device = "cuda" if num_gpus_per_task > 0 else "cpu"
+    remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
+                        max_retries=int(max_retries))(fn)
+    return ray, remote, device, max(1, int(num_cpus_per_task))
+
+
 def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
                         task_size: int = 256, ray_address: str | None = None,
                         num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
@@ -61,22 +76,18 @@ def fill_with_ray(store_path: str | Path, start: int, stop: int, *,
     be importable on every node: the same module path or file). ``keep_checkpoints``: the
     tasks keep each model's parameters in the store too.
     """
-    ray = import_ray()
+    import_ray()
     check_int("task_size", task_size, 1)
     if num_cpus_per_task <= 0 or num_gpus_per_task < 0:
         raise ValueError("num_cpus_per_task must be positive and num_gpus_per_task >= 0.")
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=False)
+    ray, remote, device, threads = _connect(
+        _task, ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+        num_gpus_per_task=num_gpus_per_task, device=device, max_retries=max_retries)
     path = str(Path(store_path).resolve())
     store = ModelStore.open(path)
     ranges = task_ranges(store.completed, start, stop, int(task_size))
     if not ranges:
         return 0
-    if device == "auto":
-        device = "cuda" if num_gpus_per_task > 0 else "cpu"
-    remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
-                        max_retries=int(max_retries))(_task)
-    threads = max(1, int(num_cpus_per_task))
     pending = [remote.remote(path, a, b, device, chunk_size, threads, user_main,
                              keep_checkpoints)
                for a, b in ranges]
@@ -119,17 +130,12 @@ def features_with_ray(store_path: str | Path, root: str | Path, model_ids: Seque
     """
     from ..trak._ondisk import FeatureStore
 
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=False)
+    ray, remote, device, threads = _connect(
+        _feature_task, ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+        num_gpus_per_task=num_gpus_per_task, device=device, max_retries=max_retries)
     path = str(Path(store_path).resolve())
     features = FeatureStore(root, n_obs=n_obs, proj_dim=proj_dim, model_ids=model_ids)
     todo = features.missing()
-    if device == "auto":
-        device = "cuda" if num_gpus_per_task > 0 else "cpu"
-    remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
-                        max_retries=int(max_retries))(_feature_task)
-    threads = max(1, int(num_cpus_per_task))
     pending = [remote.remote(path, str(Path(root).resolve()), [m], int(proj_dim), int(seed),
                              float(damping), device, threads) for m in todo]
     peaks = []
@@ -192,14 +198,10 @@ class RayCheckpointProducts:
     def __init__(self, paths: Sequence[str | Path], *, ray_address: str | None = None,
                  num_cpus_per_task: float = 1, num_gpus_per_task: float = 0,
                  device: str = "auto", max_retries: int = 3):
-        self.ray = import_ray()
-        if not self.ray.is_initialized():
-            self.ray.init(address=ray_address, log_to_driver=False)
+        self.ray, self.remote, self.device, self.threads = _connect(
+            _products_task, ray_address=ray_address, num_cpus_per_task=num_cpus_per_task,
+            num_gpus_per_task=num_gpus_per_task, device=device, max_retries=max_retries)
         self.paths = [str(Path(p).resolve()) for p in paths]
-        self.device = ("cuda" if num_gpus_per_task > 0 else "cpu") if device == "auto" else device
-        self.remote = self.ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task,
-                                      max_retries=int(max_retries))(_products_task)
-        self.threads = max(1, int(num_cpus_per_task))
         slots = self.ray.cluster_resources().get("GPU" if num_gpus_per_task > 0 else "CPU", 1)
         per = num_gpus_per_task if num_gpus_per_task > 0 else num_cpus_per_task
         self.ahead = max(1, int(slots // per)) + 1
