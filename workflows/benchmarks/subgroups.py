@@ -23,14 +23,15 @@ Synthetic generators (``--seeds``, several each):
 - ``G-rare``, ``P-rare``: a 5 % and a 10 % subtype beside a large one (15 / 30 / 255 cells).
 
 ``--reps`` runs every scenario on the inputs users give: ``pca`` (50 PCs, ``use_rep="X_pca"``),
-``raw`` (``.X`` as generated, ``use_rep=None``: the batch dominates the features) and
-``scaled`` (``sc.pp.scale`` first). Null scenarios (no subtypes) must give one subgroup per
-class; planted ones the right count and ARI ≥ 0.9. Each row has ``tl.subgroups`` with the
-shared-nuisance check (the default) and without it (``shared_check=False``, the procedure
-before it), both on the same trained models, and two baselines clustered per class: expression
-Leiden (PCA → kNN → Leiden at resolution 1) and a label-aware one (features passing a Welch
-class-vs-rest test at BH q < 0.01, standardised, 10 PCs, the same kNN graph and Leiden, the
-resolution chosen by subsample stability).
+``raw`` (``.X`` as generated, ``use_rep=None``: the batch dominates the features), ``scaled``
+(``sc.pp.scale`` first) and ``pca-unscaled`` (the 50 PCs without the models' per-feature
+standardisation: ``train_kwds={"scale": False}``). Null scenarios (no subtypes) must give one
+subgroup per class; planted ones the right count and ARI ≥ 0.9. Each row has ``tl.subgroups``
+with the shared-nuisance check (the default) and without it (``shared_check=False``, the
+procedure before it), both on the same trained models, and two baselines clustered per class:
+expression Leiden (PCA → kNN → Leiden at resolution 1) and a label-aware one (features passing
+a Welch class-vs-rest test at BH q < 0.01, standardised, 10 PCs, the same kNN graph and Leiden,
+the resolution chosen by subsample stability).
 
 Real data (``--real``) with a coarse label and a finer annotation: pbmc68k_reduced
 (scanpy; ``lineage`` → ``bulk_labels``), CBMC CITE-seq and Zeisel cortex (from the
@@ -110,7 +111,7 @@ SCENARIOS = {
     "X-null": (X, dict(label_relevant=False), {}),
     "X-3-null": (X, dict(n_programs=3, label_relevant=False), {}),
 }
-REPS = ("pca", "raw", "scaled")
+REPS = ("pca", "raw", "scaled", "pca-unscaled")
 
 
 # ----------------------------------------------------------------------------- real data
@@ -341,7 +342,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
             rep: str = "pca", damping: float | None = None) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
-    ``sc.pp.scale``). ``damping``: tl.trak's, where not its default."""
+    ``sc.pp.scale``), ``pca-unscaled`` (the PCA without the models' per-feature scaling).
+    ``damping``: tl.trak's, where not its default."""
     tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
            + ("" if damping is None or method != "trak" else f"-damping{damping:g}"))
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
@@ -358,7 +360,9 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         sc.pp.pca(adata, n_comps=min(50, adata.n_vars - 1), random_state=seed)
         label, use_rep = "disease", "X_pca"
         adata.uns["benchmark"] = {"label": label, "use_rep": use_rep}
-    if rep != "pca":
+    if rep == "pca-unscaled":  # the PCs as scanpy's kNN sees them, not standardised
+        kwargs = {**kwargs, "train_kwds": {**kwargs.get("train_kwds", {}), "scale": False}}
+    elif rep != "pca":
         if rep == "scaled":
             sc.pp.scale(adata)
         use_rep = None
@@ -500,7 +504,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=["P-*", "G-*", "X-*"],
                         help="names or patterns (P-*, G-*, X-*, R-*)")
     parser.add_argument("--reps", nargs="+", choices=REPS, default=["pca", "raw"],
-                        help="the models' input: PCA, raw .X, scaled .X")
+                        help="the models' input: PCA, raw .X, scaled .X, PCA not standardised")
     parser.add_argument("--real", action="store_true", help="also the real datasets (R-*)")
     parser.add_argument("--cache", help="keep trained datamodels here (default: temporary)")
     parser.add_argument("--min-reproducibility", type=float, default=0.8)
