@@ -1,4 +1,4 @@
-"""pp.pseudobulk and datasets.planted_subtypes."""
+"""pp.pseudobulk and the synthetic datasets (planted_subtypes, module_subtypes)."""
 
 import numpy as np
 import pandas as pd
@@ -112,3 +112,43 @@ def test_graded_subtypes_shade_into_the_class():
     assert np.corrcoef(strength[cells], level)[0, 1] > 0.5
     with pytest.raises(ValueError, match=r"program_spread must lie in \[0, 1\]"):
         scdm.datasets.planted_subtypes(program_spread=1.5)
+
+
+def test_module_subtypes_spread_programmes_thinly_over_many_genes():
+    """Each subtype shifts 150 genes a little; modules vary alike in every class; the batch
+    shifts every gene; counts are sparse and overdispersed; seeded."""
+    kwds = dict(classes={"control": [120], "disease": [40, 40, 40]}, random_state=3)
+    adata = scdm.datasets.module_subtypes(**kwds)
+    assert adata.shape == (240, 1000)
+    assert adata.obs["subtype"].value_counts().to_dict() == {
+        "control": 120, "disease-0": 40, "disease-1": 40, "disease-2": 40}
+    table = pd.crosstab(adata.obs["subtype"], adata.obs["batch"])
+    assert (table.max(axis=1) - table.min(axis=1) <= 1).all()  # batches balanced
+    counts = adata.layers["counts"].toarray()
+    assert 0.6 < (counts == 0).mean() < 0.85
+    # overdispersed: genes' variance above their mean (Poisson: equal)
+    mean, var = counts.mean(0), counts.var(0)
+    assert np.median(var[mean > 1] / mean[mean > 1]) > 1.5
+    # a programme is many genes, each shifted a little; the strongest names the gene
+    program = (adata.var["program"] == "disease-0").to_numpy()
+    assert 100 <= program.sum() <= 150
+    inside = (adata.obs["subtype"] == "disease-0").to_numpy()
+    shift = adata.X[inside][:, program].mean(0) - adata.X[~inside][:, program].mean(0)
+    assert np.median(np.abs(shift)) < 0.5 and (shift > 0).mean() > 0.6
+    # modules vary alike in both classes and move their genes together
+    activity = adata.obsm["modules"]
+    assert activity.shape == (240, 6)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    assert abs(activity[disease].mean() - activity[~disease].mean()) < 0.3
+    genes = (adata.var["module"] == "module-0").to_numpy()
+    assert np.corrcoef(activity[:, 0], adata.X[:, genes].mean(1))[0, 1] > 0.5
+    np.testing.assert_array_equal(adata.X, scdm.datasets.module_subtypes(**kwds).X)
+    # a class programme is shared by every subtype of the class
+    shared = scdm.datasets.module_subtypes(class_effect=0.4, **kwds)
+    assert (shared.var["program"] == "class:disease").sum() > 50
+    with pytest.raises(ValueError, match="n_genes"):
+        scdm.datasets.module_subtypes(n_genes=200)
+    with pytest.raises(ValueError, match="module_shape"):
+        scdm.datasets.module_subtypes(module_shape=0.0)
+    with pytest.raises(ValueError, match="at least two classes"):
+        scdm.datasets.module_subtypes({"control": [10]})

@@ -21,6 +21,12 @@ Synthetic generators (``--seeds``, several each):
   program of its own — real expression structure the label does not depend on, so one
   subgroup per class.
 - ``G-rare``, ``P-rare``: a 5 % and a 10 % subtype beside a large one (15 / 30 / 255 cells).
+- ``M-*``: ``scdm.datasets.module_subtypes`` — closer to real counts: each subtype's programme
+  is a small shift of 150 genes (the other generators: a large shift of 5–10), six
+  co-expression modules vary in every class alike, negative-binomial counts with ~70 % zeros,
+  and a batch shifts every gene a little. ``M-3-class`` adds a programme the whole disease
+  class shares (its identity); ``M-null`` is the class without subtypes; ``*-heavy``: module
+  loadings with a long tail, so that a few cells of every class lie far from all others.
 
 ``--reps`` runs every scenario on the inputs users give: ``pca`` (50 PCs, ``use_rep="X_pca"``),
 ``raw`` (``.X`` as generated, ``use_rep=None``: the batch dominates the features), ``scaled``
@@ -78,6 +84,7 @@ import scdm
 
 P, G = scdm.datasets.planted_subtypes, scdm.datasets.gaussian_subtypes
 X = scdm.datasets.exclusive_programs
+M = scdm.datasets.module_subtypes
 # name: (generator, arguments, datamodels arguments); the truth is obs["subtype"]
 SCENARIOS = {
     "P-null": (P, dict(n_subtypes=1, n_per_subtype=300), {}),
@@ -110,6 +117,16 @@ SCENARIOS = {
     "X-3": (X, dict(n_programs=3), {}),
     "X-null": (X, dict(label_relevant=False), {}),
     "X-3-null": (X, dict(n_programs=3, label_relevant=False), {}),
+    # programmes of 150 genes with small shifts, co-expression modules, a broad batch
+    "M-null": (M, dict(classes={"control": [300], "disease": [300]}), {}),
+    "M-3": (M, dict(), {}),
+    "M-unequal": (M, dict(classes={"control": [300], "disease": [30, 90, 180]}), {}),
+    "M-3-class": (M, dict(class_effect=0.4), {}),
+    "M-rare": (M, dict(classes={"control": [300], "disease": [15, 30, 255]}), {}),
+    # long-tailed module loadings: a few cells in every class far from all others
+    "M-null-heavy": (M, dict(classes={"control": [300], "disease": [300]}, module_shape=1.0),
+                     {}),
+    "M-3-heavy": (M, dict(module_shape=1.0), {}),
 }
 REPS = ("pca", "raw", "scaled", "pca-unscaled")
 
@@ -501,8 +518,8 @@ def summarise(table: pd.DataFrame) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--scenarios", nargs="+", default=["P-*", "G-*", "X-*"],
-                        help="names or patterns (P-*, G-*, X-*, R-*)")
+    parser.add_argument("--scenarios", nargs="+", default=["P-*", "G-*", "X-*", "M-*"],
+                        help="names or patterns (P-*, G-*, X-*, M-*, R-*)")
     parser.add_argument("--reps", nargs="+", choices=REPS, default=["pca", "raw"],
                         help="the models' input: PCA, raw .X, scaled .X, PCA not standardised")
     parser.add_argument("--real", action="store_true", help="also the real datasets (R-*)")
