@@ -387,6 +387,51 @@ def check_subsample(n_points: int, max_points: int | None, random_state: int = 0
     return np.sort(rng.choice(n_points, size=int(max_points), replace=False))
 
 
+CARRY_COMPONENTS = 50  # most components of the models' input a partition is carried in
+# Below this share of the input's variance on its components above noise, distances in the
+# input are mostly noise and partitions are carried on those components instead. Measured
+# (RESULTS.md, session 22): module_subtypes' 1,000 sparse genes 0.08-0.09 (nearest cells share
+# a batch 40 % of the time with 3 batches; 91 % on the components); the other generators'
+# raw features 0.30-0.41 (100 % either way); the real datasets 0.19 (pbmc68k), 0.23 (CBMC),
+# 0.29 (Zeisel), 0.67 (Khan). Not lower everywhere: on the components a program that the
+# other class carries in other combinations (exclusive_programs, 3 programs) divides it as
+# a nuisance would, and was taken out in 3 of 3 runs.
+NOISE_DOMINATED = 0.15
+
+
+def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
+                   random_state: int = 0) -> np.ndarray:
+    """Where distances in ``inputs`` are mostly noise, the points' coordinates on the principal
+    components that stand above it; otherwise ``inputs`` as they are.
+
+    A component stands above noise where its variance exceeds the largest that ``n × p``
+    independent features of the same total variance reach by chance, the Marchenko-Pastur
+    edge ``σ² (1 + √(p / n))²`` (``σ²``: the mean variance per feature, an overestimate of
+    the noise where there is signal, so fewer components pass). Where those components hold
+    less than :data:`NOISE_DOMINATED` of the variance, as in thousands of sparse,
+    standardised genes, a nuisance spread thinly over all of them (a batch shifting every
+    gene a little) leaves almost no trace in a point's nearest neighbours, and a few outlying
+    cells become everyone's nearest neighbour; on the components it is plain. Inputs whose
+    components are all alike (standardised PCs: every variance 1) have none above the edge
+    and are used as they are. Deterministic for a ``random_state``.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    X = np.asarray(inputs, dtype=np.float64)
+    n, p = X.shape
+    k = min(int(max_components), n - 1, p - 1)
+    if k < 1:
+        return X
+    X = X - X.mean(0)
+    total = float((X * X).sum()) / (n - 1)
+    U, s, _ = randomized_svd(X, k, n_iter=7, random_state=random_state)
+    variance = s * s / (n - 1)
+    above = variance > total / p * (1 + np.sqrt(p / n)) ** 2
+    if not above.any() or variance[above].sum() >= NOISE_DOMINATED * total:
+        return np.asarray(inputs, dtype=np.float64)
+    return U[:, above] * s[above]
+
+
 def nearest_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
                  n_neighbors: int) -> np.ndarray:
     """The most common label of each query point's ``n_neighbors`` nearest ``reference``
@@ -515,7 +560,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     labels
         The partition of this class's points (integer labels).
     inputs
-        The models' input of this class's points.
+        The models' input of this class's points (``tl.subgroups`` passes its components
+        above noise where distances are mostly noise, :func:`carrying_space`).
     halves
         This class's two half embeddings.
     others

@@ -300,3 +300,65 @@ def test_evidence_says_how_many_clusters_were_joined_across_levels():
     assert "6 more clusters were copies of these subgroups in other levels" in text
     del shared["matched_across_levels"]
     assert "copies" not in scdm.get.describe_evidence(evidence)
+
+
+def test_carrying_space_keeps_a_thin_batch_that_nearest_neighbours_lose():
+    """A batch that shifts each of 1,000 sparse genes a little (log-rate ± 0.2) is nearly
+    invisible to a cell's nearest neighbours in the standardised genes, where distances are
+    mostly noise, and plain on their components above noise. Inputs whose distances are not
+    mostly noise, or without such components (standardised PCs), come back as they are."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    n, p = 600, 1000
+    batch = np.arange(n) % 3
+    rate = np.exp(rng.normal(-1.5, 1.2, p) + 0.2 * rng.standard_normal((3, p))[batch])
+    X = np.log1p(rng.poisson(rate)).astype(np.float64)
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+
+    def same_batch(points: np.ndarray) -> float:
+        neighbours = NearestNeighbors(n_neighbors=16).fit(points).kneighbors(points)[1][:, 1:]
+        return float((batch[neighbours] == batch[:, None]).mean())
+
+    space = clustering.carrying_space(X)
+    assert space.shape == (n, 2)  # three batch means span two directions
+    assert same_batch(X) < 0.6 and same_batch(space) > 0.95  # chance: 1/3
+    np.testing.assert_array_equal(space, clustering.carrying_space(X))  # seeded
+    # the same batch on 100 features, strong enough to hold most of their variance
+    strong = 1.5 * rng.standard_normal((3, 100))[batch] + rng.standard_normal((n, 100))
+    np.testing.assert_array_equal(clustering.carrying_space(strong), strong)
+    # whitened input: every component has the same variance, none stands above noise
+    u, _, _ = np.linalg.svd(X[:, :50], full_matrices=False)
+    pcs = u * np.sqrt(n - 1)
+    np.testing.assert_array_equal(clustering.carrying_space(pcs), pcs)
+    # too few points to have components: returned as they are
+    np.testing.assert_array_equal(clustering.carrying_space(X[:1]), X[:1])
+
+
+@pytest.mark.slow
+def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_gene():
+    """Counts closer to real cells (``module_subtypes``: no subtypes, a batch shifting every
+    one of 1,000 sparse genes a little, co-expression modules with long-tailed loadings in
+    both classes, so that a few cells lie far from all others), trained as a new user would
+    (raw features, no batch named). TRAK splits the disease class by batch. Carried in the
+    genes themselves, nearly every control cell took the subgroup of a few outlying disease
+    cells, the boundary was never measured there, and the batch was reported as a subtype.
+    Carried on the input's components above noise, it divides the controls too, and both
+    classes stay whole."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.module_subtypes({"control": [300], "disease": [300]},
+                                          module_shape=1.0, random_state=0)
+    genes = (adata.X - adata.X.mean(0)) / adata.X.std(0)  # the models' input
+    assert clustering.carrying_space(genes).shape[1] < 50  # distances in it mostly noise
+    scdm.tl.trak(adata, "disease")
+    batch = adata.obs["batch"].to_numpy()
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    scdm.tl.subgroups(adata, key="trak", markers=False, shared_check=False)
+    unchecked = adata.obs["trak_subgroup"].astype(str).to_numpy()
+    # the failure: the disease class is cut along its batches (each batch on one side)
+    table = pd.crosstab(unchecked[disease], batch[disease])
+    assert len(table) >= 2 and (table.max(0) / table.sum(0)).min() > 0.9
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    assert set(adata.obs["trak_subgroup"]) == {"control-0", "disease-0"}
+    shared = adata.uns["trak_subgroup"]["reproducibility"]["disease"]["shared"]
+    assert shared["shared_with"] == ["control"]

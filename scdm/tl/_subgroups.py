@@ -23,6 +23,7 @@ from ..clustering import (
     SharedBoundaries,
     by_size,
     carry_levels,
+    carrying_space,
     centre_within,
     check_resolutions,
     check_subsample,
@@ -90,15 +91,16 @@ def subgroups(
     run, cell cycle) shifts the models' input of every class alike and splits each class's
     attribution the same way, reproducibly and well separated. So an accepted partition is
     carried to every other class (each of its cells takes the subgroup of its nearest cells
-    of this class in the models' input) and each boundary between two subgroups is measured
-    there, in that class's own halves (``shared_check``, see
-    :func:`scdm.clustering.shared_boundaries`). Boundaries that divide another class at least
-    half as sharply as their own are a shared nuisance, not a subtype: they give
-    the nuisance's levels (each cell takes the level of its nearest cells of the class
-    divided most), each level is centred in the halves and the embedding, and the check runs
-    once more on what is left. A class whose split is entirely shared, or whose second check
-    finds nothing or a shared split again, stays one subgroup, and its evidence names the
-    class divided the same way. This needs no batch column.
+    of this class in the models' input, or on its principal components above noise where
+    distances in it are mostly noise: :func:`scdm.clustering.carrying_space`) and each
+    boundary between two subgroups is measured there, in that class's own halves
+    (``shared_check``, see :func:`scdm.clustering.shared_boundaries`). Boundaries that divide
+    another class at least half as sharply as their own are a shared nuisance, not a
+    subtype: they give the nuisance's levels (each cell takes the level of its nearest cells
+    of the class divided most), each level is centred in the halves and the embedding, and
+    the check runs once more on what is left. A class whose split is entirely shared, or
+    whose second check finds nothing or a shared split again, stays one subgroup, and its
+    evidence names the class divided the same way. This needs no batch column.
 
     Each accepted subgroup (of at least ``max(2 · n_neighbors, 4 · min_size)`` cells) is then
     checked once more on its own cells, in the halves and embedding as the class's check left
@@ -419,12 +421,16 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
                    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per class, its checked cells' models' input (as the models see it) and half
+    """Per class, its checked cells' models' input (as the models see it, or on its
+    components above noise where distances in it are mostly noise:
+    :func:`scdm.clustering.carrying_space` of every class's checked cells together) and half
     embeddings: what a partition of another class is carried to."""
     inputs = recorded_training(adata, key).inputs.X
-    return {cls: (np.asarray(inputs[checked], dtype=np.float64),
-                  halves[0][checked], halves[1][checked])
-            for cls, (_, _, checked) in checked_of.items()}
+    cells = [checked for _, _, checked in checked_of.values()]
+    space = carrying_space(np.asarray(inputs[np.concatenate(cells)], dtype=np.float64))
+    bounds = np.cumsum([0, *(c.size for c in cells)])
+    return {cls: (space[bounds[i]:bounds[i + 1]], halves[0][checked], halves[1][checked])
+            for i, (cls, (_, _, checked)) in enumerate(checked_of.items())}
 
 
 def _shared_evidence(choice: ResolutionChoice, bounds: SharedBoundaries, found: np.ndarray,
