@@ -13,7 +13,7 @@ from scipy import sparse
 from .._anndata import uns_safe
 from .._checks import check_int
 from .._seeding import check_random_state
-from ._planted import _counts_to_lognorm
+from ._planted import counts_to_lognorm
 
 
 def module_subtypes(
@@ -190,7 +190,7 @@ def module_subtypes(
     var = pd.DataFrame({"program": pd.Categorical(program_of),
                         "module": pd.Categorical(module_of)},
                        index=[f"gene-{g}" for g in range(n_genes)])
-    adata = AnnData(X=_counts_to_lognorm(counts), obs=obs, var=var)
+    adata = AnnData(X=counts_to_lognorm(counts), obs=obs, var=var)
     adata.layers["counts"] = sparse.csr_matrix(counts)
     adata.obsm["modules"] = activity.astype(np.float32)
     adata.uns["module_subtypes"] = uns_safe({

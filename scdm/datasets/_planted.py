@@ -13,7 +13,7 @@ from .._checks import check_fraction, check_int
 from .._seeding import check_random_state
 
 
-def _counts_to_lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
+def counts_to_lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
     """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy's normalize_total + log1p)."""
     totals = counts.sum(axis=1, keepdims=True)
     totals[totals == 0] = 1
@@ -149,7 +149,7 @@ def planted_subtypes(
     )
     var = pd.DataFrame({"program": pd.Categorical(program), "batch_gene": batch_gene},
                        index=[f"gene-{g}" for g in range(n_genes)])
-    adata = AnnData(X=_counts_to_lognorm(counts), obs=obs, var=var)
+    adata = AnnData(X=counts_to_lognorm(counts), obs=obs, var=var)
     adata.layers["counts"] = sparse.csr_matrix(counts)
     adata.uns["planted_subtypes"] = {
         "n_controls": n_controls, "n_per_subtype": sizes, "n_subtypes": n_subtypes,
