@@ -13,6 +13,25 @@ from .._checks import check_int
 from .._seeding import check_random_state
 
 
+def lay_out_classes(classes: Mapping[str, Sequence[int]], n_batches: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each cell's class, subtype (``"{class}-{k}"``, or the class name for a class of one
+    subtype) and batch, the batches dealt round-robin within every subtype (balanced), in a
+    random order drawn from ``rng``."""
+    cls_list: list[str] = []
+    sub_list: list[str] = []
+    for c, sizes in classes.items():
+        for k, size in enumerate(sizes):
+            cls_list += [c] * int(size)
+            sub_list += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
+    cls_of, sub_of = np.array(cls_list), np.array(sub_list)
+    batch = np.empty(cls_of.size, dtype=np.int64)
+    for s in pd.unique(sub_of):
+        members = np.flatnonzero(sub_of == s)
+        batch[members] = rng.permutation(np.arange(members.size) % n_batches)
+    return cls_of, sub_of, batch
+
+
 def gaussian_subtypes(
     classes: Mapping[str, Sequence[int]] | None = None,
     *,
@@ -74,18 +93,8 @@ def gaussian_subtypes(
                          f"{batch_features} batch and {gradient_features} gradient features "
                          f"need {needed} features but n_features={n_features}.")
     rng = np.random.default_rng(seed)
-    cls_list: list[str] = []
-    sub_list: list[str] = []
-    for c, sizes in classes.items():
-        for k, size in enumerate(sizes):
-            cls_list += [c] * int(size)
-            sub_list += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
-    cls_of, sub_of = np.array(cls_list), np.array(sub_list)
+    cls_of, sub_of, batch = lay_out_classes(classes, n_batches, rng)
     n_obs = cls_of.size
-    batch = np.empty(n_obs, dtype=np.int64)
-    for s in pd.unique(sub_of):
-        members = np.flatnonzero(sub_of == s)
-        batch[members] = rng.permutation(np.arange(members.size) % n_batches)
     features = rng.permutation(n_features)
     X = rng.standard_normal((n_obs, n_features))
     program = np.full(n_features, "none", dtype=object)

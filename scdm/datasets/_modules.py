@@ -13,6 +13,7 @@ from scipy import sparse
 from .._anndata import uns_safe
 from .._checks import check_int
 from .._seeding import check_random_state
+from ._gaussian import lay_out_classes
 from ._planted import counts_to_lognorm
 
 
@@ -127,18 +128,8 @@ def module_subtypes(
                          "n_genes or shrink the modules or programmes.")
     rng = np.random.default_rng(seed)
     reference = next(iter(classes))
-    cls_list: list[str] = []
-    sub_list: list[str] = []
-    for c, sizes in classes.items():
-        for k, size in enumerate(sizes):
-            cls_list += [c] * int(size)
-            sub_list += [c if len(sizes) == 1 else f"{c}-{k}"] * int(size)
-    cls_of, sub_of = np.array(cls_list), np.array(sub_list)
+    cls_of, sub_of, batch = lay_out_classes(classes, n_batches, rng)
     n_obs = cls_of.size
-    batch = np.empty(n_obs, dtype=np.int64)
-    for s in pd.unique(sub_of):
-        members = np.flatnonzero(sub_of == s)
-        batch[members] = rng.permutation(np.arange(members.size) % n_batches)
 
     log_rate = np.broadcast_to(rng.normal(base_log_rate, 1.2, size=n_genes),
                                (n_obs, n_genes)).copy()
