@@ -391,7 +391,7 @@ CARRY_COMPONENTS = 50  # most components of the models' input a partition is car
 # Below this share of the input's variance on its components above noise, distances in the
 # input are mostly noise and partitions are carried on those components instead. Measured
 # (RESULTS.md, session 22): module_subtypes' 1,000 sparse genes 0.08-0.09 (nearest cells share
-# a batch 40 % of the time with 3 batches; 91 % on the components); the other generators'
+# a batch 39-58 % of the time with 3 batches; 88-93 % on the components); the other generators'
 # raw features 0.30-0.41 (100 % either way); the real datasets 0.19 (pbmc68k), 0.23 (CBMC),
 # 0.29 (Zeisel), 0.67 (Khan). Not lower everywhere: on the components a program that the
 # other class carries in other combinations (exclusive_programs, 3 programs) divides it as
@@ -417,18 +417,18 @@ def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
     """
     from sklearn.utils.extmath import randomized_svd
 
-    X = np.asarray(inputs, dtype=np.float64)
-    n, p = X.shape
+    points = np.asarray(inputs, dtype=np.float64)
+    n, p = points.shape
     k = min(int(max_components), n - 1, p - 1)
     if k < 1:
-        return X
-    X = X - X.mean(0)
+        return points
+    X = points - points.mean(0)
     total = float((X * X).sum()) / (n - 1)
     U, s, _ = randomized_svd(X, k, n_iter=7, random_state=random_state)
     variance = s * s / (n - 1)
     above = variance > total / p * (1 + np.sqrt(p / n)) ** 2
     if not above.any() or variance[above].sum() >= NOISE_DOMINATED * total:
-        return np.asarray(inputs, dtype=np.float64)
+        return points
     return U[:, above] * s[above]
 
 
