@@ -32,7 +32,6 @@ def module_subtypes(
     batch_effect: float = 0.3,
     dispersion: float = 0.2,
     base_log_rate: float = -1.5,
-
     random_state: int = 0,
 ) -> AnnData:
     """Cells whose subtypes differ by programmes spread thinly over many genes.
@@ -44,8 +43,7 @@ def module_subtypes(
     generator draws counts that way:
 
     - genes have log-rates ~ N(``base_log_rate``, 1.2) (most are lowly expressed, so counts
-      are sparse),
-      cells a log-normal library size, and counts are negative binomial
+      are sparse), cells a log-normal library size, and counts are negative binomial
       (variance ``μ + dispersion · μ²``);
     - every subtype of every class but the first (the reference, e.g. controls) raises its own
       programme: ``program_genes`` genes drawn from the whole genome (programmes of different
@@ -156,15 +154,14 @@ def module_subtypes(
         program_of[genes[top]] = name
         strongest[genes[top]] = np.abs(shift[top])
 
-    for c, sizes in classes.items():
+    for c in classes:
         if c == reference:
             continue
         if class_effect > 0:
             raise_programme(np.flatnonzero(cls_of == c), class_effect, f"class:{c}")
-        if program_effect > 0:
-            for k in range(len(sizes)):
-                name = c if len(sizes) == 1 else f"{c}-{k}"
-                raise_programme(np.flatnonzero(sub_of == name), program_effect, name)
+        if program_effect > 0:  # the subtypes as lay_out_classes named them, in order
+            for name in pd.unique(sub_of[cls_of == c]):
+                raise_programme(np.flatnonzero(sub_of == name), program_effect, str(name))
     log_rate += rng.normal(0.0, batch_effect, size=(n_batches, n_genes))[batch]
     library = (rng.lognormal(0.0, 0.3, size=n_obs)
                * rng.uniform(0.7, 1.3, size=n_batches)[batch])[:, None]
