@@ -335,6 +335,40 @@ def test_carrying_space_keeps_a_thin_batch_that_nearest_neighbours_lose():
     np.testing.assert_array_equal(clustering.carrying_space(X[:1]), X[:1])
 
 
+def test_carrying_to_another_class_discounts_hubs():
+    """A state both classes share: a few cells that vary little, near the centre of the
+    input, a step apart along one direction. Such points are among the nearest of most
+    points of the other class (hubs), so a plain nearest-cells vote carries the 20-cell state
+    to about 100 cells of the other class and its boundary is measured on a diluted side;
+    discounting each point's closeness to the other class as a whole carries it to its 20
+    copies there. Where nothing is a hub (three batches), both votes agree."""
+    rng = np.random.default_rng(0)
+    n, m, p = 300, 20, 30
+    state = (np.arange(n) < m).astype(np.int64)
+
+    def one_class(offset: float) -> np.ndarray:
+        x = rng.standard_normal((n, p))
+        x[:m] *= 0.3
+        x[:m, 0] += 3.0
+        x[:, 1] += offset  # the two classes differ
+        return x
+
+    reference, query = one_class(0.0), one_class(1.5)
+    plain = clustering.nearest_vote(reference, state, query, 15)
+    carried = clustering.carry_vote(reference, state, query, 15)
+    assert plain.sum() > 3 * m  # the failure the discount mends
+    assert adjusted_rand_score(state, carried) > 0.95
+    # a small block size gives the same votes
+    np.testing.assert_array_equal(carried, clustering.carry_vote(reference, state, query, 15,
+                                                                 block=7))
+    batch = np.arange(n) % 3
+    centres = 3 * rng.standard_normal((3, p))
+    reference = centres[batch] + rng.standard_normal((n, p))
+    query = centres[batch] + rng.standard_normal((n, p))
+    np.testing.assert_array_equal(clustering.carry_vote(reference, batch, query, 15), batch)
+    assert clustering.carry_vote(reference, batch, query[:0], 15).shape == (0,)
+
+
 @pytest.mark.slow
 def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_gene():
     """Counts closer to real cells (``module_subtypes``: no subtypes, a batch shifting every

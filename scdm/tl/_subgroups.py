@@ -92,8 +92,9 @@ def subgroups(
     attribution the same way, reproducibly and well separated. So an accepted partition is
     carried to every other class (each of its cells takes the subgroup of its nearest cells
     of this class in the models' input, or on its principal components above noise where
-    distances in it are mostly noise: :func:`scdm.clustering.carrying_space`) and each
-    boundary between two subgroups is measured there, in that class's own halves
+    distances in it are mostly noise: :func:`scdm.clustering.carrying_space`; cells near
+    most of the other class, hubs, count for less: :func:`scdm.clustering.carry_vote`) and
+    each boundary between two subgroups is measured there, in that class's own halves
     (``shared_check``, see :func:`scdm.clustering.shared_boundaries`). Boundaries that divide
     another class at least half as sharply as their own are a shared nuisance, not a
     subtype: they give the nuisance's levels (each cell takes the level of its nearest cells
