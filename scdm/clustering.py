@@ -456,8 +456,8 @@ def carry_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
 
     Between two classes, a few points of the reference can be the nearest of most query
     points (hubs). Measured on ``module_subtypes`` with long-tailed modules (``X_pca``): 18
-    controls of a tight state near the centre were among the 15 nearest controls of 110
-    disease cells each, against 9 for the other controls, and a plain vote carried their
+    controls of a tight state near the centre were each, on average, among the 15 nearest
+    controls of 110 disease cells, against 9 for the other controls, and a plain vote carried their
     cluster to 81 disease cells, where its boundary was diluted below the shared check's bar
     (0.27 against 0.30); with the discount, to 14 (0.34).
 
