@@ -366,6 +366,7 @@ def test_carrying_to_another_class_discounts_hubs():
     reference = centres[batch] + rng.standard_normal((n, p))
     query = centres[batch] + rng.standard_normal((n, p))
     np.testing.assert_array_equal(clustering.carry_vote(reference, batch, query, 15), batch)
+    np.testing.assert_array_equal(clustering.nearest_vote(reference, batch, query, 15), batch)
     assert clustering.carry_vote(reference, batch, query[:0], 15).shape == (0,)
 
 
@@ -397,3 +398,39 @@ def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_
     assert set(adata.obs["trak_subgroup"]) == {"control-0", "disease-0"}
     shared = adata.uns["trak_subgroup"]["reproducibility"]["disease"]["shared"]
     assert shared["shared_with"] == ["control"]
+
+
+@pytest.mark.slow
+def test_a_central_state_of_both_classes_is_not_a_subtype_on_pcs(monkeypatch):
+    """``module_subtypes`` with long-tailed modules, TRAK on ``X_pca``: 18 controls of a tight
+    state near the centre of the standardised PCs (present in the disease class too, the
+    modules being class-independent) reproduce as a subgroup. Those 18 cells are hubs: a
+    plain nearest-cells vote carried them to 81 disease cells, diluted the boundary below the
+    shared check's bar and the state was reported as a subtype of the controls. Carried with
+    hubs discounted it divides the disease class too and is taken out; the disease class's
+    three subtypes are kept."""
+    import scanpy as sc
+
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.module_subtypes({"control": [300], "disease": [100, 100, 100]},
+                                          module_shape=1.0, random_state=1)
+    sc.pp.pca(adata, n_comps=50, random_state=1)
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", random_state=1)
+    control = (adata.obs["disease"] == "control").to_numpy()
+    disease = ~control
+
+    def control_groups() -> set:
+        return set(adata.obs["trak_subgroup"].astype(str)[control])
+
+    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1, shared_check=False)
+    assert control_groups() == {"control-0", "control-1"}  # the state reproduces
+    with monkeypatch.context() as patch:  # the plain vote: the failure
+        patch.setattr(clustering, "carry_vote", clustering.nearest_vote)
+        scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1)
+        assert control_groups() == {"control-0", "control-1"}
+    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1)
+    assert control_groups() == {"control-0"}
+    shared = adata.uns["trak_subgroup"]["reproducibility"]["control"]["shared"]
+    assert shared["shared_with"] == ["disease"]
+    found = adata.obs["trak_subgroup"].astype(str).to_numpy()[disease]
+    assert adjusted_rand_score(adata.obs["subtype"].to_numpy()[disease], found) > 0.8
