@@ -442,9 +442,15 @@ def nearest_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
         return np.zeros(0, dtype=np.int64)
     k = min(n_neighbors, reference.shape[0])
     _, neighbors = NearestNeighbors(n_neighbors=k).fit(reference).kneighbors(query)
-    votes = np.zeros((query.shape[0], int(labels.max()) + 1), dtype=np.int64)
-    np.add.at(votes, (np.repeat(np.arange(query.shape[0]), k), labels[neighbors].ravel()), 1)
-    return votes.argmax(1)
+    return _most_common(labels[neighbors])
+
+
+def _most_common(votes: np.ndarray) -> np.ndarray:
+    """Per row of ``votes`` (labels, one row per point), its most common label (ties to the
+    smaller)."""
+    counts = np.zeros((votes.shape[0], int(votes.max(initial=0)) + 1), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(votes.shape[0]), votes.shape[1]), votes.ravel()), 1)
+    return counts.argmax(1)
 
 
 CARRY_BLOCK = 2048  # query points whose distances to the reference are held at once
@@ -480,14 +486,12 @@ def carry_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
     ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64))
     discount = torch.from_numpy(np.minimum(reach, np.median(reach)) / 2)
     ref_sq = (ref * ref).sum(1)
-    votes = np.zeros((query.shape[0], int(labels.max()) + 1), dtype=np.int64)
+    nearest = np.empty((query.shape[0], k), dtype=np.int64)
     for start in range(0, query.shape[0], block):
         q = torch.from_numpy(np.ascontiguousarray(query[start:start + block], dtype=np.float64))
         distance = _sq_distances(q, ref, ref_sq).clamp_min(0).sqrt() - discount
-        nearest = distance.topk(k, dim=1, largest=False).indices.numpy()
-        rows = np.repeat(np.arange(start, start + q.shape[0]), k)
-        np.add.at(votes, (rows, labels[nearest].ravel()), 1)
-    return votes.argmax(1)
+        nearest[start:start + q.shape[0]] = distance.topk(k, dim=1, largest=False).indices.numpy()
+    return _most_common(labels[nearest])
 
 
 def extend_labels(rep: np.ndarray, labelled: np.ndarray, labels: np.ndarray,
