@@ -406,6 +406,36 @@ def test_a_split_must_beat_the_null_by_the_margin():
         clustering.choose_resolution(half1, half2, **kw, min_margin=1.0)
 
 
+def test_halves_that_agree_at_three_quarters_are_enough():
+    """Three clusters that the full embedding separates perfectly, seen by two noisier halves
+    (each holds half the models): the halves agree at 0.76, below the former bar (0.8). The
+    default bar (0.75) accepts the split beyond the null, the former one finds nothing, and a
+    class of the same signal and noise without clusters stays whole at the default."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scdm import clustering
+
+    assert clustering.MIN_REPRODUCIBILITY == 0.75
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(3), 60)
+    full = np.eye(10)[truth] * 5 + rng.normal(size=(180, 10))
+    half1, half2 = (full + 1.5 * rng.normal(size=full.shape) for _ in range(2))
+    kw = {"n_neighbors": 15, "random_state": 0}
+    default = clustering.choose_resolution(half1, half2, **kw)
+    assert default.resolution is not None
+    chosen = default.table.set_index("resolution").loc[default.resolution]
+    assert 0.75 <= chosen["reproducibility"] < 0.8
+    assert chosen["n_clusters_half1"] == 3 and chosen["margin"] >= clustering.MIN_MARGIN
+    found = clustering.leiden_labels(full, n_neighbors=15, resolutions=[default.resolution],
+                                     random_state=0)[0]
+    assert adjusted_rand_score(truth, found) > 0.95
+    former = clustering.choose_resolution(half1, half2, **kw, min_reproducibility=0.8)
+    assert former.resolution is None
+    blob = rng.normal(size=(180, 10)) * np.sqrt(1 + 25 / 3)  # same total variance, no clusters
+    null1, null2 = (blob + 1.5 * rng.normal(size=blob.shape) for _ in range(2))
+    assert clustering.choose_resolution(null1, null2, **kw).resolution is None
+
+
 def test_extend_labels_follows_the_nearest_labelled_points():
     from scdm import clustering
 
