@@ -60,7 +60,7 @@ summary checks the goals of the discovery-power issue against R. ``--method trak
 ``scdm.tl.trak`` (its halves: halves of the checkpoints) instead of the datamodels.
 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
-        [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.8]
+        [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
         [--method datamodels|trak]
 """
 
@@ -528,7 +528,8 @@ def main() -> None:
                         help="the models' input: PCA, raw .X, scaled .X, PCA not standardised")
     parser.add_argument("--real", action="store_true", help="also the real datasets (R-*)")
     parser.add_argument("--cache", help="keep trained datamodels here (default: temporary)")
-    parser.add_argument("--min-reproducibility", type=float, default=0.8)
+    parser.add_argument("--min-reproducibility", type=float,
+                        default=scdm.clustering.MIN_REPRODUCIBILITY)
     parser.add_argument("--method", choices=["datamodels", "trak"], default="datamodels",
                         help="the attribution embedded and split (tl.datamodels or tl.trak)")
     parser.add_argument("--trak-damping", type=float,
