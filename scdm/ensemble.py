@@ -210,7 +210,9 @@ class EnsembleTrainer:
         self.config = config or TrainConfig()
         self.device = resolve_device(device)
         X = torch.as_tensor(X, dtype=torch.float32)
-        y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+        # a copy: labels are small, and pandas' category codes are read-only views, which
+        # torch.as_tensor shares with a warning that writing to them is undefined
+        y = torch.as_tensor(np.array(y, dtype=np.int64))
         if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0]:
             raise ValueError(f"X must be n × d and y length n; got {tuple(X.shape)}, "
                              f"{tuple(y.shape)}.")

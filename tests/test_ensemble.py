@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,21 @@ def test_chunk_size_does_not_change_cpu_results():
         parts = [trainer.train(masks[i : i + chunk], np.arange(i, min(i + chunk, 70))).margins
                  for i in range(0, 70, chunk)]
         np.testing.assert_array_equal(np.concatenate(parts), full)
+
+
+def test_read_only_labels_train_without_a_warning():
+    # pandas' category codes (adata.obs[key].cat.codes.to_numpy()) are read-only views
+    X, y = data(n=60)
+    codes = y.astype(np.int8)
+    codes.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = EnsembleTrainer(X, codes, TrainConfig(epochs=2), device="cpu")
+    masks = MaskSampler(y, 0.5).sample(np.arange(3))
+    np.testing.assert_array_equal(
+        trainer.train(masks, np.arange(3)).margins,
+        EnsembleTrainer(X, y, TrainConfig(epochs=2), device="cpu").train(
+            masks, np.arange(3)).margins)
 
 
 def test_regularisation_shrinks_first_layer():
