@@ -56,12 +56,15 @@ another. A third baseline clusters the classifiers' own gradient × input (model
 every cell) with the contrast baseline's stability check. Each row has a supervised ceiling
 (classifiers trained on the truth, cross-validated, on the models' input) and the oracle
 reference R (the same classifiers given only the generator's program features), and the
-summary checks the goals of the discovery-power issue against R. ``--method trak`` runs
+truth's own separation in the attribution's halves against the Gaussian null's
+(``truth_separation``, ``truth_null``): where the truth does not beat the null the check
+cannot accept it, so a miss there is the attribution's, elsewhere the partition search's.
+The summary checks the goals of the discovery-power issue against R. ``--method trak`` runs
 ``scdm.tl.trak`` (its halves: halves of the checkpoints) instead of the datamodels.
 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
         [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
-        [--method datamodels|trak]
+        [--method datamodels|trak] [--trak-damping D] [--trak-checkpoints N]
 """
 
 from __future__ import annotations
@@ -337,6 +340,57 @@ def oracle_reference(adata: ad.AnnData, members: np.ndarray, truth: np.ndarray,
     return supervised_ceiling(dense(adata.X)[np.ix_(members, programs)], truth, seed)
 
 
+def truth_separation(adata: ad.AnnData, method: str, members: np.ndarray, truth: np.ndarray,
+                     seed: int, n_neighbors: int, n_null: int = 20) -> tuple[float, float]:
+    """Would ``tl.subgroups``' statistic accept the *true* partition? Returns the truth's
+    cross-separation in the attribution's two halves (:func:`scdm.clustering.cross_separation`,
+    weakest pair of subtypes) and the largest separation of ``n_null`` cluster-free Gaussian
+    half pairs with the same signal and noise, clustered over the check's resolution grid (at
+    the resolutions where both null halves find as many clusters as the truth has subtypes;
+    at all of them where none does). The generator's batch (``obs["batch"]``) is first taken
+    out of the halves by centring within it: the nuisance removed perfectly, the best case
+    of the shared check. A truth that does not pass (separation below the null's plus
+    :data:`scdm.clustering.MIN_MARGIN`) is one the check's statistic refuses whatever
+    partition a search proposes: a miss there is the attribution's; a miss where the truth
+    passes is the partition search's (Leiden on the halves).
+    NaN for classes without subtypes."""
+    from scdm.clustering import (
+        DEFAULT_RESOLUTIONS,
+        centre_within,
+        cross_separation,
+        gaussian_null_factors,
+        gaussian_null_halves,
+        leiden_labels,
+        n_substantial,
+    )
+
+    codes = pd.factorize(np.asarray(truth), sort=True)[0]
+    k = int(codes.max()) + 1
+    if k < 2:
+        return float("nan"), float("nan")
+    half1, half2 = (np.asarray(adata.obsm[f"X_{method}_half{h}"], dtype=np.float64)[members]
+                    for h in (1, 2))
+    if "batch" in adata.obs:
+        batch = pd.factorize(adata.obs["batch"].astype(str).to_numpy()[members])[0]
+        half1, half2 = centre_within(half1, batch), centre_within(half2, batch)
+    separation = cross_separation(half1, half2, codes, codes)
+    rng = np.random.default_rng(seed)
+    factors = gaussian_null_factors(half1, half2)
+    at_k, anywhere = [], []
+    kw = {"n_neighbors": n_neighbors, "resolutions": DEFAULT_RESOLUTIONS, "random_state": seed}
+    for _ in range(n_null):
+        null1, null2 = gaussian_null_halves(factors, members.size, rng)
+        for a, b in zip(leiden_labels(null1, **kw), leiden_labels(null2, **kw), strict=True):
+            if a.max() == 0 and b.max() == 0:
+                continue
+            value = cross_separation(null1, null2, a, b)
+            anywhere.append(value)
+            if n_substantial(a, 5) == k and n_substantial(b, 5) == k:
+                at_k.append(value)
+    null = max(at_k) if at_k else (max(anywhere) if anywhere else 0.0)
+    return float(separation), float(null)
+
+
 def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
     """ARI of classifiers *trained on the truth*, the better of two: 5-fold cross-validated
     predictions of shrinkage LDA (the right model for Gaussian groups sharing a covariance)
@@ -360,13 +414,16 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
 
 
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
-            rep: str = "pca", damping: float | None = None) -> ad.AnnData:
+            rep: str = "pca", damping: float | None = None,
+            checkpoints: int | None = None) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
     ``sc.pp.scale``), ``pca-unscaled`` (the PCA without the models' per-feature scaling).
-    ``damping``: tl.trak's, where not its default."""
+    ``damping``, ``checkpoints``: tl.trak's ``damping`` and ``n_models``, where not its
+    default."""
     tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
-           + ("" if damping is None or method != "trak" else f"-damping{damping:g}"))
+           + ("" if damping is None or method != "trak" else f"-damping{damping:g}")
+           + ("" if checkpoints is None or method != "trak" else f"-checkpoints{checkpoints}"))
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
     if path.exists():
         return ad.read_h5ad(path)
@@ -392,6 +449,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
     start = time.perf_counter()
     if method == "trak" and damping is not None:
         kwargs = {**kwargs, "damping": damping}
+    if method == "trak" and checkpoints is not None:
+        kwargs = {**kwargs, "n_models": checkpoints}
     if method == "trak":  # its halves (checkpoints) come with it
         scdm.tl.trak(adata, label, use_rep=use_rep, store=cache / f"trak-{tag}",
                      random_state=seed, **kwargs)
@@ -419,7 +478,8 @@ def attribution_seconds(adata: ad.AnnData) -> float:
 
 def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[dict]:
     method = args.method
-    adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None))
+    adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None),
+                    getattr(args, "trak_checkpoints", None))
     label = adata.uns["benchmark"]["label"]
     n_neighbors = int(adata.uns["benchmark"].get("n_neighbors", 15))
     found, seconds, evidence = {}, {}, {}
@@ -466,6 +526,8 @@ def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[
             row[f"{base}_f1_min"] = scores["f1_min"]
         row["ceiling"] = supervised_ceiling(model_input(adata)[members], truth, seed)
         row["R"] = oracle_reference(adata, members, truth, seed)
+        row["truth_separation"], row["truth_null"] = truth_separation(
+            adata, method, members, truth, seed, n_neighbors)
         row["seconds_attribution"] = attribution_seconds(adata)
         rows.append(row)
     return rows
@@ -510,6 +572,14 @@ def summarise(table: pd.DataFrame) -> None:
             print(f"[{rep}] 0.7 <= R < 0.9 ({len(mid)} classes): count within one in "
                   f"{((mid['found_k'] - mid['true_k']).abs() <= 1).mean():.0%}, ARI >= R - "
                   f"0.15 in {(mid['ari'] >= mid['R'] - 0.15).mean():.0%}")
+        separable = planted["truth_separation"] >= (planted["truth_null"]
+                                                     + scdm.clustering.MIN_MARGIN)
+        right = planted["found_k"] == planted["true_k"]
+        print(f"[{rep}] true partition beyond the null in the halves (batch taken out): "
+              f"{int(separable.sum())} of {len(planted)} classes; right count in "
+              f"{int((right & separable).sum())} of those, {int((right & ~separable).sum())} "
+              f"of the {int((~separable).sum())} others (a miss where the truth is beyond "
+              "the null is the partition search's; elsewhere the attribution's)")
         gap = planted.groupby("scenario", sort=False)[["ari", "contrast_ari"]].mean()
         gap = (gap["ari"] - gap["contrast_ari"]).round(2)
         print(f"[{rep}] mean ARI minus the contrast baseline's, per planted scenario (goal: "
@@ -534,6 +604,8 @@ def main() -> None:
                         help="the attribution embedded and split (tl.datamodels or tl.trak)")
     parser.add_argument("--trak-damping", type=float,
                         help="--method trak: tl.trak's damping (default: its own)")
+    parser.add_argument("--trak-checkpoints", type=int,
+                        help="--method trak: tl.trak's n_models (default: its own)")
     parser.add_argument("--out", help="also write the per-class table as CSV")
     args = parser.parse_args()
     scdm.settings.verbosity = 0
@@ -561,7 +633,9 @@ def main() -> None:
                               f"({row['leiden_ari']:.2f})  contrast {row['contrast_k']} "
                               f"({row['contrast_ari']:.2f})  grad {row['grad_k']} "
                               f"({row['grad_ari']:.2f})  R {row['R']:.2f}  ceiling "
-                              f"{row['ceiling']:.2f}", flush=True)
+                              f"{row['ceiling']:.2f}  truth separation "
+                              f"{row['truth_separation']:.2f} (null {row['truth_null']:.2f})",
+                              flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)
@@ -575,7 +649,8 @@ def main() -> None:
         leiden_ari=("leiden_ari", "mean"), contrast_k=("contrast_k", counts),
         contrast_ari=("contrast_ari", "mean"), contrast_f1=("contrast_f1_min", "mean"),
         grad_k=("grad_k", counts), grad_ari=("grad_ari", "mean"), R=("R", "mean"),
-        ceiling=("ceiling", "mean"), seconds=("seconds_attribution", "mean"),
+        ceiling=("ceiling", "mean"), truth_sep=("truth_separation", "mean"),
+        truth_null=("truth_null", "mean"), seconds=("seconds_attribution", "mean"),
         seeds=("seed", "size"))
     print("\n" + summary.to_string(float_format=lambda v: f"{v:.2f}"))
     summarise(table)
