@@ -350,10 +350,11 @@ def truth_separation(adata: ad.AnnData, method: str, members: np.ndarray, truth:
     at all of them where none does). The generator's batch (``obs["batch"]``) is first taken
     out of the halves by centring within it: the nuisance removed perfectly, the best case
     of the shared check. A truth that does not pass (separation below the null's plus
-    :data:`scdm.clustering.MIN_MARGIN`) is one the check's statistic refuses whatever
-    partition a search proposes: a miss there is the attribution's; a miss where the truth
-    passes is the partition search's (Leiden on the halves).
-    NaN for classes without subtypes."""
+    :data:`scdm.clustering.MIN_MARGIN`) is one the check's statistic refuses: a miss there
+    is the attribution's; a miss where the truth passes is the partition search's (Leiden on
+    the halves). The null's largest over all resolutions with the truth's cluster count is
+    stricter than the check, which compares at one resolution, so a few truths that do not
+    pass are still found. NaN for classes without subtypes."""
     from scdm.clustering import (
         DEFAULT_RESOLUTIONS,
         centre_within,
