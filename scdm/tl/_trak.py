@@ -128,7 +128,11 @@ def trak(
         As in :func:`scdm.tl.train_models`.
     {device}
     n_models
-        Checkpoints (classifiers). Each half gets ``n_models // 2``.
+        Checkpoints (classifiers). Each half gets ``n_models // 2``. More checkpoints make
+        the halves that :func:`scdm.tl.subgroups` checks a split on agree more: on classes
+        of 300 cells, 160 instead of 40 found weakly separated subtypes the default misses
+        (2 of 3 seeds against none) and lost two rare-subtype runs to chance, at 4.5 times
+        the time (``workflows/benchmarks/RESULTS.md``, session 25).
     proj_dim
         Dimension of the projected gradients.
     damping
