@@ -436,6 +436,50 @@ def test_halves_that_agree_at_three_quarters_are_enough():
     assert clustering.choose_resolution(null1, null2, **kw).resolution is None
 
 
+
+def test_clusters_beyond_the_null_that_the_halves_place_apart_are_undecided():
+    """The three-quarters case under a bar of 0.8: the halves find the same three clusters,
+    separated beyond every null pair, but agree at 0.76. That is undecided (marked, with its
+    figures), not accepted and not structureless; measuring it changes no accepted row, a
+    floor at the bar or ``None`` marks nothing, and a class without clusters is never
+    undecided."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(3), 60)
+    full = np.eye(10)[truth] * 5 + rng.normal(size=(180, 10))
+    half1, half2 = (full + 1.5 * rng.normal(size=full.shape) for _ in range(2))
+    kw = {"n_neighbors": 15, "random_state": 0, "min_reproducibility": 0.8}
+    strict = clustering.choose_resolution(half1, half2, **kw)
+    assert strict.resolution is None and not strict.table["accepted"].any()
+    pending = strict.undecided()
+    assert pending is not None and pending["n_clusters"] == 3
+    assert clustering.UNDECIDED_FLOOR <= pending["reproducibility"] < 0.8
+    assert pending["margin"] >= clustering.MIN_MARGIN and pending["p_value"] <= 0.05
+    marked = strict.table[strict.table["undecided"]]
+    assert (marked["n_clusters_half1"] == marked["n_clusters_half2"]).all()
+    assert pending["reproducibility"] == marked["reproducibility"].max()
+    assert strict.summary()["split"] is False
+
+    default = clustering.choose_resolution(half1, half2, **{**kw, "min_reproducibility": 0.75})
+    assert default.resolution is not None and default.undecided() is None
+    unmeasured = clustering.choose_resolution(half1, half2, **{**kw, "min_reproducibility": 0.75},
+                                              min_undecided=None)
+    # the accepted rows and their figures do not depend on measuring the undecided ones
+    pd.testing.assert_series_equal(default.table["accepted"], unmeasured.table["accepted"])
+    both = unmeasured.table["p_value"].notna()
+    pd.testing.assert_frame_equal(default.table[both].drop(columns="undecided"),
+                                  unmeasured.table[both].drop(columns="undecided"))
+    assert unmeasured.resolution == default.resolution
+    for floor in (None, 0.8):
+        assert clustering.choose_resolution(half1, half2, **kw,
+                                            min_undecided=floor).undecided() is None
+    blob = rng.normal(size=(180, 10)) * np.sqrt(1 + 25 / 3)
+    null1, null2 = (blob + 1.5 * rng.normal(size=blob.shape) for _ in range(2))
+    assert clustering.choose_resolution(null1, null2, **kw).undecided() is None
+    with pytest.raises(ValueError, match="min_undecided"):
+        clustering.choose_resolution(half1, half2, **kw, min_undecided=0.0)
+
 def test_extend_labels_follows_the_nearest_labelled_points():
     from scdm import clustering
 
