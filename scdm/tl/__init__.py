@@ -9,7 +9,8 @@ from ._evaluate import lds, model_count_curve
 from ._fit import DegenerateDatamodelsWarning, fit_datamodels
 from ._influence import influence_removal
 from ._label_issues import label_issues
-from ._subgroups import subgroup_markers, subgroups
+from ._second_round import second_round
+from ._subgroups import UndecidedSubgroupsWarning, subgroup_markers, subgroups
 from ._train import train_models
 from ._trak import trak
 from ._tuning import signal_to_noise
@@ -18,6 +19,7 @@ from ._validate import validate_subgroups
 __all__ = [
     "Attribution",
     "DegenerateDatamodelsWarning",
+    "UndecidedSubgroupsWarning",
     "attribution",
     "datamodels",
     "debias",
@@ -27,6 +29,7 @@ __all__ = [
     "label_issues",
     "lds",
     "model_count_curve",
+    "second_round",
     "signal_to_noise",
     "subgroup_composition",
     "subgroup_markers",

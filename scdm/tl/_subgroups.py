@@ -42,6 +42,16 @@ from ._embed import usable_targets
 from ._halves import half_embeddings
 from ._recorded import one_view, recorded_training
 
+# How many times the models tl.second_round trains where tl.subgroups left a class undecided:
+# 160 TRAK checkpoints against 40 decided the suite's undecided planted classes (issue 28,
+# session 26; workflows/benchmarks/RESULTS.md).
+SECOND_ROUND_FACTOR = 4
+
+
+class UndecidedSubgroupsWarning(UserWarning):
+    """Classes kept whole whose halves find clusters beyond the null but agree under the bar
+    (``adata.uns[key_added]["undecided"]``); :func:`scdm.tl.second_round` decides them."""
+
 
 @one_view
 def subgroups(
@@ -111,6 +121,14 @@ def subgroups(
     merged come apart this way: on the scenario suite it found the right number in 6 more of
     96 planted classes and cut 2 true subtypes in two, with every null class unchanged
     (``workflows/benchmarks/RESULTS.md``).
+
+    A class left whole is *undecided* when both halves find the same clusters, separated
+    beyond every null pair by the margin, but agree only at
+    :data:`scdm.clustering.UNDECIDED_FLOOR` (0.5) or more, under ``min_reproducibility``:
+    each half holds too few models to agree on where the clusters part. It is reported (the
+    class's evidence ``"undecided"``, ``adata.uns[key_added]["undecided"]`` and a
+    :class:`UndecidedSubgroupsWarning`), never split; :func:`scdm.tl.second_round` trains
+    more models and decides it.
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -187,7 +205,8 @@ def subgroups(
     class too, ``shared`` with that split's figures, the classes it divides and the
     separation there, and the figures above are those of the check run again without it),
     the whole scan per class (of the check that decided) as a table in
-    ``reproducibility_scan``, with ``markers`` a ``markers``
+    ``reproducibility_scan``, the undecided classes in ``undecided`` (each with its best
+    undecided row as ``undecided`` in its evidence), with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
     The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
@@ -251,7 +270,7 @@ def subgroups(
     others = (_other_classes(adata, key, halves, checked_of)
               if automatic and shared_check and len(all_classes) > 1 else None)
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
-    evidence, scans = {}, {}
+    evidence, scans, undecided = {}, {}, []
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
                     disable=not settings.progress(verbose) or not automatic):
         members, sub, checked = checked_of[cls]
@@ -280,6 +299,9 @@ def subgroups(
                 evidence[cls]["shared"] = shared
             if inner:
                 evidence[cls]["split_within"] = inner
+            if found is None and (pending := choice.undecided()) is not None:
+                evidence[cls]["undecided"] = pending
+                undecided.append(cls)
             scans[cls] = choice.table
             if found is not None:
                 codes = found
@@ -294,13 +316,7 @@ def subgroups(
         # clusters are numbered by size, so the substantial ones keep 0..k-1
         names[members[big]] = [f"{cls}-{c}" for c in codes[big]]
 
-    def order_key(name: str) -> tuple[int, int]:
-        if name == UNASSIGNED:
-            return (len(all_classes), 0)
-        cls, number = name.rsplit("-", 1)
-        return (all_classes.index(cls), int(number))
-
-    order = sorted(set(names), key=order_key)
+    order = subgroup_order(names, all_classes)
     adata.obs[key_added] = pd.Categorical(names, categories=order)
     sizes = adata.obs[key_added].value_counts().reindex(order)
     info = {
@@ -310,20 +326,49 @@ def subgroups(
                    "n_null": n_null, "min_margin": MIN_MARGIN, "min_size": min_size,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
-                   "random_state": seed},
+                   "markers": markers, "n_genes": n_genes, "random_state": seed},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
     }
     if automatic:
         info["reproducibility"] = evidence
         info["reproducibility_scan"] = scans
+        info["undecided"] = undecided
     adata.uns[key_added] = uns_safe(info)
+    finish_subgroups(adata, key_added, markers=markers, n_genes=n_genes, random_state=seed)
+    if undecided:
+        agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.2f}" for c in undecided)
+        warnings.warn(
+            f"classes {undecided} stay one subgroup, undecided: both halves of the models "
+            f"find clusters there, separated beyond the null, but place them differently "
+            f"(agreement {'-'.join(dict.fromkeys([agree[0], agree[-1]]))} < min_reproducibility="
+            f"{min_reproducibility}). More models may decide: scdm.tl.second_round(adata, "
+            f"key={key!r}) trains {SECOND_ROUND_FACTOR}x the models and checks those classes "
+            f"again. Evidence: adata.uns[{key_added!r}]['reproducibility'][class]['undecided'].",
+            UndecidedSubgroupsWarning, stacklevel=3)  # past one_view's wrapper
+    return adata if copy else None
+
+
+def subgroup_order(names: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The subgroup names in order: by class, then by number (size), unassigned last."""
+    def order_key(name: str) -> tuple[int, int]:
+        if name == UNASSIGNED:
+            return (len(classes), 0)
+        cls, number = name.rsplit("-", 1)
+        return (list(classes).index(cls), int(number))
+
+    return sorted(set(names), key=order_key)
+
+
+def finish_subgroups(adata: AnnData, key_added: str, *, markers: bool, n_genes: int,
+                     random_state: int) -> None:
+    """What follows a partition into subgroups: their marker genes and, where the models
+    knew of donors or batches, the confounding check."""
     if markers:
         subgroup_markers(adata, key=key_added, n_genes=n_genes)
     from ._composition import covariates_of, subgroup_composition  # it imports UNASSIGNED
 
     if covariates_of(adata, key_added):  # the donors and batches the models knew of
-        subgroup_composition(adata, key=key_added, random_state=seed)
-    return adata if copy else None
+        subgroup_composition(adata, key=key_added, random_state=random_state)
 
 
 def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
