@@ -100,6 +100,14 @@ def _null_pairs(e: dict) -> str:
 def describe_evidence(e: dict) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report)."""
+    if e.get("second_round"):
+        first = e.get("undecided") or {}
+        return ("undecided by the first models (their halves found "
+                f"{first.get('n_clusters', '?')} clusters beyond the null but agreed only at "
+                f"{first.get('reproducibility', float('nan')):.2f}); decided by a second round "
+                "with more models (tl.second_round): "
+                + describe_evidence({k: v for k, v in e["second_round"].items()
+                                     if k != "undecided"}))
     checked = ""
     if "n_checked" in e and "n_cells" in e and e["n_checked"] < e["n_cells"]:
         checked = (f"; checked on a random {e['n_checked']:,} of its {e['n_cells']:,} cells, "
@@ -136,6 +144,13 @@ def describe_evidence(e: dict) -> str:
         return text + (f". Found after taking out a shared partition: {removed}{joined}"
                        if shared else "")
     # a miss is the check's safe failure, but it must not read as "shown to be homogeneous"
+    pending = e.get("undecided")
+    if pending:
+        checked += (f". Undecided: both halves find {pending['n_clusters']} clusters separated "
+                    f"beyond the null ({pending['separation']:.2f} vs at most "
+                    f"{pending['null_separation_max']:.2f}) but agree only at "
+                    f"{pending['reproducibility']:.2f} (resolution {pending['resolution']:g}); "
+                    "more models may decide (scdm.tl.second_round)")
     if shared:
         again = ("; merged across those boundaries, nothing private is left"
                  if shared.get("merged") else

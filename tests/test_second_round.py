@@ -62,6 +62,8 @@ def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
     assert pending["n_clusters"] == 2 and 0.5 <= pending["reproducibility"] < 0.99
     assert pending["margin"] >= scdm.clustering.MIN_MARGIN
     assert adata.obs.loc[adata.obs["disease"] == "disease", "trak_subgroup"].nunique() == 1
+    assert "Undecided: both halves find 2 clusters" in scdm.get.describe_evidence(
+        dict(info["reproducibility"]["disease"]))
     first_labels = adata.obs["trak_subgroup"].astype(str).to_numpy()
     first_margins = np.array(ModelStore.open(store).margins[:40])
 
@@ -80,6 +82,8 @@ def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
     _decided_like_round_two(adata, "trak", first_labels)
     assert adata.uns["trak_subgroup"]["second_round"]["n_models"] == 80
     assert "markers" in adata.uns["trak_subgroup"]  # made again for the merged subgroups
+    assert scdm.get.describe_evidence(dict(adata.uns["trak_subgroup"]["reproducibility"][
+        "disease"])).startswith("undecided by the first models (their halves found 2 clusters")
 
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = read_h5ad(tmp_path / "a.h5ad")

@@ -50,6 +50,10 @@ def add_parser(sub) -> None:
     run.add_argument("--resolution", type=float, default=None,
                      help="fixed Leiden resolution (default: chosen per class by "
                      "reproducibility across halves of the models; no split without one)")
+    run.add_argument("--second-round", type=int, default=0, metavar="FACTOR",
+                     help="where the check leaves a class undecided (clusters beyond the "
+                     "null that the halves place differently), train FACTOR x the models and "
+                     "decide it (tl.second_round); default 0: only report such classes")
     run.add_argument("--covariates", default=None,
                      help="comma-separated obs columns to check each subgroup's make-up "
                      "against (donor, batch, QC metrics), besides --group-key and "
@@ -107,6 +111,12 @@ def check(args: argparse.Namespace, adata, label_key: str, use_rep: str | None,
                          f"{args.lds_models}.")
     if args.n_neighbors < 2:
         raise ValueError(f"--n-neighbors must be at least 2, got {args.n_neighbors}.")
+    if args.second_round == 1 or args.second_round < 0:
+        raise ValueError(f"--second-round must be 0 (off) or a factor of at least 2, got "
+                         f"{args.second_round}.")
+    if args.second_round and args.resolution is not None:
+        raise ValueError("--second-round decides what the automatic check leaves undecided; "
+                         "a fixed resolution has no check: leave one of them out.")
     # tl.subgroups' rule: a kNN graph in each half of a class (automatic resolution)
     from ..clustering import fewest_points, most_neighbors
 
@@ -182,6 +192,9 @@ def execute(args: argparse.Namespace) -> int:
         with stages("subgroups"):
             scdm.tl.subgroups(adata, key=key, n_neighbors=args.n_neighbors,
                               resolution=args.resolution, random_state=args.random_state)
+            if args.second_round and len(adata.uns[groups].get("undecided", [])):
+                scdm.tl.second_round(adata, key=key, factor=args.second_round,
+                                     device=args.device)
             if checked:
                 scdm.tl.subgroup_composition(adata, checked, key=groups,
                                              random_state=args.random_state)
