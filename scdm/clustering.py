@@ -331,10 +331,12 @@ class ResolutionChoice:
                 "p_value": float(row["p_value"]), **self._optional(row)}
 
     def undecided(self) -> dict | None:
-        """Without a split, the best row the check left undecided (the same clusters in both
+        """The most reproducible row the check left undecided (the same clusters in both
         halves, separated beyond the null by the margin, agreeing under the bar but at least
-        :data:`UNDECIDED_FLOOR`), as a flat dict; ``None`` if there is none (or a split)."""
-        if self.resolution is not None or "undecided" not in self.table:
+        :data:`UNDECIDED_FLOOR`), as a flat dict; ``None`` if there is none. A caller whose
+        class stays whole reports it (an accepted partition can leave one cluster of
+        ``min_size`` cells on the full embedding)."""
+        if "undecided" not in self.table:
             return None
         rows = self.table[self.table["undecided"].astype(bool)]
         if rows.empty:

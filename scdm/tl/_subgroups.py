@@ -299,9 +299,6 @@ def subgroups(
                 evidence[cls]["shared"] = shared
             if inner:
                 evidence[cls]["split_within"] = inner
-            if found is None and (pending := choice.undecided()) is not None:
-                evidence[cls]["undecided"] = pending
-                undecided.append(cls)
             scans[cls] = choice.table
             if found is not None:
                 codes = found
@@ -313,6 +310,12 @@ def subgroups(
         big = np.bincount(codes)[codes] >= min(min_size, members.size)
         if cls in evidence:
             evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
+            # kept whole (no split accepted, or one that left a single cluster): is it
+            # undecided rather than structureless?
+            if (evidence[cls]["n_subgroups"] < 2
+                    and (pending := choice.undecided()) is not None):
+                evidence[cls]["undecided"] = pending
+                undecided.append(cls)
         # clusters are numbered by size, so the substantial ones keep 0..k-1
         names[members[big]] = [f"{cls}-{c}" for c in codes[big]]
 
