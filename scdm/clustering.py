@@ -402,8 +402,8 @@ MIN_REPRODUCIBILITY = 0.75
 # Below the bar but not far: a class whose halves find the same clusters, separated beyond
 # the null by the margin, yet agree only at UNDECIDED_FLOOR <= ARI < min_reproducibility is
 # undecided, not structureless: each half's models are too few to agree on where its
-# clusters part. 0.5 is the floor measured (issue 28, session 26: the flagged classes of the
-# suite agreed at 0.54-0.74); reported, never accepted (tl.second_round decides them).
+# clusters part. 0.5 is the only floor measured (issue 28, session 26: the suite's undecided
+# classes agreed at 0.54-0.74); reported, never accepted (tl.second_round decides them).
 UNDECIDED_FLOOR = 0.5
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size

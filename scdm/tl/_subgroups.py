@@ -43,8 +43,10 @@ from ._halves import half_embeddings
 from ._recorded import one_view, recorded_training
 
 # How many times the models tl.second_round trains where tl.subgroups left a class undecided:
-# 160 TRAK checkpoints against 40 decided the suite's undecided planted classes (issue 28,
-# session 26; workflows/benchmarks/RESULTS.md).
+# 160 TRAK checkpoints against 40 split 10 of the scenario suite's 13 undecided planted classes
+# (6 into the right number) and kept its 17 undecided null classes whole (raw features and
+# X_pca, seeds 0-2; issue 28, session 26, workflows/benchmarks/RESULTS.md). Applied to every
+# class instead, 160 checkpoints lost rare subtypes found at 40 (session 25).
 SECOND_ROUND_FACTOR = 4
 
 

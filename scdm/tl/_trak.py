@@ -132,7 +132,9 @@ def trak(
         the halves that :func:`scdm.tl.subgroups` checks a split on agree more: on classes
         of 300 cells, 160 instead of 40 found weakly separated subtypes the default misses
         (2 of 3 seeds against none) and lost two rare-subtype runs to chance, at 4.5 times
-        the time (``workflows/benchmarks/RESULTS.md``, session 25).
+        the time (``workflows/benchmarks/RESULTS.md``, session 25). So more are trained only
+        where :func:`scdm.tl.subgroups` leaves a class undecided:
+        :func:`scdm.tl.second_round`.
     proj_dim
         Dimension of the projected gradients.
     damping
