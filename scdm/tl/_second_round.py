@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .._anndata import uns_safe
 from .._checks import check_int
+from .._docs import doc_params
 from ..ensemble import TrainConfig
 from ..get import subgroup_key
 from ._datamodels import datamodels
@@ -33,6 +34,7 @@ _FIT_KEYWORDS = ("heldout", "n_lambdas", "eps", "val_fraction", "tol", "path_tol
                  "precompute", "memory_budget")
 
 
+@doc_params
 def second_round(
     adata: AnnData,
     *,
@@ -81,10 +83,7 @@ def second_round(
         The second round trains ``factor`` times the first round's models (at least 2).
     device
         Where the models are trained and the attribution computed.
-    verbose
-        Progress bars (default: ``scdm.settings.verbosity >= 1``).
-    copy
-        Return a copy instead of writing into ``adata``.
+    {verbose_copy}
 
     Returns
     -------
