@@ -104,7 +104,7 @@ def describe_evidence(e: dict) -> str:
         first = e.get("undecided") or {}
         return ("undecided by the first models (their halves found "
                 f"{first.get('n_clusters', '?')} clusters beyond the null but agreed only at "
-                f"{first.get('reproducibility', float('nan')):.2f}); decided by a second round "
+                f"{first.get('reproducibility', float('nan')):.3f}); decided by a second round "
                 "with more models (tl.second_round): "
                 + describe_evidence({k: v for k, v in e["second_round"].items()
                                      if k != "undecided"}))
@@ -149,7 +149,7 @@ def describe_evidence(e: dict) -> str:
         checked += (f". Undecided: both halves find {pending['n_clusters']} clusters separated "
                     f"beyond the null ({pending['separation']:.2f} vs at most "
                     f"{pending['null_separation_max']:.2f}) but agree only at "
-                    f"{pending['reproducibility']:.2f} (resolution {pending['resolution']:g}); "
+                    f"{pending['reproducibility']:.3f} (resolution {pending['resolution']:g}); "
                     "more models may decide (scdm.tl.second_round)")
     if shared:
         again = ("; merged across those boundaries, nothing private is left"

@@ -8,6 +8,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from .._checks import check_fraction
@@ -192,14 +193,21 @@ def execute(args: argparse.Namespace) -> int:
         with stages("subgroups"):
             scdm.tl.subgroups(adata, key=key, n_neighbors=args.n_neighbors,
                               resolution=args.resolution, random_state=args.random_state)
+            second = 0.0
             if args.second_round and len(adata.uns[groups].get("undecided", [])):
+                second = time.perf_counter()
                 scdm.tl.second_round(adata, key=key, factor=args.second_round,
                                      device=args.device)
+                second = time.perf_counter() - second
             if checked:
                 scdm.tl.subgroup_composition(adata, checked, key=groups,
                                              random_state=args.random_state)
             if args.umap:
                 scdm.tl.umap(adata, key=key, random_state=args.random_state)
+        if second:  # its own line in the stages: the extra models' cost
+            stages.split("subgroups", {"subgroups": stages.seconds["subgroups"] - second,
+                                       f"second round ({args.second_round}x the models where "
+                                       "undecided)": second})
         if args.lds_models:
             with stages("evaluation (LDS, model-count curve)"):
                 scdm.tl.lds(adata, key=key, n_models=args.lds_models, store=out / "lds_store",

@@ -341,7 +341,8 @@ def subgroups(
     adata.uns[key_added] = uns_safe(info)
     finish_subgroups(adata, key_added, markers=markers, n_genes=n_genes, random_state=seed)
     if undecided:
-        agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.2f}" for c in undecided)
+        # three decimals: rounded to two, an agreement just under the bar reads as the bar
+        agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.3f}" for c in undecided)
         warnings.warn(
             f"classes {undecided} stay one subgroup, undecided: both halves of the models "
             f"find clusters there, separated beyond the null, but place them differently "
