@@ -107,7 +107,8 @@ def describe_evidence(e: dict) -> str:
                 f"{first.get('reproducibility', float('nan')):.3f}); decided by a second round "
                 "with more models (tl.second_round): "
                 + describe_evidence({k: v for k, v in e["second_round"].items()
-                                     if k != "undecided"}))
+                                     if k != "undecided"})
+                + (". Still undecided after it" if e["second_round"].get("undecided") else ""))
     checked = ""
     if "n_checked" in e and "n_cells" in e and e["n_checked"] < e["n_cells"]:
         checked = (f"; checked on a random {e['n_checked']:,} of its {e['n_cells']:,} cells, "
