@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .._checks import check_fraction
@@ -191,8 +192,11 @@ def execute(args: argparse.Namespace) -> int:
                          {"train models": tool["train"],
                           "fit datamodels": tool["fit"] + tool["embed"]})
         with stages("subgroups"):
-            scdm.tl.subgroups(adata, key=key, n_neighbors=args.n_neighbors,
-                              resolution=args.resolution, random_state=args.random_state)
+            with warnings.catch_warnings():
+                if args.second_round:  # undecided classes are decided next, not left to the user
+                    warnings.simplefilter("ignore", scdm.tl.UndecidedSubgroupsWarning)
+                scdm.tl.subgroups(adata, key=key, n_neighbors=args.n_neighbors,
+                                  resolution=args.resolution, random_state=args.random_state)
             second = 0.0
             if args.second_round and len(adata.uns[groups].get("undecided", [])):
                 second = time.perf_counter()
