@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .._anndata import uns_safe
 from .._checks import check_int
 from .._docs import doc_params
-from ..ensemble import TrainConfig
 from ..get import subgroup_key
 from ._datamodels import datamodels
+from ._recorded import recorded_training
 from ._subgroups import (
     SECOND_ROUND_FACTOR,
     UndecidedSubgroupsWarning,
@@ -122,7 +120,7 @@ def second_round(
     start = time.perf_counter()
     round2 = f"{key}_round2"
     n_models = factor * int(attribution["n_models"])
-    _attribute_again(adata, attribution, round2, n_models, device=device, verbose=verbose)
+    _attribute_again(adata, key, attribution, round2, n_models, device=device, verbose=verbose)
     with warnings.catch_warnings():
         # what is still undecided is said below, once, as the second round's
         warnings.simplefilter("ignore", UndecidedSubgroupsWarning)
@@ -174,15 +172,14 @@ def second_round(
     return adata if copy else None
 
 
-def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models: int, *,
-                     device: str, verbose: bool | None) -> None:
+def _attribute_again(adata: AnnData, key: str, attribution: dict, key_added: str,
+                     n_models: int, *, device: str, verbose: bool | None) -> None:
     """The attribution of ``attribution`` (``adata.uns[key]``) again, with every recorded
     setting but ``n_models``, into its store, under ``key_added``."""
     params = dict(attribution["params"])
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    # the recorded settings as given, so that the store's fingerprint matches and it grows
-    config = {k: (tuple(np.atleast_1d(v).tolist()) if isinstance(v, (np.ndarray, list))
-                  else v) for k, v in params.items() if k in fields}
+    # the recorded model settings (and a check that adata is the data the store holds, before
+    # any training): the store's fingerprint matches, so it grows
+    config = recorded_training(adata, key).config
     train_kwds: dict = {"config": config, "mask_mode": params.get("mask_mode", "balanced"),
                         "scale": bool(params.get("scale", True))}
     common = {"use_rep": params.get("use_rep"), "layer": params.get("layer"),
