@@ -7,7 +7,7 @@ import pytest
 from anndata import read_h5ad
 
 import scdm
-from scdm.store import ModelStore
+from scdm.store import ModelStore, StoreMismatchError
 
 
 def _planted(effect: float, n_controls: int, n_per_subtype: int):
@@ -66,6 +66,13 @@ def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
         dict(info["reproducibility"]["disease"]))
     first_labels = adata.obs["trak_subgroup"].astype(str).to_numpy()
     first_margins = np.array(ModelStore.open(store).margins[:40])
+
+    # other data than the store's is refused before any model is trained
+    changed = adata.copy()
+    changed.obsm["X_pca"] = changed.obsm["X_pca"] * 1.01
+    with pytest.raises(StoreMismatchError, match="data_hash"):
+        scdm.tl.second_round(changed, key="trak", factor=2)
+    assert ModelStore.open(store).n_models == 40
 
     with warnings.catch_warnings():  # still undecided or not: both are checked below
         warnings.simplefilter("ignore", scdm.tl.UndecidedSubgroupsWarning)

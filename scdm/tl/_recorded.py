@@ -279,9 +279,14 @@ def recorded_training(adata: AnnData, key: str = "datamodels") -> RecordedTraini
 def recorded(inputs: ModelInputs, params: Mapping[str, Any], store: ModelStore
              ) -> RecordedTraining:
     """The recorded training of ``params`` (``adata.uns[key]["params"]``) on ``inputs``."""
+    return RecordedTraining(inputs=inputs, config=recorded_config(params), params=dict(params),
+                            store=store)
+
+
+def recorded_config(params: Mapping[str, Any]) -> TrainConfig:
+    """The model settings recorded in ``params`` (``adata.uns[key]["params"]``)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in params.items() if k in fields})
-    return RecordedTraining(inputs=inputs, config=config, params=dict(params), store=store)
+    return TrainConfig(**{k: v for k, v in params.items() if k in fields})
 
 
 def remember_training(adata: AnnData, key: str, inputs: ModelInputs) -> None:

@@ -14,7 +14,7 @@ from .._checks import check_int
 from .._docs import doc_params
 from ..get import subgroup_key
 from ._datamodels import datamodels
-from ._recorded import recorded_training
+from ._recorded import recorded_config
 from ._subgroups import (
     SECOND_ROUND_FACTOR,
     UndecidedSubgroupsWarning,
@@ -120,7 +120,7 @@ def second_round(
     start = time.perf_counter()
     round2 = f"{key}_round2"
     n_models = factor * int(attribution["n_models"])
-    _attribute_again(adata, key, attribution, round2, n_models, device=device, verbose=verbose)
+    _attribute_again(adata, attribution, round2, n_models, device=device, verbose=verbose)
     with warnings.catch_warnings():
         # what is still undecided is said below, once, as the second round's
         warnings.simplefilter("ignore", UndecidedSubgroupsWarning)
@@ -172,15 +172,15 @@ def second_round(
     return adata if copy else None
 
 
-def _attribute_again(adata: AnnData, key: str, attribution: dict, key_added: str,
-                     n_models: int, *, device: str, verbose: bool | None) -> None:
+def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models: int, *,
+                     device: str, verbose: bool | None) -> None:
     """The attribution of ``attribution`` (``adata.uns[key]``) again, with every recorded
     setting but ``n_models``, into its store, under ``key_added``."""
     params = dict(attribution["params"])
-    # the recorded model settings (and a check that adata is the data the store holds, before
-    # any training): the store's fingerprint matches, so it grows
-    config = recorded_training(adata, key).config
-    train_kwds: dict = {"config": config, "mask_mode": params.get("mask_mode", "balanced"),
+    # the recorded model settings: the store's fingerprint matches, so it grows (and refuses,
+    # before training, data other than the store's: the fingerprint holds the data's hash)
+    train_kwds: dict = {"config": recorded_config(params),
+                        "mask_mode": params.get("mask_mode", "balanced"),
                         "scale": bool(params.get("scale", True))}
     common = {"use_rep": params.get("use_rep"), "layer": params.get("layer"),
               "group_key": params.get("group_key"), "stratify_key": params.get("stratify_key"),
