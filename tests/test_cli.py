@@ -5,6 +5,7 @@ import pytest
 from _helpers import make_adata
 
 from scdm.cli import main
+from scdm.cli._summary import summary_lines
 from scdm.datasets import pbmc68k_lineage
 
 pytestmark = pytest.mark.slow  # end to end: CI runs these, the quick default run does not
@@ -93,6 +94,16 @@ def test_run_with_trak_writes_the_same_outputs(tmp_path):
     assert text.startswith("scdm trak on") and "TRAK from 40 checkpoints" in text
     page = (out / "report.html").read_text()
     assert 'id="subgroup-myeloid-0"' in page and "<script" not in page
+    # a class left undecided: the summary tells a CLI user the flag that decides it, and
+    # says nothing of it once a second round has run
+    assert "undecided:" not in text and not len(result.uns["trak_subgroup"]["undecided"])
+    result.uns["trak_subgroup"]["undecided"] = ["other"]
+    lines = summary_lines(result, summary, checked=[])
+    assert "  undecided: other; run again with --second-round 4 to train 4x the models and " \
+           "decide" in lines
+    result.uns["trak_subgroup"]["second_round"] = {"factor": 4}
+    assert not any("--second-round" in line for line in summary_lines(result, summary,
+                                                                       checked=[]))
 
 
 def test_run_refuses_bad_input_before_any_work(tmp_path, capsys):

@@ -365,3 +365,35 @@ def test_trak_embedding_on_ray_equals_local(cluster, tmp_path):
                           copy=True, train_kwds={"backend": RayBackend(task_size=4)})
     for key in ("X_trak", "X_trak_half1", "X_trak_half2"):
         np.testing.assert_array_equal(remote.obsm[key], local.obsm[key])
+
+
+def test_second_round_on_ray_equals_a_local_one(cluster, tmp_path):
+    """tl.second_round(backend=RayBackend) trains and featurizes the new checkpoints as Ray
+    tasks into the grown store: the same store, attribution and subgroups as a local one."""
+    import shutil
+    import warnings
+
+    import scanpy as sc
+
+    adata = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+                                           n_genes=200, batch_genes=100, program_effect=1.2,
+                                           random_state=0)
+    sc.pp.pca(adata, n_comps=20, random_state=0)
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path / "local")
+    with pytest.warns(scdm.tl.UndecidedSubgroupsWarning):  # a bar over the halves' agreement
+        scdm.tl.subgroups(adata, key="trak", min_reproducibility=0.99, markers=False)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    remote = adata.copy()
+    remote.uns["trak"]["store"] = str(tmp_path / "ray")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scdm.tl.UndecidedSubgroupsWarning)
+        scdm.tl.second_round(adata, key="trak", factor=2)
+        scdm.tl.second_round(remote, key="trak", factor=2,
+                             backend=RayBackend(task_size=8))
+    assert_same_store(ModelStore.open(tmp_path / "local"), ModelStore.open(tmp_path / "ray"))
+    for key in ("X_trak_round2", "X_trak_round2_half1", "X_trak_round2_half2"):
+        np.testing.assert_array_equal(remote.obsm[key], adata.obsm[key])
+    np.testing.assert_array_equal(remote.obs["trak_subgroup"], adata.obs["trak_subgroup"])
+    # the second round's features (all 80 checkpoints) were written by the Ray tasks
+    assert sorted(len(list(d.glob("model_*"))) for d in (
+        tmp_path / "ray" / "trak_features").iterdir()) == [40, 80]

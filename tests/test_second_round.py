@@ -44,7 +44,8 @@ def _decided_like_round_two(adata, key: str, first_labels, label_key: str = "dis
 def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
     adata = _planted(1.2, 120, 60)
     store = tmp_path / "s"
-    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=store)
+    # max_obsp under the 300 cells: no n × n matrix, in the second round either
+    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=store, max_obsp=100)
 
     # at the default bar the subtypes are accepted: nothing is undecided, nothing trained
     scdm.tl.subgroups(adata, key="trak", markers=False)
@@ -83,8 +84,9 @@ def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
     second = adata.uns["trak_round2"]
     assert second["trak_params"]["n_checkpoints"] == 80
     assert list(second["halves"]["n_models"]) == [40, 40]
-    for name in ("proj_dim", "damping", "rank"):
+    for name in ("proj_dim", "damping", "rank", "max_obsp"):
         assert second["trak_params"][name] == adata.uns["trak"]["trak_params"][name]
+    assert "trak" not in adata.obsp and "trak_round2" not in adata.obsp
     assert adata.uns["trak"]["trak_params"]["n_checkpoints"] == 40  # the first round stays
     _decided_like_round_two(adata, "trak", first_labels)
     assert adata.uns["trak_subgroup"]["second_round"]["n_models"] == 80
@@ -139,6 +141,8 @@ def test_second_round_bad_input(tmp_path):
     scdm.tl.subgroups(adata, key="trak", markers=False, key_added="mine")
     with pytest.raises(ValueError, match="factor"):
         scdm.tl.second_round(adata, key="trak", key_added="mine", factor=1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        scdm.tl.second_round(adata, key="trak", key_added="mine", backend="cluster")
     adata.uns["other"] = adata.uns["trak"]
     with pytest.raises(ValueError, match="key='trak'"):
         scdm.tl.second_round(adata, key="other", key_added="mine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 TRAK_STAGE = "TRAK (checkpoints, projected gradients, embedding)"
@@ -25,6 +26,7 @@ def summary_lines(adata, summary: dict, *, checked: list[str]) -> list[str]:
     """The summary of a run (``scdm run``'s ``summary.json``) as the lines of summary.txt;
     ``checked``: the columns the subgroups' make-up was checked against."""
     from ..get import describe_evidence, subgroup_key
+    from ..tl import second_round
 
     seconds, key = summary["seconds"], summary["method"]
     lines = [
@@ -64,6 +66,14 @@ def summary_lines(adata, summary: dict, *, checked: list[str]) -> list[str]:
         lines.append("how many subgroups:")
         lines += [f"  {cls}: {describe_evidence(e)}"
                   for cls, e in summary["subgroup_evidence"].items()]
+        groups = adata.uns.get(subgroup_key(key), {})
+        if len(groups.get("undecided", [])) and "second_round" not in groups:
+            # the evidence names the Python call; a CLI user's way is the flag, at the
+            # library's own factor
+            factor = inspect.signature(second_round).parameters["factor"].default
+            lines.append(f"  undecided: {', '.join(map(str, groups['undecided']))}; run "
+                         f"again with --second-round {factor} to train {factor}x the models "
+                         "and decide")
     if checked:
         flags = summary["composition_flags"]
         lines.append(f"confounding check on {', '.join(checked)}: " + (

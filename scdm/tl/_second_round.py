@@ -13,6 +13,8 @@ from .._anndata import uns_safe
 from .._checks import check_int
 from .._docs import doc_params
 from ..get import subgroup_key
+from ..workers import Backend, as_backend
+from ._cost import TRAK_MAX_OBSP
 from ._datamodels import datamodels
 from ._recorded import recorded_config
 from ._subgroups import (
@@ -39,6 +41,7 @@ def second_round(
     key: str = "trak",
     key_added: str | None = None,
     factor: int = SECOND_ROUND_FACTOR,
+    backend: str | Backend = "local",
     device: str = "auto",
     verbose: bool | None = None,
     copy: bool = False,
@@ -79,6 +82,12 @@ def second_round(
         Key of the subgroups to decide (default ``f"{key}_subgroup"``).
     factor
         The second round trains ``factor`` times the first round's models (at least 2).
+    backend
+        Where the new models are trained (and, for TRAK, featurized and embedded):
+        ``"local"``, ``"ray"`` or a :class:`~scdm.workers.RayBackend`, as ``train_kwds``'s
+        ``backend`` of :func:`scdm.tl.trak` / :func:`scdm.tl.datamodels` (a backend is not
+        recorded in ``adata.uns``, so the first round's is not known here). The results are
+        the same on CPU whichever runs them.
     device
         Where the models are trained and the attribution computed.
     {verbose_copy}
@@ -106,6 +115,7 @@ def second_round(
         raise ValueError(f"adata.uns[{key_added!r}] was decided by a second round already; "
                          f"run scdm.tl.subgroups(adata, key={key!r}) to start again.")
     check_int("factor", factor, 2)
+    backend = as_backend(backend)  # a bad one (or Ray missing) fails before anything is done
     attribution = adata.uns.get(key)
     if not isinstance(attribution, dict) or "store" not in attribution:
         raise KeyError(f"adata.uns[{key!r}] holds no attribution with a store; the second "
@@ -120,7 +130,8 @@ def second_round(
     start = time.perf_counter()
     round2 = f"{key}_round2"
     n_models = factor * int(attribution["n_models"])
-    _attribute_again(adata, attribution, round2, n_models, device=device, verbose=verbose)
+    _attribute_again(adata, attribution, round2, n_models, backend=backend, device=device,
+                     verbose=verbose)
     with warnings.catch_warnings():
         # what is still undecided is said below, once, as the second round's
         warnings.simplefilter("ignore", UndecidedSubgroupsWarning)
@@ -173,7 +184,7 @@ def second_round(
 
 
 def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models: int, *,
-                     device: str, verbose: bool | None) -> None:
+                     backend: Backend, device: str, verbose: bool | None) -> None:
     """The attribution of ``attribution`` (``adata.uns[key]``) again, with every recorded
     setting but ``n_models``, into its store, under ``key_added``."""
     params = dict(attribution["params"])
@@ -181,7 +192,7 @@ def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models
     # before training, data other than the store's: the fingerprint holds the data's hash)
     train_kwds: dict = {"config": recorded_config(params),
                         "mask_mode": params.get("mask_mode", "balanced"),
-                        "scale": bool(params.get("scale", True))}
+                        "scale": bool(params.get("scale", True)), "backend": backend}
     common = {"use_rep": params.get("use_rep"), "layer": params.get("layer"),
               "group_key": params.get("group_key"), "stratify_key": params.get("stratify_key"),
               "alpha": float(params["alpha"]), "n_models": n_models,
@@ -193,7 +204,9 @@ def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models
         settings = attribution["trak_params"]
         trak(adata, params["label_key"], proj_dim=int(settings["proj_dim"]),
              damping=float(settings["damping"]), rank=int(settings["rank"]),
-             train_kwds=train_kwds, **common)
+             # attributions of an older scdm did not record max_obsp: tl.trak's default
+             max_obsp=int(settings.get("max_obsp", TRAK_MAX_OBSP)), train_kwds=train_kwds,
+             **common)
     else:
         train_kwds["min_heldout"] = int(params.get("min_heldout", 20))
         recorded = attribution.get("fit_params", {})

@@ -241,6 +241,7 @@ def trak(
         "method": "trak",
         "trak_params": {"n_checkpoints": len(A), "proj_dim": int(proj_dim),
                         "damping": float(damping), "rank": int(rank),
+                        "max_obsp": int(max_obsp),
                         "projection": "kronecker-rademacher", "random_state": seed},
         "self_influence": self_influence.astype(np.float32),
         "intercept": np.zeros(adata.n_obs, dtype=np.float32),
