@@ -312,6 +312,11 @@ class ResolutionChoice:
 
     resolution: float | None
     table: pd.DataFrame
+    # the two halves' partitions at the chosen resolution (None without one): what the check
+    # accepted, against which the full embedding's partition is matched (agreed_partition)
+    partitions: tuple[np.ndarray, np.ndarray] | None = None
+    # where the full embedding was clustered at another resolution (agreed_partition)
+    full_resolution: float | None = None
 
     def summary(self) -> dict:
         """The chosen row as a flat dict, or without a split the most reproducible row."""
@@ -324,11 +329,13 @@ class ResolutionChoice:
                     "null_separation_max": float(row["null_separation_max"]),
                     "p_value": float(row["p_value"]), **self._optional(row)}
         row = self.table.set_index("resolution").loc[self.resolution]
+        moved = ({"full_resolution": float(self.full_resolution)}
+                 if self.full_resolution not in (None, self.resolution) else {})
         return {"split": True, "resolution": float(self.resolution),
                 "reproducibility": float(row["reproducibility"]),
                 "separation": float(row["separation"]),
                 "null_separation_max": float(row["null_separation_max"]),
-                "p_value": float(row["p_value"]), **self._optional(row)}
+                "p_value": float(row["p_value"]), **self._optional(row), **moved}
 
     def undecided(self) -> dict | None:
         """The most reproducible row the check left undecided (the same clusters in both
@@ -439,21 +446,17 @@ CARRY_COMPONENTS = 50  # most components of the models' input a partition is car
 NOISE_DOMINATED = 0.15
 
 
-def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
-                   random_state: int = 0) -> np.ndarray:
-    """Where distances in ``inputs`` are mostly noise, the points' coordinates on the principal
-    components that stand above it; otherwise ``inputs`` as they are.
+def above_noise(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
+                random_state: int = 0) -> tuple[np.ndarray | None, float]:
+    """The points' coordinates on the principal components of ``inputs`` that stand above
+    noise (``None`` where none does) and the share of the input's variance those hold.
 
     A component stands above noise where its variance exceeds the largest that ``n × p``
     independent features of the same total variance reach by chance, the Marchenko-Pastur
     edge ``σ² (1 + √(p / n))²`` (``σ²``: the mean variance per feature, an overestimate of
-    the noise where there is signal, so fewer components pass). Where those components hold
-    less than :data:`NOISE_DOMINATED` of the variance, as in thousands of sparse,
-    standardised genes, a nuisance spread thinly over all of them (a batch shifting every
-    gene a little) leaves almost no trace in a point's nearest neighbours, and a few outlying
-    cells become everyone's nearest neighbour; on the components it is plain. Inputs whose
-    components are all alike (standardised PCs: every variance 1) have none above the edge
-    and are used as they are. Deterministic for a ``random_state``.
+    the noise where there is signal, so fewer components pass). Inputs whose components are
+    all alike (standardised PCs: every variance 1) have none. Deterministic for a
+    ``random_state``.
     """
     from sklearn.utils.extmath import randomized_svd
 
@@ -461,15 +464,40 @@ def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
     n, p = points.shape
     k = min(int(max_components), n - 1, p - 1)
     if k < 1:
-        return points
+        return None, 0.0
     X = points - points.mean(0)
     total = float((X * X).sum()) / (n - 1)
     U, s, _ = randomized_svd(X, k, n_iter=7, random_state=random_state)
     variance = s * s / (n - 1)
     above = variance > total / p * (1 + np.sqrt(p / n)) ** 2
-    if not above.any() or variance[above].sum() >= NOISE_DOMINATED * total:
-        return points
-    return U[:, above] * s[above]
+    if not above.any():
+        return None, 0.0
+    return U[:, above] * s[above], float(variance[above].sum() / total)
+
+
+def noise_dominated(share: float, coordinates: np.ndarray | None) -> bool:
+    """Whether an input with these components above noise (:func:`above_noise`) is mostly
+    noise: some stand above it, holding less than :data:`NOISE_DOMINATED` of the variance."""
+    return coordinates is not None and share < NOISE_DOMINATED
+
+
+def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
+                   random_state: int = 0) -> np.ndarray:
+    """Where distances in ``inputs`` are mostly noise, the points' coordinates on the principal
+    components that stand above it (:func:`above_noise`); otherwise ``inputs`` as they are.
+
+    Where those components hold less than :data:`NOISE_DOMINATED` of the variance, as in
+    thousands of sparse, standardised genes, a nuisance spread thinly over all of them (a
+    batch shifting every gene a little) leaves almost no trace in a point's nearest
+    neighbours, and a few outlying cells become everyone's nearest neighbour; on the
+    components it is plain. Inputs with no component above the edge (standardised PCs) are
+    used as they are.
+    """
+    coordinates, share = above_noise(inputs, max_components, random_state)
+    if not noise_dominated(share, coordinates):
+        return np.asarray(inputs, dtype=np.float64)
+    assert coordinates is not None
+    return coordinates
 
 
 def nearest_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
@@ -898,8 +926,47 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                           "accepted": accepted, "undecided": near & beyond})
     if not accepted.any():
         return ResolutionChoice(None, table)
-    return ResolutionChoice(resolutions[_most_refined(accepted, observed, np.maximum(k1, k2))],
-                            table)
+    chosen = _most_refined(accepted, observed, np.maximum(k1, k2))
+    return ResolutionChoice(resolutions[chosen], table, (parts1[chosen], parts2[chosen]))
+
+
+# Resolutions around the chosen one (as factors) at which the full embedding is clustered when
+# the chosen one gives it another number of clusters than the halves agreed on; nearest first.
+AGREED_FACTORS = (0.84, 1.19, 0.71, 1.41, 0.59, 1.68, 0.5, 2.0)
+
+
+def agreed_partition(points: np.ndarray, choice: ResolutionChoice, *, n_neighbors: int,
+                     min_size: int = 5, random_state: int = 0) -> tuple[np.ndarray, float]:
+    """The partition of ``points`` (the full embedding of the checked points) that reports
+    what the check accepted, and the resolution it was found at.
+
+    The check accepts a number of clusters from the two halves' partitions at its chosen
+    resolution; the full embedding, less noisy, is clustered at that resolution too. Where it
+    gives another number of clusters of ``min_size`` (a split the halves did not check, or
+    none of the one they did), the full embedding's partitions at the resolutions around it
+    (:data:`AGREED_FACTORS`) with the agreed number are compared with the halves' and the one
+    that agrees best with both (mean ARI) is taken; if none has that number, the partition at
+    the chosen resolution stays.
+    """
+    if choice.resolution is None or choice.partitions is None:
+        raise ValueError("no resolution was accepted: there is no partition to report.")
+    kw = {"n_neighbors": n_neighbors, "random_state": random_state}
+    resolution = float(choice.resolution)
+    labels = leiden_labels(points, resolutions=[resolution], **kw)[0]
+    half1, half2 = choice.partitions
+    agreed = n_substantial(half1, min_size)
+    if n_substantial(labels, min_size) == agreed:
+        return labels, resolution
+    near = [resolution * f for f in AGREED_FACTORS]
+    best = -np.inf
+    for r, candidate in zip(near, leiden_labels(points, resolutions=near, **kw), strict=True):
+        if n_substantial(candidate, min_size) != agreed:
+            continue
+        score = (split_reproducibility(candidate, half1)
+                 + split_reproducibility(candidate, half2)) / 2
+        if score > best + 1e-12:  # ties: the nearer resolution, listed first
+            labels, resolution, best = candidate, r, score
+    return labels, resolution
 
 
 def _most_refined(accepted: np.ndarray, observed: np.ndarray, n_clusters: np.ndarray,

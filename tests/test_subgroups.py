@@ -483,6 +483,80 @@ def test_clusters_beyond_the_null_that_the_halves_place_apart_are_undecided():
     with pytest.raises(ValueError, match="min_undecided"):
         clustering.choose_resolution(half1, half2, **kw, min_undecided=0.0)
 
+def test_the_reported_partition_has_the_number_the_halves_agreed_on():
+    """Three overlapping groups; the halves' partitions (the truth with a few cells moved)
+    agree on three. Where the full embedding gives another number at the chosen resolution,
+    the nearby resolution whose partition has three and agrees best with the halves is
+    taken; where it gives three, nothing changes; where no nearby resolution gives the
+    agreed number, the chosen one's partition stays."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 60)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [1.5, 2.6]])
+    full = np.hstack([centres[truth] + 0.9 * rng.standard_normal((180, 2)),
+                      0.3 * rng.standard_normal((180, 3))])
+    moved = [np.where(rng.random(180) < 0.05, rng.integers(0, 3, 180), truth)
+             for _ in range(2)]
+    kw = {"n_neighbors": 15, "min_size": 5, "random_state": 0}
+
+    def at(resolution: float) -> np.ndarray:
+        return clustering.leiden_labels(full, n_neighbors=15, resolutions=[resolution],
+                                        random_state=0)[0]
+
+    def choice(resolution: float, partitions) -> clustering.ResolutionChoice:
+        return clustering.ResolutionChoice(resolution, pd.DataFrame(), tuple(partitions))
+
+    assert clustering.n_substantial(at(0.15), 5) == 2  # one group short of the halves'
+    labels, resolution = clustering.agreed_partition(full, choice(0.15, moved), **kw)
+    assert clustering.n_substantial(labels, 5) == 3 and resolution != 0.15
+    assert resolution in {0.15 * f for f in clustering.AGREED_FACTORS}
+    assert adjusted_rand_score(truth, labels) > adjusted_rand_score(truth, at(0.15)) + 0.1
+
+    assert clustering.n_substantial(at(0.3), 5) == 3
+    labels, resolution = clustering.agreed_partition(full, choice(0.3, moved), **kw)
+    assert resolution == 0.3
+    np.testing.assert_array_equal(labels, at(0.3))
+
+    # halves that agreed on 12 groups: nothing near 0.2 gives as many
+    many = [np.arange(180) % 12] * 2
+    labels, resolution = clustering.agreed_partition(full, choice(0.2, many), **kw)
+    assert resolution == 0.2
+    np.testing.assert_array_equal(labels, at(0.2))
+    with pytest.raises(ValueError, match="no resolution"):
+        clustering.agreed_partition(full, clustering.ResolutionChoice(None, pd.DataFrame()),
+                                    **kw)
+
+
+def test_an_input_that_is_mostly_noise_is_named(tmp_path):
+    """1,000 sparse log-normalised genes (the module generator): under 15 % of their variance
+    stands above the noise edge, and tl.subgroups says so (recorded, with a warning that
+    names the input and the fix). Their PCs, and the planted generator's 200 genes (a third
+    of the variance above noise), are not flagged."""
+    import scanpy as sc
+
+    modules = scdm.datasets.module_subtypes(classes={"control": [120], "disease": [60, 60]},
+                                            random_state=0)
+    scdm.tl.trak(modules, "disease", n_models=8, store=tmp_path / "genes")
+    with pytest.warns(scdm.tl.NoisyInputWarning, match=r"input \(\.X\) is mostly noise.*"
+                      r"use_rep='X_pca'"):
+        scdm.tl.subgroups(modules, key="trak", markers=False)
+    noise = modules.uns["trak_subgroup"]["input_noise"]
+    assert noise["noise_dominated"] and 0 < noise["share_above_noise"] < 0.15
+
+    sc.pp.pca(modules, n_comps=20, random_state=0)
+    planted = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+                                             n_genes=200, batch_genes=100, random_state=0)
+    for adata, use_rep in ((modules, "X_pca"), (planted, None)):
+        scdm.tl.trak(adata, "disease", use_rep=use_rep, n_models=8,
+                     store=tmp_path / str(use_rep))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scdm.tl.NoisyInputWarning)
+            scdm.tl.subgroups(adata, key="trak", markers=False)
+        assert not adata.uns["trak_subgroup"]["input_noise"]["noise_dominated"]
+    assert planted.uns["trak_subgroup"]["input_noise"]["share_above_noise"] > 0.3
+
+
 def test_extend_labels_follows_the_nearest_labelled_points():
     from scdm import clustering
 

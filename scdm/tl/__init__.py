@@ -10,7 +10,12 @@ from ._fit import DegenerateDatamodelsWarning, fit_datamodels
 from ._influence import influence_removal
 from ._label_issues import label_issues
 from ._second_round import second_round
-from ._subgroups import UndecidedSubgroupsWarning, subgroup_markers, subgroups
+from ._subgroups import (
+    NoisyInputWarning,
+    UndecidedSubgroupsWarning,
+    subgroup_markers,
+    subgroups,
+)
 from ._train import train_models
 from ._trak import trak
 from ._tuning import signal_to_noise
@@ -19,6 +24,7 @@ from ._validate import validate_subgroups
 __all__ = [
     "Attribution",
     "DegenerateDatamodelsWarning",
+    "NoisyInputWarning",
     "UndecidedSubgroupsWarning",
     "attribution",
     "datamodels",

@@ -19,6 +19,7 @@ from ._datamodels import datamodels
 from ._recorded import recorded_config
 from ._subgroups import (
     SECOND_ROUND_FACTOR,
+    NoisyInputWarning,
     UndecidedSubgroupsWarning,
     finish_subgroups,
     subgroup_order,
@@ -133,8 +134,10 @@ def second_round(
     _attribute_again(adata, attribution, round2, n_models, backend=backend, device=device,
                      verbose=verbose)
     with warnings.catch_warnings():
-        # what is still undecided is said below, once, as the second round's
+        # what is still undecided is said below, once, as the second round's; the input is
+        # the first round's, whose subgroups said so if it is mostly noise
         warnings.simplefilter("ignore", UndecidedSubgroupsWarning)
+        warnings.simplefilter("ignore", NoisyInputWarning)
         subgroups(adata, key=round2, label_key=params["label_key"],
                   n_neighbors=int(params["n_neighbors"]),
                   resolutions=list(params["resolutions"]),

@@ -20,11 +20,13 @@ from ..clustering import (
     MAX_CHECK_POINTS,
     MIN_MARGIN,
     MIN_REPRODUCIBILITY,
+    NOISE_DOMINATED,
     ResolutionChoice,
     SharedBoundaries,
+    above_noise,
+    agreed_partition,
     by_size,
     carry_levels,
-    carrying_space,
     centre_within,
     check_resolutions,
     check_subsample,
@@ -35,6 +37,7 @@ from ..clustering import (
     match_across_levels,
     merge_shared,
     n_substantial,
+    noise_dominated,
     shared_boundaries,
 )
 from ..get import UNASSIGNED, label_key_of, subgroup_key
@@ -48,6 +51,19 @@ from ._recorded import one_view, recorded_training
 # X_pca, seeds 0-2; issue 28, session 26, workflows/benchmarks/RESULTS.md). Applied to every
 # class instead, 160 checkpoints lost rare subtypes found at 40 (session 25).
 SECOND_ROUND_FACTOR = 4
+
+
+class NoisyInputWarning(UserWarning):
+    """The models' input is mostly noise (see :func:`scdm.clustering.above_noise`): subtypes
+    may be out of the attribution's reach there; PCs of it may not be."""
+
+
+def _input_name(adata: AnnData, key: str) -> str:
+    """How the attribution's models' input was named (``use_rep``, a layer or ``.X``)."""
+    params = adata.uns[key].get("params", {})
+    if params.get("use_rep"):
+        return f"obsm[{params['use_rep']!r}]"
+    return f"layers[{params['layer']!r}]" if params.get("layer") else ".X"
 
 
 class UndecidedSubgroupsWarning(UserWarning):
@@ -96,7 +112,11 @@ def subgroups(
     is scanned; on the scenario suite's 273 null and 171 planted class runs the margin kept a
     graded continuum whole, 0.028 above its null, and left the right counts as they were).
     The most reproducible accepted partition (ties to the one with more clusters) gives the
-    resolution used on the full embedding; a class with no accepted resolution stays one
+    number of subgroups and the resolution used on the full embedding; where the full
+    embedding gives another number there, the nearby resolution whose partition has the
+    agreed number and matches the halves' best is used instead (evidence
+    ``"full_resolution"``; :func:`scdm.clustering.agreed_partition`), so a subgroup is never
+    reported that the check did not accept. A class with no accepted resolution stays one
     subgroup. A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
     one of pure noise: use it to explore, not to report).
 
@@ -131,6 +151,13 @@ def subgroups(
     class's evidence ``"undecided"``, ``adata.uns[key_added]["undecided"]`` and a
     :class:`UndecidedSubgroupsWarning`), never split; :func:`scdm.tl.second_round` trains
     more models and decides it.
+
+    Where the models' input is mostly noise (its components above the noise edge hold under
+    :data:`scdm.clustering.NOISE_DOMINATED` of its variance, as in thousands of sparse genes;
+    :func:`scdm.clustering.above_noise`), a :class:`NoisyInputWarning` says so: on the
+    benchmark's module generator attribution on such genes found no planted subtypes, on
+    their PCs it found some (``workflows/benchmarks/RESULTS.md``). Measured with the shared
+    check, on the classes' checked cells.
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -208,7 +235,8 @@ def subgroups(
     separation there, and the figures above are those of the check run again without it),
     the whole scan per class (of the check that decided) as a table in
     ``reproducibility_scan``, the undecided classes in ``undecided`` (each with its best
-    undecided row as ``undecided`` in its evidence), with ``markers`` a ``markers``
+    undecided row as ``undecided`` in its evidence), ``input_noise`` (``share_above_noise``,
+    ``noise_dominated``; with the shared check), with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
     The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
@@ -269,8 +297,9 @@ def subgroups(
         members = np.flatnonzero((label_values == cls) & ok)
         sub = check_subsample(members.size, max_points, seed, index) if automatic else None
         checked_of[cls] = (members, sub, members if sub is None else members[sub])
-    others = (_other_classes(adata, key, halves, checked_of)
-              if automatic and shared_check and len(all_classes) > 1 else None)
+    others, input_noise = (_other_classes(adata, key, halves, checked_of)
+                           if automatic and shared_check and len(all_classes) > 1
+                           else (None, None))
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans, undecided = {}, {}, []
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
@@ -338,8 +367,20 @@ def subgroups(
         info["reproducibility"] = evidence
         info["reproducibility_scan"] = scans
         info["undecided"] = undecided
+    if input_noise is not None:
+        info["input_noise"] = input_noise
     adata.uns[key_added] = uns_safe(info)
     finish_subgroups(adata, key_added, markers=markers, n_genes=n_genes, random_state=seed)
+    if input_noise is not None and input_noise["noise_dominated"]:
+        warnings.warn(
+            f"the models' input ({_input_name(adata, key)}) is mostly noise: its components "
+            f"above the noise edge hold {input_noise['share_above_noise']:.0%} of its variance "
+            f"(under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's module "
+            f"generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK and datamodels on the "
+            f"genes found the planted subtypes in none of 15 classes, TRAK on their PCs in 6; "
+            f"a class kept whole here may not be structureless. Consider training the "
+            f"attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
+            f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
         agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.3f}" for c in undecided)
@@ -396,8 +437,12 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     def cluster(points: np.ndarray, choice: ResolutionChoice) -> np.ndarray | None:
         if choice.resolution is None:
             return None
-        return leiden_labels(points if sub is None else points[sub], n_neighbors=n_neighbors,
-                             resolutions=[choice.resolution], random_state=seed)[0]
+        # the number of clusters the halves agreed on, not another one the full embedding
+        # happens to give at their resolution (the evidence says where it was found)
+        labels, choice.full_resolution = agreed_partition(
+            points if sub is None else points[sub], choice, n_neighbors=n_neighbors,
+            min_size=min_size, random_state=seed)
+        return labels
 
     choice = choose_resolution(h1, h2, **check)
     found = cluster(rep, choice)
@@ -477,17 +522,22 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
 
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], dict]:
     """Per class, its checked cells' models' input (as the models see it, or on its
     components above noise where distances in it are mostly noise:
     :func:`scdm.clustering.carrying_space` of every class's checked cells together) and half
-    embeddings: what a partition of another class is carried to."""
+    embeddings: what a partition of another class is carried to; and how much of that
+    input's variance stands above noise (``share_above_noise``, ``noise_dominated``)."""
     inputs = recorded_training(adata, key).inputs.X
     cells = [checked for _, _, checked in checked_of.values()]
-    space = carrying_space(np.asarray(inputs[np.concatenate(cells)], dtype=np.float64))
+    points = np.asarray(inputs[np.concatenate(cells)], dtype=np.float64)
+    coordinates, share = above_noise(points)
+    dominated = noise_dominated(share, coordinates)
+    space = coordinates if dominated and coordinates is not None else points
     bounds = np.cumsum([0, *(c.size for c in cells)])
-    return {cls: (space[bounds[i]:bounds[i + 1]], halves[0][checked], halves[1][checked])
-            for i, (cls, (_, _, checked)) in enumerate(checked_of.items())}
+    return ({cls: (space[bounds[i]:bounds[i + 1]], halves[0][checked], halves[1][checked])
+             for i, (cls, (_, _, checked)) in enumerate(checked_of.items())},
+            {"share_above_noise": share, "noise_dominated": dominated})
 
 
 def _shared_evidence(choice: ResolutionChoice, bounds: SharedBoundaries, found: np.ndarray,
