@@ -376,10 +376,10 @@ def subgroups(
             f"the models' input ({_input_name(adata, key)}) is mostly noise: its components "
             f"above the noise edge hold {input_noise['share_above_noise']:.0%} of its variance "
             f"(under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's module "
-            f"generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK and datamodels on the "
-            f"genes found the planted subtypes in none of 15 classes, TRAK on their PCs in 6; "
-            f"a class kept whole here may not be structureless. Consider training the "
-            f"attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
+            f"generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
+            f"the planted subtypes in none of 15 classes (datamodels in none measured), on "
+            f"their PCs in 6; a class kept whole here may not be structureless. Consider "
+            f"training the attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
