@@ -377,9 +377,9 @@ def subgroups(
             f"above the noise edge hold {input_noise['share_above_noise']:.0%} of its variance "
             f"(under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's module "
             f"generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
-            f"the planted subtypes in none of 15 classes (datamodels in none measured), on "
-            f"their PCs in 6; a class kept whole here may not be structureless. Consider "
-            f"training the attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
+            f"the planted subtypes in none of 15 classes (datamodels in none of 2), on their "
+            f"PCs in 6; a class kept whole here may not be structureless. Consider training "
+            f"the attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
