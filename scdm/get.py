@@ -7,6 +7,7 @@ Default keys derive from the attribution key: the subgroups of ``key`` are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,19 @@ def _null_pairs(e: dict) -> str:
     if beaten == n:
         return f"beat all {n} null pairs: p ≤ 1/{n + 1}, the smallest {n} pairs allow"
     return f"beat {beaten} of {n} null pairs: p = {p:.2f}"
+
+
+def models_input(adata: AnnData, info: Mapping) -> str:
+    """What the models trained on, in words: "50 PCs of 765 features", not the 765 alone."""
+    params = info.get("params", {}) if isinstance(info, Mapping) else {}
+    use_rep, layer = params.get("use_rep"), params.get("layer")
+    features = f"{adata.n_vars:,} features"
+    if use_rep and use_rep in adata.obsm:
+        dims = np.shape(adata.obsm[use_rep])[1]
+        if use_rep == "X_pca":
+            return f"{dims} PCs of {features}"
+        return f"{dims} dims of {use_rep}"
+    return f"{features} (layer {layer})" if layer else features
 
 
 def describe_evidence(e: dict) -> str:

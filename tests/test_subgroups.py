@@ -538,8 +538,8 @@ def test_an_input_that_is_mostly_noise_is_named(tmp_path):
     modules = scdm.datasets.module_subtypes(classes={"control": [120], "disease": [60, 60]},
                                             random_state=0)
     scdm.tl.trak(modules, "disease", n_models=8, store=tmp_path / "genes")
-    with pytest.warns(scdm.tl.NoisyInputWarning, match=r"input \(\.X\) is mostly noise.*"
-                      r"use_rep='X_pca'"):
+    with pytest.warns(scdm.tl.NoisyInputWarning,
+                      match=r"input \(1,000 features\) is mostly noise.*use_rep='X_pca'"):
         scdm.tl.subgroups(modules, key="trak", markers=False)
     noise = modules.uns["trak_subgroup"]["input_noise"]
     assert noise["noise_dominated"] and 0 < noise["share_above_noise"] < 0.15

@@ -24,6 +24,7 @@ from ..get import (
     describe_flag,
     format_number,
     known_table,
+    models_input,
     summary,
 )
 from ..get import subgroup_key as get_subgroup_key
@@ -221,19 +222,6 @@ def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> 
             rows, ("models", "held-out corr.", "mean LDS")) + f'<p class="note">'
             f'{escape(str(curve["recommendation"]))}</p>')
     return "".join(parts)
-
-
-def models_input(adata: AnnData, info: Mapping) -> str:
-    """What the models trained on, in words: "50 PCs of 765 features", not the 765 alone."""
-    params = info.get("params", {}) if isinstance(info, Mapping) else {}
-    use_rep, layer = params.get("use_rep"), params.get("layer")
-    features = f"{adata.n_vars:,} features"
-    if use_rep and use_rep in adata.obsm:
-        dims = np.shape(adata.obsm[use_rep])[1]
-        if use_rep == "X_pca":
-            return f"{dims} PCs of {features}"
-        return f"{dims} dims of {use_rep}"
-    return f"{features} (layer {layer})" if layer else features
 
 
 def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:

@@ -40,7 +40,7 @@ from ..clustering import (
     noise_dominated,
     shared_boundaries,
 )
-from ..get import UNASSIGNED, label_key_of, subgroup_key
+from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key
 from ._embed import usable_targets
 from ._halves import half_embeddings
 from ._recorded import one_view, recorded_training
@@ -56,14 +56,6 @@ SECOND_ROUND_FACTOR = 4
 class NoisyInputWarning(UserWarning):
     """The models' input is mostly noise (see :func:`scdm.clustering.above_noise`): subtypes
     may be out of the attribution's reach there; PCs of it may not be."""
-
-
-def _input_name(adata: AnnData, key: str) -> str:
-    """How the attribution's models' input was named (``use_rep``, a layer or ``.X``)."""
-    params = adata.uns[key].get("params", {})
-    if params.get("use_rep"):
-        return f"obsm[{params['use_rep']!r}]"
-    return f"layers[{params['layer']!r}]" if params.get("layer") else ".X"
 
 
 class UndecidedSubgroupsWarning(UserWarning):
@@ -373,10 +365,10 @@ def subgroups(
     finish_subgroups(adata, key_added, markers=markers, n_genes=n_genes, random_state=seed)
     if input_noise is not None and input_noise["noise_dominated"]:
         warnings.warn(
-            f"the models' input ({_input_name(adata, key)}) is mostly noise: its components "
-            f"above the noise edge hold {input_noise['share_above_noise']:.0%} of its variance "
-            f"(under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's module "
-            f"generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
+            f"the models' input ({models_input(adata, adata.uns[key])}) is mostly noise: its "
+            f"components above the noise edge hold {input_noise['share_above_noise']:.0%} of "
+            f"its variance (under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's "
+            f"module generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
             f"the planted subtypes in none of 15 classes (datamodels in none of 2), on their "
             f"PCs in 6; a class kept whole here may not be structureless. Consider training "
             f"the attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
