@@ -482,7 +482,8 @@ def noise_dominated(share: float, coordinates: np.ndarray | None) -> bool:
 
 
 def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
-                   random_state: int = 0) -> np.ndarray:
+                   random_state: int = 0, *, return_share: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, float, bool]:
     """Where distances in ``inputs`` are mostly noise, the points' coordinates on the principal
     components that stand above it (:func:`above_noise`); otherwise ``inputs`` as they are.
 
@@ -491,13 +492,14 @@ def carrying_space(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
     batch shifting every gene a little) leaves almost no trace in a point's nearest
     neighbours, and a few outlying cells become everyone's nearest neighbour; on the
     components it is plain. Inputs with no component above the edge (standardised PCs) are
-    used as they are.
+    used as they are. ``return_share``: also the share of the variance above noise and
+    whether the input is mostly noise (:func:`noise_dominated`).
     """
     coordinates, share = above_noise(inputs, max_components, random_state)
-    if not noise_dominated(share, coordinates):
-        return np.asarray(inputs, dtype=np.float64)
-    assert coordinates is not None
-    return coordinates
+    dominated = noise_dominated(share, coordinates)
+    space = (coordinates if dominated and coordinates is not None
+             else np.asarray(inputs, dtype=np.float64))
+    return (space, share, dominated) if return_share else space
 
 
 def nearest_vote(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,

@@ -23,10 +23,10 @@ from ..clustering import (
     NOISE_DOMINATED,
     ResolutionChoice,
     SharedBoundaries,
-    above_noise,
     agreed_partition,
     by_size,
     carry_levels,
+    carrying_space,
     centre_within,
     check_resolutions,
     check_subsample,
@@ -37,7 +37,6 @@ from ..clustering import (
     match_across_levels,
     merge_shared,
     n_substantial,
-    noise_dominated,
     shared_boundaries,
 )
 from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key
@@ -522,10 +521,8 @@ def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
     input's variance stands above noise (``share_above_noise``, ``noise_dominated``)."""
     inputs = recorded_training(adata, key).inputs.X
     cells = [checked for _, _, checked in checked_of.values()]
-    points = np.asarray(inputs[np.concatenate(cells)], dtype=np.float64)
-    coordinates, share = above_noise(points)
-    dominated = noise_dominated(share, coordinates)
-    space = coordinates if dominated and coordinates is not None else points
+    space, share, dominated = carrying_space(
+        np.asarray(inputs[np.concatenate(cells)], dtype=np.float64), return_share=True)
     bounds = np.cumsum([0, *(c.size for c in cells)])
     return ({cls: (space[bounds[i]:bounds[i + 1]], halves[0][checked], halves[1][checked])
              for i, (cls, (_, _, checked)) in enumerate(checked_of.items())},
