@@ -115,6 +115,99 @@ def dense_features(X, *, scale: bool = True) -> np.ndarray:
     return dense
 
 
+AUTO = "auto"  # use_rep's default: .X, or its PCs where .X is mostly noise (choose_input)
+AUTO_PCS = 50  # PCs computed where none are given (sc.pp.pca's default)
+MEASURED_CELLS = 2000  # cells the noise measure of .X reads (a random draw, sorted)
+
+
+@dataclass
+class InputChoice:
+    """What the models train on, and why: :func:`choose_input`'s answer."""
+
+    use_rep: str | None  # None: .X (or the layer)
+    evidence: dict | None = None  # only for use_rep="auto": the measure and the decision
+    compute_pcs: bool = False  # the PCs are computed by apply() (sc.pp.pca), not given
+
+    def width(self, adata: AnnData) -> int:
+        """Features the models will see (before :meth:`apply` has computed the PCs)."""
+        if self.compute_pcs:
+            return min(AUTO_PCS, adata.n_obs - 1, adata.n_vars - 1)
+        if self.use_rep not in (None, "X"):
+            return int(np.shape(adata.obsm[self.use_rep])[1])
+        return int(adata.n_vars)
+
+    def apply(self, adata: AnnData, random_state: int) -> None:
+        """Compute the PCs the choice needs into ``adata`` (as ``sc.pp.pca`` stores them)."""
+        if self.compute_pcs and self.use_rep not in adata.obsm:
+            import scanpy as sc
+
+            sc.pp.pca(adata, n_comps=self.width(adata), random_state=random_state)
+
+    def record(self, adata: AnnData, key: str) -> None:
+        """Record the choice of ``"auto"`` in the training's ``uns[key]["params"]`` (what
+        :func:`scdm.tl.train_models` records when it makes the choice itself)."""
+        if self.evidence is not None:
+            adata.uns[key]["params"]["input_choice"] = uns_safe(self.evidence)
+
+
+def _sample_rows(X, n_rows: int, random_state: int):
+    """Up to ``n_rows`` rows of ``X`` drawn at random (sorted: what backed matrices read)."""
+    n = X.shape[0]
+    if n <= n_rows:
+        return X
+    rows = np.sort(np.random.default_rng([int(random_state), 7]).choice(n, n_rows, False))
+    return X[rows]
+
+
+def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
+                 layer: str | None = None, *, scale: bool = True,
+                 random_state: int = 0) -> InputChoice:
+    """The models' input for ``use_rep``: as given, or for ``"auto"`` ``.X`` unless it is
+    mostly noise, then its PCs (``obsm["X_pca"]`` where present, else computed as
+    ``sc.pp.pca`` does by :meth:`InputChoice.apply`).
+
+    "Mostly noise" is :func:`scdm.clustering.noise_dominated` on ``.X`` as the models see it
+    (standardised when ``scale``), measured on :data:`MEASURED_CELLS` random cells: the
+    components above the Marchenko-Pastur edge hold under 15 % of its variance. Thousands of
+    sparse genes are; there the models' attribution found none of the module generator's
+    planted subtypes on the genes and most on their PCs (RESULTS.md, session 28), while on
+    every input that stands clear of noise (the other generators, the real datasets) the
+    features themselves found as much or more. A named ``layer`` is used as it is.
+    ``label_key`` is checked first, so that a wrong one fails before any PCs are computed.
+    """
+    get_labels(adata, label_key)
+    if use_rep != AUTO:
+        return InputChoice(use_rep)
+    if layer is not None:
+        return InputChoice(None, {"requested": AUTO, "chosen": f"layer {layer!r}",
+                                  "reason": "a named layer is used as it is"})
+    from .clustering import NOISE_DOMINATED, above_noise, noise_dominated
+
+    X = get_features(adata)
+    sample = _sample_rows(X, MEASURED_CELLS, random_state)
+    if in_memory(sample):
+        check_finite(sample)
+    coordinates, share = above_noise(dense_features(sample, scale=scale),
+                                     random_state=random_state)
+    evidence = {"requested": AUTO, "share_above_noise": share,
+                "noise_dominated": noise_dominated(share, coordinates),
+                "threshold": NOISE_DOMINATED, "n_measured": int(sample.shape[0])}
+    if not evidence["noise_dominated"]:
+        return InputChoice(None, {**evidence, "chosen": "X"})
+    if "X_pca" in adata.obsm:
+        return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "given"})
+    if not in_memory(X):
+        raise ValueError(
+            f"use_rep='auto': .X is mostly noise (its components above the noise edge hold "
+            f"{share:.0%} of its variance, under {NOISE_DOMINATED:.0%}), so the models would "
+            "train on its PCs, but .X is read from disk (backed) and they are not computed "
+            "here. Compute them first (sc.pp.pca(adata, chunked=True) for a backed file, or "
+            "on the data loaded into memory) and pass use_rep='X_pca', or pass use_rep='X' to "
+            "train on .X as it is.")
+    return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "computed"},
+                       compute_pcs=True)
+
+
 def get_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
     """Integer class codes and class names of ``adata.obs[label_key]``."""
     if label_key is None or label_key not in adata.obs:

@@ -22,7 +22,12 @@ adata
 label_key
     Column of ``adata.obs`` with the class to predict (e.g. disease vs control).
 use_rep
-    Key of ``adata.obsm`` to train on (e.g. ``"X_pca"``); default ``.X``.
+    Key of ``adata.obsm`` to train on (e.g. ``"X_pca"``), or ``"X"`` (or ``None``) for ``.X``.
+    ``"auto"`` (the default): ``.X``, unless it is mostly noise (its components above the
+    noise edge hold under 15 % of its variance, as in thousands of sparse genes), then its PCs
+    (``obsm["X_pca"]`` where present, else computed and stored there as ``sc.pp.pca`` does).
+    The measure and the choice are recorded in ``uns[key_added]["params"]["input_choice"]``
+    (:func:`scdm._anndata.choose_input`; RESULTS.md, session 28).
 layer
     Layer to train on instead of ``.X``.
 group_key

@@ -375,7 +375,8 @@ def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_
     """Counts closer to real cells (``module_subtypes``: no subtypes, a batch shifting every
     one of 1,000 sparse genes a little, co-expression modules with long-tailed loadings in
     both classes, so that a few cells lie far from all others), trained as a new user would
-    (raw features, no batch named). TRAK splits the disease class by batch. Carried in the
+    (no batch named) but on the genes themselves (``use_rep="X"``: ``"auto"`` would train
+    on their PCs). TRAK splits the disease class by batch. Carried in the
     genes themselves, nearly every control cell took the subgroup of a few outlying disease
     cells, the boundary was never measured there, and the batch was reported as a subtype.
     Carried on the input's components above noise, it divides the controls too, and both
@@ -386,7 +387,7 @@ def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_
     spread = adata.X.std(0)
     genes = (adata.X - adata.X.mean(0)) / np.where(spread > 0, spread, 1.0)  # models' input
     assert clustering.carrying_space(genes).shape[1] < 50  # distances in it mostly noise
-    scdm.tl.trak(adata, "disease")
+    scdm.tl.trak(adata, "disease", use_rep="X")
     batch = adata.obs["batch"].to_numpy()
     disease = (adata.obs["disease"] == "disease").to_numpy()
     scdm.tl.subgroups(adata, key="trak", markers=False, shared_check=False)

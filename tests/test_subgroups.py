@@ -530,16 +530,17 @@ def test_the_reported_partition_has_the_number_the_halves_agreed_on():
 
 def test_an_input_that_is_mostly_noise_is_named(tmp_path):
     """1,000 sparse log-normalised genes (the module generator): under 15 % of their variance
-    stands above the noise edge, and tl.subgroups says so (recorded, with a warning that
-    names the input and the fix). Their PCs, and the planted generator's 200 genes (a third
-    of the variance above noise), are not flagged."""
+    stands above the noise edge, and tl.subgroups says so where the models were trained on
+    them (``use_rep="X"``: recorded, with a warning that names the input and the fix). Their
+    PCs, and the planted generator's 200 genes (a third of the variance above noise), are not
+    flagged."""
     import scanpy as sc
 
     modules = scdm.datasets.module_subtypes(classes={"control": [120], "disease": [60, 60]},
                                             random_state=0)
-    scdm.tl.trak(modules, "disease", n_models=8, store=tmp_path / "genes")
+    scdm.tl.trak(modules, "disease", use_rep="X", n_models=8, store=tmp_path / "genes")
     with pytest.warns(scdm.tl.NoisyInputWarning,
-                      match=r"input \(1,000 features\) is mostly noise.*use_rep='X_pca'"):
+                      match=r"input \(1,000 features\) is mostly noise.*use_rep='auto'"):
         scdm.tl.subgroups(modules, key="trak", markers=False)
     noise = modules.uns["trak_subgroup"]["input_noise"]
     assert noise["noise_dominated"] and 0 < noise["share_above_noise"] < 0.15
@@ -556,6 +557,32 @@ def test_an_input_that_is_mostly_noise_is_named(tmp_path):
         assert not adata.uns["trak_subgroup"]["input_noise"]["noise_dominated"]
     assert planted.uns["trak_subgroup"]["input_noise"]["share_above_noise"] > 0.3
 
+
+
+@pytest.mark.parametrize("classes, found", [
+    ({"control": [300], "disease": [100, 100, 100]}, {"control": 1, "disease": 3}),
+    ({"control": [300], "disease": [300]}, {"control": 1, "disease": 1}),  # its null
+])
+def test_the_default_path_finds_subtypes_of_genes_that_are_mostly_noise(tmp_path, classes,
+                                                                        found):
+    """The path users take (use_rep left at "auto", no batch named) on the module generator's
+    1,000 sparse genes: trained on their PCs, TRAK finds the three planted subtypes (on the
+    genes themselves it found none in 15 benchmark runs), and its null stays whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.module_subtypes(classes, random_state=2)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "t", random_state=2)
+    assert adata.uns["trak"]["params"]["use_rep"] == "X_pca"
+    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=2)
+    groups = adata.obs["trak_subgroup"].astype(str)
+    for cls, k in found.items():
+        members = (adata.obs["disease"] == cls).to_numpy()
+        assert groups[members].nunique() == k, (cls, groups[members].value_counts())
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    if found["disease"] > 1:
+        truth = adata.obs["subtype"].astype(str)[disease]
+        assert adjusted_rand_score(truth, groups[disease]) > 0.8
 
 def test_extend_labels_follows_the_nearest_labelled_points():
     from scdm import clustering

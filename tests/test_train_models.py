@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -157,3 +158,67 @@ def test_two_processes_fill_disjoint_ranges_of_one_store(adata, tmp_path):
     assert shared.n_completed == 400
     np.testing.assert_array_equal(shared.masks, one.masks)
     np.testing.assert_array_equal(shared.margins, one.margins)
+
+
+def test_auto_input_trains_on_the_pcs_of_genes_that_are_mostly_noise(tmp_path):
+    """use_rep="auto" (the default): 1,000 sparse genes (the module generator, under 15 % of
+    their variance above the noise edge) are trained on through their PCs, computed and
+    stored as sc.pp.pca does (on the copy with copy=True), with the measure recorded; PCs
+    already in obsm are used as they are; genes clear of noise (the planted generator) and
+    an explicit "X" are trained on as they are. tl.subgroups then has nothing to warn of."""
+    import scanpy as sc
+
+    from scdm.get import models_input
+
+    scdm.settings.verbosity = 0
+    genes = scdm.datasets.module_subtypes({"control": [120], "disease": [60, 60]},
+                                          random_state=0)
+    fresh = genes.copy()
+    out = scdm.tl.trak(genes, "disease", n_models=8, store=tmp_path / "t", copy=True)
+    assert "X_pca" not in genes.obsm  # copy=True: the PCs went to the copy
+    params = out.uns["trak"]["params"]
+    choice = params["input_choice"]
+    assert params["use_rep"] == "X_pca" and choice["pcs"] == "computed"
+    assert choice["noise_dominated"] and 0 < choice["share_above_noise"] < 0.15
+    np.testing.assert_array_equal(out.obsm["X_pca"], sc.pp.pca(fresh.X, n_comps=50,
+                                                               random_state=0))
+    assert models_input(out, out.uns["trak"]) == "50 PCs of 1,000 features"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scdm.tl.NoisyInputWarning)
+        scdm.tl.subgroups(out, key="trak", markers=False)
+    assert not out.uns["trak_subgroup"]["input_noise"]["noise_dominated"]
+
+    sc.pp.pca(fresh, n_comps=20, random_state=1)  # the user's own PCs are taken as they are
+    given = fresh.obsm["X_pca"].copy()
+    scdm.tl.train_models(fresh, "disease", n_models=4, store=tmp_path / "m", config=FAST,
+                         min_heldout=0)
+    assert fresh.uns["datamodels"]["params"]["input_choice"]["pcs"] == "given"
+    np.testing.assert_array_equal(fresh.obsm["X_pca"], given)
+
+    planted = scdm.datasets.planted_subtypes(n_controls=120, n_per_subtype=60, n_subtypes=2,
+                                             n_genes=200, batch_genes=100, random_state=0)
+    scdm.tl.train_models(planted, "disease", n_models=4, store=tmp_path / "p", config=FAST,
+                         min_heldout=0)
+    params = planted.uns["datamodels"]["params"]
+    assert "use_rep" not in params and params["input_choice"]["chosen"] == "X"
+    assert params["input_choice"]["share_above_noise"] > 0.3 and "X_pca" not in planted.obsm
+    scdm.tl.train_models(genes, "disease", use_rep="X", n_models=4, store=tmp_path / "x",
+                         config=FAST, min_heldout=0)
+    assert "input_choice" not in genes.uns["datamodels"]["params"]
+    assert "X_pca" not in genes.obsm
+
+
+def test_auto_input_is_refused_before_work_where_it_cannot_be_made(tmp_path):
+    """A wrong label fails before any PCs are computed; a backed .X that is mostly noise is
+    refused with the fix (its PCs are not computed from disk here), the store never made."""
+    genes = scdm.datasets.module_subtypes({"control": [60], "disease": [30, 30]},
+                                          random_state=0)
+    with pytest.raises(KeyError, match="nope"):
+        scdm.tl.trak(genes, "nope", n_models=4, store=tmp_path / "t")
+    assert "X_pca" not in genes.obsm and not (tmp_path / "t").exists()
+    genes.write_h5ad(tmp_path / "g.h5ad")
+    backed = ad.read_h5ad(tmp_path / "g.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"mostly noise.*backed.*use_rep='X_pca'.*use_rep='X'"):
+        scdm.tl.train_models(backed, "disease", n_models=4, store=tmp_path / "b",
+                             min_heldout=0)
+    assert not (tmp_path / "b").exists()

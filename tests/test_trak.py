@@ -749,7 +749,7 @@ def test_time_estimates_are_calibrated_by_a_probe_on_this_machine(tmp_path):
     rng = np.random.default_rng(0)
     cells = ad.AnnData(rng.standard_normal((700, 20)).astype(np.float32), obs=pd.DataFrame(
         {"y": pd.Categorical(["a", "b"] * 350)}, index=[f"c{i}" for i in range(700)]))
-    kw = {"label_key": "y", "use_rep": None, "group_key": None, "alpha": 0.5,
+    kw = {"label_key": "y", "n_features": 20, "group_key": None, "alpha": 0.5,
           "config": config, "device": "cpu", "store": tmp_path / "s"}
     probed = check_datamodels_cost(cells, n_models=None, **kw)
     assert probed.n_models == 17_500 and probed.seconds_range is not None

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
                          "with label 'lineage' (myeloid vs other) on X_pca.")
     run.add_argument("input", nargs="?", help=".h5ad file (default: bundled pbmc68k_reduced)")
     run.add_argument("--label-key", help="obs column with the class to predict")
-    run.add_argument("--use-rep", help="obsm key to train on (e.g. X_pca); default .X")
+    run.add_argument("--use-rep", help="obsm key to train on (e.g. X_pca), or X for .X; "
+                     "default auto: .X, or its PCs where .X is mostly noise")
     run.add_argument("--group-key", help="obs column of donors kept in/out together")
     run.add_argument("--stratify-key", help="obs column of a nuisance (batch) held fixed "
                      "across masks")
@@ -91,9 +92,10 @@ def check(args: argparse.Namespace, adata, label_key: str, use_rep: str | None,
     if counts.size < 2:
         raise ValueError(f"--label-key {label_key!r} has {counts.size} class; the models need "
                          "at least two.")
-    if use_rep is not None and use_rep not in adata.obsm:
+    if use_rep not in (None, "X", "auto") and use_rep not in adata.obsm:
         raise KeyError(f"--use-rep {use_rep!r} is not in the input's obsm (keys: "
-                       f"{columns(adata.obsm.keys()) or 'none'}); leave it out to train on .X.")
+                       f"{columns(adata.obsm.keys()) or 'none'}); leave it out (auto) or give "
+                       "X for .X.")
     for flag, column in (("--group-key", args.group_key), ("--stratify-key", args.stratify_key),
                          ("--known-key", args.known_key)):
         if column is not None and column not in adata.obs:
@@ -152,7 +154,7 @@ def _inputs(args: argparse.Namespace):
             raise FileNotFoundError(f"the input {args.input} does not exist or is not a file "
                                     "(an .h5ad file).")
         adata, source = ad.read_h5ad(args.input), str(args.input)
-        label_key, use_rep = args.label_key, args.use_rep
+        label_key, use_rep = args.label_key, args.use_rep or "auto"
     covariates = [c for c in (args.covariates.split(",") if args.covariates is not None
                               else PBMC68K_COVARIATES if args.input is None else ()) if c]
     known_key = args.known_key or ("bulk_labels" if args.input is None else None)

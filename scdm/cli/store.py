@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     init.add_argument("--spec", help="MadryLab spec.json ({num_models, schema}): a store for "
                       "scdm worker --main-import (a user's training function)")
     init.add_argument("--label-key")
-    init.add_argument("--use-rep")
+    init.add_argument("--use-rep", help="default: tl.train_models' (auto)")
     init.add_argument("--group-key")
     init.add_argument("--stratify-key")
     init.add_argument("--alpha", type=float, default=None,
@@ -57,7 +57,8 @@ def execute(args: argparse.Namespace) -> int:
 
     from ..store import ModelStore
 
-    fill_defaults(args, (("alpha", "train_models", "alpha"),))
+    fill_defaults(args, (("alpha", "train_models", "alpha"),
+                         ("use_rep", "train_models", "use_rep")))
     adata = ad.read_h5ad(args.input)
     # only what was given: the rest takes TrainConfig's defaults (they exist once)
     model = {name: value for name, value in (

@@ -249,29 +249,22 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
 PROBE_ABOVE_SECONDS = 10.0  # shorter runs keep the reference estimate: a probe is not free
 
 
-def input_width(adata, use_rep: str | None) -> int:
-    """The models' input width as far as ``adata`` tells before the inputs are validated
-    (wrong keys are reported by the training itself; a layer is as wide as ``.X``)."""
-    return (int(np.shape(adata.obsm[use_rep])[1])
-            if use_rep is not None and use_rep in adata.obsm else int(adata.n_vars))
-
-
-def calibrated(make, adata, *, label_key: str | None, use_rep: str | None, config,
+def calibrated(make, adata, *, label_key: str | None, n_features: int, config,
                n_models: int, alpha: float, cpu: bool) -> CostEstimate:
     """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on CPU
-    when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of the input
-    width (:func:`input_width`) and classes ``adata`` has."""
+    when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of
+    ``n_features`` inputs (:meth:`scdm._anndata.InputChoice.width`) and the classes ``adata``
+    has."""
     estimate = make(None)
     if not cpu or estimate.seconds is None or estimate.seconds <= PROBE_ABOVE_SECONDS:
         return estimate
-    n_features = input_width(adata, use_rep)
     n_classes = (max(2, int(adata.obs[label_key].nunique()))
                  if label_key is not None and label_key in adata.obs else 2)
     return make(probe_speed(adata.n_obs, n_features, n_classes, config, n_models=n_models,
                             alpha=alpha))
 
 
-def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
+def check_datamodels_cost(adata, *, label_key: str | None, n_features: int,
                           group_key: str | None, n_models: int | None, alpha: float, config,
                           device: str, store) -> CostEstimate:
     """:func:`check_cost` of a :func:`scdm.tl.datamodels` run on ``adata`` (time calibrated on
@@ -287,7 +280,7 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
     estimate = calibrated(
         lambda speed: estimate_datamodels(adata.n_obs, n_models, epochs=config.epochs, cpu=cpu,
                                           speed=speed),
-        adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
+        adata, label_key=label_key, n_features=n_features, config=config, n_models=n_models,
         alpha=alpha, cpu=cpu)
     trak = estimate_trak(adata.n_obs, TRAK_CHECKPOINTS, cpu=cpu)
     alternatives = (f"Instead: scdm.tl.trak ({trak.describe()}); datamodels of fewer cells "
@@ -296,7 +289,7 @@ def check_datamodels_cost(adata, *, label_key: str | None, use_rep: str | None,
     return check_cost(estimate, store=store, alternatives=alternatives)
 
 
-def trak_cost(adata, *, label_key: str | None, use_rep: str | None, alpha: float, config,
+def trak_cost(adata, *, label_key: str | None, n_features: int, alpha: float, config,
               device: str, n_models: int = TRAK_CHECKPOINTS,
               proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP,
               rank: int = 256, ray: bool = False) -> CostEstimate:
@@ -307,10 +300,9 @@ def trak_cost(adata, *, label_key: str | None, use_rep: str | None, alpha: float
     cpu = resolve_device(device).type == "cpu"
     largest = (int(adata.obs[label_key].value_counts().max())
                if label_key is not None and label_key in adata.obs and adata.n_obs else None)
-    width = input_width(adata, use_rep)
     return calibrated(
         lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
                                     max_obsp=max_obsp, largest_class=largest, rank=rank,
-                                    cpu=cpu, speed=speed, n_features=width, ray=ray),
-        adata, label_key=label_key, use_rep=use_rep, config=config, n_models=n_models,
+                                    cpu=cpu, speed=speed, n_features=n_features, ray=ray),
+        adata, label_key=label_key, n_features=n_features, config=config, n_models=n_models,
         alpha=alpha, cpu=cpu)

@@ -9,7 +9,9 @@ from typing import Any
 
 from anndata import AnnData
 
+from .._anndata import AUTO, choose_input
 from .._docs import doc_params
+from .._seeding import check_random_state
 from ..masks import check_alpha
 from ._cost import check_datamodels_cost
 from ._embed import embed_datamodels
@@ -24,7 +26,7 @@ def datamodels(
     adata: AnnData,
     label_key: str,
     *,
-    use_rep: str | None = None,
+    use_rep: str | None = AUTO,
     layer: str | None = None,
     group_key: str | None = None,
     stratify_key: str | None = None,
@@ -97,15 +99,19 @@ def datamodels(
     train_kwds = fold_train_kwds(train_kwds)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
-    check_datamodels_cost(adata, label_key=label_key, use_rep=use_rep,
+    choice = choose_input(adata, label_key, use_rep, layer, scale=train_kwds.get("scale", True),
+                          random_state=check_random_state(random_state))
+    check_datamodels_cost(adata, label_key=label_key, n_features=choice.width(adata),
                           group_key=group_key, n_models=n_models, alpha=alpha, config=config,
                           device=device, store=store)
     adata = adata.copy() if copy else adata
     start = time.perf_counter()
-    train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+    choice.apply(adata, check_random_state(random_state))
+    train_models(adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                  device=device, random_state=random_state, key_added=key_added, verbose=verbose,
                  **train_kwds)
+    choice.record(adata, key_added)
     trained = time.perf_counter()
     fit_datamodels(adata, key=key_added, device=device, random_state=random_state,
                    verbose=verbose, **fit_kwds)

@@ -12,7 +12,7 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from .._anndata import get_labels, uns_safe
+from .._anndata import AUTO, get_labels, uns_safe
 from .._settings import settings
 from ..cleaning import (
     NEIGHBOURHOOD_SIZE,
@@ -85,7 +85,7 @@ def label_issues(
     adata: AnnData,
     label_key: str,
     *,
-    use_rep: str | None = None,
+    use_rep: str | None = AUTO,
     layer: str | None = None,
     group_key: str | None = None,
     key: str | None = None,

@@ -369,8 +369,9 @@ def subgroups(
             f"its variance (under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's "
             f"module generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
             f"the planted subtypes in none of 15 classes (datamodels in none of 2), on their "
-            f"PCs in 6; a class kept whole here may not be structureless. Consider training "
-            f"the attribution on PCs (sc.pp.pca, then use_rep='X_pca'). Evidence: "
+            f"PCs in 6; a class kept whole here may not be structureless. Train the "
+            f"attribution on PCs: use_rep='auto' (the default) does for an input like this, "
+            f"or sc.pp.pca, then use_rep='X_pca'. Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar

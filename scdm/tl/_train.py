@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from .._anndata import uns_safe
+from .._anndata import AUTO, choose_input, uns_safe
 from .._docs import doc_params
+from .._seeding import check_random_state
 from .._settings import settings
 from ..ensemble import TrainConfig, resolve_device
 from ..masks import MaskMode
@@ -34,7 +35,7 @@ def train_models(
     adata: AnnData,
     label_key: str,
     *,
-    use_rep: str | None = None,
+    use_rep: str | None = AUTO,
     layer: str | None = None,
     group_key: str | None = None,
     stratify_key: str | None = None,
@@ -122,14 +123,17 @@ def train_models(
     """
     if n_models is not None:
         n_models = check_n_models(n_models)
-    inputs, sampler, model_config = training_parts(
-        adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
-        stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, config=config,
-        scale=scale, random_state=random_state)
-    alpha, random_state = sampler.alpha, sampler.random_state
+    choice = choose_input(adata, label_key, use_rep, layer, scale=scale,
+                          random_state=check_random_state(random_state))
     backend = as_backend(backend)
     resolve_device(device)  # an unusable device fails before any work
     adata = adata.copy() if copy else adata
+    choice.apply(adata, check_random_state(random_state))
+    inputs, sampler, model_config = training_parts(
+        adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
+        stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, config=config,
+        scale=scale, random_state=random_state)
+    alpha, random_state = sampler.alpha, sampler.random_state
 
     if n_models is None:
         n_models = default_n_models(sampler.n_units)
@@ -153,7 +157,8 @@ def train_models(
     completed = model_store.completed_indices()
     accuracy = model_store.field("heldout_accuracy")[completed]
     params = {
-        "label_key": label_key, "use_rep": use_rep, "layer": layer, "group_key": group_key,
+        "label_key": label_key, "use_rep": choice.use_rep, "layer": layer,
+        "group_key": group_key, "input_choice": choice.evidence,
         "stratify_key": stratify_key,
         "alpha": alpha, "n_models": n_models, "mask_mode": mask_mode, "scale": scale,
         "random_state": random_state, "min_heldout": min_heldout, **model_config.to_dict(),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .._anndata import uns_safe
+from .._anndata import AUTO, choose_input, uns_safe
 from .._checks import check_int
 from .._docs import doc_params
 from .._seeding import check_random_state
@@ -60,7 +60,7 @@ def trak(
     adata: AnnData,
     label_key: str,
     *,
-    use_rep: str | None = None,
+    use_rep: str | None = AUTO,
     layer: str | None = None,
     group_key: str | None = None,
     stratify_key: str | None = None,
@@ -175,7 +175,9 @@ def trak(
     dev = resolve_device(device)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
-    check_cost(trak_cost(adata, label_key=label_key, use_rep=use_rep,
+    choice = choose_input(adata, label_key, use_rep, layer, scale=train_kwds.get("scale", True),
+                          random_state=seed)
+    check_cost(trak_cost(adata, label_key=label_key, n_features=choice.width(adata),
                          n_models=n_models, proj_dim=int(proj_dim), max_obsp=max_obsp,
                          rank=int(rank), alpha=alpha, config=config, device=dev.type,
                          ray=isinstance(train_kwds["backend"], RayBackend)),
@@ -187,10 +189,12 @@ def trak(
     progress = settings.progress(verbose)
 
     start = time.perf_counter()
-    train_models(adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+    choice.apply(adata, seed)
+    train_models(adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                  device=device, min_heldout=0, random_state=seed, key_added=key_added,
                  verbose=verbose, **train_kwds)
+    choice.record(adata, key_added)
     trained = time.perf_counter()
     features = checkpoint_features(adata, key_added, proj_dim=int(proj_dim), damping=damping,
                                    device=device, progress=progress,

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from .._anndata import AUTO, choose_input
 from .._seeding import SNR_PURPOSE, check_random_state, derived_seed
 from .._settings import settings
 from ..ensemble import EnsembleTrainer, TrainConfig, resolve_device
@@ -22,7 +23,7 @@ def signal_to_noise(
     adata: AnnData,
     label_key: str,
     *,
-    use_rep: str | None = None,
+    use_rep: str | None = AUTO,
     layer: str | None = None,
     group_key: str | None = None,
     stratify_key: str | None = None,
@@ -46,7 +47,7 @@ def signal_to_noise(
     ``weight_decay``, ``hidden``, ``epochs``) by the median
     signal-to-noise ratio, among those with an acceptable held-out accuracy — the criterion
     the datamodel-subgroups study used to pick α and model size. Nothing is written to
-    ``adata``.
+    ``adata`` (PCs that ``use_rep="auto"`` needs are computed on a copy).
 
     Returns
     -------
@@ -59,10 +60,15 @@ def signal_to_noise(
     if n_seeds < 2 or n_masks < 4:
         raise ValueError("signal_to_noise needs n_seeds >= 2 and n_masks >= 4 (noise is the "
                          "variance across seeds, signal the variance across subsets).")
+    seed = check_random_state(random_state)
+    choice = choose_input(adata, label_key, use_rep, layer, scale=scale, random_state=seed)
+    if choice.compute_pcs:
+        adata = adata.copy()
+        choice.apply(adata, seed)
     inputs, sampler, config = training_parts(
-        adata, label_key, use_rep=use_rep, layer=layer, group_key=group_key,
+        adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
         stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, config=config,
-        scale=scale, random_state=derived_seed(check_random_state(random_state), SNR_PURPOSE))
+        scale=scale, random_state=derived_seed(seed, SNR_PURPOSE))
     trainer = EnsembleTrainer(inputs.X, inputs.y, config, n_classes=len(inputs.classes),
                               device=resolve_device(device), random_state=sampler.random_state)
     chunk = int(chunk_size or trainer.auto_chunk_size())
@@ -80,5 +86,5 @@ def signal_to_noise(
     out = _snr(margins.reshape(n_masks, n_seeds, -1), masks[::n_seeds])
     out["mean_heldout_accuracy"] = float(np.nanmean(accuracy))
     out["params"] = {"alpha": sampler.alpha, "n_masks": n_masks, "n_seeds": n_seeds,
-                     **config.to_dict()}
+                     "use_rep": choice.use_rep, **config.to_dict()}
     return out

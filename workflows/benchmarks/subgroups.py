@@ -30,14 +30,15 @@ Synthetic generators (``--seeds``, several each):
 
 ``--reps`` runs every scenario on the inputs users give: ``pca`` (50 PCs, ``use_rep="X_pca"``),
 ``raw`` (``.X`` as generated, ``use_rep=None``: the batch dominates the features), ``scaled``
-(``sc.pp.scale`` first) and ``pca-unscaled`` (the 50 PCs without the models' per-feature
-standardisation: ``train_kwds={"scale": False}``). Null scenarios (no subtypes) must give one
-subgroup per class; planted ones the right count and ARI ≥ 0.9. Each row has ``tl.subgroups``
-with the shared-nuisance check (the default) and without it (``shared_check=False``, the
-procedure before it), both on the same trained models, and two baselines clustered per class:
-expression Leiden (PCA → kNN → Leiden at resolution 1) and a label-aware one (features passing
-a Welch class-vs-rest test at BH q < 0.01, standardised, 10 PCs, the same kNN graph and Leiden,
-the resolution chosen by subsample stability).
+(``sc.pp.scale`` first), ``pca-unscaled`` (the 50 PCs without the models' per-feature
+standardisation: ``train_kwds={"scale": False}``) and ``auto`` (``use_rep="auto"``, the package's
+default: ``.X``, or the 50 PCs where ``.X`` is mostly noise). Null scenarios (no subtypes) must
+give one subgroup per class; planted ones the right count and ARI ≥ 0.9. Each row has
+``tl.subgroups`` with the shared-nuisance check (the default) and without it
+(``shared_check=False``, the procedure before it), both on the same trained models, and two
+baselines clustered per class: expression Leiden (PCA → kNN → Leiden at resolution 1) and a
+label-aware one (features passing a Welch class-vs-rest test at BH q < 0.01, standardised, 10 PCs,
+the same kNN graph and Leiden, the resolution chosen by subsample stability).
 
 Real data (``--real``) with a coarse label and a finer annotation: pbmc68k_reduced
 (scanpy; ``lineage`` → ``bulk_labels``), CBMC CITE-seq and Zeisel cortex (from the
@@ -131,7 +132,7 @@ SCENARIOS = {
                      {}),
     "M-3-heavy": (M, dict(module_shape=1.0), {}),
 }
-REPS = ("pca", "raw", "scaled", "pca-unscaled")
+REPS = ("pca", "raw", "scaled", "pca-unscaled", "auto")
 
 
 # ----------------------------------------------------------------------------- real data
@@ -441,6 +442,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         adata.uns["benchmark"] = {"label": label, "use_rep": use_rep}
     if rep == "pca-unscaled":  # the PCs as scanpy's kNN sees them, not standardised
         kwargs = {**kwargs, "train_kwds": {**kwargs.get("train_kwds", {}), "scale": False}}
+    elif rep == "auto":  # the package's default: .X, or the PCs above where .X is mostly noise
+        use_rep = "auto"
     elif rep != "pca":
         if rep == "scaled":
             sc.pp.scale(adata)
@@ -460,6 +463,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
                            random_state=seed, **kwargs)
         scdm.tl._halves.half_embeddings(adata, "datamodels")
     adata.uns["benchmark"]["seconds_attribution"] = time.perf_counter() - start
+    if rep == "auto":  # what the package chose, for the baselines on the models' input
+        adata.uns["benchmark"]["use_rep"] = adata.uns[method]["params"].get("use_rep") or "X"
     adata.write_h5ad(path)
     return adata
 
@@ -543,6 +548,7 @@ def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[
         row["truth_separation"], row["truth_null"] = truth_separation(
             adata, method, members, truth, seed, n_neighbors)
         row["seconds_attribution"] = attribution_seconds(adata)
+        row["models_input"] = adata.uns["benchmark"]["use_rep"]  # "auto": what it chose
         rows.append(row)
     return rows
 
