@@ -98,17 +98,23 @@ def _null_pairs(e: dict) -> str:
     return f"beat {beaten} of {n} null pairs: p = {p:.2f}"
 
 
-def models_input(adata: AnnData, info: Mapping) -> str:
-    """What the models trained on, in words: "50 PCs of 765 features", not the 765 alone."""
+def models_input(adata: AnnData, info: Mapping, *, why: bool = False) -> str:
+    """What the models trained on, in words: "50 PCs of 765 features", not the 765 alone;
+    ``why``: with the reason where ``use_rep="auto"`` chose it."""
     params = info.get("params", {}) if isinstance(info, Mapping) else {}
     use_rep, layer = params.get("use_rep"), params.get("layer")
     features = f"{adata.n_vars:,} features"
     if use_rep and use_rep in adata.obsm:
         dims = np.shape(adata.obsm[use_rep])[1]
-        if use_rep == "X_pca":
-            return f"{dims} PCs of {features}"
-        return f"{dims} dims of {use_rep}"
-    return f"{features} (layer {layer})" if layer else features
+        text = f"{dims} PCs of {features}" if use_rep == "X_pca" else f"{dims} dims of {use_rep}"
+    else:
+        text = f"{features} (layer {layer})" if layer else features
+    choice = params.get("input_choice")
+    if why and isinstance(choice, Mapping) and "share_above_noise" in choice:
+        share = f"{choice['share_above_noise']:.0%} of its variance above the noise edge"
+        text += (f" (use_rep='auto': .X is mostly noise, {share})" if choice["noise_dominated"]
+                 else f" (use_rep='auto': .X stands clear of noise, {share})")
+    return text
 
 
 def describe_evidence(e: dict) -> str:

@@ -75,6 +75,26 @@ def test_run_on_an_input_file_and_bad_label(tmp_path, capsys):
                  "--lds-models", "0", "--n-neighbors", "5", "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert "lds" not in summary and not (tmp_path / "o" / "lds.png").exists()
+    assert "models' input: 8 features (use_rep='auto': .X stands clear of noise" in (
+        tmp_path / "o" / "summary.txt").read_text()
+
+
+def test_run_on_genes_that_are_mostly_noise_trains_on_their_pcs(tmp_path):
+    """The default --use-rep (auto) on 1,000 sparse genes: the models train on their PCs and
+    the summary says so and why; --use-rep X keeps the genes."""
+    from scdm.datasets import module_subtypes
+
+    path = tmp_path / "genes.h5ad"
+    module_subtypes({"control": [60], "disease": [30, 30]}, random_state=0).write_h5ad(path)
+    for flag, expected in (([], "models' input: 50 PCs of 1,000 features (use_rep='auto': "
+                                ".X is mostly noise"),
+                           (["--use-rep", "X"], "models' input: 1,000 features\n")):
+        out = tmp_path / f"o{len(flag)}"
+        assert main(["run", str(path), "--label-key", "disease", "--method", "trak",
+                     "--lds-models", "0", "--n-neighbors", "5", "--quiet", *flag,
+                     "--out", str(out)]) == 0
+        assert expected in (out / "summary.txt").read_text()
+    assert "X_pca" in ad.read_h5ad(tmp_path / "o0" / "adata.h5ad").obsm
 
 
 def test_run_with_trak_writes_the_same_outputs(tmp_path):

@@ -25,7 +25,7 @@ def _known_lines(adata, summary: dict) -> list[str]:
 def summary_lines(adata, summary: dict, *, checked: list[str]) -> list[str]:
     """The summary of a run (``scdm run``'s ``summary.json``) as the lines of summary.txt;
     ``checked``: the columns the subgroups' make-up was checked against."""
-    from ..get import describe_evidence, subgroup_key
+    from ..get import describe_evidence, models_input, subgroup_key
     from ..tl import second_round
 
     seconds, key = summary["seconds"], summary["method"]
@@ -33,6 +33,7 @@ def summary_lines(adata, summary: dict, *, checked: list[str]) -> list[str]:
         f"scdm {key} on {summary['input']}",
         f"label {summary['label_key']!r}: " + ", ".join(
             f"{k} ({v})" for k, v in summary["classes"].items()),
+        f"models' input: {models_input(adata, adata.uns[key], why=True)}",
     ]
     if key == "trak":
         trak = summary["trak"]

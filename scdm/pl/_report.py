@@ -194,7 +194,7 @@ def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> 
     # the numbers scdm run's summary.json holds, from the same accessor
     found = summary(adata, key) if isinstance(info, Mapping) and "params" in info else {}
     numbers: list[tuple[str, Any]] = [("cells", adata.n_obs),
-                                      ("models' input", models_input(adata, info))]
+                                      ("models' input", models_input(adata, info, why=True))]
     if "models_trained" in found:
         numbers += [("models trained", found["models_trained"]),
                     ("held-out accuracy", _fmt(found["mean_heldout_accuracy"]))]
