@@ -147,8 +147,10 @@ def subgroups(
     :data:`scdm.clustering.NOISE_DOMINATED` of its variance, as in thousands of sparse genes;
     :func:`scdm.clustering.above_noise`), a :class:`NoisyInputWarning` says so: on the
     benchmark's module generator attribution on such genes found no planted subtypes, on
-    their PCs it found some (``workflows/benchmarks/RESULTS.md``). Measured with the shared
-    check, on the classes' checked cells.
+    their PCs it found some (``workflows/benchmarks/RESULTS.md``). The models' default input
+    (``use_rep="auto"``) already takes the PCs of such genes, so the warning concerns inputs
+    chosen by hand (``use_rep="X"``, a layer). Measured with the shared check, on the
+    classes' checked cells.
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -369,7 +371,7 @@ def subgroups(
             f"its variance (under {NOISE_DOMINATED:.0%}). On data like this (the benchmark's "
             f"module generator, 1,000 sparse log-normalised genes: 8-9 %) TRAK on the genes found "
             f"the planted subtypes in none of 15 classes (datamodels in none of 2), on their "
-            f"PCs in 6; a class kept whole here may not be structureless. Train the "
+            f"PCs in 8; a class kept whole here may not be structureless. Train the "
             f"attribution on PCs: use_rep='auto' (the default) does for an input like this, "
             f"or sc.pp.pca, then use_rep='X_pca'. Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
