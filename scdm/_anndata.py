@@ -117,6 +117,10 @@ def dense_features(X, *, scale: bool = True) -> np.ndarray:
 
 AUTO = "auto"  # use_rep's default: .X, or its PCs where .X is mostly noise (choose_input)
 AUTO_PCS = 50  # PCs computed where none are given (sc.pp.pca's default)
+# With fewer features, 50 PCs do not drop noise: they rotate .X and, standardised as the models
+# see them, whiten it, which buried a site shortcut that 15 of 40 features carry (D3M's test
+# data, flagged at 14 % above the edge) instead of clearing it
+AUTO_MIN_FEATURES = 2 * AUTO_PCS
 MEASURED_CELLS = 2000  # cells the noise measure of .X reads (a random draw, sorted)
 
 
@@ -172,7 +176,9 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
     sparse genes are; there the models' attribution found none of the module generator's
     planted subtypes on the genes and most on their PCs (RESULTS.md, session 28), while on
     every input that stands clear of noise (the other generators, the real datasets) the
-    features themselves found as much or more. A named ``layer`` is used as it is.
+    features themselves found as much or more. ``.X`` with fewer than
+    :data:`AUTO_MIN_FEATURES` features is used as it is, mostly noise or not (its PCs would
+    not be fewer than its features). A named ``layer`` is used as it is.
     ``label_key`` is checked first, so that a wrong one fails before any PCs are computed.
     """
     get_labels(adata, label_key)
@@ -194,6 +200,9 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
                 "threshold": NOISE_DOMINATED, "n_measured": int(sample.shape[0])}
     if not evidence["noise_dominated"]:
         return InputChoice(None, {**evidence, "chosen": "X"})
+    if X.shape[1] < AUTO_MIN_FEATURES:
+        return InputChoice(None, {**evidence, "chosen": "X", "reason": (
+            f"fewer than {AUTO_MIN_FEATURES} features: their PCs would not drop noise")})
     if "X_pca" in adata.obsm:
         return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "given"})
     if not in_memory(X):

@@ -24,8 +24,9 @@ label_key
 use_rep
     Key of ``adata.obsm`` to train on (e.g. ``"X_pca"``), or ``"X"`` (or ``None``) for ``.X``.
     ``"auto"`` (the default): ``.X``, unless it is mostly noise (its components above the
-    noise edge hold under 15 % of its variance, as in thousands of sparse genes), then its PCs
-    (``obsm["X_pca"]`` where present, else computed and stored there as ``sc.pp.pca`` does).
+    noise edge hold under 15 % of its variance, as in thousands of sparse genes) and has at
+    least 100 features, then its PCs (``obsm["X_pca"]`` where present, else computed and
+    stored there as ``sc.pp.pca`` does).
     The measure and the choice are recorded in ``uns[key_added]["params"]["input_choice"]``
     (:func:`scdm._anndata.choose_input`; RESULTS.md, session 28).
 layer

@@ -206,6 +206,14 @@ def test_auto_input_trains_on_the_pcs_of_genes_that_are_mostly_noise(tmp_path):
                          config=FAST, min_heldout=0)
     assert "input_choice" not in genes.uns["datamodels"]["params"]
     assert "X_pca" not in genes.obsm
+    # 40 features, mostly noise, are kept: 39 standardised PCs would only whiten them
+    few = scdm.datasets.spurious_groups(300, core_effect=1.5, site_effect=1.0,
+                                        correlation=0.85, unaffected=0.4, random_state=0)
+    scdm.tl.train_models(few, "disease", n_models=4, store=tmp_path / "f", config=FAST,
+                         min_heldout=0)
+    choice = few.uns["datamodels"]["params"]["input_choice"]
+    assert choice["noise_dominated"] and choice["chosen"] == "X" and "X_pca" not in few.obsm
+    assert "fewer than 100 features" in choice["reason"]
 
 
 def test_auto_input_is_refused_before_work_where_it_cannot_be_made(tmp_path):
