@@ -148,19 +148,10 @@ class InputChoice:
             sc.pp.pca(adata, n_comps=self.width(adata), random_state=random_state)
 
     def record(self, adata: AnnData, key: str) -> None:
-        """Record the choice of ``"auto"`` in the training's ``uns[key]["params"]`` (what
-        :func:`scdm.tl.train_models` records when it makes the choice itself)."""
+        """Record the choice of ``"auto"`` in the training's ``uns[key]["params"]`` (by
+        :func:`scdm.tl.train_models`, or by the tool that chose before calling it)."""
         if self.evidence is not None:
             adata.uns[key]["params"]["input_choice"] = uns_safe(self.evidence)
-
-
-def _sample_rows(X, n_rows: int, random_state: int):
-    """Up to ``n_rows`` rows of ``X`` drawn at random (sorted: what backed matrices read)."""
-    n = X.shape[0]
-    if n <= n_rows:
-        return X
-    rows = np.sort(np.random.default_rng([int(random_state), 7]).choice(n, n_rows, False))
-    return X[rows]
 
 
 def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
@@ -187,10 +178,11 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
     if layer is not None:
         return InputChoice(None, {"requested": AUTO, "chosen": f"layer {layer!r}",
                                   "reason": "a named layer is used as it is"})
-    from .clustering import NOISE_DOMINATED, above_noise, noise_dominated
+    from .clustering import NOISE_DOMINATED, above_noise, check_subsample, noise_dominated
 
     X = get_features(adata)
-    sample = _sample_rows(X, MEASURED_CELLS, random_state)
+    rows = check_subsample(X.shape[0], MEASURED_CELLS, random_state)  # sorted: backed reads
+    sample = X if rows is None else X[rows]
     if in_memory(sample):
         check_finite(sample)
     coordinates, share = above_noise(dense_features(sample, scale=scale),

@@ -99,14 +99,15 @@ def datamodels(
     train_kwds = fold_train_kwds(train_kwds)
     config = train_config(train_kwds.get("config"),
                           n_train=round(check_alpha(alpha) * adata.n_obs))
+    seed = check_random_state(random_state)
     choice = choose_input(adata, label_key, use_rep, layer, scale=train_kwds.get("scale", True),
-                          random_state=check_random_state(random_state))
+                          random_state=seed)
     check_datamodels_cost(adata, label_key=label_key, n_features=choice.width(adata),
                           group_key=group_key, n_models=n_models, alpha=alpha, config=config,
                           device=device, store=store)
     adata = adata.copy() if copy else adata
     start = time.perf_counter()
-    choice.apply(adata, check_random_state(random_state))
+    choice.apply(adata, seed)
     train_models(adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
                  stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                  device=device, random_state=random_state, key_added=key_added, verbose=verbose,

@@ -123,12 +123,12 @@ def train_models(
     """
     if n_models is not None:
         n_models = check_n_models(n_models)
-    choice = choose_input(adata, label_key, use_rep, layer, scale=scale,
-                          random_state=check_random_state(random_state))
+    seed = check_random_state(random_state)
+    choice = choose_input(adata, label_key, use_rep, layer, scale=scale, random_state=seed)
     backend = as_backend(backend)
     resolve_device(device)  # an unusable device fails before any work
     adata = adata.copy() if copy else adata
-    choice.apply(adata, check_random_state(random_state))
+    choice.apply(adata, seed)
     inputs, sampler, model_config = training_parts(
         adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
         stratify_key=stratify_key, alpha=alpha, mask_mode=mask_mode, config=config,
@@ -158,7 +158,7 @@ def train_models(
     accuracy = model_store.field("heldout_accuracy")[completed]
     params = {
         "label_key": label_key, "use_rep": choice.use_rep, "layer": layer,
-        "group_key": group_key, "input_choice": choice.evidence,
+        "group_key": group_key,
         "stratify_key": stratify_key,
         "alpha": alpha, "n_models": n_models, "mask_mode": mask_mode, "scale": scale,
         "random_state": random_state, "min_heldout": min_heldout, **model_config.to_dict(),
@@ -171,5 +171,6 @@ def train_models(
         "n_completed": int(completed.size),
         "mean_heldout_accuracy": float(np.nanmean(accuracy)) if accuracy.size else np.nan,
     })
+    choice.record(adata, key_added)
     remember_training(adata, key_added, inputs)  # the call's later steps read these inputs
     return adata if copy else None
