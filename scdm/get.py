@@ -265,6 +265,9 @@ def summary(adata: AnnData, key: str = "datamodels", *, known_key: str | None = 
         "label_key": label_key,
         "classes": {str(k): int(v) for k, v in adata.obs[label_key].value_counts().items()},
         "use_rep": params.get("use_rep"),
+        # what use_rep="auto" measured and chose (plain types: uns read back holds numpy's)
+        "input_choice": {str(k): v.item() if isinstance(v, np.generic) else v
+                         for k, v in (params.get("input_choice") or {}).items()} or None,
         "group_key": params.get("group_key"),
         "stratify_key": params.get("stratify_key"),
     }

@@ -95,6 +95,9 @@ def test_run_on_genes_that_are_mostly_noise_trains_on_their_pcs(tmp_path):
                      "--out", str(out)]) == 0
         assert expected in (out / "summary.txt").read_text()
     assert "X_pca" in ad.read_h5ad(tmp_path / "o0" / "adata.h5ad").obsm
+    auto = json.loads((tmp_path / "o0" / "summary.json").read_text())
+    assert auto["use_rep"] == "X_pca" and auto["input_choice"]["pcs"] == "computed"
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["input_choice"] is None
 
 
 def test_run_with_trak_writes_the_same_outputs(tmp_path):
