@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ._anndata import uns_names
+from ._anndata import uns_names, uns_safe
 from .store import ModelStore
 
 # the subgroup of cells whose datamodel is degenerate (never a subgroup of its own)
@@ -266,8 +266,7 @@ def summary(adata: AnnData, key: str = "datamodels", *, known_key: str | None = 
         "classes": {str(k): int(v) for k, v in adata.obs[label_key].value_counts().items()},
         "use_rep": params.get("use_rep"),
         # what use_rep="auto" measured and chose (plain types: uns read back holds numpy's)
-        "input_choice": {str(k): v.item() if isinstance(v, np.generic) else v
-                         for k, v in (params.get("input_choice") or {}).items()} or None,
+        "input_choice": uns_safe(dict(params.get("input_choice") or {})) or None,
         "group_key": params.get("group_key"),
         "stratify_key": params.get("stratify_key"),
     }
