@@ -9,7 +9,8 @@
 # Environment: DEV (cuda), DEADLINE (s, 520), SUITE_S (s the quick suite may take, 240),
 # WORKERS (xdist workers for it, 8), MODELS (trainer throughput, 8192), SCALE (TRAK cells,
 # 20000), CIFAR_ARGS (cifar10.py options), SITE=DIR (pip-install the wheels in DIR first, for
-# a machine without scdm's dependencies: anndata, scanpy, igraph, leidenalg and theirs).
+# a machine without scdm's dependencies: anndata, scanpy, igraph, leidenalg and theirs; where
+# the machine's pandas is 3.x, pandas 2.x with pytz and tzdata too, as anndata 0.12 needs < 3).
 set -u
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_DISABLE=1
 cd "$(dirname "$0")/../.."
