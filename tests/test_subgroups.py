@@ -682,3 +682,33 @@ def test_accepted_subgroups_are_checked_again_on_their_own():
     found, (again, inner) = split([np.zeros(10), far])
     np.testing.assert_array_equal(again, found)
     assert inner == {}
+
+
+def test_a_split_close_to_its_bars_is_called_so():
+    """An accepted split that beats the null by less than twice the margin, or whose halves
+    agree within NEAR_AGREEMENT of the bar, is said to be close to it (another seed or device
+    may give another count: RESULTS.md, "On a GPU"); a clear split is not, and the run's own
+    bars are the ones read."""
+    from scdm.get import describe_evidence
+
+    split = {"split": True, "n_subgroups": 5, "reproducibility": 0.98, "resolution": 0.7,
+             "separation": 0.70, "null_separation_max": 0.66, "p_value": 1 / 21, "n_null": 20}
+    text = describe_evidence(split)
+    assert "close to the bar: margin 0.04 where 0.03 is required" in text
+    assert "agreement" not in text.split("close to the bar")[1]
+    clear = {**split, "separation": 0.84, "null_separation_max": 0.0, "reproducibility": 1.0}
+    assert "close to the bar" not in describe_evidence(clear)
+    hesitant = {**clear, "reproducibility": 0.77}
+    assert "close to the bar: agreement 0.77 where 0.75 is required" in describe_evidence(
+        hesitant)
+    assert "close to the bar" not in describe_evidence(
+        hesitant, {"min_reproducibility": 0.7, "min_margin": 0.03})
+    assert "margin 0.84 where 0.5 is required" in describe_evidence(
+        clear, {"min_reproducibility": 0.75, "min_margin": 0.5})
+    # an inner split is read the same way
+    inner = {**clear, "split_within": {"1": {"n_cells": 78, "n_subgroups": 2,
+                                             "reproducibility": 0.757, "separation": 0.77,
+                                             "null_separation_max": 0.737}}}
+    text = describe_evidence(inner)
+    assert text.count("close to the bar") == 1
+    assert "margin 0.03 where 0.03 is required, agreement 0.76 where 0.75" in text

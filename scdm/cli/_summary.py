@@ -65,9 +65,9 @@ def summary_lines(adata, summary: dict, *, checked: list[str]) -> list[str]:
                      f"{summary['degenerate_datamodels']}")
     if summary["subgroup_evidence"]:
         lines.append("how many subgroups:")
-        lines += [f"  {cls}: {describe_evidence(e)}"
-                  for cls, e in summary["subgroup_evidence"].items()]
         groups = adata.uns.get(subgroup_key(key), {})
+        lines += [f"  {cls}: {describe_evidence(e, groups.get('params'))}"
+                  for cls, e in summary["subgroup_evidence"].items()]
         if len(groups.get("undecided", [])) and "second_round" not in groups:
             # the evidence names the Python call; a CLI user's way is the flag, at the
             # library's own factor

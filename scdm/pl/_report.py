@@ -309,7 +309,8 @@ def _classes(adata: AnnData, subgroup_key: str | None, label_key: str | None,
     for cls in classes:
         in_class = (labels == cls) if labels is not None else pd.Series(True, index=names.index)
         members = [g for g in sizes if g != UNASSIGNED and (names[in_class] == g).any()]
-        sentence = describe_evidence(evidence[cls]) if cls in evidence else ""
+        sentence = (describe_evidence(evidence[cls], groups.get("params")) if cls in evidence
+                    else "")
         text = (sentence[:1].upper() + sentence[1:] + "." if cls in evidence else
                 f"{len(members)} subgroup(s) at a fixed resolution (not checked for "
                 "reproducibility).")
