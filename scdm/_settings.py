@@ -26,7 +26,8 @@ class ScdmSettings:
         :func:`scdm.tl.datamodels` and :func:`scdm.tl.trak` refuse larger runs and say what
         to do instead.
     max_hours
-        Longest estimated CPU run accepted (``None``: no limit).
+        Longest estimated run accepted (``None``: no limit): on CPU, and for datamodels on a
+        GPU, calibrated by a short probe on the device; TRAK on a GPU by its 2-core reference.
     n_jobs
         Processes for work that splits into independent pieces: the Gaussian null pairs of
         :func:`scdm.tl.subgroups` on classes of 5,000+ cells (same results however many).

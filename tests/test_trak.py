@@ -732,6 +732,7 @@ def test_time_estimates_are_calibrated_by_a_probe_on_this_machine(tmp_path):
         Speed,
         check_datamodels_cost,
         estimate_datamodels,
+        estimate_trak,
         probe_speed,
     )
     from scdm.tl._recorded import train_config
@@ -745,6 +746,13 @@ def test_time_estimates_are_calibrated_by_a_probe_on_this_machine(tmp_path):
     assert slow.seconds_range == pytest.approx((1.5 * reference.seconds, 3 * reference.seconds))
     assert "calibrated on this machine" in slow.describe()
     assert "reference timings" in reference.describe()
+    # on a GPU: datamodels calibrated by the probe there, TRAK's reference named as such
+    on_gpu = estimate_datamodels(700, 17_500, device="cuda:0", speed=Speed(0.2, 0.1, 0.3))
+    assert on_gpu.seconds == pytest.approx(0.2 * reference.seconds)
+    assert "calibrated on this machine (cuda:0)" in on_gpu.describe()
+    trak_gpu = estimate_trak(20_000, 40, device="cuda:0")
+    assert trak_gpu.seconds == estimate_trak(20_000, 40).seconds
+    assert "2 CPU cores (reference timings; not calibrated on cuda:0)" in trak_gpu.describe()
 
     rng = np.random.default_rng(0)
     cells = ad.AnnData(rng.standard_normal((700, 20)).astype(np.float32), obs=pd.DataFrame(
@@ -758,6 +766,33 @@ def test_time_estimates_are_calibrated_by_a_probe_on_this_machine(tmp_path):
     tiny = check_datamodels_cost(cells, n_models=1000, **kw)
     assert tiny.seconds_range is None  # ~3 s by the reference: not worth a probe
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_a_datamodels_estimate_is_probed_there_and_max_hours_holds(tmp_path,
+                                                                            monkeypatch):
+    import anndata as ad
+    import pandas as pd
+
+    import scdm
+    from scdm.tl._cost import check_datamodels_cost
+    from scdm.tl._recorded import train_config
+
+    rng = np.random.default_rng(0)
+    cells = ad.AnnData(rng.standard_normal((2000, 20)).astype(np.float32), obs=pd.DataFrame(
+        {"y": pd.Categorical(["a", "b"] * 1000)}, index=[f"c{i}" for i in range(2000)]))
+    kw = {"label_key": "y", "n_features": 20, "group_key": None, "alpha": 0.5,
+          "config": train_config(None, n_train=1000), "store": tmp_path / "s"}
+    on_gpu = check_datamodels_cost(cells, n_models=100_000, device="cuda", **kw)
+    on_cpu = check_datamodels_cost(cells, n_models=100_000, device="cpu", **kw)
+    assert on_gpu.seconds_range is not None and "calibrated on this machine (cuda" in (
+        on_gpu.describe())
+    assert on_gpu.seconds < on_cpu.seconds  # the probe ran on the GPU, not the host
+    monkeypatch.setattr(scdm.settings, "max_hours", on_gpu.seconds / 3600 / 4)
+    with pytest.raises(MemoryError, match="max_hours"):
+        scdm.tl.datamodels(cells, "y", n_models=100_000, store=tmp_path / "dm", device="cuda")
+    assert not (tmp_path / "dm").exists()
 
 
 def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path, monkeypatch):
@@ -774,12 +809,13 @@ def test_costs_are_estimated_and_oversized_runs_refused_before_any_work(tmp_path
     cells = ad.AnnData(np.zeros((20_000, 5), np.float32), obs=pd.DataFrame(
         {"y": pd.Categorical(["a", "b"] * 10_000)}, index=[f"c{i}" for i in range(20_000)]))
     monkeypatch.setattr(scdm.settings, "max_hours", 1.0)
+    # the reference timings are those of 2 CPU cores: the test runs there whatever it finds
     with pytest.raises(MemoryError, match=r"max_hours.*scdm\.tl\.trak \(trak on 20,000 cells"):
-        scdm.tl.datamodels(cells, "y", store=tmp_path / "dm")
+        scdm.tl.datamodels(cells, "y", store=tmp_path / "dm", device="cpu")
     assert not (tmp_path / "dm").exists()
     monkeypatch.setattr(scdm.settings, "max_memory", 2**20)  # 1 MiB
     with pytest.raises(MemoryError, match="max_memory"):
-        scdm.tl.trak(cells, "y", store=tmp_path / "t")
+        scdm.tl.trak(cells, "y", store=tmp_path / "t", device="cpu")
     assert not (tmp_path / "t").exists()
 
     # the features are kept on disk: 40 checkpoints × 512 float32 per cell, counted and

@@ -9,8 +9,14 @@ Those reference times are then calibrated on the machine that runs: :func:`probe
 one chunk of models of the run's shape (cells, input width, classes, architecture) for one and
 for three epochs, on random numbers (the time does not depend on the values), twice, and
 compares the time per model with the reference formula. A busy or slower machine shows up as
-a factor above 1, and the spread of the probes as the estimate's range. On a GPU the times are
-unknown and not checked.
+a factor above 1, and the spread of the probes as the estimate's range.
+
+On a GPU the probe trains on the GPU, so a datamodels run's time is calibrated there too. Its
+training and fit are both scaled by the probe's factor; on an H200 the main job's training ran
+5–9 times and its fit 3–4 times faster than on 2 cores, so the fit's share comes out a little
+low there. TRAK's time on a GPU is the 2-core reference, not calibrated: only its training was
+measured faster there (20,000 cells took over 145 s on an H200, 199 s on 2 cores), so the
+reference is what ``scdm.settings.max_hours`` is checked against.
 """
 
 from __future__ import annotations
@@ -55,19 +61,21 @@ class CostEstimate:
     n_models: int
     disk_bytes: float
     memory_bytes: float
-    seconds: float | None  # None: no timing model for this device
+    seconds: float
     seconds_range: tuple[float, float] | None = None  # with a speed probe: its spread
     worker_memory_bytes: float | None = None  # each Ray worker's share, when run on Ray
+    device: str = "cpu"  # where it runs: the probe's device, or the reference's caveat
 
     def describe(self) -> str:
-        if self.seconds is None:
-            when = "unknown on this device"
-        elif self.seconds_range is None:
+        if self.seconds_range is None:
             when = f"~{_duration(self.seconds)} on 2 CPU cores (reference timings)"
+            if self.device != "cpu":
+                when = when[:-1] + f"; not calibrated on {self.device})"
         else:
             low, high = (_duration(t) for t in self.seconds_range)
             spread = f"{low} to {high}, " if low != high else ""
-            when = f"~{_duration(self.seconds)} ({spread}calibrated on this machine)"
+            where = "" if self.device == "cpu" else f" ({self.device})"
+            when = f"~{_duration(self.seconds)} ({spread}calibrated on this machine{where})"
         workers = ("" if self.worker_memory_bytes is None else
                    f" here and ~{self.worker_memory_bytes / GIB:.2f} GiB per Ray worker")
         return (f"{self.method} on {self.n_obs:,} cells with {self.n_models:,} models: disk "
@@ -93,28 +101,25 @@ def reference_seconds_per_model(n_obs: int, epochs: int) -> float:
     return (n_obs / 700) ** 0.8 * epochs / 20 / REFERENCE_MODELS_PER_SECOND
 
 
-def _scaled(seconds: float | None, speed: Speed | None) -> dict:
-    if seconds is None or speed is None:
+def _scaled(seconds: float, speed: Speed | None) -> dict:
+    if speed is None:
         return {"seconds": seconds}
     return {"seconds": seconds * speed.factor,
             "seconds_range": (seconds * speed.low, seconds * speed.high)}
 
 
-def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, cpu: bool = True,
+def estimate_datamodels(n_obs: int, n_models: int, *, epochs: int = 20, device: str = "cpu",
                         speed: Speed | None = None) -> CostEstimate:
     """Disk (masks 1 byte + margins 4 bytes, or 2 as float16, per model and cell), memory
     (the dense n × n weights, their float64 standardised copy and the SVD: ~24 n² bytes, at
     least 1 GiB) and time (training + fit) of :func:`scdm.tl.datamodels`; ``speed``
-    (:func:`probe_speed`) calibrates the time to this machine."""
+    (:func:`probe_speed` on ``device``) calibrates the time to this machine."""
     disk = _bytes_per_entry() * n_models * n_obs
     memory = max(24.0 * n_obs**2, float(GIB))
-    seconds = None
-    if cpu:
-        train = n_models * reference_seconds_per_model(n_obs, epochs)
-        fit = 2.9 * (n_obs / 700) ** 1.8 * n_models / 17_500
-        seconds = train + fit
+    train = n_models * reference_seconds_per_model(n_obs, epochs)
+    fit = 2.9 * (n_obs / 700) ** 1.8 * n_models / 17_500
     return CostEstimate("datamodels", n_obs, n_models, disk, memory,
-                        **_scaled(seconds, speed))
+                        **_scaled(train + fit, speed), device=device)
 
 
 RAY_WORKER_BASE = 0.5 * GIB  # a Ray worker with torch and scdm imported (measured: 0.53 GiB
@@ -123,7 +128,7 @@ RAY_WORKER_BASE = 0.5 * GIB  # a Ray worker with torch and scdm imported (measur
 
 def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
                   max_obsp: int = TRAK_MAX_OBSP, largest_class: int | None = None,
-                  rank: int = 256, cpu: bool = True, speed: Speed | None = None,
+                  rank: int = 256, device: str = "cpu", speed: Speed | None = None,
                   n_features: int | None = None, ray: bool = False) -> CostEstimate:
     """Disk (the checkpoints' masks and margins, and their projected features, float32, kept
     in the store), memory (one block of a checkpoint's rows at a time; the randomized SVDs of
@@ -134,7 +139,8 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
     memory of each Ray worker, which featurizes one checkpoint at a time — the models' input
     (``n_features`` wide, rebuilt from the store's recipe, and its float32 copy), one block
     of rows with its projection, and the Gram matrix — and computes one checkpoint's share
-    of an embedding pass (the range, its product and the copy returned)."""
+    of an embedding pass (the range, its product and the copy returned). On a GPU
+    (``device``) the time is the 2-core reference, named as not calibrated there."""
     from ..trak._lowrank import BLOCK_ROWS as EMBED_ROWS
     from ..trak._ondisk import BLOCK_ROWS, bytes_on_disk
 
@@ -152,7 +158,7 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
     # and 3,427 s at 100,000 and 1,000,000). Training does not depend on proj_dim: 256 takes
     # 0.65 of 512's time at 100,000 cells, not half.
     seconds = (31.6 * (min(n_obs, 20_000) / 5000) ** 0.6 * (max(n_obs, 20_000) / 20_000) ** 1.05
-               * (n_models / 40) * (0.3 + 0.7 * proj_dim / 512) if cpu else None)
+               * (n_models / 40) * (0.3 + 0.7 * proj_dim / 512))
     worker = None
     if ray:
         memory += 4.0 * n_obs * width  # each pass's range, put in the object store for tasks
@@ -165,19 +171,22 @@ def estimate_trak(n_obs: int, n_models: int, *, proj_dim: int = TRAK_PROJ_DIM,
         embed = 16.0 * n_obs * width + 4.0 * n_obs * proj_dim + 8.0 * EMBED_ROWS * proj_dim
         worker = RAY_WORKER_BASE + max(featurize, embed)
     return CostEstimate("trak", n_obs, n_models, disk, memory, **_scaled(seconds, speed),
-                        worker_memory_bytes=worker)
+                        worker_memory_bytes=worker, device=device)
 
 
 def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models: int,
-                alpha: float = 0.5, repeats: int = 2, random_state: int = 0) -> Speed:
-    """Time this machine's CPU training against the reference (see the module notes).
+                alpha: float = 0.5, repeats: int = 2, random_state: int = 0,
+                device: str = "cpu") -> Speed:
+    """Time this machine's training on ``device`` against the reference (the module notes).
 
     Trains, ``repeats`` times, one chunk of the models a run of ``n_models`` would train at
-    once (at most 256; fewer for a small run) on ``n_obs`` random cells of ``n_features``
-    inputs, for one epoch and for three: the difference is the time of two epochs, the rest
-    the fixed cost (initialisation, margins on every cell). The time per model of the full
-    run (``config.epochs``) over the reference formula's is the factor. The probe costs about
-    eight epochs of one chunk: about a second for 700 cells, a few for 20,000."""
+    once (on CPU at most 256, on a GPU what its memory holds up to 8,192; fewer for a small
+    run) on ``n_obs`` random cells of ``n_features`` inputs, for one epoch and for three: the
+    difference is the time of two epochs, the rest the fixed cost (initialisation, margins on
+    every cell). The time per model of the full run (``config.epochs``) over the reference
+    formula's is the factor. The probe costs about eight epochs of one chunk: on CPU about a
+    second for 700 cells, a few for 20,000. On a GPU one untimed epoch comes first: the
+    first call pays for starting the device."""
     from dataclasses import replace
 
     from ..ensemble import CPU_MODEL_ALIGN, EnsembleTrainer
@@ -185,11 +194,14 @@ def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models
     rng = np.random.default_rng(random_state)
     X = rng.standard_normal((n_obs, max(1, n_features)), dtype=np.float32)
     y = np.arange(n_obs) % max(2, n_classes)
-    trainer = EnsembleTrainer(X, y, config, device="cpu", random_state=random_state)
+    trainer = EnsembleTrainer(X, y, config, device=device, random_state=random_state)
     chunk = int(min(trainer.auto_chunk_size(), max(CPU_MODEL_ALIGN, n_models)))
     masks = rng.random((chunk, n_obs)) < alpha
     masks[:, :2] = True  # no empty training set
     ids = np.arange(chunk)
+    if trainer.device.type != "cpu":  # margins come back to the host: each run is synchronous
+        trainer.config = replace(config, epochs=1)
+        trainer.train(masks, ids)
     per_model = []
     for _ in range(repeats):
         times = {}
@@ -217,7 +229,7 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
                alternatives: str = "") -> CostEstimate:
     """Log ``estimate`` and refuse (``MemoryError``) a run that exceeds
     ``scdm.settings.max_memory`` (default 80 % of physical memory), the free disk where the
-    store goes, or ``scdm.settings.max_hours`` (CPU estimates only)."""
+    store goes, or ``scdm.settings.max_hours``."""
     logger.info("estimated cost: %s", estimate.describe())
     limit = settings.max_memory
     if limit is None:
@@ -235,7 +247,7 @@ def check_cost(estimate: CostEstimate, *, store: str | Path | None = None,
             problems.append(f"disk ~{estimate.disk_bytes / GIB:.1f} GiB > {free / GIB:.1f} GiB "
                             f"free at {probe}")
     hours = settings.max_hours
-    if hours is not None and estimate.seconds is not None and estimate.seconds > 3600 * hours:
+    if hours is not None and estimate.seconds > 3600 * hours:
         problems.append(f"time ~{_duration(estimate.seconds)} > scdm.settings.max_hours = "
                         f"{hours:g} h")
     if problems:
@@ -250,18 +262,18 @@ PROBE_ABOVE_SECONDS = 10.0  # shorter runs keep the reference estimate: a probe 
 
 
 def calibrated(make, adata, *, label_key: str | None, n_features: int, config,
-               n_models: int, alpha: float, cpu: bool) -> CostEstimate:
-    """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on CPU
-    when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of
+               n_models: int, alpha: float, device: str) -> CostEstimate:
+    """``make(speed)`` with the speed of this machine probed (:func:`probe_speed`) on
+    ``device`` when the reference estimate is above ``PROBE_ABOVE_SECONDS``, for models of
     ``n_features`` inputs (:meth:`scdm._anndata.InputChoice.width`) and the classes ``adata``
     has."""
     estimate = make(None)
-    if not cpu or estimate.seconds is None or estimate.seconds <= PROBE_ABOVE_SECONDS:
+    if estimate.seconds <= PROBE_ABOVE_SECONDS:
         return estimate
     n_classes = (max(2, int(adata.obs[label_key].nunique()))
                  if label_key is not None and label_key in adata.obs else 2)
     return make(probe_speed(adata.n_obs, n_features, n_classes, config, n_models=n_models,
-                            alpha=alpha))
+                            alpha=alpha, device=device))
 
 
 def check_datamodels_cost(adata, *, label_key: str | None, n_features: int,
@@ -276,13 +288,13 @@ def check_datamodels_cost(adata, *, label_key: str | None, n_features: int,
     units = (adata.obs[group_key].nunique() if group_key is not None and group_key in adata.obs
              else adata.n_obs)
     n_models = n_models or default_n_models(int(units))
-    cpu = resolve_device(device).type == "cpu"
+    dev = str(resolve_device(device))
     estimate = calibrated(
-        lambda speed: estimate_datamodels(adata.n_obs, n_models, epochs=config.epochs, cpu=cpu,
-                                          speed=speed),
+        lambda speed: estimate_datamodels(adata.n_obs, n_models, epochs=config.epochs,
+                                          device=dev, speed=speed),
         adata, label_key=label_key, n_features=n_features, config=config, n_models=n_models,
-        alpha=alpha, cpu=cpu)
-    trak = estimate_trak(adata.n_obs, TRAK_CHECKPOINTS, cpu=cpu)
+        alpha=alpha, device=dev)
+    trak = estimate_trak(adata.n_obs, TRAK_CHECKPOINTS, device=dev)
     alternatives = (f"Instead: scdm.tl.trak ({trak.describe()}); datamodels of fewer cells "
                     "(a subsample, or one class at a time); donors as pseudobulk "
                     "(scdm.pp.pseudobulk); or a GPU (device='cuda').")
@@ -293,16 +305,21 @@ def trak_cost(adata, *, label_key: str | None, n_features: int, alpha: float, co
               device: str, n_models: int = TRAK_CHECKPOINTS,
               proj_dim: int = TRAK_PROJ_DIM, max_obsp: int = TRAK_MAX_OBSP,
               rank: int = 256, ray: bool = False) -> CostEstimate:
-    """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine
-    (``ray``: featurized by Ray workers, whose memory it states too)."""
+    """The estimate of a :func:`scdm.tl.trak` run on ``adata``, calibrated on this machine's
+    CPU; on a GPU the 2-core reference, as :func:`estimate_trak` says (``ray``: featurized
+    by Ray workers, whose memory it states too)."""
     from ..ensemble import resolve_device
 
-    cpu = resolve_device(device).type == "cpu"
+    dev = str(resolve_device(device))
     largest = (int(adata.obs[label_key].value_counts().max())
                if label_key is not None and label_key in adata.obs and adata.n_obs else None)
-    return calibrated(
-        lambda speed: estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim,
-                                    max_obsp=max_obsp, largest_class=largest, rank=rank,
-                                    cpu=cpu, speed=speed, n_features=n_features, ray=ray),
-        adata, label_key=label_key, n_features=n_features, config=config, n_models=n_models,
-        alpha=alpha, cpu=cpu)
+
+    def make(speed: Speed | None) -> CostEstimate:
+        return estimate_trak(adata.n_obs, n_models, proj_dim=proj_dim, max_obsp=max_obsp,
+                             largest_class=largest, rank=rank, device=dev, speed=speed,
+                             n_features=n_features, ray=ray)
+
+    if dev != "cpu":
+        return make(None)
+    return calibrated(make, adata, label_key=label_key, n_features=n_features, config=config,
+                      n_models=n_models, alpha=alpha, device=dev)

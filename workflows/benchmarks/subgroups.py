@@ -66,6 +66,7 @@ The summary checks the goals of the discovery-power issue against R. ``--method 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
         [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
         [--method datamodels|trak] [--trak-damping D] [--trak-checkpoints N]
+        [--trak-comps K]
 """
 
 from __future__ import annotations
@@ -417,15 +418,16 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
 
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
             rep: str = "pca", damping: float | None = None,
-            checkpoints: int | None = None) -> ad.AnnData:
+            checkpoints: int | None = None, comps: int | None = None) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
     ``sc.pp.scale``), ``pca-unscaled`` (the PCA without the models' per-feature scaling).
-    ``damping``, ``checkpoints``: tl.trak's ``damping`` and ``n_models``, where not its
-    default."""
+    ``damping``, ``checkpoints``, ``comps``: tl.trak's ``damping``, ``n_models`` and
+    ``n_comps``, where not its default."""
     tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
            + ("" if damping is None or method != "trak" else f"-damping{damping:g}")
            + ("" if checkpoints is None or method != "trak" else f"-checkpoints{checkpoints}"))
+    tag += "" if comps is None or method != "trak" else f"-comps{comps}"
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
     if path.exists():
         return ad.read_h5ad(path)
@@ -455,6 +457,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         kwargs = {**kwargs, "damping": damping}
     if method == "trak" and checkpoints is not None:
         kwargs = {**kwargs, "n_models": checkpoints}
+    if method == "trak" and comps is not None:
+        kwargs = {**kwargs, "n_comps": comps}
     if method == "trak":  # its halves (checkpoints) come with it
         scdm.tl.trak(adata, label, use_rep=use_rep, store=cache / f"trak-{tag}",
                      random_state=seed, **kwargs)
@@ -485,7 +489,7 @@ def attribution_seconds(adata: ad.AnnData) -> float:
 def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[dict]:
     method = args.method
     adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None),
-                    getattr(args, "trak_checkpoints", None))
+                    getattr(args, "trak_checkpoints", None), getattr(args, "trak_comps", None))
     label = adata.uns["benchmark"]["label"]
     n_neighbors = int(adata.uns["benchmark"].get("n_neighbors", 15))
     found, seconds, evidence = {}, {}, {}
@@ -639,6 +643,8 @@ def main() -> None:
                         help="--method trak: tl.trak's damping (default: its own)")
     parser.add_argument("--trak-checkpoints", type=int,
                         help="--method trak: tl.trak's n_models (default: its own)")
+    parser.add_argument("--trak-comps", type=int,
+                        help="--method trak: tl.trak's n_comps (default: its own)")
     parser.add_argument("--second-round", type=int, default=0, metavar="FACTOR",
                         help="run tl.second_round (FACTOR x the models) where tl.subgroups "
                              "left classes undecided; 0: not (default)")
