@@ -327,7 +327,8 @@ class ResolutionChoice:
                     "best_reproducibility": float(row["reproducibility"]),
                     "separation": float(row["separation"]),
                     "null_separation_max": float(row["null_separation_max"]),
-                    "p_value": float(row["p_value"]), **self._optional(row)}
+                    "p_value": float(row["p_value"]), **self._optional(row),
+                    **self._cut_refused()}
         row = self.table.set_index("resolution").loc[self.resolution]
         moved = ({"full_resolution": float(self.full_resolution)}
                  if self.full_resolution not in (None, self.resolution) else {})
@@ -357,12 +358,31 @@ class ResolutionChoice:
                 "null_separation_max": float(row["null_separation_max"]),
                 "margin": float(row["margin"]), "p_value": float(row["p_value"])}
 
+    def _cut_refused(self) -> dict:
+        """The most reproducible split refused only for being less separated than the null
+        cut into as many clusters (``cut_slack``), as ``{"cut_refused": {...}}``; else {}."""
+        if "cut_refused" not in self.table:
+            return {}
+        rows = self.table[self.table["cut_refused"].astype(bool)]
+        if rows.empty:
+            return {}
+        row = rows.sort_values(["reproducibility", "resolution"],
+                               ascending=[False, True]).iloc[0]
+        return {"cut_refused": {
+            "resolution": float(row["resolution"]), "n_clusters": int(row["n_clusters_half1"]),
+            "reproducibility": float(row["reproducibility"]),
+            "separation": float(row["separation"]),
+            "null_separation_max": float(row["null_separation_max"]),
+            "null_separation_same_k": float(row["null_separation_same_k"])}}
+
     @staticmethod
     def _optional(row) -> dict:
         """Columns that tables written by earlier versions lack."""
         out: dict[str, float] = {"n_null": int(row["n_null"])} if "n_null" in row else {}
         if "margin" in row:
             out["margin"] = float(row["margin"])
+        if "null_separation_same_k" in row and np.isfinite(row["null_separation_same_k"]):
+            out["null_separation_same_k"] = float(row["null_separation_same_k"])
         return out
 
 
@@ -412,6 +432,18 @@ MIN_REPRODUCIBILITY = 0.75
 # clusters part. 0.5 is the only floor measured (issue 28, session 26: the suite's undecided
 # classes agreed at 0.54-0.74); reported, never accepted (tl.second_round decides them).
 UNDECIDED_FLOOR = 0.5
+
+# The null at a split's own resolution says nothing where its halves do not split there at
+# all (separation 0): a continuum that Leiden cuts at a low resolution then passes on its
+# agreement alone. So a split's weakest boundary is also compared with the null halves cut
+# into as many clusters, at whatever resolution that takes (`null_separation_same_k`), and
+# may fall at most CUT_SLACK below their best. Unequal true subtypes need the slack: a piece
+# cut off one side is less separated than a balanced cut (a Gaussian cut at its 15 % quantile
+# puts 0.43 between the pieces, at its middle 0.64). Measured on the whole cached TRAK suite
+# (issue 28, session 30): true splits reach down to 0.07 below the null's cuts (G-rare, two
+# subtypes of 45 cells beside 255), the graded-continuum null after a second round 0.26 below
+# (4 clusters at 0.42 where the null's 4-way cuts reach 0.68); 0.1 changed that class alone.
+CUT_SLACK = 0.1
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size
 
@@ -819,13 +851,29 @@ def null_jobs(n_points: int) -> int:
 
 
 def _null_pair(n1: np.ndarray, n2: np.ndarray, kw: dict, min_size: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Reproducibility and separation of one null pair at ``kw``'s resolutions."""
-    rep, sep = [], []
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reproducibility, separation and number of clusters (of ``min_size``; ``-1`` where the
+    two halves differ) of one null pair at ``kw``'s resolutions."""
+    rep, sep, k = [], [], []
     for a, b in zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw), strict=True):
         rep.append(split_reproducibility(a, b))
         sep.append(cross_separation(n1, n2, a, b, min_size))
-    return np.asarray(rep), np.asarray(sep)
+        ka, kb = n_substantial(a, min_size), n_substantial(b, min_size)
+        k.append(ka if ka == kb else -1)
+    return np.asarray(rep), np.asarray(sep), np.asarray(k)
+
+
+def same_k_null(null_sep: np.ndarray, null_k: np.ndarray, k: int) -> float:
+    """The best separation of the null pairs cut into ``k`` clusters: per pair, its largest at
+    the resolutions where both its halves have ``k``, or where they never do, its first with
+    more (a finer cut is no cleaner); the largest over the pairs. NaN if none reaches ``k``."""
+    best = np.nan
+    for sep, kk in zip(null_sep, null_k, strict=True):
+        same = np.flatnonzero(kk == k)
+        more = np.flatnonzero(kk > k)
+        value = sep[same].max() if same.size else sep[more[0]] if more.size else np.nan
+        best = np.fmax(best, value)
+    return float(best)
 
 
 def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
@@ -833,7 +881,8 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                       min_reproducibility: float = MIN_REPRODUCIBILITY, n_null: int = 20,
                       alpha: float = 0.05,
                       min_margin: float = MIN_MARGIN, min_size: int = 5, random_state: int = 0,
-                      min_undecided: float | None = UNDECIDED_FLOOR) -> ResolutionChoice:
+                      min_undecided: float | None = UNDECIDED_FLOOR,
+                      cut_slack: float | None = CUT_SLACK) -> ResolutionChoice:
     """Choose the Leiden resolution whose split reproduces across halves beyond the null.
 
     Parameters
@@ -865,6 +914,11 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         are measured against the null too and, where they pass it and the margin, marked
         ``undecided`` in the table (never accepted): clusters more models may decide.
         ``None``: not measured.
+    cut_slack
+        A split's separation must also reach that of the null pairs cut into as many
+        clusters, at any resolution (``null_separation_same_k``), less this slack
+        (:data:`CUT_SLACK`); ``None``: not required. It costs the null pairs' clustering at
+        every resolution, where any could be accepted or undecided.
     """
     check_fraction("min_reproducibility", min_reproducibility, "(0, 1]")
     if min_undecided is not None:
@@ -896,6 +950,8 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     # it skips most of the work on classes without structure (the others' rows are NaN).
     best = np.lexsort((np.asarray(resolutions), -observed))[0]
     needed = np.flatnonzero(candidate | near | (np.arange(len(resolutions)) == best))
+    if cut_slack is not None and (candidate | near).any():  # the null's cuts at every one
+        needed = np.arange(len(resolutions))
     null_kw = {**kw, "resolutions": [resolutions[j] for j in needed]}
     rng = np.random.default_rng(random_state)
     factors = gaussian_null_factors(half1, half2)  # the same for every draw
@@ -912,20 +968,31 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         pairs = [_null_pair(n1, n2, null_kw, min_size) for n1, n2 in draws]
     null_rep = np.full((n_null, len(resolutions)), np.nan)
     null_sep = np.full((n_null, len(resolutions)), np.nan)
-    for i, (rep, sep) in enumerate(pairs):
-        null_rep[i, needed], null_sep[i, needed] = rep, sep
+    null_k = np.full((n_null, len(resolutions)), -1)
+    for i, (rep, sep, kk) in enumerate(pairs):
+        null_rep[i, needed], null_sep[i, needed], null_k[i, needed] = rep, sep, kk
     p_value = (1 + (null_sep >= separation[None, :] - 1e-12).sum(0)) / (1 + n_null)
     p_value[np.isnan(null_sep).all(0)] = np.nan
     margin = separation - null_sep.max(0)
     beyond = (p_value <= alpha) & (margin >= min_margin - 1e-12)
+    same_k = np.full(len(resolutions), np.nan)
+    cut_refused = np.zeros(len(resolutions), dtype=bool)
+    if cut_slack is not None and needed.size == len(resolutions):
+        for j in np.flatnonzero((k1 == k2) & (k1 > 1)):
+            same_k[j] = same_k_null(null_sep, null_k, int(k1[j]))
+        below = separation < same_k - cut_slack - 1e-12  # NaN (none reached k): no bar
+        cut_refused = candidate & beyond & below
+        beyond &= ~below
     accepted = candidate & beyond
     table = pd.DataFrame({"resolution": resolutions, "n_clusters_half1": k1,
                           "n_clusters_half2": k2, "reproducibility": observed,
                           "null_reproducibility_max": null_rep.max(0),
                           "separation": separation, "null_separation_mean": null_sep.mean(0),
-                          "null_separation_max": null_sep.max(0), "margin": margin,
+                          "null_separation_max": null_sep.max(0),
+                          "null_separation_same_k": same_k, "margin": margin,
                           "p_value": p_value, "n_null": n_null,
-                          "accepted": accepted, "undecided": near & beyond})
+                          "accepted": accepted, "undecided": near & beyond,
+                          "cut_refused": cut_refused})
     if not accepted.any():
         return ResolutionChoice(None, table)
     chosen = _most_refined(accepted, observed, np.maximum(k1, k2))

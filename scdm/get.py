@@ -144,6 +144,23 @@ def _near_bar(e: Mapping, bars: Mapping | None) -> str:
             "lists the alternatives)")
 
 
+def _continuum_cut(e: Mapping, bars: Mapping | None) -> str:
+    """For a class kept whole whose most reproducible split beat the null at its resolution
+    but was less separated than the null cut into as many clusters (``cut_refused``): said."""
+    from .clustering import CUT_SLACK
+
+    cut = e.get("cut_refused")
+    if not cut or e.get("split"):
+        return ""
+    slack = float((bars or {}).get("cut_slack", CUT_SLACK))
+    return (f"the halves agree on {cut['n_clusters']} clusters (ARI "
+            f"{cut['reproducibility']:.2f} at resolution {cut['resolution']:g}) beyond the null "
+            f"there ({cut['separation']:.2f} vs at most {cut['null_separation_max']:.2f}), but "
+            f"less separated than cluster-free null halves cut into as many "
+            f"({cut['null_separation_same_k']:.2f}, {slack:g} allowed below): a cut through a "
+            "continuum, not separate groups")
+
+
 def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report). ``bars``: the run's
@@ -172,6 +189,14 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                    f"(separation up to {shared['max_separation_elsewhere']:.2f} there): likely "
                    "a nuisance the classes share, such as batch, donor or cell cycle, not a "
                    "subtype")
+    if e.get("split") and e.get("n_subgroups", 2) < 2:
+        # accepted on the halves, but the embedding of all the models gave one cluster there
+        # and at the resolutions around it (clustering.agreed_partition): nothing to report
+        return (f"one subgroup; the halves of the models agreed on a split (ARI "
+                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}, separation "
+                f"{e['separation']:.2f} vs at most {e['null_separation_max']:.2f} in null "
+                "halves), but on the embedding of all the models it leaves a single cluster of "
+                f"substantial size, so none is reported{checked}")
     if e.get("split"):
         text = (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
                 f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are "
@@ -207,9 +232,13 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
         again = ("; merged across those boundaries, nothing private is left"
                  if shared.get("merged") else
                  " and the split found without it divides them too" if "shared_again" in shared
+                 else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")
         return (f"one subgroup; {removed}{again}{checked}. Give a known batch as "
                 "stratify_key when training, or shared_check=False to keep such splits")
+    if cut := _continuum_cut(e, bars):
+        return (f"one subgroup; {cut}{checked}. Not proof of one population: a graded "
+                "programme or another continuum may run through it")
     return (f"one subgroup; no split both reproduces and beats the null by the required "
             f"margin (best ARI between halves {e['best_reproducibility']:.2f} at resolution "
             f"{e['best_resolution']:g}; its separation {e['separation']:.2f} vs at most "

@@ -406,6 +406,46 @@ def test_a_split_must_beat_the_null_by_the_margin():
         clustering.choose_resolution(half1, half2, **kw, min_margin=1.0)
 
 
+def test_a_split_must_be_about_as_clean_as_the_null_cut_into_as_many_clusters():
+    """A tight group inside a wide one, cut at a resolution where the Gaussian null halves do
+    not split at all: beyond the null at that resolution (its separation there is 0), yet
+    less separated than the null halves cut into two elsewhere by more than ``CUT_SLACK``.
+    Refused, and said so; without the bar it is accepted. A true unequal split (45 cells
+    apart from 255) clears the bar in every seed."""
+    from scdm import clustering
+
+    kw = {"n_neighbors": 15, "random_state": 0}
+    d = 5
+    for seed in (0, 3):
+        rng = np.random.default_rng(seed)
+        points = np.vstack([rng.normal(0, 1.5, (150, d)),
+                            rng.normal(0, 0.15, (150, d)) + np.r_[1.5, np.zeros(d - 1)]])
+        half1, half2 = (points + rng.normal(0, 0.05, points.shape) for _ in range(2))
+        without = clustering.choose_resolution(half1, half2, cut_slack=None, **kw)
+        assert without.resolution is not None
+        row = without.table.set_index("resolution").loc[without.resolution]
+        assert row["null_separation_max"] == 0 and row["margin"] > 0.3
+        choice = clustering.choose_resolution(half1, half2, **kw)
+        assert choice.resolution is None
+        refused = choice.table.set_index("resolution").loc[without.resolution]
+        assert refused["separation"] < refused["null_separation_same_k"] - clustering.CUT_SLACK
+        assert not refused["undecided"]
+        text = scdm.get.describe_evidence({**choice.summary(), "n_subgroups": 1})
+        assert "a cut through a continuum" in text and (
+            f"cut into as many ({refused['null_separation_same_k']:.2f}" in text)
+        # the null's cuts are what the bar compares with
+        assert clustering.same_k_null(np.array([[0.0, 0.6, 0.7]]), np.array([[1, 2, 3]]),
+                                      2) == 0.6
+        assert clustering.same_k_null(np.array([[0.0, 0.5]]), np.array([[1, 3]]), 2) == 0.5
+        assert np.isnan(clustering.same_k_null(np.array([[0.0]]), np.array([[1]]), 2))
+
+        group = np.vstack([rng.normal(0, 1, (255, d)),
+                           rng.normal(0, 1, (45, d)) + np.r_[4.0, np.zeros(d - 1)]])
+        g1, g2 = (group + rng.normal(0, 0.3, group.shape) for _ in range(2))
+        true = clustering.choose_resolution(g1, g2, **kw)
+        assert true.resolution is not None and true.summary()["null_separation_same_k"] > 0
+
+
 def test_halves_that_agree_at_three_quarters_are_enough():
     """Three clusters that the full embedding separates perfectly, seen by two noisier halves
     (each holds half the models): the halves agree at 0.76, below the former bar (0.8). The
@@ -705,6 +745,11 @@ def test_a_split_close_to_its_bars_is_called_so():
         hesitant, {"min_reproducibility": 0.7, "min_margin": 0.03})
     assert "margin 0.84 where 0.5 is required" in describe_evidence(
         clear, {"min_reproducibility": 0.75, "min_margin": 0.5})
+    # accepted on the halves but a single cluster on the embedding of all the models: said
+    # as one subgroup, not as "1 subgroups; two halves agree on them"
+    single = describe_evidence({**clear, "n_subgroups": 1})
+    assert single.startswith("one subgroup; the halves of the models agreed on a split")
+    assert "single cluster" in single and "agree on them" not in single
     # an inner split is read the same way
     inner = {**clear, "split_within": {"1": {"n_cells": 78, "n_subgroups": 2,
                                              "reproducibility": 0.757, "separation": 0.77,

@@ -17,6 +17,7 @@ from .._checks import check_fraction, check_int
 from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
+    CUT_SLACK,
     MAX_CHECK_POINTS,
     MIN_MARGIN,
     MIN_REPRODUCIBILITY,
@@ -102,10 +103,14 @@ def subgroups(
     0-1 scale: beating every null pair by a hair happens by chance when a grid of resolutions
     is scanned; on the scenario suite's 273 null and 171 planted class runs the margin kept a
     graded continuum whole, 0.028 above its null, and left the right counts as they were).
-    The most reproducible accepted partition (ties to the one with more clusters) gives the
-    number of subgroups and the resolution used on the full embedding; where the full
-    embedding gives another number there, the nearby resolution whose partition has the
-    agreed number and matches the halves' best is used instead (evidence
+    Where the null halves do not split at that resolution at all, that comparison says
+    little, so the clusters must also be about as separated as the null halves cut into as
+    many clusters at any resolution (at most :data:`scdm.clustering.CUT_SLACK` below; the
+    evidence's ``"null_separation_same_k"``, and ``"cut_refused"`` where only this kept a
+    class whole). The most reproducible accepted partition (ties to the one with more
+    clusters) gives the number of subgroups and the resolution used on the full embedding;
+    where the full embedding gives another number there, the nearby resolution whose
+    partition has the agreed number and matches the halves' best is used instead (evidence
     ``"full_resolution"``; :func:`scdm.clustering.agreed_partition`), so a subgroup is never
     reported that the check did not accept. A class with no accepted resolution stays one
     subgroup. A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
@@ -304,7 +309,8 @@ def subgroups(
                 c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
             check = {"n_neighbors": n_neighbors, "resolutions": grid,
                      "min_reproducibility": min_reproducibility, "n_null": n_null,
-                     "min_margin": MIN_MARGIN, "min_size": min_size, "random_state": seed}
+                     "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK, "min_size": min_size,
+                     "random_state": seed}
             inputs = None if others is None else others[cls][0]
             found, class_rep, choice, shared, checked_halves = _checked_split(
                 halves[0][checked], halves[1][checked], rep[members], sub, inputs, elsewhere,
@@ -350,7 +356,8 @@ def subgroups(
         "params": {"key": key, "label_key": label_key, "use_rep": use_rep,
                    "n_neighbors": n_neighbors, "resolution": resolution,
                    "resolutions": list(grid), "min_reproducibility": min_reproducibility,
-                   "n_null": n_null, "min_margin": MIN_MARGIN, "min_size": min_size,
+                   "n_null": n_null, "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK,
+                   "min_size": min_size,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed},
