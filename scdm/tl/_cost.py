@@ -199,7 +199,9 @@ def probe_speed(n_obs: int, n_features: int, n_classes: int, config, *, n_models
     masks = rng.random((chunk, n_obs)) < alpha
     masks[:, :2] = True  # no empty training set
     ids = np.arange(chunk)
-    if trainer.device.type != "cpu":  # margins come back to the host: each run is synchronous
+    if trainer.device.type != "cpu":
+        # a GPU's first run pays for starting it (kernels, allocator), so it is not timed; the
+        # timed runs end when their margins are back on the host, i.e. when the work is done
         trainer.config = replace(config, epochs=1)
         trainer.train(masks, ids)
     per_model = []
