@@ -137,6 +137,12 @@ def _near_bar(e: Mapping, bars: Mapping | None) -> str:
     if e["reproducibility"] < min_reproducibility + NEAR_AGREEMENT:
         close.append(f"agreement {e['reproducibility']:.2f} where {min_reproducibility:g} is "
                      "required")
+    same_k = e.get("null_separation_same_k")
+    if same_k is not None and e["separation"] < same_k:
+        # within the slack (clustering.CUT_SLACK), as unequal true subtypes are, but a null
+        # class's cut was found there too (RESULTS.md, session 30)
+        close.append(f"separation {e['separation']:.2f} under the {same_k:.2f} of null "
+                     "halves cut into as many clusters")
     if not close:
         return ""
     return (" (close to the bar: " + ", ".join(close) + "; another seed or device may give "

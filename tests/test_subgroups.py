@@ -745,6 +745,11 @@ def test_a_split_close_to_its_bars_is_called_so():
         hesitant, {"min_reproducibility": 0.7, "min_margin": 0.03})
     assert "margin 0.84 where 0.5 is required" in describe_evidence(
         clear, {"min_reproducibility": 0.75, "min_margin": 0.5})
+    # less separated than the null cut into as many clusters, within the slack: said
+    under = describe_evidence({**clear, "separation": 0.60, "null_separation_same_k": 0.64})
+    assert "close to the bar: separation 0.60 under the 0.64 of null halves cut" in under
+    assert "close to the bar" not in describe_evidence({**clear,
+                                                        "null_separation_same_k": 0.70})
     # accepted on the halves but a single cluster on the embedding of all the models: said
     # as one subgroup, not as "1 subgroups; two halves agree on them"
     single = describe_evidence({**clear, "n_subgroups": 1})
