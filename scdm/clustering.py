@@ -321,8 +321,7 @@ class ResolutionChoice:
     def summary(self) -> dict:
         """The chosen row as a flat dict, or without a split the most reproducible row."""
         if self.resolution is None:
-            row = self.table.sort_values(["reproducibility", "resolution"],
-                                         ascending=[False, True]).iloc[0]
+            row = self._most_reproducible(self.table)
             return {"split": False, "best_resolution": float(row["resolution"]),
                     "best_reproducibility": float(row["reproducibility"]),
                     "separation": float(row["separation"]),
@@ -349,8 +348,7 @@ class ResolutionChoice:
         rows = self.table[self.table["undecided"].astype(bool)]
         if rows.empty:
             return None
-        row = rows.sort_values(["reproducibility", "resolution"],
-                               ascending=[False, True]).iloc[0]
+        row = self._most_reproducible(rows)
         return {"resolution": float(row["resolution"]),
                 "n_clusters": int(row["n_clusters_half1"]),
                 "reproducibility": float(row["reproducibility"]),
@@ -366,14 +364,19 @@ class ResolutionChoice:
         rows = self.table[self.table["cut_refused"].astype(bool)]
         if rows.empty:
             return {}
-        row = rows.sort_values(["reproducibility", "resolution"],
-                               ascending=[False, True]).iloc[0]
+        row = self._most_reproducible(rows)
         return {"cut_refused": {
             "resolution": float(row["resolution"]), "n_clusters": int(row["n_clusters_half1"]),
             "reproducibility": float(row["reproducibility"]),
             "separation": float(row["separation"]),
             "null_separation_max": float(row["null_separation_max"]),
             "null_separation_same_k": float(row["null_separation_same_k"])}}
+
+    @staticmethod
+    def _most_reproducible(rows: pd.DataFrame) -> pd.Series:
+        """The row whose halves agree most (ties: the lowest resolution)."""
+        return rows.sort_values(["reproducibility", "resolution"],
+                                ascending=[False, True]).iloc[0]
 
     @staticmethod
     def _optional(row) -> dict:
