@@ -240,8 +240,13 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                  " and the split found without it divides them too" if "shared_again" in shared
                  else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")
-        return (f"one subgroup; {removed}{again}{checked}. Give a known batch as "
-                "stratify_key when training, or shared_check=False to keep such splits")
+        named = (bars or {}).get("stratify_key")
+        advice = (f"It is not the stratify_key {named!r} the models were trained with "
+                  "(centred already): where another nuisance is known, train with one "
+                  "stratify_key column combining both, or" if named else
+                  "Give a known batch as stratify_key when training, or")
+        return (f"one subgroup; {removed}{again}{checked}. {advice} shared_check=False to keep "
+                "such splits")
     if cut := _continuum_cut(e, bars):
         return (f"one subgroup; {cut}{checked}. Not proof of one population: a graded "
                 "programme or another continuum may run through it")

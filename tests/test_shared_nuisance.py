@@ -121,6 +121,11 @@ def test_a_batch_the_classes_share_is_no_subtype(raw_null, tmp_path):
         text = scdm.get.describe_evidence(evidence)
         assert text.startswith("one subgroup") and f"divide class {other} the same way" in text
         assert "shared_check=False" in text
+        assert "Give a known batch as stratify_key" in text
+        # a run whose models were already balanced on a batch is not told to name one
+        named = scdm.get.describe_evidence(evidence, {**info["params"], "stratify_key": "donor"})
+        assert "not the stratify_key 'donor'" in named and "Give a known batch" not in named
+        assert "shared_check=False" in named
     # the evidence survives the file, and reads the same
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = anndata.read_h5ad(tmp_path / "a.h5ad")

@@ -360,7 +360,9 @@ def subgroups(
                    "min_size": min_size,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
-                   "markers": markers, "n_genes": n_genes, "random_state": seed},
+                   "markers": markers, "n_genes": n_genes, "random_state": seed,
+                   # the nuisance the models were balanced on, for the evidence's advice
+                   "stratify_key": adata.uns[key]["params"].get("stratify_key")},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
     }
     if automatic:
