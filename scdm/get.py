@@ -237,7 +237,7 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     if shared:
         again = ("; merged across those boundaries, nothing private is left"
                  if shared.get("merged") else
-                 " and the split found without it divides them too" if "shared_again" in shared
+                 "; the split found without it divides them too" if "shared_again" in shared
                  else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")
         named = (bars or {}).get("stratify_key")

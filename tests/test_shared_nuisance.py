@@ -307,6 +307,18 @@ def test_evidence_says_how_many_clusters_were_joined_across_levels():
     assert "copies" not in scdm.get.describe_evidence(evidence)
 
 
+def test_evidence_of_a_class_whose_second_split_is_shared_again_reads_as_one_sentence():
+    shared = {"resolution": 1.0, "reproducibility": 0.95, "separation": 0.9, "p_value": 0.048,
+              "n_subgroups": 4, "n_shared": 6, "n_boundaries": 6, "shared_with": ["NB+BL"],
+              "max_separation_elsewhere": 0.9, "separation_here": 0.94, "n_levels": 2,
+              "shared_again": {"n_shared": 3}}
+    evidence = {"split": False, "n_subgroups": 1, "shared": shared}
+    text = scdm.get.describe_evidence(evidence, {"stratify_key": "source"})
+    assert text.startswith("one subgroup; a first split into 4 reproduced")
+    assert "not a subtype; the split found without it divides them too. It is not the " \
+           "stratify_key 'source'" in text
+
+
 def test_carrying_space_keeps_a_thin_batch_that_nearest_neighbours_lose():
     """A batch that shifts each of 1,000 sparse genes a little (log-rate ± 0.2) is nearly
     invisible to a cell's nearest neighbours in the standardised genes, where distances are

