@@ -141,8 +141,11 @@ def _near_bar(e: Mapping, bars: Mapping | None) -> str:
     if same_k is not None and e["separation"] < same_k:
         # within the slack (clustering.CUT_SLACK), as unequal true subtypes are, but a null
         # class's cut was found there too (RESULTS.md, session 30)
-        close.append(f"separation {e['separation']:.2f} under the {same_k:.2f} of null "
-                     "halves cut into as many clusters")
+        # as many decimals as it takes to show the difference (0.605 under 0.612, not 0.61
+        # under 0.61)
+        digits = 2 if f"{e['separation']:.2f}" != f"{same_k:.2f}" else 3
+        close.append(f"separation {e['separation']:.{digits}f} under the {same_k:.{digits}f} "
+                     "of null halves cut into as many clusters")
     if not close:
         return ""
     return (" (close to the bar: " + ", ".join(close) + "; another seed or device may give "

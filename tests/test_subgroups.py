@@ -750,6 +750,8 @@ def test_a_split_close_to_its_bars_is_called_so():
     # less separated than the null cut into as many clusters, within the slack: said
     under = describe_evidence({**clear, "separation": 0.60, "null_separation_same_k": 0.64})
     assert "close to the bar: separation 0.60 under the 0.64 of null halves cut" in under
+    tied = describe_evidence({**clear, "separation": 0.606, "null_separation_same_k": 0.612})
+    assert "separation 0.606 under the 0.612 of null halves" in tied
     assert "close to the bar" not in describe_evidence({**clear,
                                                         "null_separation_same_k": 0.70})
     # accepted on the halves but a single cluster on the embedding of all the models: said
