@@ -352,7 +352,7 @@ def subgroups(
     order = subgroup_order(names, all_classes)
     adata.obs[key_added] = pd.Categorical(names, categories=order)
     sizes = adata.obs[key_added].value_counts().reindex(order)
-    info = {
+    info: dict[str, Any] = {
         "params": {"key": key, "label_key": label_key, "use_rep": use_rep,
                    "n_neighbors": n_neighbors, "resolution": resolution,
                    "resolutions": list(grid), "min_reproducibility": min_reproducibility,
