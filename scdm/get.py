@@ -38,14 +38,21 @@ def datamodel_matrix(adata: AnnData, key: str = "datamodels") -> np.ndarray | sp
     return adata.obsp[key]
 
 
+def training_params(adata: AnnData, key: str) -> Mapping:
+    """The recorded parameters of the attribution ``key`` (``adata.uns[key]["params"]``); empty
+    where there is none (an embedding of the user's own, clustered at a fixed resolution)."""
+    info = adata.uns.get(key)
+    params = info.get("params") if isinstance(info, Mapping) else None
+    return params if isinstance(params, Mapping) else {}
+
+
 def label_key_of(adata: AnnData, key: str, label_key: str | None) -> str:
     """``label_key`` if given (checked), else the label the models of ``key`` were trained on."""
     if label_key is not None:
         if label_key not in adata.obs:
             raise KeyError(f"label_key={label_key!r} is not a column of adata.obs.")
         return label_key
-    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) \
-        else {}
+    params = training_params(adata, key)
     if "label_key" not in params:
         raise KeyError(
             f"adata.uns[{key!r}]['params'] has no label_key; run scdm.tl.datamodels(adata, "

@@ -253,6 +253,18 @@ def test_too_few_models_to_split_in_halves(tmp_path):
     scdm.tl.subgroups(adata, n_neighbors=10, resolution=0.5, markers=False)  # still possible
 
 
+def test_an_embedding_of_the_users_own_is_clustered_at_a_fixed_resolution():
+    """No attribution in ``uns`` at all: ``use_rep`` and ``label_key`` given, a fixed
+    resolution; nothing recorded about training is required (or invented)."""
+    rng = np.random.default_rng(0)
+    adata = AnnData(rng.normal(size=(80, 5)).astype(np.float32))
+    adata.obs["cls"] = pd.Categorical(["x", "y"] * 40)
+    adata.obsm["X_mine"] = np.vstack([rng.normal(0, 1, (40, 4)), rng.normal(6, 1, (40, 4))])
+    scdm.tl.subgroups(adata, use_rep="X_mine", resolution=0.5, label_key="cls", markers=False)
+    assert adata.obs["datamodels_subgroup"].str.startswith(("x-", "y-")).all()
+    assert adata.uns["datamodels_subgroup"]["params"].get("stratify_key") is None
+
+
 def test_degenerate_datamodels_are_unassigned(null_trained):
     adata = null_trained.copy()
     ok = adata.obs["datamodels_ok"].to_numpy().copy()

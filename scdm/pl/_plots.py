@@ -12,7 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._docs import doc_params
-from ..get import UNASSIGNED, datamodel_matrix, label_key_of, subgroup_key
+from ..get import UNASSIGNED, datamodel_matrix, label_key_of, subgroup_key, training_params
 from ._utils import (
     category_palette,
     classes_to_draw,
@@ -25,9 +25,7 @@ from ._utils import (
 
 def _grouping_columns(adata: AnnData, key: str) -> list[str]:
     """The ``.obs`` columns present among the subgroups of ``key`` and its label, in that order."""
-    info = adata.uns.get(key)
-    params = info.get("params", {}) if isinstance(info, dict) else {}
-    candidates = [subgroup_key(key), params.get("label_key")]
+    candidates = [subgroup_key(key), training_params(adata, key).get("label_key")]
     return [c for c in candidates if c is not None and c in adata.obs]
 
 

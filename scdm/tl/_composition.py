@@ -14,7 +14,7 @@ from .._anndata import uns_safe
 from .._checks import check_int
 from .._seeding import COMPOSITION_PURPOSE, check_random_state
 from ..composition import CompositionRule, adjust_and_flag, categorical_test, numeric_test
-from ..get import UNASSIGNED
+from ..get import UNASSIGNED, training_params
 
 NUMERIC_MIN_LEVELS = 10  # numeric columns with fewer distinct values are treated as levels
 
@@ -22,9 +22,7 @@ NUMERIC_MIN_LEVELS = 10  # numeric columns with fewer distinct values are treate
 def covariates_of(adata: AnnData, subgroup_key: str) -> list[str]:
     """The donor and nuisance columns the models were trained with (``group_key``,
     ``stratify_key`` of the datamodels behind ``subgroup_key``), where present."""
-    params = adata.uns.get(subgroup_key, {}).get("params", {})
-    training = adata.uns.get(params.get("key", ""), {})
-    training = training.get("params", {}) if isinstance(training, dict) else {}
+    training = training_params(adata, training_params(adata, subgroup_key).get("key", ""))
     keys = [training.get("group_key"), training.get("stratify_key")]
     return [k for k in dict.fromkeys(keys) if k and k in adata.obs]
 

@@ -40,7 +40,7 @@ from ..clustering import (
     n_substantial,
     shared_boundaries,
 )
-from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key
+from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key, training_params
 from ._embed import usable_targets
 from ._halves import half_embeddings
 from ._recorded import one_view, recorded_training
@@ -362,7 +362,7 @@ def subgroups(
                    "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
                    # the nuisance the models were balanced on, for the evidence's advice
-                   "stratify_key": adata.uns[key]["params"].get("stratify_key")},
+                   "stratify_key": training_params(adata, key).get("stratify_key")},
         "sizes": {str(k): int(v) for k, v in sizes.items()},
     }
     if automatic:
