@@ -426,20 +426,23 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
     return float(max(scores))
 
 
+# --trak-X flags → tl.trak's keywords, in the order their values enter the cache's file names
+TRAK_OPTIONS = {"damping": "damping", "checkpoints": "n_models", "comps": "n_comps",
+                "alpha": "alpha"}
+
+
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
-            rep: str = "pca", damping: float | None = None,
-            checkpoints: int | None = None, comps: int | None = None,
-            alpha: float | None = None) -> ad.AnnData:
+            rep: str = "pca", trak_options: dict[str, float | None] | None = None
+            ) -> ad.AnnData:
     """Data with fitted, embedded attributions and their halves (cached). ``rep``: the models'
     input — ``pca`` (the benchmark's PCA), ``raw`` (``.X``), ``scaled`` (``.X`` after
     ``sc.pp.scale``), ``pca-unscaled`` (the PCA without the models' per-feature scaling).
-    ``damping``, ``checkpoints``, ``comps``, ``alpha``: tl.trak's ``damping``, ``n_models``,
-    ``n_comps`` and ``alpha``, where not its default."""
+    ``trak_options``: tl.trak's settings by the names of :data:`TRAK_OPTIONS`, where not its
+    default (``None``: its default)."""
+    options = ({k: v for k, v in (trak_options or {}).items() if v is not None}
+               if method == "trak" else {})
     tag = (f"{name}-{seed}" + ("" if rep == "pca" else f"-{rep}")
-           + ("" if damping is None or method != "trak" else f"-damping{damping:g}")
-           + ("" if checkpoints is None or method != "trak" else f"-checkpoints{checkpoints}"))
-    tag += "" if comps is None or method != "trak" else f"-comps{comps}"
-    tag += "" if alpha is None or method != "trak" else f"-alpha{alpha:g}"
+           + "".join(f"-{k}{options[k]:g}" for k in TRAK_OPTIONS if k in options))
     path = cache / (f"{tag}.h5ad" if method == "datamodels" else f"{tag}-{method}.h5ad")
     if path.exists():
         return ad.read_h5ad(path)
@@ -466,14 +469,7 @@ def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
         adata.uns["benchmark"]["use_rep"] = "X"
     adata.uns["benchmark"]["rep"] = rep
     start = time.perf_counter()
-    if method == "trak" and damping is not None:
-        kwargs = {**kwargs, "damping": damping}
-    if method == "trak" and checkpoints is not None:
-        kwargs = {**kwargs, "n_models": checkpoints}
-    if method == "trak" and comps is not None:
-        kwargs = {**kwargs, "n_comps": comps}
-    if method == "trak" and alpha is not None:
-        kwargs = {**kwargs, "alpha": alpha}
+    kwargs = {**kwargs, **{TRAK_OPTIONS[k]: v for k, v in options.items()}}
     if method == "trak":  # its halves (checkpoints) come with it
         scdm.tl.trak(adata, label, use_rep=use_rep, store=cache / f"trak-{tag}",
                      random_state=seed, **kwargs)
@@ -503,9 +499,8 @@ def attribution_seconds(adata: ad.AnnData) -> float:
 
 def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[dict]:
     method = args.method
-    adata = trained(name, seed, cache, method, rep, getattr(args, "trak_damping", None),
-                    getattr(args, "trak_checkpoints", None), getattr(args, "trak_comps", None),
-                    getattr(args, "trak_alpha", None))
+    adata = trained(name, seed, cache, method, rep,
+                    {k: getattr(args, f"trak_{k}", None) for k in TRAK_OPTIONS})
     label = adata.uns["benchmark"]["label"]
     n_neighbors = int(adata.uns["benchmark"].get("n_neighbors", 15))
     found, seconds, evidence = {}, {}, {}
