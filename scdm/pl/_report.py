@@ -26,6 +26,7 @@ from ..get import (
     known_table,
     models_input,
     summary,
+    training_params,
 )
 from ..get import subgroup_key as get_subgroup_key
 
@@ -226,9 +227,8 @@ def _overview(adata: AnnData, key: str, label_key: str | None, n_flags: int) -> 
 
 def _parameters(adata: AnnData, key: str, subgroup_key: str | None) -> str:
     parts = []
-    for name, entry in ((key, adata.uns.get(key, {})),
-                        (subgroup_key, adata.uns.get(subgroup_key, {}) if subgroup_key else {})):
-        params = entry.get("params") if isinstance(entry, Mapping) else None
+    for name in (key, subgroup_key):
+        params = training_params(adata, name) if name else {}
         if params:
             rows = [(k, _fmt(v) if not isinstance(v, (list, np.ndarray)) else
                      ", ".join(map(str, np.asarray(v).ravel().tolist())))
@@ -385,7 +385,7 @@ def report(
                                      or subgroup_key not in adata.uns):
         raise KeyError(f"subgroup_key={subgroup_key!r} has no results; run "
                        "scdm.tl.subgroups(adata) first.")
-    label_key = adata.uns[key].get("params", {}).get("label_key")
+    label_key = training_params(adata, key).get("label_key")
     if known_key is not None and known_key not in adata.obs:
         raise KeyError(f"known_key={known_key!r} is not a column of adata.obs.")
     path = Path(path)
