@@ -47,6 +47,13 @@ class ScdmSettings:
     margins_dtype: str = "float32"
 
     def __setattr__(self, name: str, value) -> None:
+        # a misspelt setting (scdm.settings.verbose = False) would otherwise be kept and
+        # silently change nothing
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(
+                f"scdm.settings has no setting {name!r}; the settings are "
+                f"{', '.join(self.__dataclass_fields__)}"
+                + (" (verbosity=0 silences progress bars)" if "verbos" in name else "") + ".")
         if name == "margins_dtype" and value not in MARGIN_DTYPES:
             raise ValueError(f"margins_dtype must be one of {MARGIN_DTYPES}, got {value!r}.")
         super().__setattr__(name, value)

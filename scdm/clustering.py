@@ -510,6 +510,32 @@ def above_noise(inputs: np.ndarray, max_components: int = CARRY_COMPONENTS,
     return U[:, above] * s[above], float(variance[above].sum() / total)
 
 
+# Inputs this narrow whose values sit at each feature's floor this often (the zeros of sparse
+# counts) give splits of null classes: of the planted generator's classes without subtypes,
+# on its first ten genes (a disease programme's) TRAK with the check split 4 of 12 (11-56 %
+# of the values zero), on twelve and fifteen genes 1 of 6 each, on twenty none of 12, on
+# forty none of 6; ten or twenty Gaussian features, rounded to integers or not, none of 18
+# (workflows/benchmarks/narrow_inputs.py, RESULTS.md).
+FEW_FEATURES = 20
+ZERO_SHARE = 0.05
+
+
+def zero_share(inputs: np.ndarray) -> float:
+    """The share of the points' values that sit at their feature's floor (its smallest
+    value), averaged over the features: the zeros of counts wherever scaling moved them."""
+    points = np.asarray(inputs)
+    if points.size == 0:
+        return 0.0
+    return float((points == points.min(axis=0)).mean())
+
+
+def few_zero_inflated(n_features: int, share: float) -> bool:
+    """Whether an input of ``n_features`` features with ``share`` of its values at their floor
+    (:func:`zero_share`) is one whose attributions group cells by which features are zero:
+    fewer than :data:`FEW_FEATURES` features and at least :data:`ZERO_SHARE` at the floor."""
+    return n_features < FEW_FEATURES and share >= ZERO_SHARE
+
+
 def noise_dominated(share: float, coordinates: np.ndarray | None) -> bool:
     """Whether an input with these components above noise (:func:`above_noise`) is mostly
     noise: some stand above it, holding less than :data:`NOISE_DOMINATED` of the variance."""

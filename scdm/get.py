@@ -228,6 +228,12 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                 f"{w['separation']:.2f} vs at most {w['null_separation_max']:.2f})"
                 f"{_near_bar(w, bars)}"
                 for w in within.values()))
+        if narrow := e.get("zero_inflated_input"):
+            text += (f". Caution: the models saw only {narrow['n_features']} features, "
+                     f"{narrow['zero_share']:.0%} of their values at zero (the feature's "
+                     "floor); on so few zero-inflated features attributions group cells by "
+                     "which of them are zero, and null classes were split so: confirm on more "
+                     "features (all genes, use_rep='auto')")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")

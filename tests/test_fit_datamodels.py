@@ -49,6 +49,18 @@ def test_fit_writes_obsp_obs_uns_and_roundtrips(trained, tmp_path):
     assert back.obsp["again"].shape == (40, 40)
 
 
+def test_a_misspelt_setting_is_refused():
+    """scdm.settings.verbose = False would otherwise be kept and change nothing (the bars go
+    on): it is refused with the names of the settings."""
+    with pytest.raises(AttributeError, match=r"no setting 'verbose'.*verbosity=0 silences"):
+        scdm.settings.verbose = False
+    assert not hasattr(scdm.settings, "verbose")
+    before = scdm.settings.verbosity
+    scdm.settings.verbosity = 0
+    assert not scdm.settings.progress(None)
+    scdm.settings.verbosity = before
+
+
 def test_float16_margins_store_half_and_fit_the_same(trained, tmp_path):
     """settings.margins_dtype = "float16" (the published datamodels' format): margins take
     half the disk and the datamodels, LDS inputs and all readers work as with float32; a

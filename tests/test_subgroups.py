@@ -613,6 +613,50 @@ def test_an_input_that_is_mostly_noise_is_named(tmp_path):
 
 
 
+def test_a_split_of_few_zero_inflated_features_is_cautioned(tmp_path):
+    """Ten genes of sparse counts (a marker panel): TRAK's attributions group the control
+    cells, which have no subtypes, by which genes are zero, and the check accepts the
+    groups (workflows/benchmarks/narrow_inputs.py: 3 of 3 seeds). The split is said to be
+    suspect: a warning, a caution in the class's evidence and in its sentence. Forty genes of
+    the same data, or ten dense Gaussian features, give no caution."""
+    from scdm.get import describe_evidence
+
+    def panel(width: int):
+        adata = scdm.datasets.planted_subtypes(n_subtypes=1, n_per_subtype=300, random_state=0)
+        programme = (adata.var["program"].astype(str) != "none").to_numpy()
+        order = np.r_[np.flatnonzero(programme), np.flatnonzero(~programme)]
+        return adata[:, order[:width]].copy()
+
+    scdm.settings.verbosity = 0
+    narrow = panel(10)
+    scdm.tl.trak(narrow, "disease", store=tmp_path / "narrow", random_state=0)
+    with pytest.warns(scdm.tl.ZeroInflatedInputWarning,
+                      match=r"\['control'\] were split.*only 10 features, \d+% of their values "
+                            r"at zero.*use_rep='auto'"):
+        scdm.tl.subgroups(narrow, key="trak", markers=False, random_state=0)
+    info = narrow.uns["trak_subgroup"]
+    assert info["input_noise"]["few_zero_inflated"] and info["input_noise"]["n_features"] == 10
+    assert 0.05 <= info["input_noise"]["zero_share"] < 0.5
+    control, disease = (info["reproducibility"][c] for c in ("control", "disease"))
+    assert control["n_subgroups"] > 1 and "zero_inflated_input" in control
+    assert disease["n_subgroups"] == 1 and "zero_inflated_input" not in disease
+    assert "Caution: the models saw only 10 features" in describe_evidence(control, info["params"])
+
+    rng = np.random.default_rng(0)
+    dense = panel(10)
+    dense.X = np.asarray(dense.X) + rng.normal(0, 0.3, dense.shape).astype(np.float32)
+    for adata, name in ((panel(40), "wide"), (dense, "dense")):
+        scdm.tl.trak(adata, "disease", store=tmp_path / name, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scdm.tl.ZeroInflatedInputWarning)
+            scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
+        noise = adata.uns["trak_subgroup"]["input_noise"]
+        assert not noise["few_zero_inflated"]
+        assert all("zero_inflated_input" not in e
+                   for e in adata.uns["trak_subgroup"]["reproducibility"].values())
+    assert dense.uns["trak_subgroup"]["input_noise"]["zero_share"] < 0.01
+
+
 @pytest.mark.parametrize("classes, found", [
     ({"control": [300], "disease": [100, 100, 100]}, {"control": 1, "disease": 3}),
     ({"control": [300], "disease": [300]}, {"control": 1, "disease": 1}),  # its null

@@ -13,6 +13,7 @@ from ._second_round import second_round
 from ._subgroups import (
     NoisyInputWarning,
     UndecidedSubgroupsWarning,
+    ZeroInflatedInputWarning,
     subgroup_markers,
     subgroups,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "DegenerateDatamodelsWarning",
     "NoisyInputWarning",
     "UndecidedSubgroupsWarning",
+    "ZeroInflatedInputWarning",
     "attribution",
     "datamodels",
     "debias",

@@ -18,6 +18,7 @@ from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
     CUT_SLACK,
+    FEW_FEATURES,
     MAX_CHECK_POINTS,
     MIN_MARGIN,
     MIN_REPRODUCIBILITY,
@@ -33,12 +34,14 @@ from ..clustering import (
     check_subsample,
     choose_resolution,
     extend_labels,
+    few_zero_inflated,
     fewest_points,
     leiden_labels,
     match_across_levels,
     merge_shared,
     n_substantial,
     shared_boundaries,
+    zero_share,
 )
 from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key, training_params
 from ._embed import usable_targets
@@ -56,6 +59,11 @@ SECOND_ROUND_FACTOR = 4
 class NoisyInputWarning(UserWarning):
     """The models' input is mostly noise (see :func:`scdm.clustering.above_noise`): subtypes
     may be out of the attribution's reach there; PCs of it may not be."""
+
+
+class ZeroInflatedInputWarning(UserWarning):
+    """The models saw few features, often at zero: a split may follow which features are zero
+    in a cell (dropout), which the check cannot tell from a subtype."""
 
 
 class UndecidedSubgroupsWarning(UserWarning):
@@ -157,6 +165,16 @@ def subgroups(
     chosen by hand (``use_rep="X"``, a layer). Measured with the shared check, on the
     classes' checked cells.
 
+    Where the models saw fewer than :data:`scdm.clustering.FEW_FEATURES` features with a
+    share of their values at the feature's floor (the zeros of counts;
+    :func:`scdm.clustering.zero_share`), every split reported carries a caution in its
+    evidence (``"zero_inflated_input"``) and a :class:`ZeroInflatedInputWarning` is given:
+    the attributions of such inputs group cells by which features are zero, reproducibly,
+    and the check splits null classes on them (ten genes of sparse counts: a class without
+    subtypes split in 4 of 6 runs, twenty genes in none of 6;
+    ``workflows/benchmarks/narrow_inputs.py``).
+    Measured with the shared check.
+
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
 
@@ -234,7 +252,8 @@ def subgroups(
     the whole scan per class (of the check that decided) as a table in
     ``reproducibility_scan``, the undecided classes in ``undecided`` (each with its best
     undecided row as ``undecided`` in its evidence), ``input_noise`` (``share_above_noise``,
-    ``noise_dominated``; with the shared check), with ``markers`` a ``markers``
+    ``noise_dominated``, ``n_features``, ``zero_share``, ``few_zero_inflated``; with the
+    shared check), with ``markers`` a ``markers``
     DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
     confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
     The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
@@ -340,6 +359,10 @@ def subgroups(
         big = np.bincount(codes)[codes] >= min(min_size, members.size)
         if cls in evidence:
             evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
+            if (evidence[cls]["n_subgroups"] > 1 and input_noise is not None
+                    and input_noise["few_zero_inflated"]):
+                evidence[cls]["zero_inflated_input"] = {
+                    k: input_noise[k] for k in ("n_features", "zero_share")}
             # kept whole (no split accepted, or one that left a single cluster): is it
             # undecided rather than structureless?
             if (evidence[cls]["n_subgroups"] < 2
@@ -384,6 +407,19 @@ def subgroups(
             f"attribution on PCs: use_rep='auto' (the default) does for an input like this, "
             f"or sc.pp.pca, then use_rep='X_pca'. Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
+    cautioned = [c for c, e in evidence.items() if "zero_inflated_input" in e]
+    if cautioned:
+        narrow = evidence[cautioned[0]]["zero_inflated_input"]
+        warnings.warn(
+            f"classes {cautioned} were split, but the models saw only "
+            f"{narrow['n_features']} features, {narrow['zero_share']:.0%} of their "
+            f"values at zero (the feature's floor). Attributions of so few zero-inflated "
+            f"features group cells by which of them are zero in a cell, and the check cannot "
+            f"tell such groups from subtypes: with ten genes of sparse counts it split a class "
+            f"without subtypes in 4 of 6 runs, with {FEW_FEATURES} in none of 6. Confirm the "
+            f"subgroups on more features (all genes, use_rep='auto') before reporting them. "
+            f"Evidence: adata.uns[{key_added!r}]['reproducibility'][class]"
+            f"['zero_inflated_input'].", ZeroInflatedInputWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
         agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.3f}" for c in undecided)
@@ -530,15 +566,20 @@ def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
     components above noise where distances in it are mostly noise:
     :func:`scdm.clustering.carrying_space` of every class's checked cells together) and half
     embeddings: what a partition of another class is carried to; and how much of that
-    input's variance stands above noise (``share_above_noise``, ``noise_dominated``)."""
+    input's variance stands above noise (``share_above_noise``, ``noise_dominated``), how
+    many features it has and how often they sit at their floor (``n_features``,
+    ``zero_share``, ``few_zero_inflated``: :func:`scdm.clustering.few_zero_inflated`)."""
     inputs = recorded_training(adata, key).inputs.X
     cells = [checked for _, _, checked in checked_of.values()]
-    space, share, dominated = carrying_space(
-        np.asarray(inputs[np.concatenate(cells)], dtype=np.float64), return_share=True)
+    measured = np.asarray(inputs[np.concatenate(cells)], dtype=np.float64)
+    space, share, dominated = carrying_space(measured, return_share=True)
+    zeros = zero_share(measured)
     bounds = np.cumsum([0, *(c.size for c in cells)])
     return ({cls: (space[bounds[i]:bounds[i + 1]], halves[0][checked], halves[1][checked])
              for i, (cls, (_, _, checked)) in enumerate(checked_of.items())},
-            {"share_above_noise": share, "noise_dominated": dominated})
+            {"share_above_noise": share, "noise_dominated": dominated,
+             "n_features": int(measured.shape[1]), "zero_share": zeros,
+             "few_zero_inflated": few_zero_inflated(measured.shape[1], zeros)})
 
 
 def _shared_evidence(choice: ResolutionChoice, bounds: SharedBoundaries, found: np.ndarray,
