@@ -152,3 +152,16 @@ def test_module_subtypes_spread_programmes_thinly_over_many_genes():
         scdm.datasets.module_subtypes(module_shape=0.0)
     with pytest.raises(ValueError, match="at least two classes"):
         scdm.datasets.module_subtypes({"control": [10]})
+
+
+def test_planted_subtypes_depth_spread():
+    """depth_spread sets the log size factors' spread (droplet data: 0.4-0.7); the default
+    data are those of 0.2, and a negative spread is refused."""
+    default = scdm.datasets.planted_subtypes(random_state=0)
+    same = scdm.datasets.planted_subtypes(depth_spread=0.2, random_state=0)
+    np.testing.assert_array_equal(default.X, same.X)
+    wide = scdm.datasets.planted_subtypes(depth_spread=0.7, random_state=0)
+    spread = [np.log(np.asarray(a.layers["counts"].sum(1)).ravel()).std() for a in (default, wide)]
+    assert spread[1] > 2 * spread[0]
+    with pytest.raises(ValueError, match="depth_spread"):
+        scdm.datasets.planted_subtypes(depth_spread=-0.1)

@@ -452,3 +452,41 @@ def test_a_central_state_of_both_classes_is_not_a_subtype_on_pcs(monkeypatch):
     assert shared["shared_with"] == ["disease"]
     found = adata.obs["trak_subgroup"].astype(str).to_numpy()[disease]
     assert adjusted_rand_score(adata.obs["subtype"].to_numpy()[disease], found) > 0.8
+
+
+def test_the_discriminant_carries_what_nearest_cells_cannot():
+    """carry_linear gives a query point the cluster a shrinkage LDA of the reference's
+    clusters assigns: along a nuisance direction both sets share, the query is divided the way
+    the reference is; with one cluster, everything takes it."""
+    rng = np.random.default_rng(0)
+    direction = rng.standard_normal(30)
+    side = np.arange(200) % 2
+    reference = np.outer(2.0 * side - 1, direction) + rng.standard_normal((200, 30))
+    query_side = np.arange(150) % 2
+    query = np.outer(2.0 * query_side - 1, direction) + rng.standard_normal((150, 30)) + 3.0
+    carried = clustering.carry_linear(reference, side, query)
+    assert (carried == query_side).mean() > 0.95
+    np.testing.assert_array_equal(carried, clustering.carry_linear(reference, side, query))
+    assert (clustering.carry_linear(reference, np.zeros(200, dtype=int), query) == 0).all()
+
+
+def test_sequencing_depth_is_no_subtype(tmp_path):
+    """Counts whose depth varies 11-fold from cell to cell (log-uniform; normalised and log1p
+    as scanpy does), no subtypes, the generator's batch. Once the batch is taken out, the
+    depth is left, and low-depth cells, with more zeros, are near no one: every disease cell
+    was nearest the high-depth controls, the control class's depth split could not be carried
+    to it and was reported as 2 subgroups. The discriminant carries it (shared), and both
+    classes stay whole."""
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.planted_subtypes(n_subtypes=1, n_per_subtype=300, random_state=0)
+    rng = np.random.default_rng(0)
+    counts = adata.layers["counts"].toarray().astype(np.float64)
+    depth = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), counts.shape[0]))
+    counts = rng.poisson(counts * depth[:, None])
+    adata.X = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "t", random_state=0)
+    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
+    assert {c: e["n_subgroups"] for c, e in evidence.items()} == {"control": 1, "disease": 1}
+    again = evidence["control"]["shared"]["shared_again"]
+    assert again["carried_by"] == "linear" and again["shared_with"] == ["disease"]

@@ -518,7 +518,8 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     if found is not None:
         # measured in the other classes with the nuisance taken out of them too
         again = shared_boundaries(found, inputs, (h1, h2),
-                                  carry_levels(levels, inputs, elsewhere, n_neighbors),
+                                  carry_levels(levels, inputs, elsewhere, n_neighbors,
+                                               bounds.carried_by),
                                   n_neighbors=n_neighbors, min_size=min_size)
         if again.shared.any():
             shared["shared_again"] = again.summary()

@@ -118,6 +118,10 @@ SCENARIOS = {
     # program over the whole disease class, graded from absent to twice the effect
     "P-graded": (P, dict(program_spread=0.75), {}),
     "P-graded-null": (P, dict(n_subtypes=1, n_per_subtype=300, program_spread=1.0), {}),
+    # sequencing depth spread as in droplet data (log size factor SD 0.7, not 0.2): low-depth
+    # cells have more zeros in every class, a continuous nuisance normalisation leaves
+    "P-null-depth": (P, dict(n_subtypes=1, n_per_subtype=300, depth_spread=0.7), {}),
+    "P-3-depth": (P, dict(depth_spread=0.7), {}),
     "X-exclusive": (X, dict(), {}),
     "X-3": (X, dict(n_programs=3), {}),
     "X-null": (X, dict(label_relevant=False), {}),
