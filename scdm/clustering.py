@@ -635,9 +635,10 @@ def carry_linear(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
     far a cell is from all others does not: with sequencing depth spread as in droplet data,
     a low-depth cell has more zeros, in genes that differ from cell to cell, so low-depth
     cells are near no one and every cell of another class is nearest the high-depth cells
-    (planted generator, depth SD 0.7: all 300 cells of the other class took one side of a
-    depth boundary). Along the direction that separates the clusters the depth is plain,
-    and a discriminant carries it. Deterministic."""
+    (the planted generator's counts with depth spread 11-fold, log SD 0.7: all 300 cells of
+    the other class took one side of a depth boundary; workflows/benchmarks/depth.py).
+    Along the direction that separates the clusters the depth is plain, and a discriminant
+    carries it. Deterministic."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.utils.extmath import randomized_svd
 
