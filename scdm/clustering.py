@@ -839,26 +839,25 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     best: tuple[int, float, str, str] | None = None
     carried_of = {}
     for name, (other_inputs, half1, half2) in others.items():
-        unmeasured = None
+        unmeasured = np.zeros((k, k), dtype=bool)  # set by the first carry, nearest points
         for method in CARRIES:
-            if method != CARRIES[0] and not (unmeasured is not None and unmeasured.any()):
+            if method != CARRIES[0] and not unmeasured.any():
                 continue
             carried = carry(method, inputs, labels, other_inputs, n_neighbors)
             sep = in_halves(half1, half2, carried)
             sep = np.pad(sep, (0, k - len(sep)), constant_values=np.nan)
-            if method != CARRIES[0]:
-                # a discriminant cuts a class along its direction wherever that class has
-                # structure: only a boundary nearly as sharp there as here is shared
-                sep[sep < LINEAR_RATIO * own] = np.nan
-            if unmeasured is None:  # the nearest points' carry
+            if method == CARRIES[0]:
                 # a side they gave under CARRY_REACH of its share at home reached too few
                 expected = np.bincount(labels, minlength=k) / labels.size * carried.size
                 few = np.bincount(carried, minlength=k) < np.maximum(
                     min_size, CARRY_REACH * expected)
                 unmeasured = ((np.isnan(sep) | few[:, None] | few[None, :])
                               & ~np.eye(k, dtype=bool))
-            else:  # the discriminant measures only what the nearest points left unmeasured
-                sep[~unmeasured] = np.nan
+            else:
+                # the discriminant measures only what the nearest points left unmeasured, and
+                # as it cuts a class along its direction wherever that class has structure,
+                # only a boundary nearly as sharp there as here counts
+                sep[~unmeasured | (sep < LINEAR_RATIO * own)] = np.nan
             better = np.isfinite(sep) & ~(separation >= sep)
             separation[better], where[better] = sep[better], name
             divided = np.nan_to_num(sep, nan=-np.inf) >= bar
