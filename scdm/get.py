@@ -234,6 +234,11 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                      "floor); on so few zero-inflated features attributions group cells by "
                      "which of them are zero, and null classes were split so: confirm on more "
                      "features (all genes, use_rep='auto')")
+        if comp := e.get("standardised_components"):
+            text += (f". Caution: the models were trained on components ({comp['use_rep']!r}) "
+                     "standardised one by one; on real cells whose classes differ only in "
+                     "cell-type composition, splits there followed the cell types the label "
+                     "favours: confirm with the models trained on the genes (use_rep='auto')")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")

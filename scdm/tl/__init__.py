@@ -12,6 +12,7 @@ from ._label_issues import label_issues
 from ._second_round import second_round
 from ._subgroups import (
     NoisyInputWarning,
+    StandardisedComponentsWarning,
     UndecidedSubgroupsWarning,
     ZeroInflatedInputWarning,
     subgroup_markers,
@@ -26,6 +27,7 @@ __all__ = [
     "Attribution",
     "DegenerateDatamodelsWarning",
     "NoisyInputWarning",
+    "StandardisedComponentsWarning",
     "UndecidedSubgroupsWarning",
     "ZeroInflatedInputWarning",
     "attribution",
