@@ -496,6 +496,20 @@ def test_sequencing_depth_is_no_subtype(tmp_path):
         assert again["carried_by"] == "linear" and again["shared_with"] == ["disease"]
 
 
+def _pbmc_by_composition() -> tuple[anndata.AnnData, np.ndarray]:
+    """pbmc68k_reduced with ``obs["group"]``: class B holds 80 % of the monocytes, dendritic
+    and B cells and 20 % of the others (a label of composition alone); and the cells' types."""
+    from scdm.datasets import pbmc68k_lineage
+
+    adata = pbmc68k_lineage()
+    types = adata.obs["bulk_labels"].astype(str).to_numpy()
+    rich = np.isin(types, ["CD14+ Monocyte", "Dendritic", "CD19+ B"])
+    rng = np.random.default_rng(0)
+    adata.obs["group"] = pd.Categorical(np.where(rng.random(adata.n_obs)
+                                                 < np.where(rich, 0.8, 0.2), "B", "A"))
+    return adata, types
+
+
 @pytest.mark.slow
 def test_real_cells_under_a_label_of_composition_alone_give_no_subtype(tmp_path):
     """Real cells (scanpy's pbmc68k_reduced, 700 PBMCs of 10 annotated types) under a label
@@ -506,15 +520,8 @@ def test_real_cells_under_a_label_of_composition_alone_give_no_subtype(tmp_path)
     subgroups of each class; the shared check finds them in the other class and keeps both
     whole. (The label-aware contrast baseline splits such classes: ``subgroups.py
     --scenarios 'R-null-*'``.)"""
-    from scdm.datasets import pbmc68k_lineage
-
     scdm.settings.verbosity = 0
-    adata = pbmc68k_lineage()
-    types = adata.obs["bulk_labels"].astype(str).to_numpy()
-    rich = np.isin(types, ["CD14+ Monocyte", "Dendritic", "CD19+ B"])
-    rng = np.random.default_rng(0)
-    adata.obs["group"] = pd.Categorical(np.where(rng.random(adata.n_obs)
-                                                 < np.where(rich, 0.8, 0.2), "B", "A"))
+    adata, types = _pbmc_by_composition()
     scdm.tl.trak(adata, "group", store=tmp_path / "t", random_state=0)
     scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0, shared_check=False)
     unchecked = adata.obs["trak_subgroup"].astype(str).to_numpy()
@@ -537,15 +544,8 @@ def test_splits_on_standardised_components_are_cautioned(tmp_path):
     the other's attributions, and classes are split by cell type (the benchmark: 13 of 30
     real-data null classes on ``X_pca``, none on the genes). Every such split carries the
     caution, in the evidence, its sentence and a warning."""
-    from scdm.datasets import pbmc68k_lineage
-
     scdm.settings.verbosity = 0
-    adata = pbmc68k_lineage()
-    types = adata.obs["bulk_labels"].astype(str).to_numpy()
-    rich = np.isin(types, ["CD14+ Monocyte", "Dendritic", "CD19+ B"])
-    rng = np.random.default_rng(0)
-    adata.obs["group"] = pd.Categorical(np.where(rng.random(adata.n_obs)
-                                                 < np.where(rich, 0.8, 0.2), "B", "A"))
+    adata, _ = _pbmc_by_composition()
     scdm.tl.trak(adata, "group", use_rep="X_pca", store=tmp_path / "t", random_state=0)
     with pytest.warns(scdm.tl.StandardisedComponentsWarning, match="composition"):
         scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
