@@ -332,6 +332,15 @@ def subgroups(
     others, input_noise = (_other_classes(adata, key, halves, checked_of)
                            if automatic and shared_check and len(all_classes) > 1
                            else (None, None))
+    # what every split of this run is cautioned with, by the models' input (none without the
+    # shared check's measure of it)
+    cautions: dict[str, dict] = {}
+    if input_noise is not None and input_noise["few_zero_inflated"]:
+        cautions["zero_inflated_input"] = {k: input_noise[k] for k in ("n_features",
+                                                                       "zero_share")}
+    if input_noise is not None and input_noise["standardised_components"]:
+        cautions["standardised_components"] = {
+            "use_rep": training_params(adata, key).get("use_rep")}
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans, undecided = {}, {}, []
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
@@ -374,14 +383,8 @@ def subgroups(
         big = np.bincount(codes)[codes] >= min(min_size, members.size)
         if cls in evidence:
             evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
-            if (evidence[cls]["n_subgroups"] > 1 and input_noise is not None
-                    and input_noise["few_zero_inflated"]):
-                evidence[cls]["zero_inflated_input"] = {
-                    k: input_noise[k] for k in ("n_features", "zero_share")}
-            if (evidence[cls]["n_subgroups"] > 1 and input_noise is not None
-                    and input_noise["standardised_components"]):
-                evidence[cls]["standardised_components"] = {
-                    "use_rep": training_params(adata, key).get("use_rep")}
+            if evidence[cls]["n_subgroups"] > 1:
+                evidence[cls].update({k: dict(v) for k, v in cautions.items()})
             # kept whole (no split accepted, or one that left a single cluster): is it
             # undecided rather than structureless?
             if (evidence[cls]["n_subgroups"] < 2
@@ -426,9 +429,11 @@ def subgroups(
             f"attribution on PCs: use_rep='auto' (the default) does for an input like this, "
             f"or sc.pp.pca, then use_rep='X_pca'. Evidence: "
             f"adata.uns[{key_added!r}]['input_noise'].", NoisyInputWarning, stacklevel=3)
-    cautioned = [c for c, e in evidence.items() if "zero_inflated_input" in e]
-    if cautioned:
-        narrow = evidence[cautioned[0]]["zero_inflated_input"]
+    def split_with(caution: str) -> list[str]:
+        return [c for c, e in evidence.items() if caution in e]
+
+    if cautioned := split_with("zero_inflated_input"):
+        narrow = cautions["zero_inflated_input"]
         warnings.warn(
             f"classes {cautioned} were split, but the models saw only "
             f"{narrow['n_features']} features, {narrow['zero_share']:.0%} of their "
@@ -439,9 +444,8 @@ def subgroups(
             f"subgroups on more features (all genes, use_rep='auto') before reporting them. "
             f"Evidence: adata.uns[{key_added!r}]['reproducibility'][class]"
             f"['zero_inflated_input'].", ZeroInflatedInputWarning, stacklevel=3)
-    components = [c for c, e in evidence.items() if "standardised_components" in e]
-    if components:
-        rep_name = evidence[components[0]]["standardised_components"]["use_rep"]
+    if components := split_with("standardised_components"):
+        rep_name = cautions["standardised_components"]["use_rep"]
         warnings.warn(
             f"classes {components} were split, but the models were trained on components "
             f"({rep_name!r}) standardised one by one. On real cells under a label that differs "

@@ -232,9 +232,9 @@ PBMC_B_RICH = ("CD14+ Monocyte", "Dendritic", "CD19+ B")
 def real_pbmc_composition(seed: int = 0) -> ad.AnnData:
     """pbmc68k_reduced under a label that depends on the cell type alone: class B holds 80 %
     of the monocytes, dendritic and B cells and 20 % of every other type."""
-    types = real_pbmc().obs["bulk_labels"].astype(str).unique()
-    return label_unrelated(real_pbmc(), seed,
-                           {t: 0.8 if t in PBMC_B_RICH else 0.2 for t in types})
+    adata = real_pbmc()
+    types = adata.obs["bulk_labels"].astype(str).unique()
+    return label_unrelated(adata, seed, {t: 0.8 if t in PBMC_B_RICH else 0.2 for t in types})
 
 
 def real_zeisel(seed: int = 0) -> ad.AnnData:
