@@ -247,9 +247,10 @@ class EnsembleTrainer:
                 memory_budget = int(free * 0.6)
             else:
                 memory_budget = 2 << 30
-        # CPU: beyond ~256 models the per-step working set leaves the cache (measured: 116
-        # models/s at 128-512, 66 at 1024 in workflows/benchmarks/train_throughput.py).
-        cap = 8192 if self.device.type == "cuda" else 256
+        # CPU: the fewest models the SIMD alignment allows. The per-step working set of more
+        # leaves the cache: on 2 cores, pbmc68k's 50 PCs trained 770 models/s in chunks of
+        # 64, 710 of 128, 600 of 256; its 765 genes 65, 62, 60 (RESULTS.md, 2026-12-05).
+        cap = 8192 if self.device.type == "cuda" else CPU_MODEL_ALIGN
         return int(max(1, min(cap, memory_budget // self.bytes_per_model())))
 
     # ------------------------------------------------------------------ training
@@ -329,9 +330,12 @@ class EnsembleTrainer:
             valid[row, :c] = 1.0
         valid_t = torch.from_numpy(valid).to(dev)
         # Buffers reused by every step: fresh multi-MB allocations per step cost page faults
-        # that took longer than the matmuls.
+        # that took longer than the matmuls (on 765 genes, 256 models at once spent 44% of
+        # their time in the kernel before the gradients and Adam's temporaries had buffers).
         xb = torch.empty(k, batch, self.d, device=dev)
         acts = [torch.empty(k, batch, h, device=dev) for h in self.sizes[1:-1]]
+        weight_grads = [torch.empty_like(p) for p in params[0::2]]
+        scratch = [torch.empty_like(p) for p in params]
 
         for _ in range(cfg.epochs):
             for row, (rng, train) in enumerate(zip(rngs, train_sets, strict=True)):
@@ -342,19 +346,25 @@ class EnsembleTrainer:
                 idx = order_t[:, cols].reshape(-1)
                 weight = valid_t[:, cols]
                 torch.index_select(self.X, 0, idx, out=xb.view(k * batch, self.d))
-                grads = self._gradients(params, xb, idx, weight, acts)
+                grads = self._gradients(params, xb, idx, weight, acts, weight_grads)
                 self._adam_step(params, grads, exp_avg, exp_avg_sq, step_count,
-                                step < step_limit)
+                                step < step_limit, scratch)
                 if (step + 1) % FLUSH_EVERY == 0:
                     flush_subnormals(params + exp_avg + exp_avg_sq, step < step_limit)
 
     def _gradients(self, params: Sequence[torch.Tensor], xb: torch.Tensor, idx: torch.Tensor,
-                   weight: torch.Tensor, acts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                   weight: torch.Tensor, acts: Sequence[torch.Tensor],
+                   weight_grads: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Gradients of each model's weighted mean loss (hand-written backprop of the MLP).
 
         Equal to autograd's (``tests/test_ensemble.py`` checks it against ``nn.Module``), without
-        its graph bookkeeping and with activations kept in the reused ``acts`` buffers.
+        its graph bookkeeping and with activations kept in the reused ``acts`` buffers. The
+        hidden layers' weight gradients are written into ``weight_grads`` (one buffer per
+        weight, shaped like it) where given; they are valid until the next call.
         """
+        def out(layer: int) -> torch.Tensor | None:
+            return None if weight_grads is None else weight_grads[layer]
+
         k, batch = weight.shape
         n_layers = len(params) // 2
         inputs = [xb]
@@ -377,43 +387,52 @@ class EnsembleTrainer:
             dz.view(k * batch, -1)[torch.arange(k * batch, device=z.device),
                                    torch.index_select(self.y, 0, idx)] -= 1.0
             dz.mul_(scale.unsqueeze(-1))
-            grads = [torch.bmm(h.transpose(1, 2), dz), dz.sum(1)]
+            grads = [torch.bmm(h.transpose(1, 2), dz, out=out(n_layers - 1)), dz.sum(1)]
             d_input = torch.bmm(dz, w_out.transpose(1, 2)) if n_layers > 1 else None
         for layer in range(n_layers - 2, -1, -1):
             w = params[2 * layer]
             d_pre = torch.ops.aten.threshold_backward(d_input, inputs[layer + 1], 0)
-            grads = [torch.bmm(inputs[layer].transpose(1, 2), d_pre), d_pre.sum(1), *grads]
+            grads = [torch.bmm(inputs[layer].transpose(1, 2), d_pre, out=out(layer)),
+                     d_pre.sum(1), *grads]
             if layer > 0:
                 d_input = torch.bmm(d_pre, w.transpose(1, 2))
         return grads
 
     @torch.no_grad()
-    def _adam_step(self, params, grads, exp_avg, exp_avg_sq, step_count, active) -> None:
+    def _adam_step(self, params, grads, exp_avg, exp_avg_sq, step_count, active,
+                   scratch: Sequence[torch.Tensor] | None = None) -> None:
+        """One Adam step of the active models, in place; the others do not move.
+
+        ``grads`` may be overwritten (the first layer's penalty is added to it). ``scratch``
+        holds one buffer shaped like each parameter for the step's temporaries; without it they
+        are allocated. Buffer or not, the arithmetic is the same, so the results are too.
+        """
         cfg = self.config
         beta1, beta2 = cfg.betas
-        all_active = bool(active.all())
+        # Models that have ended their epoch take the step like the others and are then put
+        # back, row by row: the active ones see the same arithmetic whichever companions share
+        # their chunk, and no model-sized temporaries are needed (out-of-place updates with
+        # torch.where cost six such tensors per parameter, 300 MB a step on 765 genes).
+        idle = torch.nonzero(~active).squeeze(1)
         step_count += active.to(step_count.dtype)
         t = step_count.clamp_min(1.0)
         step_size = cfg.lr / (1.0 - beta1**t)
         bias_correction2_sqrt = torch.sqrt(1.0 - beta2**t)
         for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avg, exp_avg_sq, strict=True)):
-            if i == 0 and (cfg.weight_decay or cfg.l1):
-                g = g + cfg.weight_decay * p if cfg.weight_decay else g
-                g = g + cfg.l1 * torch.sign(p) if cfg.l1 else g
+            kept = [x.index_select(0, idle) for x in (p, m, v)] if idle.numel() else []
+            tmp = torch.empty_like(p) if scratch is None else scratch[i]
+            if i == 0 and cfg.weight_decay:
+                g = g.add_(torch.mul(p, cfg.weight_decay, out=tmp))
+            if i == 0 and cfg.l1:
+                g = g.add_(torch.sign(p, out=tmp).mul_(cfg.l1))
             shape = (-1,) + (1,) * (p.dim() - 1)
-            # The same arithmetic in place (all models active) and out of place (some models
-            # have ended their epoch and must not move), so results never depend on which.
-            new_m = m.lerp_(g, 1.0 - beta1) if all_active else torch.lerp(m, g, 1.0 - beta1)
-            new_v = (v.mul_(beta2) if all_active else v * beta2).addcmul_(g, g, value=1.0 - beta2)
-            denom = (new_v.sqrt() / bias_correction2_sqrt.view(shape)).add_(cfg.eps)
-            denom.mul_((1.0 / step_size).view(shape))
-            if all_active:
-                p.addcdiv_(new_m, denom, value=-1.0)
-            else:
-                keep = active.view(shape)
-                p.copy_(torch.where(keep, torch.addcdiv(p, new_m, denom, value=-1.0), p))
-                m.copy_(torch.where(keep, new_m, m))
-                v.copy_(torch.where(keep, new_v, v))
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            denom = torch.sqrt(v, out=tmp).div_(bias_correction2_sqrt.view(shape))
+            denom.add_(cfg.eps).mul_((1.0 / step_size).view(shape))
+            p.addcdiv_(m, denom, value=-1.0)
+            for x, before in zip((p, m, v) if kept else (), kept, strict=True):
+                x.index_copy_(0, idle, before)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -181,3 +181,34 @@ def test_adam_flushes_subnormals_of_dead_units():
     for t in [x[:1] for x in params + m + v]:
         a = t.numpy()
         assert not ((a != 0) & (np.abs(a) < tiny)).any()
+
+
+def test_adam_step_moves_active_models_only_and_buffers_change_nothing():
+    """Idle models (their epoch over) are put back exactly; the active ones take the step they
+    take with every model active; the step's scratch buffers give the same numbers."""
+    X, y = data(n=40)
+    trainer = EnsembleTrainer(X, y, TrainConfig(hidden=(6,), weight_decay=0.1, l1=0.01),
+                              device="cpu")
+    params = trainer._init_params(np.arange(5))
+    rng = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=rng) for p in params]
+    moments = [torch.rand(p.shape, generator=rng) for p in params]
+    active = torch.tensor([True, False, True, True, False])
+
+    def step(mask, scratch):
+        state = [[x.clone() for x in xs] for xs in (params, grads, moments, moments)]
+        count = torch.full((5,), 3.0)
+        trainer._adam_step(*state, count, mask,
+                           [torch.empty_like(p) for p in params] if scratch else None)
+        return state[0] + state[2] + state[3], count
+
+    mixed, count = step(active, scratch=True)
+    unbuffered, _ = step(active, scratch=False)
+    everyone, _ = step(torch.ones(5, dtype=torch.bool), scratch=True)
+    before = params + moments + moments
+    np.testing.assert_array_equal(count.numpy(), [4, 3, 4, 4, 3])
+    for got, plain, full, start in zip(mixed, unbuffered, everyone, before, strict=True):
+        torch.testing.assert_close(got, plain, rtol=0, atol=0)
+        torch.testing.assert_close(got[~active], start[~active], rtol=0, atol=0)
+        torch.testing.assert_close(got[active], full[active], rtol=0, atol=0)
+        assert not torch.equal(got[active], start[active])

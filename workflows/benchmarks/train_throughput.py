@@ -6,6 +6,11 @@ data orders) so their held-out accuracies agree; the batched trainer is also com
 FLOP rate of one large ``torch.mm`` on the same device.
 
     python workflows/benchmarks/train_throughput.py [--device auto] [--models 1024] [--plain 8]
+        [--features 50] [--chunk-size K] [--as-installed]
+
+``--features 765`` is the width of pbmc68k's genes (what ``use_rep="auto"`` trains on there);
+``--as-installed`` keeps glibc's default allocator settings, which users run with, instead of
+the benchmarks' stable ones (multi-MB temporaries then cost page faults every step).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def plain_loop(X, y, masks, config, device):
     margins = []
     for m, mask in enumerate(masks):
         (w1, b1), (w2, b2) = init_model([X.shape[1], 64, 1], 0, m)
-        net = torch.nn.Sequential(torch.nn.Linear(50, 64), torch.nn.ReLU(),
+        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 64), torch.nn.ReLU(),
                                   torch.nn.Linear(64, 1)).to(device)
         with torch.no_grad():
             for layer, (w, b) in zip((net[0], net[2]), ((w1, b1), (w2, b2)), strict=True):
@@ -62,13 +67,17 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=1024)
     parser.add_argument("--plain", type=int, default=8, help="models for the plain loop")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--features", type=int, default=50)
+    parser.add_argument("--as-installed", action="store_true",
+                        help="glibc's default allocator settings, as a user's process has")
     args = parser.parse_args()
-    stable_allocator()
+    if not args.as_installed:
+        stable_allocator()
     device = resolve_device(args.device)
     torch.manual_seed(0)
 
     rng = np.random.default_rng(0)
-    n, d = 2000, 50
+    n, d = 2000, args.features
     X = rng.normal(size=(n, d)).astype(np.float32)
     y = (X[:, :5].sum(1) + rng.normal(size=n) > 0).astype(np.int64)
     config = TrainConfig(hidden=(64,), epochs=20, batch_size=128, lr=1e-3)
@@ -89,7 +98,8 @@ def main() -> None:
     ceiling = matmul_ceiling(device)
     scdm_rate, plain_rate = args.models / scdm_s, args.plain / plain_s
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {device} ({name}, {torch.get_num_threads()} threads), chunk size {chunk}")
+    print(f"device: {device} ({name}, {torch.get_num_threads()} threads), chunk size {chunk}, "
+          f"{d} features, allocator {'as installed' if args.as_installed else 'stable'}")
     print(f"plain one-at-a-time loop : {plain_rate:9.1f} models/s  "
           f"held-out acc {heldout_accuracy(plain_margins, masks[: args.plain]):.4f}")
     print(f"scdm batched trainer     : {scdm_rate:9.1f} models/s  "
