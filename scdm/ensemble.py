@@ -412,7 +412,8 @@ class EnsembleTrainer:
         # Models that have ended their epoch take the step like the others and are then put
         # back, row by row: the active ones see the same arithmetic whichever companions share
         # their chunk, and no model-sized temporaries are needed (out-of-place updates with
-        # torch.where cost six such tensors per parameter, 300 MB a step on 765 genes).
+        # torch.where cost six such tensors per parameter: 300 MB a step for 256 models of 765
+        # genes).
         idle = torch.nonzero(~active).squeeze(1)
         step_count += active.to(step_count.dtype)
         t = step_count.clamp_min(1.0)

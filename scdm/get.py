@@ -238,7 +238,11 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
             text += (f". Caution: the models were trained on components ({comp['use_rep']!r}) "
                      "standardised one by one; on real cells whose classes differ only in "
                      "cell-type composition, splits there followed the cell types the label "
-                     "favours: confirm with the models trained on the genes (use_rep='auto')")
+                     "favours: confirm with tl.trak on the genes (use_rep='auto')")
+        if "datamodels_composition" in e:
+            text += (". Caution: on real cells under a label they do not carry (a coin, or "
+                     "odds set by the cell type), datamodels on the genes split 3 of 18 "
+                     "classes, tl.trak on the genes none of 30: confirm with tl.trak")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")

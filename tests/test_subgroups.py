@@ -822,3 +822,35 @@ def test_a_split_close_to_its_bars_is_called_so():
     text = describe_evidence(inner)
     assert text.count("close to the bar") == 1
     assert "margin 0.03 where 0.03 is required, agreement 0.76 where 0.75" in text
+
+
+@pytest.mark.slow
+def test_splits_of_datamodels_on_the_features_are_cautioned(tmp_path):
+    """Datamodels trained on the genes split real cells under a label they do not carry where
+    TRAK did not (RESULTS.md, session 34): their splits say so, with the fix (confirm with
+    tl.trak); TRAK's splits on the same input carry no such caution."""
+    from scdm.get import describe_evidence
+
+    scdm.settings.verbosity = 0
+    adata = scdm.datasets.gaussian_subtypes({"control": [90], "disease": [50, 60, 70]},
+                                            program_effect=2.0, random_state=1)
+    scdm.tl.datamodels(adata, "disease", store=tmp_path / "dm", random_state=0)
+    assert scdm.get.training_params(adata, "datamodels")["input_choice"]["chosen"] == "X"
+    with pytest.warns(scdm.tl.DatamodelsCompositionWarning,
+                      match=r"\['disease'\] were split by datamodels.*Run tl.trak"):
+        scdm.tl.subgroups(adata, markers=False, random_state=0)
+    info = adata.uns["datamodels_subgroup"]
+    disease, control = (info["reproducibility"][c] for c in ("disease", "control"))
+    assert disease["n_subgroups"] == 3 and disease["datamodels_composition"]["use_rep"] == "X"
+    assert control["n_subgroups"] == 1 and "datamodels_composition" not in control
+    assert "Caution: on real cells under a label they do not carry" in describe_evidence(
+        disease, info["params"])
+    assert "standardised_components" not in disease
+
+    scdm.tl.trak(adata, "disease", store=tmp_path / "trak", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scdm.tl.DatamodelsCompositionWarning)
+        scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
+    trak = adata.uns["trak_subgroup"]["reproducibility"]
+    assert trak["disease"]["n_subgroups"] > 1
+    assert all("datamodels_composition" not in e for e in trak.values())

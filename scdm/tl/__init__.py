@@ -11,6 +11,7 @@ from ._influence import influence_removal
 from ._label_issues import label_issues
 from ._second_round import second_round
 from ._subgroups import (
+    DatamodelsCompositionWarning,
     NoisyInputWarning,
     StandardisedComponentsWarning,
     UndecidedSubgroupsWarning,
@@ -25,6 +26,7 @@ from ._validate import validate_subgroups
 
 __all__ = [
     "Attribution",
+    "DatamodelsCompositionWarning",
     "DegenerateDatamodelsWarning",
     "NoisyInputWarning",
     "StandardisedComponentsWarning",

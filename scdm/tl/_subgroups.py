@@ -56,6 +56,7 @@ from ._recorded import one_view, recorded_training
 SECOND_ROUND_FACTOR = 4
 
 
+
 class NoisyInputWarning(UserWarning):
     """The models' input is mostly noise (see :func:`scdm.clustering.above_noise`): subtypes
     may be out of the attribution's reach there; PCs of it may not be."""
@@ -70,6 +71,12 @@ class StandardisedComponentsWarning(UserWarning):
     """The models were trained on components (an ``obsm`` representation such as ``X_pca``)
     standardised one by one: on real cells whose classes differ only in cell-type composition,
     splits there followed the cell types the label favours."""
+
+
+class DatamodelsCompositionWarning(UserWarning):
+    """Subgroups of datamodels trained on the features themselves: on real cells whose classes
+    differ only in cell-type composition, their splits followed the cell types the label
+    favours, where ``tl.trak``'s on the same input did not."""
 
 
 class UndecidedSubgroupsWarning(UserWarning):
@@ -188,7 +195,11 @@ def subgroups(
     attributions of such components separate only the types a class's label favours, the
     shared check cannot find the type boundary in the other class, and 13 of 30 such classes
     were split (none of 30 on the genes, ``use_rep="auto"``; ``subgroups.py --scenarios
-    'R-null-*'``).
+    'R-null-*'``). Datamodels trained on the genes fail the same nulls where ``tl.trak``
+    passes them (3 of 18 classes split, two along cell types: their attributions, too,
+    separate the types a class's label favours more than the others): their splits carry
+    ``"datamodels_composition"`` and a :class:`DatamodelsCompositionWarning`; confirm them with
+    ``tl.trak`` on the same input.
 
     Observations with a degenerate datamodel (``adata.obs[f"{key}_ok"]`` False) are left out
     and labelled ``"unassigned"``, as are the members of clusters smaller than ``min_size``.
@@ -341,6 +352,9 @@ def subgroups(
     if input_noise is not None and input_noise["standardised_components"]:
         cautions["standardised_components"] = {
             "use_rep": training_params(adata, key).get("use_rep")}
+    elif input_noise is not None and adata.uns[key].get("method") != "trak":
+        cautions["datamodels_composition"] = {
+            "method": "datamodels", "use_rep": training_params(adata, key).get("use_rep") or "X"}
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans, undecided = {}, {}, []
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
@@ -451,11 +465,21 @@ def subgroups(
             f"({rep_name!r}) standardised one by one. On real cells under a label that differs "
             f"between the classes only in cell-type composition (pbmc68k, CBMC, Zeisel: "
             f"workflows/benchmarks/subgroups.py --scenarios 'R-null-*'), such splits followed "
-            f"the cell types the label favours in 13 of 30 classes, and in none of 30 with the "
-            f"models trained on the genes (use_rep='auto'). Run the attribution again with "
-            f"use_rep='auto' and report the subgroups both runs find. Evidence: "
+            f"the cell types the label favours in 13 of 30 classes (tl.trak), and in none of 30 "
+            f"with tl.trak's models trained on the genes (use_rep='auto'). Run tl.trak with "
+            f"use_rep='auto' and report only the subgroups both runs find. Evidence: "
             f"adata.uns[{key_added!r}]['reproducibility'][class]['standardised_components'].",
             StandardisedComponentsWarning, stacklevel=3)
+    if composition := split_with("datamodels_composition"):
+        warnings.warn(
+            f"classes {composition} were split by datamodels. On real cells under a label they "
+            f"do not carry (pbmc68k, CBMC, Zeisel dealt to two classes by a coin, or by odds "
+            f"set by the cell type: workflows/benchmarks/subgroups.py --method datamodels "
+            f"--scenarios 'R-null-*'), datamodels trained on the genes split 3 of 18 classes "
+            f"(two along cell types), where tl.trak on the genes split none of 30. Run tl.trak "
+            f"on the same input and report only the subgroups both find. Evidence: "
+            f"adata.uns[{key_added!r}]['reproducibility'][class]['datamodels_composition'].",
+            DatamodelsCompositionWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
         agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.3f}" for c in undecided)
