@@ -241,7 +241,7 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                      "favours: confirm with tl.trak on the genes (use_rep='auto')")
         if "datamodels_composition" in e:
             text += (". Caution: on real cells under a label they do not carry (a coin, or "
-                     "odds set by the cell type), datamodels on the genes split 3 of 18 "
+                     "odds set by the cell type), datamodels on the genes split 4 of 22 "
                      "classes, tl.trak on the genes none of 30: confirm with tl.trak")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "

@@ -196,7 +196,7 @@ def subgroups(
     shared check cannot find the type boundary in the other class, and 13 of 30 such classes
     were split (none of 30 on the genes, ``use_rep="auto"``; ``subgroups.py --scenarios
     'R-null-*'``). Datamodels trained on the genes fail the same nulls where ``tl.trak``
-    passes them (3 of 18 classes split, two along cell types: their attributions, too,
+    passes them (4 of 22 classes split, three along cell types: their attributions, too,
     separate the types a class's label favours more than the others): their splits carry
     ``"datamodels_composition"`` and a :class:`DatamodelsCompositionWarning`; confirm them with
     ``tl.trak`` on the same input.
@@ -475,8 +475,8 @@ def subgroups(
             f"classes {composition} were split by datamodels. On real cells under a label they "
             f"do not carry (pbmc68k, CBMC, Zeisel dealt to two classes by a coin, or by odds "
             f"set by the cell type: workflows/benchmarks/subgroups.py --method datamodels "
-            f"--scenarios 'R-null-*'), datamodels trained on the genes split 3 of 18 classes "
-            f"(two along cell types), where tl.trak on the genes split none of 30. Run tl.trak "
+            f"--scenarios 'R-null-*'), datamodels trained on the genes split 4 of 22 classes "
+            f"(three along cell types), where tl.trak on the genes split none of 30. Run tl.trak "
             f"on the same input and report only the subgroups both find. Evidence: "
             f"adata.uns[{key_added!r}]['reproducibility'][class]['datamodels_composition'].",
             DatamodelsCompositionWarning, stacklevel=3)
