@@ -432,8 +432,9 @@ class EnsembleTrainer:
             denom = torch.sqrt(v, out=tmp).div_(bias_correction2_sqrt.view(shape))
             denom.add_(cfg.eps).mul_((1.0 / step_size).view(shape))
             p.addcdiv_(m, denom, value=-1.0)
-            for x, before in zip((p, m, v) if kept else (), kept, strict=True):
-                x.index_copy_(0, idle, before)
+            if kept:
+                for x, before in zip((p, m, v), kept, strict=True):
+                    x.index_copy_(0, idle, before)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

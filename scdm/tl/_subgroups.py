@@ -56,7 +56,6 @@ from ._recorded import one_view, recorded_training
 SECOND_ROUND_FACTOR = 4
 
 
-
 class NoisyInputWarning(UserWarning):
     """The models' input is mostly noise (see :func:`scdm.clustering.above_noise`): subtypes
     may be out of the attribution's reach there; PCs of it may not be."""
@@ -346,15 +345,16 @@ def subgroups(
     # what every split of this run is cautioned with, by the models' input (none without the
     # shared check's measure of it)
     cautions: dict[str, dict] = {}
-    if input_noise is not None and input_noise["few_zero_inflated"]:
-        cautions["zero_inflated_input"] = {k: input_noise[k] for k in ("n_features",
-                                                                       "zero_share")}
-    if input_noise is not None and input_noise["standardised_components"]:
-        cautions["standardised_components"] = {
-            "use_rep": training_params(adata, key).get("use_rep")}
-    elif input_noise is not None and adata.uns[key].get("method") != "trak":
-        cautions["datamodels_composition"] = {
-            "method": "datamodels", "use_rep": training_params(adata, key).get("use_rep") or "X"}
+    if input_noise is not None:
+        if input_noise["few_zero_inflated"]:
+            cautions["zero_inflated_input"] = {k: input_noise[k] for k in ("n_features",
+                                                                           "zero_share")}
+        use_rep = training_params(adata, key).get("use_rep")
+        if input_noise["standardised_components"]:
+            cautions["standardised_components"] = {"use_rep": use_rep}
+        elif adata.uns[key].get("method") != "trak":
+            cautions["datamodels_composition"] = {"method": "datamodels",
+                                                  "use_rep": use_rep or "X"}
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans, undecided = {}, {}, []
     for cls in tqdm(all_classes, desc="subgroups", unit="class",
