@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memmap import read_rows
+from ._core import single_threaded
 
 BLOCK_ROWS = 65536  # rows of a memory-mapped checkpoint read at once (fixed: same numbers)
 
@@ -159,10 +160,13 @@ def checkpoint_products(plan: PassPlan, f: torch.Tensor | np.ndarray, c: int,
         Z = [torch.as_tensor(w[cols]).to(device) for w in plan.omega]
     else:
         Z = [torch.zeros(plan.k, w, device=device) for w in plan.widths]
-        for lo, hi, parts in blocks:
-            block = _chunk(f, lo, hi, device)
-            for g, local, span in parts:
-                Z[g] += block[local].T @ Q[g][span]
+        # one thread: a sum over thousands of rows, whose last bits follow the thread count
+        # with Intel's MKL; a Ray task's (1 thread) must equal the local run's bitwise
+        with single_threaded():
+            for lo, hi, parts in blocks:
+                block = _chunk(f, lo, hi, device)
+                for g, local, span in parts:
+                    Z[g] += block[local].T @ Q[g][span]
         for z in Z:
             z *= plan.scale
     if not apply:
