@@ -880,6 +880,53 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     return SharedBoundaries(separation, where, own, shared, levels, method)
 
 
+# A subgroup is a region the label favours, not a subtype of it, where the models call the
+# other classes' cells found there this class too: its own cells' held-out accuracy minus
+# that of the other classes' cells carried to it stands at least SKEW_BAR above the same
+# difference over the whole class (measured where at least SKEW_MIN_CELLS were carried).
+# On real cells dealt to two classes with odds set by their type (workflows/benchmarks/
+# subgroups.py, R-null-*-composition), the subgroups that followed the favoured types stood
+# 0.27-0.61 above; the planted and interaction generators' subtypes and those of the real
+# datasets at most 0.15 (RESULTS.md, session 36). A subtype whose programme the other class
+# lacks takes none of its cells, or only nearest ones the models tell apart.
+SKEW_BAR = 0.25
+SKEW_MIN_CELLS = 10
+
+
+def label_skew(labels: np.ndarray, inputs: np.ndarray, accuracy: np.ndarray,
+               other_inputs: np.ndarray, other_accuracy: np.ndarray, *, n_neighbors: int,
+               min_cells: int = SKEW_MIN_CELLS
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """How far the models call the other classes' cells near each cluster this class.
+
+    Each cell of the other classes takes the cluster of its nearest cells of this class in the
+    models' input (:func:`carry_vote`, as the shared check carries a partition). Per cluster:
+    the mean held-out accuracy of its own cells minus that of the other classes' cells it
+    took, less the same difference over the whole class (models that favour one class
+    everywhere shift both alike). High where the models predict the place rather than the
+    label: cells of another class found there are called this class.
+
+    Cells no model was held out of (NaN accuracy) take no part. Returns per cluster the skew
+    (NaN where fewer than ``min_cells`` cells were carried to it), the mean accuracy of its
+    own cells and of the carried ones, and how many were carried.
+    """
+    k = int(labels.max()) + 1
+    carried = carry_vote(inputs, labels, other_inputs, n_neighbors)
+
+    def means(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        known = np.isfinite(values)
+        count = np.bincount(codes[known], minlength=k)
+        total = np.bincount(codes[known], weights=values[known], minlength=k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / count, count
+
+    own, _ = means(labels, accuracy)
+    theirs, reached = means(carried, other_accuracy)
+    overall = float(np.nanmean(accuracy) - np.nanmean(other_accuracy))
+    skew = np.where(reached >= min_cells, own - theirs - overall, np.nan)
+    return skew, own, theirs, reached
+
+
 def merge_shared(labels: np.ndarray, shared: np.ndarray) -> np.ndarray:
     """``labels`` with the clusters on either side of every shared boundary merged
     (connected components of the shared boundaries), numbered by size. For a partition whose

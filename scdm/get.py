@@ -242,7 +242,8 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
         if "datamodels_composition" in e:
             text += (". Caution: on real cells under a label they do not carry (a coin, or "
                      "odds set by the cell type), datamodels on the genes split 4 of 22 "
-                     "classes, tl.trak on the genes none of 30: confirm with tl.trak")
+                     "classes (3 along cell types, whole with the label-favoured check), "
+                     "tl.trak on the genes none of 30: confirm with tl.trak")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")
@@ -259,6 +260,17 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                     f"{pending['null_separation_max']:.2f}) but agree only at "
                     f"{pending['reproducibility']:.3f} (resolution {pending['resolution']:g}); "
                     "more models may decide (scdm.tl.second_round)")
+    if favoured := e.get("label_favoured"):
+        first = f"{removed}; then " if shared else ""
+        return (f"one subgroup; {first}a split into {favoured['n_subgroups']} passed the "
+                "check, but the models call the other classes' cells found among one of its "
+                f"subgroups ({favoured['n_cells']} cells) this class too: held-out accuracy "
+                f"{favoured['accuracy_carried']:.2f} for the {favoured['n_carried']} carried "
+                f"there against {favoured['accuracy_here']:.2f} for its own, "
+                f"{favoured['skew']:.2f} beyond the class as a whole (bar "
+                f"{favoured['bar']:.2f}). A cell type or state both classes hold, which the "
+                f"label favours: not a subtype of the label{checked}. shared_check=False keeps "
+                "such splits")
     if shared:
         again = ("; merged across those boundaries, nothing private is left"
                  if shared.get("merged") else

@@ -542,7 +542,9 @@ def test_splits_on_standardised_components_are_cautioned(tmp_path):
     standardised one by one (``use_rep="X_pca"``). There the attributions separate only the
     types the label favours in each class, so the type boundaries of one class do not divide
     the other's attributions, and classes are split by cell type (the benchmark: 13 of 30
-    real-data null classes on ``X_pca``, none on the genes). Every such split carries the
+    real-data null classes on ``X_pca``, 2 of 30 with the label-favoured check, none on the
+    genes). Here the split kept is too small for that check to measure (fewer than
+    ``SKEW_MIN_CELLS`` of the other class carried to it). Every such split carries the
     caution, in the evidence, its sentence and a warning."""
     scdm.settings.verbosity = 0
     adata, _ = _pbmc_by_composition()
@@ -557,3 +559,64 @@ def test_splits_on_standardised_components_are_cautioned(tmp_path):
         assert "standardised one by one" in scdm.get.describe_evidence(evidence[cls])
     whole = [c for c, e in evidence.items() if e["n_subgroups"] == 1]
     assert all("standardised_components" not in evidence[c] for c in whole)
+
+
+def test_label_skew_marks_a_region_the_models_call_this_class_whatever_the_label():
+    """Two clusters of class c; cells of the other class lie near both. Near cluster 1 the
+    models call them c (held-out accuracy 0.1 against 0.95 for c's own): a type the label
+    favours, not a subtype. Near cluster 0 they are told apart as well as c's own cells. A
+    cluster too few other cells were carried to is not measured; cells no model was held out
+    of take no part."""
+    rng = np.random.default_rng(0)
+    n = 100
+    codes = np.repeat([0, 1], n)
+    inputs = rng.standard_normal((2 * n, 5))
+    inputs[:, 0] += np.where(codes == 1, 8.0, 0.0)
+    other = rng.standard_normal((2 * n, 5))
+    near = np.repeat([0, 1], n)
+    other[:, 0] += np.where(near == 1, 8.0, 0.0)
+    accuracy = np.where(codes == 1, 0.95, 0.8) + 0.02 * rng.standard_normal(2 * n)
+    other_accuracy = np.where(near == 1, 0.1, 0.8) + 0.02 * rng.standard_normal(2 * n)
+    skew, own, theirs, reached = clustering.label_skew(codes, inputs, accuracy, other,
+                                                       other_accuracy, n_neighbors=15)
+    assert list(reached) == [n, n]
+    assert skew[1] >= clustering.SKEW_BAR > skew[0]
+    assert own[1] == pytest.approx(0.95, abs=0.01) and theirs[1] == pytest.approx(0.1, abs=0.01)
+    # models that call every cell c shift both clusters alike: no region stands out
+    shifted = clustering.label_skew(codes, inputs, accuracy, other,
+                                    np.full(2 * n, 0.5), n_neighbors=15)[0]
+    assert np.abs(shifted[0] - shifted[1]) < 0.2 and (shifted < clustering.SKEW_BAR).all()
+    # too few carried to cluster 1 (5 of the other class's cells near it): not measured
+    few = np.r_[other[:n], other[n:n + 5]]
+    skew, *_, reached = clustering.label_skew(codes, inputs, accuracy, few,
+                                              other_accuracy[: n + 5], n_neighbors=15)
+    assert reached[1] == 5 and np.isnan(skew[1]) and np.isfinite(skew[0])
+    # a cell no model was held out of (NaN) is left out, not counted as wrong
+    holes = accuracy.copy()
+    holes[:10] = np.nan
+    skew_holes = clustering.label_skew(codes, inputs, holes, other, other_accuracy,
+                                       n_neighbors=15)[0]
+    assert np.isfinite(skew_holes).all()
+
+
+@pytest.mark.slow
+def test_a_split_along_the_types_the_label_favours_is_refused(tmp_path):
+    """The real cells under a label of composition alone, datamodels on the 50 PCs (the main
+    job's input). Class B's attributions split off its monocytes; the other class's monocytes,
+    carried to that subgroup, are called B by the models that did not train on them (held-out
+    accuracy near 0), where B's own are called B: the models predict the type, not the label.
+    The split is refused and the evidence says why."""
+    scdm.settings.verbosity = 0
+    adata, _ = _pbmc_by_composition()
+    scdm.tl.datamodels(adata, "group", use_rep="X_pca", store=tmp_path / "dm", random_state=0)
+    scdm.tl.subgroups(adata, markers=False, random_state=0)
+    evidence = adata.uns["datamodels_subgroup"]["reproducibility"]
+    assert {e["n_subgroups"] for e in evidence.values()} == {1}
+    favoured = evidence["B"]["label_favoured"]
+    assert favoured["skew"] >= clustering.SKEW_BAR and favoured["n_carried"] >= 10
+    assert favoured["accuracy_carried"] < 0.2 < 0.9 < favoured["accuracy_here"]
+    assert "label favours: not a subtype" in scdm.get.describe_evidence(evidence["B"])
+    assert "label_favoured" not in evidence["A"]
+    # the split the check refused is there without it
+    scdm.tl.subgroups(adata, markers=False, random_state=0, shared_check=False)
+    assert adata.uns["datamodels_subgroup"]["reproducibility"]["B"]["n_subgroups"] > 1

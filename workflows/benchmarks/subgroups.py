@@ -614,6 +614,8 @@ def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[
         row["seconds_second_round"] = seconds_second
         e = evidence[True][str(cls)]
         row["shared"] = "shared" in e
+        # a split the label-favoured check refused: how many subgroups it had (0: none refused)
+        row["favoured_k"] = int(e.get("label_favoured", {}).get("n_subgroups", 0))
         row["reproducibility"] = e.get("reproducibility", e.get("best_reproducibility"))
         row["resolution"] = e.get("resolution")
         baselines = {
@@ -650,6 +652,10 @@ def summarise(table: pd.DataFrame) -> None:
               f"{(null['found_k_unchecked'] == 1).mean():.0%}; "
               + "; ".join(f"{text} {(null[f'{b}_k'] == 1).mean():.0%}" for b, text in bases)
               + ")")
+        favoured = part[part["favoured_k"] > 0]
+        print(f"[{rep}] splits refused as label-favoured: {len(favoured)} "
+              f"({int((favoured['true_k'] == 1).sum())} in classes without subtypes, "
+              f"{int((favoured['true_k'] > 1).sum())} with)")
         if not len(planted):
             continue
         print(f"[{rep}] classes with subtypes ({len(planted)}): right count in "
@@ -748,10 +754,13 @@ def main() -> None:
                 for seed in args.seeds[:1] if name == "R-pbmc68k" else args.seeds:
                     for row in evaluate(name, seed, cache, args, rep):
                         rows.append(row)
+                        refused = (f", label-favoured split into {row['favoured_k']} refused"
+                                   if row["favoured_k"] else "")
                         print(f"{name:16s} {rep:6s} seed {seed} {row['class']:>20s} "
                               f"(n={row['n']:4d}): true {row['true_k']}  found "
                               f"{row['found_k']} (ARI {row['ari']:.2f}, F1min "
                               f"{row['f1_min']:.2f}{', shared removed' if row['shared'] else ''}"
+                              f"{refused}"
                               f"; without the check {row['found_k_unchecked']}, "
                               f"{row['ari_unchecked']:.2f})  Leiden {row['leiden_k']} "
                               f"({row['leiden_ari']:.2f})  contrast {row['contrast_k']} "
