@@ -922,7 +922,10 @@ def label_skew(labels: np.ndarray, inputs: np.ndarray, accuracy: np.ndarray,
 
     own, _ = means(labels, accuracy)
     theirs, reached = means(carried, other_accuracy)
-    overall = float(np.nanmean(accuracy) - np.nanmean(other_accuracy))
+    known, other_known = np.isfinite(accuracy), np.isfinite(other_accuracy)
+    # no cell held out of any model on one side: nothing to compare, no skew
+    overall = (float(accuracy[known].mean() - other_accuracy[other_known].mean())
+               if known.any() and other_known.any() else np.nan)
     skew = np.where(reached >= min_cells, own - theirs - overall, np.nan)
     return skew, own, theirs, reached
 

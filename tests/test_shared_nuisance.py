@@ -6,6 +6,8 @@ the default path users take (raw features, no ``stratify_key``) on the Poisson g
 threshold was set on the Gaussian one (``workflows/benchmarks/subgroups.py``).
 """
 
+import warnings
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -597,6 +599,12 @@ def test_label_skew_marks_a_region_the_models_call_this_class_whatever_the_label
     skew_holes = clustering.label_skew(codes, inputs, holes, other, other_accuracy,
                                        n_neighbors=15)[0]
     assert np.isfinite(skew_holes).all()
+    # no other cell held out of any model: nothing measured, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unknown = clustering.label_skew(codes, inputs, accuracy, other,
+                                        np.full(2 * n, np.nan), n_neighbors=15)[0]
+    assert np.isnan(unknown).all()
 
 
 @pytest.mark.slow
