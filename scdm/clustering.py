@@ -913,19 +913,17 @@ def label_skew(labels: np.ndarray, inputs: np.ndarray, accuracy: np.ndarray,
     k = int(labels.max()) + 1
     carried = carry_vote(inputs, labels, other_inputs, n_neighbors)
 
-    def means(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sums(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         known = np.isfinite(values)
-        count = np.bincount(codes[known], minlength=k)
-        total = np.bincount(codes[known], weights=values[known], minlength=k)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return total / count, count
+        return (np.bincount(codes[known], weights=values[known], minlength=k),
+                np.bincount(codes[known], minlength=k))
 
-    own, _ = means(labels, accuracy)
-    theirs, reached = means(carried, other_accuracy)
-    known, other_known = np.isfinite(accuracy), np.isfinite(other_accuracy)
-    # no cell held out of any model on one side: nothing to compare, no skew
-    overall = (float(accuracy[known].mean() - other_accuracy[other_known].mean())
-               if known.any() and other_known.any() else np.nan)
+    own_total, own_count = sums(labels, accuracy)
+    their_total, reached = sums(carried, other_accuracy)
+    # 0 / 0 where no cell was held out of any model: nothing to compare, no skew
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own, theirs = own_total / own_count, their_total / reached
+        overall = own_total.sum() / own_count.sum() - their_total.sum() / reached.sum()
     skew = np.where(reached >= min_cells, own - theirs - overall, np.nan)
     return skew, own, theirs, reached
 

@@ -361,8 +361,9 @@ def subgroups(
     others, input_noise = (_other_classes(adata, key, halves, checked_of)
                            if automatic and shared_check and len(all_classes) > 1
                            else (None, None))
-    # each cell's held-out accuracy, for the label-favoured check (with the shared check)
-    accuracy = _heldout_accuracy(adata, key) if others is not None else None
+    # each cell's held-out accuracy, for the label-favoured check: read from the store at the
+    # first split it has to measure
+    accuracy = None
     # what every split of this run is cautioned with, by the models' input (none without the
     # shared check's measure of it)
     cautions: dict[str, dict] = {}
@@ -399,7 +400,9 @@ def subgroups(
                     found, checked_halves, class_rep if sub is None else class_rep[sub],
                     inputs, elsewhere, check)
             favoured = None
-            if found is not None and inputs is not None and accuracy is not None and elsewhere:
+            if found is not None and inputs is not None and elsewhere:
+                if accuracy is None:
+                    accuracy = _heldout_accuracy(adata, key)
                 favoured = _label_favoured(
                     found, inputs, accuracy[checked],
                     np.vstack([v[0] for v in elsewhere.values()]),
@@ -710,14 +713,14 @@ def _label_favoured(found: np.ndarray, inputs: np.ndarray, accuracy: np.ndarray,
                                             other_accuracy, n_neighbors=n_neighbors)
     sizes = np.bincount(found, minlength=skew.size)
     skew = np.where(sizes >= min_size, skew, np.nan)
-    if not (np.nan_to_num(skew, nan=-np.inf) >= SKEW_BAR).any():
+    favoured = np.nan_to_num(skew, nan=-np.inf) >= SKEW_BAR
+    if not favoured.any():
         return None
     worst = int(np.nanargmax(skew))
     return {"n_subgroups": n_substantial(found, min_size), "n_cells": int(sizes[worst]),
             "skew": float(skew[worst]), "accuracy_here": float(own[worst]),
             "accuracy_carried": float(theirs[worst]), "n_carried": int(reached[worst]),
-            "n_favoured": int((np.nan_to_num(skew, nan=-np.inf) >= SKEW_BAR).sum()),
-            "bar": SKEW_BAR}
+            "n_favoured": int(favoured.sum()), "bar": SKEW_BAR}
 
 
 def _as_unsplit(summary: dict) -> dict:
