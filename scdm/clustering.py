@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -774,7 +774,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
                       others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
                       n_neighbors: int, min_size: int = 5,
                       ratio: float = SHARED_RATIO,
-                      unexplained: float = SHARED_UNEXPLAINED) -> SharedBoundaries:
+                      unexplained: float = SHARED_UNEXPLAINED,
+                      within: Mapping[str, np.ndarray] | None = None) -> SharedBoundaries:
     """Carry a partition of one class to the other classes and ask which of its boundaries
     divide them too.
 
@@ -790,7 +791,13 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     moves a cell away from all others rather than towards some, so nearly every cell of
     another class is nearest one side). Each boundary's separation is measured in that
     class's two half embeddings (the other two arrays), whose noise the partition never saw,
-    against its separation in this class's ``halves``. A
+    against its separation in this class's ``halves``; where that class has subgroups of its
+    own (``within``), also with each subgroup's mean taken out of its halves, and the lower
+    of the two counts. A nuisance the classes share holds cells of every subtype, so it
+    divides the other class across its subgroups as well; a subtype boundary of this class
+    that the other class's cells take along their own subtypes' boundaries (programmes both
+    classes carry, in other combinations: the interaction generator's controls, X-3) divides
+    it only through them. A
     boundary is shared where another class is divided at least ``ratio`` times as sharply as
     this one, and with at most ``unexplained`` times the share of its variance
     left within the two sides (1 − separation; this class's share floored at
@@ -823,10 +830,19 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
         Share of its own separation at which a boundary counts as shared.
     unexplained
         Most share of the variance left within the sides elsewhere, relative to here.
+    within
+        Class name → the subgroups of its points (integer labels) that the other class's
+        own check accepted; a class not named, or with a single subgroup, is measured as is.
     """
     def in_halves(half1: np.ndarray, half2: np.ndarray, parts: np.ndarray) -> np.ndarray:
         return (pair_separations(half1, parts, min_size)
                 + pair_separations(half2, parts, min_size)) / 2
+
+    # each other class's halves with its own subgroups' means taken out, where it has some
+    centred = {name: (centre_within(half1, groups), centre_within(half2, groups))
+               for name, (_, half1, half2) in others.items()
+               if (groups := (within or {}).get(name)) is not None
+               and np.unique(groups).size > 1}
 
     k = int(labels.max()) + 1
     own = in_halves(*halves, labels)
@@ -845,6 +861,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
                 continue
             carried = carry(method, inputs, labels, other_inputs, n_neighbors)
             sep = in_halves(half1, half2, carried)
+            if name in centred:
+                sep = np.fmin(sep, in_halves(*centred[name], carried))
             sep = np.pad(sep, (0, k - len(sep)), constant_values=np.nan)
             if method == CARRIES[0]:
                 # a side they gave under CARRY_REACH of its share at home reached too few

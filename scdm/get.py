@@ -244,6 +244,13 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
                      "odds set by the cell type), datamodels on the genes split 4 of 22 "
                      "classes (3 along cell types, whole with the label-favoured check), "
                      "tl.trak on the genes none of 30: confirm with tl.trak")
+        if again := e.get("shared_within"):
+            where = " and ".join(map(str, again["subgroups_of"]))
+            text += (f". Checked again once the subgroups of class {where} were known: "
+                     f"boundaries that divided class {where} did so only through its own "
+                     "subgroups (programmes both classes carry, in other combinations), not "
+                     "across them as a nuisance the classes share does (without them: "
+                     f"{again['n_subgroups_before']} subgroups)")
         if shared and shared.get("merged"):
             return text + (f". Merged across the shared boundaries of a first split: "
                            f"{removed}")

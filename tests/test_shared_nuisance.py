@@ -628,3 +628,54 @@ def test_a_split_along_the_types_the_label_favours_is_refused(tmp_path):
     # the split the check refused is there without it
     scdm.tl.subgroups(adata, markers=False, random_state=0, shared_check=False)
     assert adata.uns["datamodels_subgroup"]["reproducibility"]["B"]["n_subgroups"] > 1
+
+
+@pytest.mark.slow
+def test_pairs_that_divide_the_other_class_only_through_its_subtypes_are_kept(tmp_path,
+                                                                              monkeypatch):
+    """Three programs (``exclusive_programs(n_programs=3)``, the suite's X-3): disease cells
+    carry one, controls a pair or none. Carried to the disease class, the controls' pairs
+    land on its subtypes' boundaries (a cell with A alone is as near A+B as A+C), so
+    before the disease subtypes were known they read as a shared nuisance and the controls
+    stayed 1-2 subgroups. Checked again with the disease subtypes' means taken out, the pairs
+    divide nothing there, and the controls get their four. The null twin (the same
+    combinations dealt at random) stays whole in both classes: nothing was split the first
+    time, so nothing is checked again."""
+    scdm.settings.verbosity = 0
+    null = scdm.datasets.exclusive_programs(n_programs=3, label_relevant=False,
+                                            random_state=0)
+    scdm.tl.trak(null, "disease", store=tmp_path / "null")
+    scdm.tl.subgroups(null, key="trak", markers=False)
+    assert null.obs["trak_subgroup"].nunique() == 2  # one per class
+    assert not any("shared_within" in e
+                   for e in null.uns["trak_subgroup"]["reproducibility"].values())
+
+    adata = scdm.datasets.exclusive_programs(n_programs=3, random_state=0)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "store")
+    scdm.tl.subgroups(adata, key="trak", markers=False)
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
+    for cls, k in (("control", 4), ("disease", 3)):
+        members = (adata.obs["disease"] == cls).to_numpy()
+        groups = adata.obs["trak_subgroup"][members]
+        assert groups.nunique() == k, cls
+        assert adjusted_rand_score(adata.obs["subtype"][members], groups) > 0.75, cls
+    assert evidence["control"]["shared_within"] == {"subgroups_of": ["disease"],
+                                                    "n_subgroups_before": 2}
+    assert "shared_within" not in evidence["disease"]
+    text = scdm.get.describe_evidence(evidence["control"])
+    assert "did so only through its own subgroups" in text
+    # without the second look (the other classes' subgroups never passed): the pairs read as
+    # shared, as before
+    seen = []
+    original = clustering.shared_boundaries
+
+    def first_pass_only(*args, within=None, **kwargs):
+        seen.append(within)
+        return original(*args, within=None, **kwargs)
+
+    monkeypatch.setattr(scdm.tl._subgroups, "shared_boundaries", first_pass_only)
+    before = scdm.tl.subgroups(adata, key="trak", markers=False, copy=True)
+    assert any(w for w in seen)  # the controls were checked again with disease's subgroups
+    controls = (adata.obs["disease"] == "control").to_numpy()
+    assert before.obs["trak_subgroup"][controls].nunique() == 2
+

@@ -766,8 +766,10 @@ def test_accepted_subgroups_are_checked_again_on_their_own():
     def split(centres):
         X = np.concatenate([c + rng.normal(size=(60, 10)) for c in centres])
         h1, h2 = (X + 0.3 * rng.normal(size=X.shape) for _ in range(2))
-        found, rep, _, _, halves = _checked_split(h1, h2, X, None, None, {}, check)
-        return found, _split_within(found, halves, rep, None, {}, check)
+        found, rep, _, _, halves, met = _checked_split(h1, h2, X, None, None, {}, check)
+        again, inner, met_inner = _split_within(found, halves, rep, None, {}, check)
+        assert not met and not met_inner  # no other class: no shared boundary to meet
+        return found, (again, inner)
 
     near, far = np.zeros(10), np.zeros(10)
     near[0], far[1] = 4.0, 12.0

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
 from .._anndata import uns_safe
@@ -377,55 +381,88 @@ def subgroups(
         elif adata.uns[key].get("method") != "trak":
             cautions["datamodels_composition"] = {"method": "datamodels",
                                                   "use_rep": use_rep or "X"}
+    check = {"n_neighbors": n_neighbors, "resolutions": grid,
+             "min_reproducibility": min_reproducibility, "n_null": n_null,
+             "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK, "min_size": min_size,
+             "random_state": seed}
+
+    scanned: dict[str, ResolutionChoice] = {}  # a class checked again rescans nothing new
+
+    def check_class(cls: str, within: dict[str, np.ndarray]) -> _ClassCheck:
+        nonlocal accuracy
+        assert halves is not None  # automatic
+        members, sub, checked = checked_of[cls]
+        elsewhere = {} if others is None else {
+            c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
+        inputs = None if others is None else others[cls][0]
+        found, class_rep, choice, shared, checked_halves, met = _checked_split(
+            halves[0][checked], halves[1][checked], rep[members], sub, inputs, elsewhere,
+            check, within, scanned)
+        inner: dict[str, dict] = {}
+        if found is not None:
+            found, inner, met_inner = _split_within(
+                found, checked_halves, class_rep if sub is None else class_rep[sub],
+                inputs, elsewhere, check, within, scanned)
+            met = met or met_inner
+        favoured = None
+        if found is not None and inputs is not None and elsewhere:
+            if accuracy is None:
+                accuracy = _heldout_accuracy(adata, key)
+            favoured = _label_favoured(
+                found, inputs, accuracy[checked],
+                np.vstack([v[0] for v in elsewhere.values()]),
+                np.concatenate([accuracy[checked_of[c][2]] for c in elsewhere]),
+                n_neighbors=n_neighbors, min_size=min_size)
+            if favoured is not None:
+                found, inner = None, {}
+        summary = choice.summary()
+        if found is None and summary["split"]:  # accepted, then found shared again
+            summary = _as_unsplit(summary)
+        entry = {**summary, "n_cells": int(members.size), "n_checked": int(checked.size)}
+        if shared is not None:
+            entry["shared"] = shared
+        if inner:
+            entry["split_within"] = inner
+        if favoured is not None:
+            entry["label_favoured"] = favoured
+        return _ClassCheck(found, class_rep, choice, entry, met)
+
+    checks = {cls: check_class(cls, {}) for cls in tqdm(
+        [c for c in all_classes if c in chosen] if automatic else [], desc="subgroups",
+        unit="class", disable=not settings.progress(verbose))}
+    # A boundary that divided another class only through that class's own subgroups is not a
+    # shared nuisance: check such classes again with the other classes' accepted subgroups
+    # known (scdm.clustering.shared_boundaries, `within`). Only what the first pass accepted
+    # is used, so the outcome does not depend on the order of the classes.
+    split_first = {c: r.found for c, r in checks.items()
+                   if r.found is not None and n_substantial(r.found, min_size) > 1}
+    again_for = [c for c, r in checks.items() if r.met_shared and set(split_first) - {c}]
+    for cls in tqdm(again_for, desc="subgroups, shared boundaries again", unit="class",
+                    disable=not settings.progress(verbose)):
+        first = checks[cls]
+        within = {c: f for c, f in split_first.items() if c != cls}
+        again = check_class(cls, within)
+        if not _same_partition(first.found, again.found):
+            again.entry["shared_within"] = {
+                "subgroups_of": sorted(within),
+                "n_subgroups_before": 1 if first.found is None else n_substantial(
+                    first.found, min_size)}
+            checks[cls] = again
+
     names = np.full(adata.n_obs, UNASSIGNED, dtype=object)
     evidence, scans, undecided = {}, {}, []
-    for cls in tqdm(all_classes, desc="subgroups", unit="class",
-                    disable=not settings.progress(verbose) or not automatic):
-        members, sub, checked = checked_of[cls]
+    for cls in all_classes:
+        members, sub, _ = checked_of[cls]
         codes = np.zeros(members.size, dtype=np.int64)
-        if cls in chosen and halves is not None:  # automatic
-            elsewhere = {} if others is None else {
-                c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
-            check = {"n_neighbors": n_neighbors, "resolutions": grid,
-                     "min_reproducibility": min_reproducibility, "n_null": n_null,
-                     "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK, "min_size": min_size,
-                     "random_state": seed}
-            inputs = None if others is None else others[cls][0]
-            found, class_rep, choice, shared, checked_halves = _checked_split(
-                halves[0][checked], halves[1][checked], rep[members], sub, inputs, elsewhere,
-                check=check)
-            inner: dict[str, dict] = {}
-            if found is not None:
-                found, inner = _split_within(
-                    found, checked_halves, class_rep if sub is None else class_rep[sub],
-                    inputs, elsewhere, check)
-            favoured = None
-            if found is not None and inputs is not None and elsewhere:
-                if accuracy is None:
-                    accuracy = _heldout_accuracy(adata, key)
-                favoured = _label_favoured(
-                    found, inputs, accuracy[checked],
-                    np.vstack([v[0] for v in elsewhere.values()]),
-                    np.concatenate([accuracy[checked_of[c][2]] for c in elsewhere]),
-                    n_neighbors=n_neighbors, min_size=min_size)
-                if favoured is not None:
-                    found, inner = None, {}
-            summary = choice.summary()
-            if found is None and summary["split"]:  # accepted, then found shared again
-                summary = _as_unsplit(summary)
-            evidence[cls] = {**summary, "n_cells": int(members.size),
-                             "n_checked": int(checked.size)}
-            if shared is not None:
-                evidence[cls]["shared"] = shared
-            if inner:
-                evidence[cls]["split_within"] = inner
-            if favoured is not None:
-                evidence[cls]["label_favoured"] = favoured
+        if cls in checks:  # automatic
+            result = checks[cls]
+            choice = result.choice
+            evidence[cls] = result.entry
             scans[cls] = choice.table
-            if found is not None:
-                codes = found
+            if result.found is not None:
+                codes = result.found
                 if sub is not None:  # the subsample's subgroups, extended to the class
-                    codes = extend_labels(class_rep, sub, codes, n_neighbors)
+                    codes = extend_labels(result.class_rep, sub, codes, n_neighbors)
         elif cls in chosen and resolution is not None:
             codes = leiden_labels(rep[members], n_neighbors=n_neighbors,
                                   resolutions=[resolution], random_state=seed)[0]
@@ -554,14 +591,55 @@ def finish_subgroups(adata: AnnData, key_added: str, *, markers: bool, n_genes: 
         subgroup_composition(adata, key=key_added, random_state=random_state)
 
 
+@dataclass
+class _ClassCheck:
+    """One class's checked split: the partition of its checked cells (``None``: no split),
+    the class's embedding it was found in, the scan that decided, its evidence, and whether
+    any boundary met on the way divided another class too (a second look may then find it
+    private, :func:`scdm.clustering.shared_boundaries`' ``within``)."""
+
+    found: np.ndarray | None
+    class_rep: np.ndarray
+    choice: ResolutionChoice
+    entry: dict
+    met_shared: bool
+
+
+def _same_partition(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(adjusted_rand_score(a, b) == 1.0)
+
+
+def _scan(h1: np.ndarray, h2: np.ndarray, check: dict[str, Any], memo: dict | None
+          ) -> ResolutionChoice:
+    """:func:`scdm.clustering.choose_resolution` of two halves, remembered in ``memo`` by
+    their content: checked again with the other classes' subgroups known, a class scans the
+    same halves (its nulls are most of the check's time) unless its nuisance levels changed.
+    A copy is returned, as the caller records on it where the full embedding was cut."""
+    if memo is None:
+        return choose_resolution(h1, h2, **check)
+    digest = hashlib.blake2b(digest_size=16)
+    for half in (h1, h2):
+        digest.update(np.ascontiguousarray(half).tobytes())
+        digest.update(repr(half.shape).encode())
+    key = digest.hexdigest()
+    if key not in memo:
+        memo[key] = choose_resolution(h1, h2, **check)
+    return copy.copy(memo[key])
+
+
 def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
-                   inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any]
+                   inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any],
+                   within: dict[str, np.ndarray] | None = None, memo: dict | None = None
                    ) -> tuple[np.ndarray | None, np.ndarray, ResolutionChoice, dict | None,
-                              tuple[np.ndarray, np.ndarray]]:
+                              tuple[np.ndarray, np.ndarray], bool]:
     """One class's checked split: the partition of its checked cells (``None``: no split),
     the class's embedding it was found in (centred within a shared nuisance's levels where
-    one was taken out), the scan that decided, the shared split's evidence, if any, and the
-    checked cells' halves as the scan saw them (centred likewise).
+    one was taken out), the scan that decided, the shared split's evidence, if any, the
+    checked cells' halves as the scan saw them (centred likewise) and whether a boundary was
+    found shared. ``within``: the other classes' accepted subgroups, passed on to
+    :func:`scdm.clustering.shared_boundaries`; ``memo``: scans already made (:func:`_scan`).
 
     ``h1``/``h2`` are the checked cells' halves, ``rep`` the class's embedding (``sub`` the
     checked cells among the class, ``None`` for all), ``inputs`` the checked cells' models'
@@ -580,14 +658,14 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
             min_size=min_size, random_state=seed)
         return labels
 
-    choice = choose_resolution(h1, h2, **check)
+    choice = _scan(h1, h2, check, memo)
     found = cluster(rep, choice)
     if found is None or not elsewhere or inputs is None:
-        return found, rep, choice, None, (h1, h2)
+        return found, rep, choice, None, (h1, h2), False
     bounds = shared_boundaries(found, inputs, (h1, h2), elsewhere, n_neighbors=n_neighbors,
-                               min_size=min_size)
+                               min_size=min_size, within=within)
     if not bounds.shared.any():
-        return found, rep, choice, None, (h1, h2)
+        return found, rep, choice, None, (h1, h2), False
     # the shared boundaries run between levels of a nuisance: take the levels out of the
     # halves and the embedding, and check what is left
     shared = _shared_evidence(choice, bounds, found, min_size)
@@ -599,9 +677,9 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
         merged = merge_shared(found, bounds.shared)
         shared["merged"] = True
         return ((merged if n_substantial(merged, min_size) > 1 else None), rep, choice, shared,
-                (h1, h2))
+                (h1, h2), True)
     h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
-    choice = choose_resolution(h1, h2, **check)
+    choice = _scan(h1, h2, check, memo)
     rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
                                                                       n_neighbors))
     found = cluster(rep, choice)
@@ -617,32 +695,36 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
         again = shared_boundaries(found, inputs, (h1, h2),
                                   carry_levels(levels, inputs, elsewhere, n_neighbors,
                                                bounds.carried_by),
-                                  n_neighbors=n_neighbors, min_size=min_size)
+                                  n_neighbors=n_neighbors, min_size=min_size, within=within)
         if again.shared.any():
             shared["shared_again"] = again.summary()
             found = None
-    return found, rep, choice, shared, (h1, h2)
+    return found, rep, choice, shared, (h1, h2), True
 
 
 def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep: np.ndarray,
-                  inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any]
-                  ) -> tuple[np.ndarray, dict]:
+                  inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any],
+                  within: dict[str, np.ndarray] | None = None, memo: dict | None = None
+                  ) -> tuple[np.ndarray, dict, bool]:
     """One level more: each accepted subgroup (of enough cells for two halves' graphs) checked
     again on its own cells — the class's halves and embedding as its check left them (a shared
     nuisance taken out), the same scan, null and shared check — and replaced by its inner
     split where one is accepted. Returns the partition (numbered by size) and, per subgroup
-    split again, its scan's figures. Subtypes merged at the class's resolution come apart
-    here; a subgroup searched in halves that still held the nuisance was cut by it."""
+    split again, its scan's figures, and whether a shared boundary was met. Subtypes merged at
+    the class's resolution come apart here; a subgroup searched in halves that still held the
+    nuisance was cut by it."""
     n_neighbors, min_size = check["n_neighbors"], check["min_size"]
     out, next_code = found.copy(), int(found.max()) + 1
     inner: dict[str, dict] = {}
+    met = False
     for code in np.unique(found):
         cells = np.flatnonzero(found == code)
         if cells.size < max(fewest_points(n_neighbors, halves=True), 4 * min_size):
             continue
-        split, _, choice, shared, _ = _checked_split(
+        split, _, choice, shared, _, met_here = _checked_split(
             halves[0][cells], halves[1][cells], rep[cells], None,
-            None if inputs is None else inputs[cells], elsewhere, check)
+            None if inputs is None else inputs[cells], elsewhere, check, within, memo)
+        met = met or met_here
         # Where the split's shared boundaries outlined no nuisance levels, the class's check
         # merges across them and keeps what is private; that remainder was never checked
         # against the null itself, and inside a subgroup of tens of cells it cut true
@@ -655,7 +737,7 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
         for part in np.unique(split)[1:]:
             out[cells[split == part]] = next_code
             next_code += 1
-    return by_size(out), inner  # numbered by size again, as every partition here
+    return by_size(out), inner, met  # numbered by size again, as every partition here
 
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
