@@ -831,8 +831,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     unexplained
         Most share of the variance left within the sides elsewhere, relative to here.
     within
-        Class name → the subgroups of its points (integer labels) that the other class's
-        own check accepted; a class not named, or with a single subgroup, is measured as is.
+        Class name → the subgroups of its points (integer labels) that its own check
+        accepted; a class not named, or with a single subgroup, is measured as is.
     """
     def in_halves(half1: np.ndarray, half2: np.ndarray, parts: np.ndarray) -> np.ndarray:
         return (pair_separations(half1, parts, min_size)
