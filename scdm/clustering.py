@@ -529,6 +529,64 @@ def zero_share(inputs: np.ndarray) -> float:
     return float((points == points.min(axis=0)).mean())
 
 
+def detected_depth(inputs: np.ndarray, block: int = 65536) -> np.ndarray | None:
+    """Each point's log number of features above their floor (the smallest value each takes):
+    how many genes a cell's counts detected, which follows its sequencing depth. ``None``
+    where the features have no floor to speak of (under :data:`ZERO_SHARE` of the values
+    there: components, latent spaces) or every point detects as many."""
+    floor = np.asarray(inputs[:block]).min(axis=0)
+    for start in range(block, len(inputs), block):
+        floor = np.minimum(floor, np.asarray(inputs[start:start + block]).min(axis=0))
+    counts = np.concatenate([(np.asarray(inputs[start:start + block]) > floor).sum(axis=1)
+                             for start in range(0, len(inputs), block)])
+    if counts.size == 0 or 1 - counts.mean() / max(len(floor), 1) < ZERO_SHARE:
+        return None
+    depth = np.log1p(counts.astype(np.float64))
+    return depth if depth.std() > 0 else None
+
+
+# A split is checked again with sequencing depth taken out where the number of features its
+# cells detect alone tells two of its subgroups apart at this AUC or more. Measured on the
+# cached TRAK `auto` runs (RESULTS.md, session 38): cuts along depth inside a subtype (P-3-depth
+# seed 1) and across real classes (CBMC monocytes: low- and high-depth CD14 cells; Zeisel's
+# astrocytes-ependymal: its high-depth cells of all four types) stood at 0.97-1.00; subgroups
+# of real types at most 0.94 (pbmc68k myeloid; CBMC's CD14 against CD16 monocytes 0.91, which
+# depth taken out linearly leaves under the null's margin: a type whose depth differs that much
+# is checked only where depth tells it apart almost perfectly).
+DEPTH_AUC = 0.95
+
+
+def depth_association(labels: np.ndarray, depth: np.ndarray, min_size: int = 5) -> float:
+    """How well ``depth`` alone tells apart the two most different clusters of ``labels``
+    (of ``min_size`` points or more): the largest area under the ROC curve over their pairs,
+    0.5 (none) to 1 (a clean cut along depth)."""
+    from scipy.stats import rankdata
+
+    kept = [c for c in np.unique(labels) if (labels == c).sum() >= min_size]
+    best = 0.5
+    for i, a in enumerate(kept):
+        for b in kept[i + 1:]:
+            x, y = depth[labels == a], depth[labels == b]
+            ranks = rankdata(np.concatenate([x, y]))
+            auc = (ranks[:x.size].sum() - x.size * (x.size + 1) / 2) / (x.size * y.size)
+            best = max(best, auc, 1 - auc)
+    return float(best)
+
+
+def take_out_linear(points: np.ndarray, covariate: np.ndarray) -> np.ndarray:
+    """``points`` less what a straight line in ``covariate`` (with an intercept) predicts of
+    each coordinate, their mean kept: what is left once a continuous nuisance (sequencing
+    depth) is taken out. Along with the nuisance goes any difference between groups of points
+    that the covariate alone predicts (two types whose cells sit at two depths)."""
+    out = np.array(points, dtype=np.float64, copy=True)
+    centred = np.asarray(covariate, dtype=np.float64) - np.mean(covariate)
+    scale = float(centred @ centred)
+    if scale == 0:
+        return out
+    out -= np.outer(centred, centred @ (out - out.mean(0)) / scale)
+    return out
+
+
 def few_zero_inflated(n_features: int, share: float) -> bool:
     """Whether an input of ``n_features`` features with ``share`` of its values at their floor
     (:func:`zero_share`) is one whose attributions group cells by which features are zero:

@@ -177,11 +177,36 @@ def _continuum_cut(e: Mapping, bars: Mapping | None) -> str:
             "continuum, not separate groups")
 
 
+def _along_depth(e: Mapping) -> str:
+    """What the depth check did to a class's split and inside its subgroups, said (empty
+    where it did nothing)."""
+    said = []
+    if first := e.get("depth"):
+        said.append(f"a first split into {first['n_subgroups_before']} ran along sequencing "
+                    "depth (the number of features each cell detected tells two of its "
+                    f"subgroups apart at AUC {first['auc']:.2f}), so the check ran again with "
+                    "depth taken out, and this is what it found")
+    for w in (e.get("depth_within") or {}).values():
+        said.append(f"a subgroup of {w['n_cells']} cells came apart into "
+                    f"{w['n_subgroups_before']} along sequencing depth (AUC {w['auc']:.2f}); "
+                    + ("with depth taken out it stayed whole" if w["n_subgroups"] < 2 else
+                       f"with depth taken out, into {w['n_subgroups']}"))
+    if not said:
+        return ""
+    return (". " + "; ".join(said)[0].upper() + "; ".join(said)[1:]
+            + " (depth_check=False keeps such splits)")
+
+
 def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report). ``bars``: the run's
     ``params`` (``min_margin``, ``min_reproducibility``; default the library's), against which
     a split that clears a bar by less than the margin is called close to it."""
+    # a second round's own entry says what its depth check did
+    return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e))
+
+
+def _describe(e: dict, bars: Mapping | None) -> str:
     if e.get("second_round"):
         first = e.get("undecided") or {}
         return ("undecided by the first models (their halves found "

@@ -766,9 +766,12 @@ def test_accepted_subgroups_are_checked_again_on_their_own():
     def split(centres):
         X = np.concatenate([c + rng.normal(size=(60, 10)) for c in centres])
         h1, h2 = (X + 0.3 * rng.normal(size=X.shape) for _ in range(2))
-        found, rep, _, _, halves, met = _checked_split(h1, h2, X, None, None, {}, check)
-        again, inner, met_inner = _split_within(found, halves, rep, None, {}, check)
-        assert not met and not met_inner  # no other class: no shared boundary to meet
+        result = _checked_split(h1, h2, X, None, None, {}, check)
+        found = result.found
+        again, inner, met_inner, _ = _split_within(found, result.halves, result.rep, None, {},
+                                                   check)
+        # no other class: no shared boundary to meet
+        assert not result.met_shared and not met_inner
         return found, (again, inner)
 
     near, far = np.zeros(10), np.zeros(10)
@@ -782,6 +785,102 @@ def test_accepted_subgroups_are_checked_again_on_their_own():
     found, (again, inner) = split([np.zeros(10), far])
     np.testing.assert_array_equal(again, found)
     assert inner == {}
+
+
+def test_a_cut_along_sequencing_depth_is_checked_with_depth_taken_out():
+    """Three subtypes; in the third, how much of its programme a cell shows follows its
+    sequencing depth, and its cells sit at two depths (a cut along depth, as the suite's
+    P-3-depth seed 1 and CBMC's monocytes had). Where a split runs along depth alone (AUC
+    near 1), it is checked again with depth taken out: the third subtype stays whole, at the
+    class's split and inside an accepted subgroup, and the evidence says so. Two true subtypes
+    whose cells differ in depth less than that are not checked again; without depth
+    (``None``) the cut along it is kept."""
+    from scdm.clustering import DEFAULT_RESOLUTIONS, DEPTH_AUC, depth_association
+    from scdm.tl._subgroups import _checked_split, _split_within
+
+    check = {"n_neighbors": 15, "resolutions": DEFAULT_RESOLUTIONS, "min_reproducibility": 0.75,
+             "n_null": 20, "min_size": 5, "min_margin": 0.03, "cut_slack": 0.1,
+             "random_state": 0}
+    n = 80
+    truth = np.repeat([0, 1, 2], n)
+
+    def planted(shown: float, seed: int):
+        rng = np.random.default_rng(seed)
+        centres = np.zeros((3, 10))
+        centres[1, 1], centres[2, 2] = 14.0, 14.0
+        depth = rng.normal(7.0, 0.1, size=3 * n)
+        depth[2 * n:] = np.repeat([6.5, 7.5], n // 2) + rng.normal(0, 0.05, size=n)
+        X = centres[truth] + rng.normal(size=(3 * n, 10))
+        # the third subtype's programme shows in proportion to the depth: two clouds
+        X[2 * n:, 2] += shown * (depth[2 * n:] - 7.0)
+        return depth, X, tuple(X + 0.3 * rng.normal(size=X.shape) for _ in range(2))
+
+    # the class's split: four clusters, two of them the third subtype's depths
+    depth, X, (h1, h2) = planted(4.0, 4)
+    result = _checked_split(h1, h2, X, None, None, {}, check, depth=depth)
+    assert result.depth is not None and result.depth["auc"] >= DEPTH_AUC
+    assert result.depth["n_subgroups_before"] == 4
+    assert np.bincount(result.found).size == 3
+    assert "so the check ran again with depth taken out" in scdm.get._along_depth(
+        {"depth": result.depth})
+    kept = _checked_split(h1, h2, X, None, None, {}, check, depth=None)
+    assert kept.depth is None and np.bincount(kept.found).size == 4
+
+    # inside the third subtype's accepted subgroup
+    depth, X, halves = planted(5.0, 3)
+    again, inner, _, along_depth = _split_within(truth, halves, X, None, {}, check, depth=depth)
+    assert np.bincount(again).size == 3 and inner == {}
+    assert list(along_depth) == ["1"]
+    entry = along_depth["1"]
+    assert entry["auc"] >= DEPTH_AUC and entry["n_subgroups_before"] == 2
+    assert entry["n_subgroups"] == 1 and entry["n_cells"] == n
+    text = scdm.get.describe_evidence({"split": True, "n_subgroups": 3, "reproducibility": 1.0,
+                                       "resolution": 0.1, "separation": 0.9,
+                                       "null_separation_max": 0.0, "p_value": 1 / 21,
+                                       "n_null": 20, "depth_within": along_depth})
+    assert "came apart into 2 along sequencing depth" in text
+    assert "with depth taken out it stayed whole" in text
+    again, _, _, along_depth = _split_within(truth, halves, X, None, {}, check, depth=None)
+    assert np.bincount(again).size == 4 and along_depth == {}
+
+    # two subtypes whose depths differ, but not so that depth alone tells them apart: not
+    # checked again. Where it did (AUC >= DEPTH_AUC), depth's line would take their difference
+    # with it, the check's price (README, "Sequencing depth")
+    rng = np.random.default_rng(0)
+    two = np.repeat([0, 1], n)
+    apart = np.where(two == 1, 7.15, 6.85) + rng.normal(0, 0.15, size=2 * n)
+    Y = rng.normal(size=(2 * n, 10))
+    Y[two == 1, 3] += 12.0
+    assert 0.8 < depth_association(two, apart) < DEPTH_AUC
+    g1, g2 = (Y + 0.3 * rng.normal(size=Y.shape) for _ in range(2))
+    result = _checked_split(g1, g2, Y, None, None, {}, check, depth=apart)
+    assert result.depth is None
+    assert result.found is not None and np.bincount(result.found).size == 2
+
+
+def test_detected_depth_reads_counts_and_skips_components():
+    """The log number of features above their floor per cell, on counts (normalised or
+    not, scaled or not); ``None`` for components with no floor, or where every cell detects
+    as many."""
+    from scdm.clustering import detected_depth, take_out_linear
+
+    rng = np.random.default_rng(0)
+    size = rng.lognormal(0, 0.7, size=(200, 1))
+    counts = rng.poisson(0.3 * size * np.ones((1, 300))).astype(float)
+    depth = detected_depth(counts)
+    assert depth is not None
+    np.testing.assert_allclose(depth, np.log1p((counts > 0).sum(1)))
+    assert np.corrcoef(depth, np.log(size[:, 0]))[0, 1] > 0.8
+    scaled = (np.log1p(counts) - np.log1p(counts).mean(0)) / np.log1p(counts).std(0)
+    np.testing.assert_allclose(detected_depth(scaled), depth)  # zeros moved, still the floor
+    np.testing.assert_allclose(detected_depth(counts, block=7), depth)  # in blocks
+    assert detected_depth(rng.normal(size=(200, 30))) is None
+    assert detected_depth(np.tile([0.0, 1.0, 2.0], (50, 1))) is None  # all detect as many
+    # taking it out leaves what depth does not explain, the mean kept
+    points = np.outer(depth, [2.0, -1.0]) + rng.normal(size=(200, 2))
+    left = take_out_linear(points, depth)
+    np.testing.assert_allclose(left.mean(0), points.mean(0))
+    assert abs(np.corrcoef(left[:, 0], depth)[0, 1]) < 1e-8
 
 
 def test_a_split_close_to_its_bars_is_called_so():

@@ -7,7 +7,7 @@ import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
     CUT_SLACK,
+    DEPTH_AUC,
     FEW_FEATURES,
     MAX_CHECK_POINTS,
     MIN_MARGIN,
@@ -38,6 +39,8 @@ from ..clustering import (
     check_resolutions,
     check_subsample,
     choose_resolution,
+    depth_association,
+    detected_depth,
     extend_labels,
     few_zero_inflated,
     fewest_points,
@@ -47,6 +50,7 @@ from ..clustering import (
     merge_shared,
     n_substantial,
     shared_boundaries,
+    take_out_linear,
     zero_share,
 )
 from ..get import UNASSIGNED, label_key_of, models_input, subgroup_key, training_params
@@ -105,6 +109,7 @@ def subgroups(
     min_size: int = 5,
     max_points: int | None = MAX_CHECK_POINTS,
     shared_check: bool = True,
+    depth_check: bool = True,
     classes: Sequence[str] | None = None,
     markers: bool = True,
     n_genes: int = 20,
@@ -180,6 +185,20 @@ def subgroups(
     evidence records ``"label_favoured"``. On real cells dealt to two classes by odds set by
     their type it refused 6 of the 8 splits on standardised PCs; on the planted and
     interaction generators it refused none (``workflows/benchmarks/RESULTS.md``).
+
+    Sequencing depth is a nuisance no one names and every class has, and the shared check
+    cannot always see it: a low-depth cell's counts show less of a programme, so attribution
+    follows depth only in cells that carry one, and a subtype whose programme the other
+    classes lack can come apart along it alone (``depth_check``). Where the models' input has
+    a floor (counts, normalised or scaled: :func:`scdm.clustering.detected_depth`), each
+    accepted split, the class's and each inner one, is read against the number of features
+    each cell detects; where that alone tells two of its subgroups apart
+    (:func:`scdm.clustering.depth_association`, an AUC of
+    :data:`scdm.clustering.DEPTH_AUC` or more) depth is taken out of the halves and the
+    embedding (a straight line per coordinate, :func:`scdm.clustering.take_out_linear`) and
+    the check runs again; its result stands, recorded as ``"depth"`` (or per subgroup
+    ``"depth_within"``) in the evidence. A type that depth alone tells apart that well goes
+    with the line unless it stands apart beyond it.
 
     A class left whole is *undecided* when both halves find the same clusters, separated
     beyond every null pair by the margin, but agree only at
@@ -269,6 +288,10 @@ def subgroups(
         divide them too, and refuse splits along types the label favours (above). ``False``
         keeps partitions a nuisance, a state common to all classes or a difference in
         composition makes.
+    depth_check
+        Check a split again with sequencing depth (the features each cell detects) taken out
+        where depth alone tells two of its subgroups apart (above). ``False`` keeps such
+        splits; without a floor in the models' input (components) there is nothing to check.
     classes
         Classes to split (default all); the others get one subgroup each.
     markers
@@ -296,14 +319,17 @@ def subgroups(
     ``n_cells``, ``n_checked`` (cells the check ran on) and ``n_subgroups``; without a split,
     the most reproducible resolution's figures; where a reproducible split divided another
     class too, ``shared`` with that split's figures, the classes it divides and the
-    separation there, and the figures above are those of the check run again without it),
-    the whole scan per class (of the check that decided) as a table in
-    ``reproducibility_scan``, the undecided classes in ``undecided`` (each with its best
-    undecided row as ``undecided`` in its evidence), ``input_noise`` (``share_above_noise``,
-    ``noise_dominated``, ``n_features``, ``zero_share``, ``few_zero_inflated``; with the
-    shared check), with ``markers`` a ``markers``
-    DataFrame and, when the models were trained with a ``group_key`` or ``stratify_key``, the
-    confounding check of :func:`scdm.tl.subgroup_composition` on them (``composition``).
+    separation there, and the figures above are those of the check run again without it;
+    where a split ran along sequencing depth, ``depth`` with its ``auc`` and
+    ``n_subgroups_before``, and the figures are those of the check with depth taken out;
+    ``depth_within`` likewise per subgroup checked again on its own), the whole scan per
+    class (of the check that decided) as a table in ``reproducibility_scan``, the undecided
+    classes in ``undecided`` (each with its best undecided row as ``undecided`` in its
+    evidence), ``input_noise`` (``share_above_noise``, ``noise_dominated``, ``n_features``,
+    ``zero_share``, ``few_zero_inflated``; with the shared check), with ``markers`` a
+    ``markers`` DataFrame and, when the models were trained with a ``group_key`` or
+    ``stratify_key``, the confounding check of :func:`scdm.tl.subgroup_composition` on them
+    (``composition``).
     The halves' embeddings are cached in ``adata.obsm[f"X_{key}_half1"]`` and
     ``[f"X_{key}_half2"]``.
     """
@@ -365,6 +391,9 @@ def subgroups(
     others, input_noise = (_other_classes(adata, key, halves, checked_of)
                            if automatic and shared_check and len(all_classes) > 1
                            else (None, None))
+    # each cell's log number of detected features, where the models' input has a floor (counts)
+    depth = (detected_depth(recorded_training(adata, key).inputs.X)
+             if automatic and depth_check else None)
     # each cell's held-out accuracy, for the label-favoured check: read from the store at the
     # first split it has to measure
     accuracy = None
@@ -395,14 +424,19 @@ def subgroups(
         elsewhere = {} if others is None else {
             c: v for c, v in others.items() if c != cls and len(v[0]) >= 2 * min_size}
         inputs = None if others is None else others[cls][0]
-        found, class_rep, choice, shared, checked_halves, met = _checked_split(
+        result = _checked_split(
             halves[0][checked], halves[1][checked], rep[members], sub, inputs, elsewhere,
-            check, within, scanned)
+            check, within, scanned, None if depth is None else depth[members])
+        found, class_rep, choice, shared = (result.found, result.rep, result.choice,
+                                            result.shared)
+        met = result.met_shared
         inner: dict[str, dict] = {}
+        along_depth: dict[str, dict] = {}
         if found is not None:
-            found, inner, met_inner = _split_within(
-                found, checked_halves, class_rep if sub is None else class_rep[sub],
-                inputs, elsewhere, check, within, scanned)
+            found, inner, met_inner, along_depth = _split_within(
+                found, result.halves, class_rep if sub is None else class_rep[sub],
+                inputs, elsewhere, check, within, scanned,
+                None if depth is None else depth[checked])
             met = met or met_inner
         favoured = None
         if found is not None and inputs is not None and elsewhere:
@@ -423,6 +457,10 @@ def subgroups(
             entry["shared"] = shared
         if inner:
             entry["split_within"] = inner
+        if result.depth is not None:
+            entry["depth"] = result.depth
+        if along_depth and found is not None:
+            entry["depth_within"] = along_depth
         if favoured is not None:
             entry["label_favoured"] = favoured
         return _ClassCheck(found, class_rep, choice, entry, met)
@@ -490,7 +528,8 @@ def subgroups(
                    "n_null": n_null, "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK,
                    "min_size": min_size,
                    "max_points": max_points,
-                   "shared_check": shared_check, "classes": chosen,
+                   "shared_check": shared_check, "depth_check": depth_check,
+                   "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
                    # the nuisance the models were balanced on, for the evidence's advice
                    "stratify_key": training_params(adata, key).get("stratify_key")},
@@ -629,23 +668,64 @@ def _scan(h1: np.ndarray, h2: np.ndarray, check: dict[str, Any], memo: dict | No
     return copy.copy(memo[key])
 
 
+class _Split(NamedTuple):
+    """One class's (or subgroup's) checked split: the partition of its checked cells
+    (``None``: no split), the class's embedding it was found in (centred within a shared
+    nuisance's levels, or with sequencing depth taken out, where either was), the scan that
+    decided, the shared split's evidence, if any, the checked cells' halves as the scan saw
+    them (taken out likewise), whether a boundary was found shared, and where a first split
+    ran along sequencing depth, its figures (:func:`_checked_split`)."""
+
+    found: np.ndarray | None
+    rep: np.ndarray
+    choice: ResolutionChoice
+    shared: dict | None
+    halves: tuple[np.ndarray, np.ndarray]
+    met_shared: bool
+    depth: dict | None = None
+
+
 def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
                    inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any],
-                   within: dict[str, np.ndarray] | None = None, memo: dict | None = None
-                   ) -> tuple[np.ndarray | None, np.ndarray, ResolutionChoice, dict | None,
-                              tuple[np.ndarray, np.ndarray], bool]:
-    """One class's checked split: the partition of its checked cells (``None``: no split),
-    the class's embedding it was found in (centred within a shared nuisance's levels where
-    one was taken out), the scan that decided, the shared split's evidence, if any, the
-    checked cells' halves as the scan saw them (centred likewise) and whether a boundary was
-    found shared. ``within``: the other classes' accepted subgroups, passed on to
-    :func:`scdm.clustering.shared_boundaries`; ``memo``: scans already made (:func:`_scan`).
+                   within: dict[str, np.ndarray] | None = None, memo: dict | None = None,
+                   depth: np.ndarray | None = None) -> _Split:
+    """One class's checked split (:class:`_Split`). ``within``: the other classes' accepted
+    subgroups, passed on to :func:`scdm.clustering.shared_boundaries`; ``memo``: scans
+    already made (:func:`_scan`).
 
     ``h1``/``h2`` are the checked cells' halves, ``rep`` the class's embedding (``sub`` the
     checked cells among the class, ``None`` for all), ``inputs`` the checked cells' models'
     input and ``elsewhere`` what :func:`scdm.clustering.shared_boundaries` carries the split
-    to (empty: no shared check).
+    to (empty: no shared check). ``depth``: each cell of ``rep``'s log number of detected
+    features (:func:`scdm.clustering.detected_depth`; ``None``: no depth check). Where it
+    alone tells two subgroups of the split apart (:data:`scdm.clustering.DEPTH_AUC`), the
+    split may be a cut along sequencing depth, which changes how much of a programme a cell's
+    counts show: depth is taken out of the halves and the embedding (a straight line per
+    coordinate) and the check runs again on what is left, whose result stands.
     """
+    first = _split_once(h1, h2, rep, sub, inputs, elsewhere, check, within, memo)
+    if depth is None or first.found is None:
+        return first
+    min_size = check["min_size"]
+    checked_depth = depth if sub is None else depth[sub]
+    association = depth_association(first.found, checked_depth, min_size)
+    if association < DEPTH_AUC:
+        return first
+    # one line over the class's cells: read within the subgroups instead, it came mostly from
+    # those whose programme does not show depth and missed the cut (RESULTS.md, session 38)
+    again = _split_once(take_out_linear(h1, checked_depth), take_out_linear(h2, checked_depth),
+                        take_out_linear(rep, depth), sub, inputs, elsewhere, check, within,
+                        memo)
+    return again._replace(met_shared=first.met_shared or again.met_shared, depth={
+        "auc": association, "n_subgroups_before": n_substantial(first.found, min_size),
+        "bar": DEPTH_AUC})
+
+
+def _split_once(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
+                inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any],
+                within: dict[str, np.ndarray] | None, memo: dict | None) -> _Split:
+    """:func:`_checked_split` without the depth check: the scan, the shared check and, where
+    boundaries are shared, the check again with the nuisance's levels taken out."""
     n_neighbors, min_size, seed = check["n_neighbors"], check["min_size"], check["random_state"]
 
     def cluster(points: np.ndarray, choice: ResolutionChoice) -> np.ndarray | None:
@@ -661,11 +741,11 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     choice = _scan(h1, h2, check, memo)
     found = cluster(rep, choice)
     if found is None or not elsewhere or inputs is None:
-        return found, rep, choice, None, (h1, h2), False
+        return _Split(found, rep, choice, None, (h1, h2), False)
     bounds = shared_boundaries(found, inputs, (h1, h2), elsewhere, n_neighbors=n_neighbors,
                                min_size=min_size, within=within)
     if not bounds.shared.any():
-        return found, rep, choice, None, (h1, h2), False
+        return _Split(found, rep, choice, None, (h1, h2), False)
     # the shared boundaries run between levels of a nuisance: take the levels out of the
     # halves and the embedding, and check what is left
     shared = _shared_evidence(choice, bounds, found, min_size)
@@ -676,8 +756,8 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
         # levels to take out: merge across them and keep what is private
         merged = merge_shared(found, bounds.shared)
         shared["merged"] = True
-        return ((merged if n_substantial(merged, min_size) > 1 else None), rep, choice, shared,
-                (h1, h2), True)
+        return _Split(merged if n_substantial(merged, min_size) > 1 else None, rep, choice,
+                      shared, (h1, h2), True)
     h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
     choice = _scan(h1, h2, check, memo)
     rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
@@ -699,32 +779,42 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
         if again.shared.any():
             shared["shared_again"] = again.summary()
             found = None
-    return found, rep, choice, shared, (h1, h2), True
+    return _Split(found, rep, choice, shared, (h1, h2), True)
 
 
 def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep: np.ndarray,
                   inputs: np.ndarray | None, elsewhere: dict, check: dict[str, Any],
-                  within: dict[str, np.ndarray] | None = None, memo: dict | None = None
-                  ) -> tuple[np.ndarray, dict, bool]:
+                  within: dict[str, np.ndarray] | None = None, memo: dict | None = None,
+                  depth: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict, bool, dict]:
     """One level more: each accepted subgroup (of enough cells for two halves' graphs) checked
     again on its own cells — the class's halves and embedding as its check left them (a shared
     nuisance taken out), the same scan, null and shared check — and replaced by its inner
-    split where one is accepted. Returns the partition (numbered by size) and, per subgroup
-    split again, its scan's figures, and whether a shared boundary was met. Subtypes merged at
-    the class's resolution come apart here; a subgroup searched in halves that still held the
-    nuisance was cut by it."""
+    split where one is accepted. Returns the partition (numbered by size), per subgroup split
+    again its scan's figures, whether a shared boundary was met, and per subgroup whose first
+    inner split ran along sequencing depth the depth check's figures (``depth``: the cells' log
+    detected features, as :func:`_checked_split` takes). Subtypes merged at the class's
+    resolution come apart here; a subgroup searched in halves that still held the nuisance was
+    cut by it."""
     n_neighbors, min_size = check["n_neighbors"], check["min_size"]
     out, next_code = found.copy(), int(found.max()) + 1
     inner: dict[str, dict] = {}
+    along_depth: dict[str, dict] = {}
     met = False
     for code in np.unique(found):
         cells = np.flatnonzero(found == code)
         if cells.size < max(fewest_points(n_neighbors, halves=True), 4 * min_size):
             continue
-        split, _, choice, shared, _, met_here = _checked_split(
+        result = _checked_split(
             halves[0][cells], halves[1][cells], rep[cells], None,
-            None if inputs is None else inputs[cells], elsewhere, check, within, memo)
-        met = met or met_here
+            None if inputs is None else inputs[cells], elsewhere, check, within, memo,
+            None if depth is None else depth[cells])
+        split, choice, shared = result.found, result.choice, result.shared
+        met = met or result.met_shared
+        if result.depth is not None:
+            along_depth[str(len(along_depth) + 1)] = {
+                **result.depth, "n_cells": int(cells.size),
+                "n_subgroups": 1 if split is None else n_substantial(split, min_size)}
         # Where the split's shared boundaries outlined no nuisance levels, the class's check
         # merges across them and keeps what is private; that remainder was never checked
         # against the null itself, and inside a subgroup of tens of cells it cut true
@@ -737,7 +827,8 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
         for part in np.unique(split)[1:]:
             out[cells[split == part]] = next_code
             next_code += 1
-    return by_size(out), inner, met  # numbered by size again, as every partition here
+    # numbered by size again, as every partition here
+    return by_size(out), inner, met, along_depth
 
 
 def _other_classes(adata: AnnData, key: str, halves, checked_of: dict
