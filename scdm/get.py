@@ -194,7 +194,7 @@ def _along_depth(e: Mapping) -> str:
     if not said:
         return ""
     return (". " + "; ".join(said)[0].upper() + "; ".join(said)[1:]
-            + " (depth_check=False keeps such splits)")
+            + " (shared_check=False keeps such splits)")
 
 
 def describe_evidence(e: dict, bars: Mapping | None = None) -> str:

@@ -499,7 +499,7 @@ def test_sequencing_depth_is_no_subtype(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path):
+def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path, monkeypatch):
     """The suite's P-3-depth, seed 1: three disease subtypes, depth spread as in droplet data
     (log SD 0.7), ``tl.trak`` and ``tl.subgroups`` at their defaults. Checked again on its
     own, the third subtype came apart along depth (a low-depth cell's counts show less of its
@@ -509,15 +509,18 @@ def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path):
     stays whole: the three subtypes, nothing more."""
     import scanpy as sc
 
+    import scdm.tl._subgroups as sg
+
     scdm.settings.verbosity = 0
     adata = scdm.datasets.planted_subtypes(depth_spread=0.7, random_state=1)
     sc.pp.pca(adata, n_comps=50, random_state=1)
     scdm.tl.trak(adata, "disease", use_rep="auto", store=tmp_path / "t", random_state=1)
     disease = (adata.obs["disease"] == "disease").to_numpy()
     found = {}
-    for depth_check in (True, False):
-        scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1,
-                          depth_check=depth_check)
+    for depth_check in (False, True):
+        # the check off: no split's depth association reaches a bar above 1
+        monkeypatch.setattr(sg, "DEPTH_AUC", clustering.DEPTH_AUC if depth_check else 1.1)
+        scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1)
         found[depth_check] = adata.obs["trak_subgroup"][disease].astype(str).to_numpy()
         evidence = adata.uns["trak_subgroup"]["reproducibility"]
         assert evidence["control"]["n_subgroups"] == 1
@@ -525,12 +528,10 @@ def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path):
     assert adjusted_rand_score(adata.obs["subtype"][disease], found[True]) > 0.95
     # without the check, more than the three (on this project's CPUs the depth cut is 4)
     assert np.unique(found[False]).size > 3
-    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1)
     entry = adata.uns["trak_subgroup"]["reproducibility"]["disease"]
     (within,) = entry["depth_within"].values()
     assert within["auc"] >= clustering.DEPTH_AUC and within["n_subgroups"] == 1
     assert "with depth taken out it stayed whole" in scdm.get.describe_evidence(entry)
-    assert adata.uns["trak_subgroup"]["params"]["depth_check"] is True
 
 
 def _pbmc_by_composition() -> tuple[anndata.AnnData, np.ndarray]:

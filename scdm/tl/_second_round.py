@@ -144,9 +144,7 @@ def second_round(
                   min_reproducibility=float(params["min_reproducibility"]),
                   n_null=int(params["n_null"]), min_size=int(params["min_size"]),
                   max_points=params.get("max_points"),
-                  shared_check=bool(params["shared_check"]),
-                  depth_check=bool(params.get("depth_check", True)), classes=pending,
-                  markers=False,
+                  shared_check=bool(params["shared_check"]), classes=pending, markers=False,
                   device=device, random_state=int(params["random_state"]),
                   key_added=subgroup_key(round2), verbose=verbose)
     second = adata.uns[subgroup_key(round2)]

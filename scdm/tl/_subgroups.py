@@ -109,7 +109,6 @@ def subgroups(
     min_size: int = 5,
     max_points: int | None = MAX_CHECK_POINTS,
     shared_check: bool = True,
-    depth_check: bool = True,
     classes: Sequence[str] | None = None,
     markers: bool = True,
     n_genes: int = 20,
@@ -189,7 +188,7 @@ def subgroups(
     Sequencing depth is a nuisance no one names and every class has, and the shared check
     cannot always see it: a low-depth cell's counts show less of a programme, so attribution
     follows depth only in cells that carry one, and a subtype whose programme the other
-    classes lack can come apart along it alone (``depth_check``). Where the models' input has
+    classes lack can come apart along it alone. Where the models' input has
     a floor (counts, normalised or scaled: :func:`scdm.clustering.detected_depth`), each
     accepted split, the class's and each inner one, is read against the number of features
     each cell detects; where that alone tells two of its subgroups apart
@@ -284,14 +283,12 @@ def subgroups(
         subsample cells have. Subgroups too rare to leave ``min_size`` cells in the subsample
         cannot be found this way. ``None`` checks and clusters every class whole.
     shared_check
-        Carry each accepted partition to the other classes and take out the boundaries that
-        divide them too, and refuse splits along types the label favours (above). ``False``
-        keeps partitions a nuisance, a state common to all classes or a difference in
-        composition makes.
-    depth_check
-        Check a split again with sequencing depth (the features each cell detects) taken out
-        where depth alone tells two of its subgroups apart (above). ``False`` keeps such
-        splits; without a floor in the models' input (components) there is nothing to check.
+        The checks for nuisances no column names (above): carry each accepted partition to
+        the other classes and take out the boundaries that divide them too, refuse splits
+        along types the label favours, and check a split again with sequencing depth taken
+        out where depth alone tells two of its subgroups apart. ``False`` keeps partitions a
+        nuisance, a state common to all classes, a difference in composition or sequencing
+        depth makes.
     classes
         Classes to split (default all); the others get one subgroup each.
     markers
@@ -393,7 +390,7 @@ def subgroups(
                            else (None, None))
     # each cell's log number of detected features, where the models' input has a floor (counts)
     depth = (detected_depth(recorded_training(adata, key).inputs.X)
-             if automatic and depth_check else None)
+             if automatic and shared_check else None)
     # each cell's held-out accuracy, for the label-favoured check: read from the store at the
     # first split it has to measure
     accuracy = None
@@ -528,8 +525,7 @@ def subgroups(
                    "n_null": n_null, "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK,
                    "min_size": min_size,
                    "max_points": max_points,
-                   "shared_check": shared_check, "depth_check": depth_check,
-                   "classes": chosen,
+                   "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
                    # the nuisance the models were balanced on, for the evidence's advice
                    "stratify_key": training_params(adata, key).get("stratify_key")},
