@@ -807,19 +807,20 @@ def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep:
             None if depth is None else depth[cells])
         split, choice, shared = result.found, result.choice, result.shared
         met = met or result.met_shared
-        if result.depth is not None:
-            along_depth[str(len(along_depth) + 1)] = {
-                **result.depth, "n_cells": int(cells.size),
-                "n_subgroups": 1 if split is None else n_substantial(split, min_size)}
         # Where the split's shared boundaries outlined no nuisance levels, the class's check
         # merges across them and keeps what is private; that remainder was never checked
         # against the null itself, and inside a subgroup of tens of cells it cut true
         # subtypes in three (RESULTS.md, issue 27), so an inner split must pass whole.
-        if (split is None or n_substantial(split, min_size) < 2
-                or (shared is not None and shared.get("merged"))):
+        count = 0 if split is None else n_substantial(split, min_size)
+        refused = count < 2 or bool(shared is not None and shared.get("merged"))
+        if result.depth is not None:  # what the subgroup became, with depth taken out
+            along_depth[str(len(along_depth) + 1)] = {
+                **result.depth, "n_cells": int(cells.size),
+                "n_subgroups": 1 if refused else count}
+        if refused or split is None:
             continue
         inner[str(len(inner) + 1)] = {**choice.summary(), "n_cells": int(cells.size),
-                                      "n_subgroups": n_substantial(split, min_size)}
+                                      "n_subgroups": count}
         for part in np.unique(split)[1:]:
             out[cells[split == part]] = next_code
             next_code += 1
