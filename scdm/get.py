@@ -193,8 +193,8 @@ def _along_depth(e: Mapping) -> str:
                        f"with depth taken out, into {w['n_subgroups']}"))
     if not said:
         return ""
-    return (". " + "; ".join(said)[0].upper() + "; ".join(said)[1:]
-            + " (shared_check=False keeps such splits)")
+    text = "; ".join(said)
+    return f". {text[0].upper()}{text[1:]} (shared_check=False keeps such splits)"
 
 
 def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
