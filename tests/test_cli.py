@@ -168,3 +168,13 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, capsys):
     assert main(["run", str(path), "--label-key", "disease", "--n-neighbors", "5", "--out",
                  str(a_file)]) == 2
     assert "--out" in capsys.readouterr().err and a_file.read_text() == "kept"
+    # a file higher up the path: refused before any work, not a bare error from mkdir
+    assert main(["run", str(path), "--label-key", "disease", "--n-neighbors", "5", "--out",
+                 str(a_file / "pbmc")]) == 2
+    printed = capsys.readouterr()
+    assert f"{a_file} is a file, not a directory" in printed.err, printed.err
+    assert "Traceback" not in printed.err and "estimated" not in printed.out
+    assert main(["run", str(path), "--label-key", "disease", "--n-neighbors", "5", "--store",
+                 str(a_file / "store"), "--out", str(out)]) == 2
+    assert f"--store {a_file / 'store'} cannot be made" in capsys.readouterr().err
+    assert a_file.read_text() == "kept" and not out.exists()

@@ -16,7 +16,8 @@ from . import fit, run, status, store, train, worker
 COMMANDS = {"run": run, "store": store, "train": train, "worker": worker, "fit": fit,
             "status": status}
 # what a command can get wrong in its input: a message and exit status 2, no traceback
-INPUT_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError, MemoryError)
+INPUT_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, PermissionError, ImportError,
+                MemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
