@@ -1,13 +1,15 @@
 """What the subcommands share: stage timings, defaults read from the library, tl's messages
-shown as they come."""
+shown as they come, folders checked before work."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 
 class Stages:
@@ -78,3 +80,18 @@ def library_messages(show: bool):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def check_folder(flag: str, folder: Path) -> None:
+    """A folder the run writes can be made and written: the nearest part of its path that
+    exists is a writable directory (mkdir would otherwise fail after the checks, with a bare
+    OSError)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is a file; give a directory (created if missing).")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {folder} cannot be made: {existing} is a file, not a "
+                         "directory; give a path under a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {folder} cannot be made: {existing} is not writable; "
+                              "give a directory you can write to.")

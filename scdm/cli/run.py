@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -14,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .._checks import check_fraction
-from ._common import Stages, columns, fill_defaults, library_messages
+from ._common import Stages, check_folder, columns, fill_defaults, library_messages
 from ._summary import summary_lines
 
 # tl's parameter names in messages raised after the checks below, as `scdm run`'s flags
@@ -78,28 +77,13 @@ def add_parser(sub) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _check_folder(flag: str, folder: Path) -> None:
-    """A folder the run writes can be made and written: the nearest part of its path that
-    exists is a writable directory (mkdir would otherwise fail after the checks, with a bare
-    OSError)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{flag} {folder} is a file; give a directory (created if missing).")
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {folder} cannot be made: {existing} is a file, not a "
-                         "directory; give a path under a directory.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {folder} cannot be made: {existing} is not writable; "
-                              "give a directory you can write to.")
-
-
 def check(args: argparse.Namespace, adata, label_key: str, use_rep: str | None,
           covariates: list[str]) -> None:
     """Every input checked before the estimate, the out folder or any training; each message
     names the flag and what would work."""
-    _check_folder("--out", Path(args.out))
+    check_folder("--out", Path(args.out))
     if args.store:
-        _check_folder("--store", Path(args.store))
+        check_folder("--store", Path(args.store))
     if label_key not in adata.obs:
         raise KeyError(f"--label-key {label_key!r} is not a column of the input's obs "
                        f"(columns: {columns(adata.obs.columns)}).")
