@@ -211,7 +211,7 @@ def split_reproducibility(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cross_separation(half1: np.ndarray, half2: np.ndarray, labels1: np.ndarray,
-                     labels2: np.ndarray, min_size: int = 5) -> float:
+                     labels2: np.ndarray, min_size: int = 5, balanced: bool = False) -> float:
     """How cleanly the clusters found on one half are separated in the other half.
 
     For every pair of clusters (of at least ``min_size`` points) found on one half, the other
@@ -220,10 +220,11 @@ def cross_separation(half1: np.ndarray, half2: np.ndarray, labels1: np.ndarray,
     a Gaussian cut at its mean and approaches 1 for two clusters with a gap between them. The
     weakest pair counts (every boundary reported must be a gap), averaged over both ways.
     Labels and points come from independent halves, so noise that one half's clustering
-    latched onto does not inflate the other's separation.
+    latched onto does not inflate the other's separation. ``balanced``: each cluster of a
+    pair weighs the same (see :func:`pair_separations`).
     """
     def weakest_pair(points: np.ndarray, labels: np.ndarray) -> float:
-        pairs = pair_separations(points, labels, min_size)
+        pairs = pair_separations(points, labels, min_size, balanced)
         if not np.isfinite(pairs).any():
             return 0.0
         return float(np.nanmin(pairs))
@@ -231,13 +232,19 @@ def cross_separation(half1: np.ndarray, half2: np.ndarray, labels1: np.ndarray,
     return (weakest_pair(half2, labels1) + weakest_pair(half1, labels2)) / 2
 
 
-def pair_separations(points: np.ndarray, labels: np.ndarray, min_size: int = 5
-                     ) -> np.ndarray:
+def pair_separations(points: np.ndarray, labels: np.ndarray, min_size: int = 5,
+                     balanced: bool = False) -> np.ndarray:
     """Separation of every pair of clusters of ``labels`` in ``points``: the share of the
     variance along the line through the pair's centroids that lies between them (2/π ≈ 0.64
     for a Gaussian cut at its mean, near 1 with a gap). A symmetric ``k × k`` array (``k`` =
     ``labels.max() + 1``), NaN on the diagonal and for pairs with a cluster of fewer than
-    ``min_size`` points; 0 for two clusters with the same centroid."""
+    ``min_size`` points; 0 for two clusters with the same centroid.
+
+    Weighted by size, a small cluster beside a large one shows little variance between them
+    even with a gap (a 30-point cluster 4 SDs from 270 others: 0.59). ``balanced`` weighs the
+    two clusters alike: a quarter of the squared gap between their means against the mean of
+    their variances along the line (those two clusters: 0.80; a Gaussian cut at its mean: the
+    same 2/π; cut at its 10 % quantile: 0.68, against 0.34 weighted by size)."""
     k = int(labels.max()) + 1 if labels.size else 0
     out = np.full((k, k), np.nan)
     counts = np.bincount(labels, minlength=k)
@@ -252,6 +259,11 @@ def pair_separations(points: np.ndarray, labels: np.ndarray, min_size: int = 5
                 continue
             xa = points[labels == a] @ direction / norm
             xb = points[labels == b] @ direction / norm
+            if balanced:
+                between = (xa.mean() - xb.mean()) ** 2 / 4
+                total = between + (xa.var() + xb.var()) / 2
+                out[a, b] = out[b, a] = between / total if total > 0 else 0.0
+                continue
             x = np.concatenate([xa, xb])
             total = float(((x - x.mean()) ** 2).sum())
             between = xa.size * xb.size / x.size * (xa.mean() - xb.mean()) ** 2
@@ -317,6 +329,10 @@ class ResolutionChoice:
     partitions: tuple[np.ndarray, np.ndarray] | None = None
     # where the full embedding was clustered at another resolution (agreed_partition)
     full_resolution: float | None = None
+    # the Jaccard index at which the accepted clusters reproduced on their own, the rest one
+    # group (reproducing_clusters; the partitions hold them as 1..m, the rest as 0); None
+    # where the whole partition reproduced
+    reproducing: float | None = None
 
     def summary(self) -> dict:
         """The chosen row as a flat dict, or without a split the most reproducible row."""
@@ -331,6 +347,17 @@ class ResolutionChoice:
         row = self.table.set_index("resolution").loc[self.resolution]
         moved = ({"full_resolution": float(self.full_resolution)}
                  if self.full_resolution not in (None, self.resolution) else {})
+        if self.reproducing is not None:
+            return {"split": True, "resolution": float(self.resolution),
+                    "reproducibility": float(row["reproducing_agreement"]),
+                    "separation": float(row["reproducing_separation"]),
+                    "null_separation_max": float(row["reproducing_null_max"]),
+                    "p_value": float(row["reproducing_p_value"]), "n_null": int(row["n_null"]),
+                    "margin": float(row["reproducing_separation"]
+                                    - row["reproducing_null_max"]),
+                    "reproducing_clusters": int(row["reproducing_clusters"]),
+                    "min_jaccard": float(self.reproducing),
+                    "whole_reproducibility": float(row["reproducibility"]), **moved}
         return {"split": True, "resolution": float(self.resolution),
                 "reproducibility": float(row["reproducibility"]),
                 "separation": float(row["separation"]),
@@ -449,6 +476,47 @@ UNDECIDED_FLOOR = 0.5
 CUT_SLACK = 0.1
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size
+
+# Where no resolution's partition reproduces as a whole, the clusters that reproduce on their
+# own: Leiden cuts a large subtype into pieces before it isolates a rare one beside it, and the
+# two halves cut the large one differently, so the whole partition agrees poorly while the rare
+# cluster is found in both. A cluster counts where its best match in the other half is mutual
+# and covers this share of their points together (Jaccard index); the rest is one group. Such
+# a partition is checked like any other (agreement of the halves, separation beyond the null
+# halves treated alike) but with each side of a boundary weighed alike, as a small cluster
+# beside a large one shows little variance between them even with a gap. Measured on the
+# cached TRAK suite (issue 28, session 39, RESULTS.md).
+REPRODUCING_JACCARD = 0.8
+
+
+def reproducing_clusters(labels1: np.ndarray, labels2: np.ndarray,
+                         min_jaccard: float = REPRODUCING_JACCARD, min_size: int = 5
+                         ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The clusters of two partitions of the same points (one per half) that reproduce on
+    their own: each cluster of one whose best match in the other is mutual, shares at least
+    ``min_jaccard`` of their points (Jaccard index) and has ``min_size`` points in both.
+
+    Returns both partitions with those clusters numbered 1..m (a cluster and its match alike)
+    and every other point 0, and m. m is 0 (and both partitions all 0) where they hold fewer
+    than two groups of ``min_size`` points: one reproducing cluster needs ``min_size`` points
+    left over in both halves.
+    """
+    k1, k2 = int(labels1.max()) + 1, int(labels2.max()) + 1
+    shared = np.zeros((k1, k2))
+    np.add.at(shared, (labels1, labels2), 1)
+    size1, size2 = np.bincount(labels1, minlength=k1), np.bincount(labels2, minlength=k2)
+    jaccard = shared / (size1[:, None] + size2[None, :] - shared)
+    out1, out2 = np.zeros_like(labels1), np.zeros_like(labels2)
+    m = 0
+    for c in range(k1):
+        d = int(jaccard[c].argmax())
+        if (jaccard[c, d] >= min_jaccard - 1e-12 and int(jaccard[:, d].argmax()) == c
+                and min(size1[c], size2[d]) >= min_size):
+            m += 1
+            out1[labels1 == c], out2[labels2 == d] = m, m
+    if min(n_substantial(out1, min_size), n_substantial(out2, min_size)) < 2:
+        return np.zeros_like(labels1), np.zeros_like(labels2), 0
+    return out1, out2, m
 
 
 def check_subsample(n_points: int, max_points: int | None, random_state: int = 0,
@@ -833,7 +901,8 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
                       n_neighbors: int, min_size: int = 5,
                       ratio: float = SHARED_RATIO,
                       unexplained: float = SHARED_UNEXPLAINED,
-                      within: Mapping[str, np.ndarray] | None = None) -> SharedBoundaries:
+                      within: Mapping[str, np.ndarray] | None = None,
+                      balanced: bool = False) -> SharedBoundaries:
     """Carry a partition of one class to the other classes and ask which of its boundaries
     divide them too.
 
@@ -891,10 +960,15 @@ def shared_boundaries(labels: np.ndarray, inputs: np.ndarray,
     within
         Class name → the subgroups of its points (integer labels) that its own check
         accepted; a class not named, or with a single subgroup, is measured as is.
+    balanced
+        Measure every separation, here and elsewhere, with both sides of a boundary weighed
+        alike (:func:`pair_separations`), as a partition accepted on the clusters that
+        reproduce on their own is judged at home: weighted by size, a group of far-out cells
+        that every class holds, in smaller shares elsewhere, divides the others weakly.
     """
     def in_halves(half1: np.ndarray, half2: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        return (pair_separations(half1, parts, min_size)
-                + pair_separations(half2, parts, min_size)) / 2
+        return (pair_separations(half1, parts, min_size, balanced)
+                + pair_separations(half2, parts, min_size, balanced)) / 2
 
     # each other class's halves with its own subgroups' means taken out, where it has some
     centred = {name: (centre_within(half1, groups), centre_within(half2, groups))
@@ -1094,17 +1168,36 @@ def null_jobs(n_points: int) -> int:
     return max(1, int(jobs))
 
 
-def _null_pair(n1: np.ndarray, n2: np.ndarray, kw: dict, min_size: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reproducibility, separation and number of clusters (of ``min_size``; ``-1`` where the
-    two halves differ) of one null pair at ``kw``'s resolutions."""
-    rep, sep, k = [], [], []
+def _null_pair(n1: np.ndarray, n2: np.ndarray, kw: dict, min_size: int,
+               min_jaccard: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reproducibility, separation, number of clusters (of ``min_size``; ``-1`` where the two
+    halves differ) of one null pair at ``kw``'s resolutions, and the balanced separation of
+    its clusters that reproduce on their own (:func:`reproducing_clusters`; NaN where none
+    does, or ``min_jaccard`` is ``None``)."""
+    rep, sep, k, own = [], [], [], []
     for a, b in zip(leiden_labels(n1, **kw), leiden_labels(n2, **kw), strict=True):
         rep.append(split_reproducibility(a, b))
         sep.append(cross_separation(n1, n2, a, b, min_size))
         ka, kb = n_substantial(a, min_size), n_substantial(b, min_size)
         k.append(ka if ka == kb else -1)
-    return np.asarray(rep), np.asarray(sep), np.asarray(k)
+        own.append(_reproducing_separation(n1, n2, a, b, min_jaccard, min_size)[1])
+    return np.asarray(rep), np.asarray(sep), np.asarray(k), np.asarray(own)
+
+
+def _reproducing_separation(half1: np.ndarray, half2: np.ndarray, a: np.ndarray, b: np.ndarray,
+                            min_jaccard: float | None, min_size: int
+                            ) -> tuple[tuple[np.ndarray, np.ndarray, int], float, float]:
+    """The clusters of ``a`` and ``b`` that reproduce on their own (:func:`reproducing_clusters`:
+    both partitions relabelled, and their number), their balanced cross-separation and their
+    agreement (ARI); NaN for both figures where none does or ``min_jaccard`` is ``None``."""
+    if min_jaccard is None or (a.max() == 0 and b.max() == 0):
+        return (np.zeros_like(a), np.zeros_like(b), 0), np.nan, np.nan
+    r1, r2, m = reproducing_clusters(a, b, min_jaccard, min_size)
+    if m == 0:
+        return (r1, r2, 0), np.nan, np.nan
+    return ((r1, r2, m), cross_separation(half1, half2, r1, r2, min_size, balanced=True),
+            split_reproducibility(r1, r2))
 
 
 def same_k_null(null_sep: np.ndarray, null_k: np.ndarray, k: int) -> float:
@@ -1126,7 +1219,8 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                       alpha: float = 0.05,
                       min_margin: float = MIN_MARGIN, min_size: int = 5, random_state: int = 0,
                       min_undecided: float | None = UNDECIDED_FLOOR,
-                      cut_slack: float | None = CUT_SLACK) -> ResolutionChoice:
+                      cut_slack: float | None = CUT_SLACK,
+                      min_jaccard: float | None = REPRODUCING_JACCARD) -> ResolutionChoice:
     """Choose the Leiden resolution whose split reproduces across halves beyond the null.
 
     Parameters
@@ -1163,6 +1257,15 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         clusters, at any resolution (``null_separation_same_k``), less this slack
         (:data:`CUT_SLACK`); ``None``: not required. It costs the null pairs' clustering at
         every resolution, where any could be accepted or undecided.
+    min_jaccard
+        Where no resolution is accepted, the clusters that reproduce on their own
+        (:func:`reproducing_clusters` at this Jaccard index; the rest one group) are checked
+        at each resolution: the halves' agreement on them must reach ``min_reproducibility``,
+        and their balanced separation (:func:`cross_separation`) must beat, by
+        ``min_margin`` and at ``alpha``, that of the null pairs' own reproducing clusters at
+        every resolution (where none has any, their ordinary separation's best). The
+        resolution accepted so is marked ``reproducing_accepted``, and the choice
+        ``reproducing``. ``None``: not done (:data:`REPRODUCING_JACCARD`).
     """
     check_fraction("min_reproducibility", min_reproducibility, "(0, 1]")
     if min_undecided is not None:
@@ -1188,6 +1291,12 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     candidate = (observed >= min_reproducibility) & (k1 == k2) & (k1 > 1)
     near = ((observed >= min_undecided) & (k1 == k2) & (k1 > 1) & ~candidate
             if min_undecided is not None else np.zeros_like(candidate))
+    own = [_reproducing_separation(half1, half2, a, b, min_jaccard, min_size)
+           for a, b in zip(parts1, parts2, strict=True)]
+    own_m = np.array([o[0][2] for o in own])
+    own_sep, own_agreement = np.array([o[1] for o in own]), np.array([o[2] for o in own])
+    own_candidate = (own_m > 0) & (np.nan_to_num(own_agreement, nan=-1.0)
+                                   >= min_reproducibility)
     # The null is needed only where a resolution could be accepted, and at the most
     # reproducible one that a class without a split reports. Leiden is seeded per call and the
     # null draws do not depend on the resolutions, so this changes no value that is computed;
@@ -1196,6 +1305,9 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     needed = np.flatnonzero(candidate | near | (np.arange(len(resolutions)) == best))
     if cut_slack is not None and (candidate | near).any():  # the null's cuts at every one
         needed = np.arange(len(resolutions))
+    if own_candidate.any():  # the null's own reproducing clusters, at every resolution
+        needed = np.arange(len(resolutions))
+    null_jaccard = min_jaccard if own_candidate.any() else None
     null_kw = {**kw, "resolutions": [resolutions[j] for j in needed]}
     rng = np.random.default_rng(random_state)
     factors = gaussian_null_factors(half1, half2)  # the same for every draw
@@ -1206,15 +1318,18 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     if jobs > 1:
         from joblib import Parallel, delayed
 
-        pairs = Parallel(n_jobs=jobs)(delayed(_null_pair)(n1, n2, null_kw, min_size)
+        pairs = Parallel(n_jobs=jobs)(delayed(_null_pair)(n1, n2, null_kw, min_size,
+                                                          null_jaccard)
                                       for n1, n2 in draws)
     else:
-        pairs = [_null_pair(n1, n2, null_kw, min_size) for n1, n2 in draws]
+        pairs = [_null_pair(n1, n2, null_kw, min_size, null_jaccard) for n1, n2 in draws]
     null_rep = np.full((n_null, len(resolutions)), np.nan)
     null_sep = np.full((n_null, len(resolutions)), np.nan)
+    null_own = np.full((n_null, len(resolutions)), np.nan)
     null_k = np.full((n_null, len(resolutions)), -1)
-    for i, (rep, sep, kk) in enumerate(pairs):
+    for i, (rep, sep, kk, own_null) in enumerate(pairs):
         null_rep[i, needed], null_sep[i, needed], null_k[i, needed] = rep, sep, kk
+        null_own[i, needed] = own_null
     p_value = (1 + (null_sep >= separation[None, :] - 1e-12).sum(0)) / (1 + n_null)
     p_value[np.isnan(null_sep).all(0)] = np.nan
     margin = separation - null_sep.max(0)
@@ -1228,6 +1343,21 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         cut_refused = candidate & beyond & below
         beyond &= ~below
     accepted = candidate & beyond
+    own_accepted = np.zeros(len(resolutions), dtype=bool)
+    own_bar, own_p = np.nan, np.full(len(resolutions), np.nan)
+    if own_candidate.any():
+        # each null pair's best at any resolution: the scan over the grid gets as many tries;
+        # where no null pair reproduces a cluster on its own, their ordinary cuts' best
+        scored = null_own if np.isfinite(null_own).any() else null_sep
+        per_pair = np.nan_to_num(np.nanmax(np.where(np.isnan(scored), -np.inf, scored), 1),
+                                 neginf=0.0)
+        own_bar = float(per_pair.max())
+        own_p = (1 + (per_pair[:, None] >= own_sep[None, :] - 1e-12).sum(0)) / (1 + n_null)
+        # not where the whole partition is undecided: more models decide that one
+        # (tl.second_round), and a cluster accepted on its own would pre-empt them
+        own_accepted = (own_candidate & ~accepted.any() & ~(near & beyond).any()
+                        & (np.nan_to_num(own_sep) >= own_bar + min_margin - 1e-12)
+                        & (own_p <= alpha))
     table = pd.DataFrame({"resolution": resolutions, "n_clusters_half1": k1,
                           "n_clusters_half2": k2, "reproducibility": observed,
                           "null_reproducibility_max": null_rep.max(0),
@@ -1237,6 +1367,15 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
                           "p_value": p_value, "n_null": n_null,
                           "accepted": accepted, "undecided": near & beyond,
                           "cut_refused": cut_refused})
+    if min_jaccard is not None:
+        table = table.assign(reproducing_clusters=own_m, reproducing_agreement=own_agreement,
+                             reproducing_separation=own_sep, reproducing_null_max=own_bar,
+                             reproducing_p_value=own_p, reproducing_accepted=own_accepted)
+    if own_accepted.any():
+        chosen = _most_refined(own_accepted, np.nan_to_num(own_agreement, nan=-1.0), own_m)
+        parts = own[chosen][0]
+        return ResolutionChoice(resolutions[chosen], table, (parts[0], parts[1]),
+                                reproducing=min_jaccard)
     if not accepted.any():
         return ResolutionChoice(None, table)
     chosen = _most_refined(accepted, observed, np.maximum(k1, k2))
@@ -1265,8 +1404,10 @@ def agreed_partition(points: np.ndarray, choice: ResolutionChoice, *, n_neighbor
         raise ValueError("no resolution was accepted: there is no partition to report.")
     kw = {"n_neighbors": n_neighbors, "random_state": random_state}
     resolution = float(choice.resolution)
-    labels = leiden_labels(points, resolutions=[resolution], **kw)[0]
     half1, half2 = choice.partitions
+    if choice.reproducing is not None:
+        return _reproducing_partition(points, choice, kw, min_size)
+    labels = leiden_labels(points, resolutions=[resolution], **kw)[0]
     agreed = n_substantial(half1, min_size)
     if n_substantial(labels, min_size) == agreed:
         return labels, resolution
@@ -1280,6 +1421,45 @@ def agreed_partition(points: np.ndarray, choice: ResolutionChoice, *, n_neighbor
         if score > best + 1e-12:  # ties: the nearer resolution, listed first
             labels, resolution, best = candidate, r, score
     return labels, resolution
+
+
+def _reproducing_partition(points: np.ndarray, choice: ResolutionChoice, kw: dict,
+                           min_size: int) -> tuple[np.ndarray, float]:
+    """:func:`agreed_partition` of a choice accepted on the clusters that reproduce on their
+    own: the full embedding's partition at the chosen resolution (else the nearest of those
+    around it, :data:`AGREED_FACTORS`) in which each of them has a mutual match (mean Jaccard
+    index with the halves' cluster at least the choice's), those clusters kept and the rest
+    one group (0); where none has, the points both halves place in the same cluster."""
+    assert choice.resolution is not None and choice.partitions is not None
+    assert choice.reproducing is not None
+    half1, half2 = choice.partitions
+    m = int(half1.max())
+    resolution = float(choice.resolution)
+    near = [resolution, *(resolution * f for f in AGREED_FACTORS)]
+    for r, labels in zip(near, leiden_labels(points, resolutions=near, **kw), strict=True):
+        k = int(labels.max()) + 1
+        score = np.zeros((m, k))
+        for half in (half1, half2):
+            shared = np.zeros((m + 1, k))
+            np.add.at(shared, (half, labels), 1)
+            size_half = np.bincount(half, minlength=m + 1)[:, None]
+            size_full = np.bincount(labels, minlength=k)[None, :]
+            score += (shared / (size_half + size_full - shared))[1:] / 2
+        best = score.argmax(1)
+        mutual = score.argmax(0)[best] == np.arange(m)
+        if not (mutual.all() and (score.max(1) >= choice.reproducing - 1e-12).all()):
+            continue
+        out = np.zeros_like(labels)
+        for j, f in enumerate(best, start=1):
+            out[labels == f] = j
+        if n_substantial(out, min_size) >= 2:
+            return _numbered(out), r
+    return _numbered(np.where(half1 == half2, half1, 0)), resolution
+
+
+def _numbered(labels: np.ndarray) -> np.ndarray:
+    """Labels numbered 0.. by size, as every partition here (empty numbers dropped)."""
+    return by_size(np.unique(labels, return_inverse=True)[1].reshape(labels.shape))
 
 
 def _most_refined(accepted: np.ndarray, observed: np.ndarray, n_clusters: np.ndarray,

@@ -197,6 +197,20 @@ def _along_depth(e: Mapping) -> str:
     return f". {text[0].upper()}{text[1:]} (shared_check=False keeps such splits)"
 
 
+def _on_their_own(e: Mapping) -> str:
+    """For a split accepted on the clusters that reproduce on their own
+    (:func:`scdm.clustering.reproducing_clusters`): which agreement and separation those are."""
+    if "reproducing_clusters" not in e:
+        return ""
+    n = int(e["reproducing_clusters"])
+    which = ("cluster that reproduces on its own" if n == 1
+             else "clusters that reproduce on their own")
+    return (f"; counted on the {n} {which} (matched in the other half at Jaccard ≥ "
+            f"{e['min_jaccard']:g}; the halves' whole partitions agree there at "
+            f"{e['whole_reproducibility']:.2f}), the rest of the cells one group and each side "
+            "of a boundary weighed alike")
+
+
 def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     """One sentence for a class's entry of ``uns[key]["reproducibility"]``: why it has the
     subgroups it has (used by ``scdm run``'s summary and the report). ``bars``: the run's
@@ -240,8 +254,9 @@ def _describe(e: dict, bars: Mapping | None) -> str:
                 f"substantial size, so none is reported{checked}")
     if e.get("split"):
         text = (f"{e['n_subgroups']} subgroups; two halves of the models agree on them (ARI "
-                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}) and they are "
-                f"more separated than in cluster-free null halves ({e['separation']:.2f} vs at "
+                f"{e['reproducibility']:.2f} at resolution {e['resolution']:g}{_on_their_own(e)}) "
+                f"and they are more separated than in cluster-free null halves "
+                f"({e['separation']:.2f} vs at "
                 f"most {e['null_separation_max']:.2f}, a margin of "
                 f"{e['separation'] - e['null_separation_max']:.2f}; {_null_pairs(e)})"
                 f"{_near_bar(e, bars)}{checked}")
@@ -250,7 +265,8 @@ def _describe(e: dict, bars: Mapping | None) -> str:
             text += ("; " + " and ".join(
                 f"a subgroup of {w['n_cells']} cells came apart into {w['n_subgroups']} when "
                 f"checked again on its own (ARI {w['reproducibility']:.2f}, separation "
-                f"{w['separation']:.2f} vs at most {w['null_separation_max']:.2f})"
+                f"{w['separation']:.2f} vs at most {w['null_separation_max']:.2f}"
+                f"{_on_their_own(w)})"
                 f"{_near_bar(w, bars)}"
                 for w in within.values()))
         if narrow := e.get("zero_inflated_input"):
@@ -306,6 +322,8 @@ def _describe(e: dict, bars: Mapping | None) -> str:
     if shared:
         again = ("; merged across those boundaries, nothing private is left"
                  if shared.get("merged") else
+                 "; it was accepted on the clusters that reproduce on their own, and such a "
+                 "split must pass this check whole" if shared.get("on_their_own") else
                  "; the split found without it divides them too" if "shared_again" in shared
                  else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")

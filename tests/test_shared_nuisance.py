@@ -75,6 +75,34 @@ def test_shared_boundaries_tell_a_shared_nuisance_from_a_subtype():
     assert private.summary()["shared_with"] == [] and private.summary()["n_levels"] == 0
 
 
+def test_a_tail_every_class_has_is_shared_when_both_sides_weigh_alike():
+    """A few cells far out along one direction in every class, 8 % of class A and 3 % of B:
+    A's partition into them and the rest, weighted by size, divides B weakly (B's share is
+    smaller), so it is not found shared; weighed alike, as a partition accepted on the
+    clusters that reproduce on their own is judged at home, it divides B as sharply as A."""
+    for seed in (0, 2):
+        rng = np.random.default_rng(seed)
+
+        def one_class(share: float, rng: np.random.Generator = rng):
+            far = np.arange(300) < share * 300
+            inputs = rng.standard_normal((300, 10))
+            inputs[far, 0] += 4.0
+            emb = inputs[:, :6]
+            return (far.astype(int), inputs, (emb + 0.3 * rng.standard_normal(emb.shape),
+                                              emb + 0.3 * rng.standard_normal(emb.shape)))
+
+        labels, inputs_a, halves_a = one_class(0.08)
+        _, inputs_b, halves_b = one_class(0.03)
+        others = {"B": (inputs_b, *halves_b)}
+        sized = clustering.shared_boundaries(labels, inputs_a, halves_a, others, n_neighbors=10)
+        alike = clustering.shared_boundaries(labels, inputs_a, halves_a, others, n_neighbors=10,
+                                             balanced=True)
+        assert not sized.shared[0, 1]
+        assert alike.shared[0, 1] and alike.separation[0, 1] > 0.75
+        assert alike.own[0, 1] == pytest.approx(np.mean([clustering.pair_separations(
+            h, labels, balanced=True)[0, 1] for h in halves_a]))
+
+
 def test_pair_separations_are_the_weakest_pair_of_cross_separation():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1, 2], 50)

@@ -460,6 +460,108 @@ def test_a_split_must_be_about_as_clean_as_the_null_cut_into_as_many_clusters():
         assert true.resolution is not None and true.summary()["null_separation_same_k"] > 0
 
 
+def test_clusters_that_reproduce_on_their_own_are_matched_mutually():
+    """The clusters of two halves' partitions that reproduce on their own: a mutual best
+    match at the Jaccard bar, of ``min_size`` points; every other point is the rest (0)."""
+    from scdm import clustering
+
+    rare = np.r_[np.zeros(90, int), np.ones(10, int)]
+    # the 90 cut in two differently by the two halves; the 10 found by both but one point
+    a = np.where(rare == 1, 2, np.arange(100) % 2)
+    b = np.where(rare == 1, 0, 1 + (np.arange(100) // 45 >= 1))
+    b[90] = 1
+    r1, r2, m = clustering.reproducing_clusters(a, b, min_jaccard=0.8)
+    assert m == 1
+    np.testing.assert_array_equal(r1, rare)
+    np.testing.assert_array_equal(r2, np.r_[np.zeros(91, int), np.ones(9, int)])
+    assert clustering.reproducing_clusters(a, b, min_jaccard=0.95)[2] == 0  # 9/10 = 0.9
+    assert clustering.reproducing_clusters(a, b, min_size=10)[2] == 0  # 9 points in b
+    # a partition that reproduces whole keeps every cluster; nothing reproducing, nothing
+    whole, _, m = clustering.reproducing_clusters(rare, rare)
+    assert m == 2 and clustering.n_substantial(whole, 5) == 2
+    assert clustering.reproducing_clusters(np.arange(100) % 2, np.arange(100) // 50)[2] == 0
+
+
+def test_separation_can_weigh_both_sides_of_a_boundary_alike():
+    """Weighted by size, a small cluster apart from a large one shows little variance between
+    them; weighed alike, the two sides of the same gap read as separated, and a Gaussian cut
+    at its middle reads the same (2/π) either way."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(2700, int), np.ones(300, int)]
+    points = rng.standard_normal((3000, 1)) + 4.0 * labels[:, None]
+    sized = clustering.pair_separations(points, labels)[0, 1]
+    alike = clustering.pair_separations(points, labels, balanced=True)[0, 1]
+    assert sized == pytest.approx(0.59, abs=0.02) and alike == pytest.approx(0.80, abs=0.02)
+    x = rng.standard_normal((200_000, 1))
+    cut = (x[:, 0] > 0).astype(int)
+    for balanced in (False, True):
+        assert clustering.pair_separations(x, cut, balanced=balanced)[0, 1] == pytest.approx(
+            2 / np.pi, abs=0.01)
+
+
+def test_a_rare_cluster_that_reproduces_on_its_own_is_found():
+    """30 points apart from 270 spread along one axis: Leiden cuts the 270 into pieces the two
+    halves place differently before it isolates the 30, so no resolution's partition
+    reproduces whole; the 30 reproduce on their own (Jaccard ≥ 0.8) and, the two sides weighed
+    alike, are separated beyond what the null halves' own reproducing clusters reach. Found
+    (with the reason in the evidence); without the step nothing is; a blob with the same
+    variance stays whole."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scdm import clustering
+
+    kw = {"n_neighbors": 15, "random_state": 0}
+    for seed in (0, 2):
+        rng = np.random.default_rng(seed)
+        truth = np.r_[np.zeros(270, int), np.ones(30, int)]
+        full = rng.normal(0, 1, (300, 10))
+        full[:, 1] *= np.where(truth == 0, 4.0, 1.0)
+        full[truth == 1, 0] += 5.0
+        half1, half2 = (full + rng.normal(0, 0.5, full.shape) for _ in range(2))
+        assert clustering.choose_resolution(half1, half2, min_jaccard=None, **kw
+                                            ).resolution is None
+        choice = clustering.choose_resolution(half1, half2, **kw)
+        assert choice.resolution is not None and choice.reproducing == 0.8
+        assert not choice.table["accepted"].any()
+        row = choice.table.set_index("resolution").loc[choice.resolution]
+        assert row["reproducing_accepted"] and row["reproducibility"] < 0.75
+        assert row["reproducing_separation"] >= row["reproducing_null_max"] + 0.03
+        summary = choice.summary()
+        assert summary["reproducibility"] == row["reproducing_agreement"] >= 0.75
+        assert summary["reproducing_clusters"] == 1
+        found, _ = clustering.agreed_partition(full, choice, **kw)
+        assert adjusted_rand_score(truth, found) > 0.9
+        text = scdm.get.describe_evidence({**summary, "n_subgroups": 2})
+        assert "counted on the 1 cluster that reproduces on its own" in text
+        blob = rng.normal(size=(300, 10)) * full.std(0)
+        null1, null2 = (blob + rng.normal(0, 0.5, blob.shape) for _ in range(2))
+        assert clustering.choose_resolution(null1, null2, **kw).resolution is None
+
+
+def test_a_cluster_that_reproduces_on_its_own_waits_where_the_class_is_undecided():
+    """Two clusters whose boundary the halves place apart (agreement under the bar, beyond
+    the null: undecided) beside a rare one both halves find: the rare one alone would pass,
+    but more models decide the whole partition (tl.second_round), so it is not accepted on
+    its own; with the undecided rows not measured it is."""
+    from scdm import clustering
+
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(3), [80, 80, 20])
+    full = np.eye(10)[truth] * np.array([5, 5, 9])[truth][:, None] + rng.normal(size=(180, 10))
+    half1, half2 = (full + 1.5 * rng.normal(size=full.shape) for _ in range(2))
+    kw = {"n_neighbors": 15, "random_state": 0, "min_reproducibility": 0.8}
+    waiting = clustering.choose_resolution(half1, half2, **kw)
+    table = waiting.table
+    assert waiting.resolution is None and waiting.undecided() is not None
+    alone = ((table["reproducing_agreement"] >= 0.8) & (table["reproducing_separation"]
+             >= table["reproducing_null_max"] + clustering.MIN_MARGIN))
+    assert alone.any() and not table["reproducing_accepted"].any()
+    unmeasured = clustering.choose_resolution(half1, half2, **kw, min_undecided=None)
+    assert unmeasured.reproducing is not None and unmeasured.summary()["reproducing_clusters"] == 1
+
+
 def test_halves_that_agree_at_three_quarters_are_enough():
     """Three clusters that the full embedding separates perfectly, seen by two noisier halves
     (each holds half the models): the halves agree at 0.76, below the former bar (0.8). The

@@ -266,6 +266,13 @@ def reproducibility(
                    label="accepted (reproduces, beats the null by the margin)")
         ax.scatter(res[~accepted], ari[~accepted], facecolors="none", edgecolors="tab:red",
                    zorder=3, label="rejected")
+        if "reproducing_accepted" in scan:
+            # accepted on the clusters that reproduce on their own: their own agreement
+            own = scan["reproducing_accepted"].to_numpy(dtype=bool)
+            if own.any():
+                ax.scatter(res[own], scan["reproducing_agreement"].to_numpy(np.float64)[own],
+                           marker="D", color="tab:green", zorder=3,
+                           label="accepted on the clusters that reproduce on their own")
         ax.axhline(threshold, color="black", linestyle=":", linewidth=1,
                    label=f"min_reproducibility {threshold:g}")
         for r, a, n1, n2 in zip(res, ari, scan["n_clusters_half1"], scan["n_clusters_half2"],
