@@ -433,7 +433,10 @@ def truth_separation(adata: ad.AnnData, method: str, members: np.ndarray, truth:
     is the attribution's; a miss where the truth passes is the partition search's (Leiden on
     the halves). The null's largest over all resolutions with the truth's cluster count is
     stricter than the check, which compares at one resolution, so a few truths that do not
-    pass are still found. NaN for classes without subtypes."""
+    pass are still found. The statistic is the ordinary one, each side weighted by size; a
+    partition accepted on the clusters that reproduce on their own is judged with both sides
+    weighed alike, under which G-rare's truth passes (RESULTS.md, session 39). NaN for
+    classes without subtypes."""
     from scdm.clustering import (
         DEFAULT_RESOLUTIONS,
         centre_within,
