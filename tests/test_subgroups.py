@@ -562,6 +562,45 @@ def test_a_cluster_that_reproduces_on_its_own_waits_where_the_class_is_undecided
     assert unmeasured.reproducing is not None and unmeasured.summary()["reproducing_clusters"] == 1
 
 
+def test_a_split_accepted_on_its_own_clusters_must_pass_the_shared_check_whole():
+    """Two lumps of 30 beside 240 cells spread along another axis: accepted on the clusters
+    that reproduce on their own. Another class holds the same lumps, so the boundary between
+    them is shared; its other cells, spread wide between them, divide from neither lump, so
+    the shared boundary outlines no nuisance levels. A whole partition would be merged across
+    it (the lumps joined, 2 subgroups); one accepted on its clusters is refused, and the
+    evidence says why."""
+    from scdm import clustering
+    from scdm.tl._subgroups import _split_once
+
+    rng = np.random.default_rng(0)
+    side = np.r_[np.zeros(240, int), np.ones(30, int), 2 * np.ones(30, int)]
+    points = rng.normal(0, 1, (300, 10))
+    points[side == 0, 1] *= 4.0
+    points[:, 0] += np.array([0.0, 5.0, -5.0])[side]
+    halves = tuple(points + rng.normal(0, 0.5, points.shape) for _ in range(2))
+    other = rng.normal(0, 1, (300, 10))
+    other[:, 0] += np.array([0.0, 5.0, -5.0])[side]
+    other_emb = other.copy()
+    other_emb[side == 0, 0] = rng.normal(0, 6.0, 240)
+    elsewhere = {"B": (other, *(other_emb + rng.normal(0, 0.5, other.shape) for _ in range(2)))}
+    check = {"n_neighbors": 15, "resolutions": clustering.DEFAULT_RESOLUTIONS,
+             "min_reproducibility": 0.75, "n_null": 20, "min_margin": clustering.MIN_MARGIN,
+             "cut_slack": clustering.CUT_SLACK, "min_size": 5,
+             "min_jaccard": clustering.REPRODUCING_JACCARD, "random_state": 0}
+    result = _split_once(*halves, points, None, points, elsewhere, check, None, None)
+    assert result.choice.reproducing is not None and result.met_shared
+    assert result.found is None and result.shared["on_their_own"]
+    assert result.shared["n_shared"] == 1 and result.shared["n_levels"] == 1
+    # what the merge would have kept from the same partition
+    found, _ = clustering.agreed_partition(points, result.choice, n_neighbors=15)
+    bounds = clustering.shared_boundaries(found, points, halves, elsewhere, n_neighbors=15,
+                                          balanced=True)
+    assert clustering.n_substantial(clustering.merge_shared(found, bounds.shared), 5) == 2
+    text = scdm.get.describe_evidence({**clustering.ResolutionChoice(
+        None, result.choice.table).summary(), "shared": result.shared, "n_subgroups": 1})
+    assert "must pass this check whole" in text
+
+
 def test_halves_that_agree_at_three_quarters_are_enough():
     """Three clusters that the full embedding separates perfectly, seen by two noisier halves
     (each holds half the models): the halves agree at 0.76, below the former bar (0.8). The
