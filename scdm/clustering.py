@@ -501,14 +501,11 @@ def reproducing_clusters(labels1: np.ndarray, labels2: np.ndarray,
     than two groups of ``min_size`` points: one reproducing cluster needs ``min_size`` points
     left over in both halves.
     """
-    k1, k2 = int(labels1.max()) + 1, int(labels2.max()) + 1
-    shared = np.zeros((k1, k2))
-    np.add.at(shared, (labels1, labels2), 1)
-    size1, size2 = np.bincount(labels1, minlength=k1), np.bincount(labels2, minlength=k2)
-    jaccard = shared / (size1[:, None] + size2[None, :] - shared)
+    jaccard = _jaccard(labels1, labels2)
+    size1, size2 = np.bincount(labels1), np.bincount(labels2)
     out1, out2 = np.zeros_like(labels1), np.zeros_like(labels2)
     m = 0
-    for c in range(k1):
+    for c in range(jaccard.shape[0]):
         d = int(jaccard[c].argmax())
         if (jaccard[c, d] >= min_jaccard - 1e-12 and int(jaccard[:, d].argmax()) == c
                 and min(size1[c], size2[d]) >= min_size):
@@ -517,6 +514,19 @@ def reproducing_clusters(labels1: np.ndarray, labels2: np.ndarray,
     if min(n_substantial(out1, min_size), n_substantial(out2, min_size)) < 2:
         return np.zeros_like(labels1), np.zeros_like(labels2), 0
     return out1, out2, m
+
+
+def _jaccard(labels1: np.ndarray, labels2: np.ndarray, k1: int | None = None,
+             k2: int | None = None) -> np.ndarray:
+    """The Jaccard index of every cluster of ``labels1`` with every cluster of ``labels2``
+    (``k1 × k2``, by default as many as each has): shared points over their union."""
+    k1 = int(labels1.max()) + 1 if k1 is None else k1
+    k2 = int(labels2.max()) + 1 if k2 is None else k2
+    shared = np.zeros((k1, k2))
+    np.add.at(shared, (labels1, labels2), 1)
+    union = (np.bincount(labels1, minlength=k1)[:, None]
+             + np.bincount(labels2, minlength=k2)[None, :] - shared)
+    return np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
 
 
 def check_subsample(n_points: int, max_points: int | None, random_state: int = 0,
@@ -1433,27 +1443,30 @@ def _reproducing_partition(points: np.ndarray, choice: ResolutionChoice, kw: dic
     assert choice.resolution is not None and choice.partitions is not None
     assert choice.reproducing is not None
     half1, half2 = choice.partitions
-    m = int(half1.max())
-    resolution = float(choice.resolution)
-    near = [resolution, *(resolution * f for f in AGREED_FACTORS)]
-    for r, labels in zip(near, leiden_labels(points, resolutions=near, **kw), strict=True):
+    m, bar = int(half1.max()), choice.reproducing
+
+    def matched(labels: np.ndarray) -> np.ndarray | None:
         k = int(labels.max()) + 1
-        score = np.zeros((m, k))
-        for half in (half1, half2):
-            shared = np.zeros((m + 1, k))
-            np.add.at(shared, (half, labels), 1)
-            size_half = np.bincount(half, minlength=m + 1)[:, None]
-            size_full = np.bincount(labels, minlength=k)[None, :]
-            score += (shared / (size_half + size_full - shared))[1:] / 2
+        score = (_jaccard(half1, labels, m + 1, k) + _jaccard(half2, labels, m + 1, k))[1:] / 2
         best = score.argmax(1)
-        mutual = score.argmax(0)[best] == np.arange(m)
-        if not (mutual.all() and (score.max(1) >= choice.reproducing - 1e-12).all()):
-            continue
+        if not ((score.argmax(0)[best] == np.arange(m)).all()
+                and (score.max(1) >= bar - 1e-12).all()):
+            return None
         out = np.zeros_like(labels)
         for j, f in enumerate(best, start=1):
             out[labels == f] = j
-        if n_substantial(out, min_size) >= 2:
-            return _numbered(out), r
+        return _numbered(out) if n_substantial(out, min_size) >= 2 else None
+
+    # the chosen resolution first, the ones around it only where it does not match, as in
+    # agreed_partition (Leiden is seeded per resolution: the same partitions either way)
+    resolution = float(choice.resolution)
+    found = matched(leiden_labels(points, resolutions=[resolution], **kw)[0])
+    if found is not None:
+        return found, resolution
+    near = [resolution * f for f in AGREED_FACTORS]
+    for r, labels in zip(near, leiden_labels(points, resolutions=near, **kw), strict=True):
+        if (found := matched(labels)) is not None:
+            return found, r
     return _numbered(np.where(half1 == half2, half1, 0)), resolution
 
 
