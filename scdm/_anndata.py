@@ -124,6 +124,51 @@ AUTO_MIN_FEATURES = 2 * AUTO_PCS
 MEASURED_CELLS = 2000  # cells the noise measure of .X reads (a random draw, sorted)
 
 
+class UnnormalisedCountsWarning(UserWarning):
+    """The models' input looks like counts (or their ``log1p``) not normalised per cell,
+    whose totals differ widely: attribution then follows sequencing depth."""
+
+
+# Per-cell totals that differ this many times between the 5 % lowest and the 5 % highest
+# cells (sequencing depth) make unnormalised counts worth a warning. Planted subtypes under a
+# 25-fold depth spread (cells' size factors log-uniform on 0.2-5; the 5-95 % totals ~10-fold
+# apart): normalised and log1p, all three subtypes in 3 of 3 seeds (ARI 0.96-0.98); log1p of
+# the counts, 1 of 3; the counts, 0 of 3 (RESULTS.md, session 40). Droplet data's depth (log
+# SD 0.7) puts them ~10-fold apart; the generators' default spread (SD 0.2), ~2-fold.
+DEPTH_RATIO = 2.0
+INTEGER_SHARE = 0.99  # values within rounding of an integer that make a matrix counts
+
+
+def _near_integers(values: np.ndarray) -> float:
+    """The share of ``values`` within float32 rounding of an integer."""
+    return float((np.abs(values - np.round(values)) <= 1e-2 + 1e-5 * np.abs(values)).mean())
+
+
+def unnormalised_counts(X) -> dict | None:
+    """Whether a cells × features matrix (dense or sparse; a sample of the cells will do)
+    holds counts not normalised per cell: non-negative integers, or their ``log1p`` (whose
+    ``expm1`` are integers), larger than 2 somewhere (genotype dosages, 0/1/2, are not
+    counts), with per-cell totals :data:`DEPTH_RATIO` or more times apart between the 5 %
+    lowest and highest cells. Returns ``{"form": "counts" | "log1p counts", "depth_ratio"}``
+    or ``None``. Normalised data (``normalize_total``, then ``log1p``) are neither: their
+    ``expm1`` are fractions."""
+    values = (X.data if sparse.issparse(X) else np.asarray(X)).astype(np.float64).ravel()
+    if values.size == 0 or values.min() < 0:
+        return None
+    if _near_integers(values) >= INTEGER_SHARE and values.max() > 2:
+        form, counts = "counts", X
+    else:
+        values = np.expm1(values)
+        if _near_integers(values) < INTEGER_SHARE or values.max() <= 2:
+            return None
+        form = "log1p counts"
+        counts = X.expm1() if sparse.issparse(X) else np.expm1(np.asarray(X, np.float64))
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    low, high = np.quantile(totals, [0.05, 0.95])
+    ratio = float(high / low) if low > 0 else float("inf")
+    return {"form": form, "depth_ratio": ratio} if ratio >= DEPTH_RATIO else None
+
+
 @dataclass
 class InputChoice:
     """What the models train on, and why: :func:`choose_input`'s answer."""
@@ -131,6 +176,7 @@ class InputChoice:
     use_rep: str | None  # None: .X (or the layer)
     evidence: dict | None = None  # only for use_rep="auto": the measure and the decision
     compute_pcs: bool = False  # the PCs are computed by apply() (sc.pp.pca), not given
+    counts: dict | None = None  # where the input is unnormalised counts (unnormalised_counts)
 
     def width(self, adata: AnnData) -> int:
         """Features the models will see (before :meth:`apply` has computed the PCs)."""
@@ -152,6 +198,43 @@ class InputChoice:
         :func:`scdm.tl.train_models`, or by the tool that chose before calling it)."""
         if self.evidence is not None:
             adata.uns[key]["params"]["input_choice"] = uns_safe(self.evidence)
+        if self.counts is not None:
+            adata.uns[key]["params"]["unnormalised_counts"] = uns_safe(self.counts)
+
+
+def _sample_rows(X, random_state: int):
+    """:data:`MEASURED_CELLS` random rows of ``X`` (all where fewer), in memory (read in
+    sorted order from a backed matrix)."""
+    from .clustering import check_subsample
+
+    rows = check_subsample(X.shape[0], MEASURED_CELLS, random_state)
+    if rows is None:
+        if in_memory(X):
+            return X
+        rows = np.arange(X.shape[0])
+    return X[rows]
+
+
+def _counts_check(sample, layer: str | None) -> dict | None:
+    """:func:`unnormalised_counts` of a sample of the input's cells, warned of
+    (:class:`UnnormalisedCountsWarning`) before any model is trained."""
+    import warnings
+
+    found = unnormalised_counts(sample)
+    if found is None:
+        return None
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    undo = ("" if found["form"] == "counts" else
+            f"first take the log back ({where} = np.expm1({where})), then ")
+    warnings.warn(
+        f"{where} looks like {found['form']} not normalised per cell: the cells' totals differ "
+        f"{found['depth_ratio']:.1f}-fold between the 5 % lowest and highest (sequencing "
+        "depth). Attribution then follows depth, a nuisance every class has, and subtypes "
+        "behind it are lost (planted subtypes under a 25-fold depth spread: none of 3 seeds "
+        "found on the counts, 1 on their log1p, 3 normalised). Normalise per cell: "
+        f"{undo}sc.pp.normalize_total(adata), then sc.pp.log1p(adata).",
+        UnnormalisedCountsWarning, stacklevel=4)
+    return found
 
 
 def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
@@ -173,30 +256,35 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
     ``label_key`` is checked first, so that a wrong one fails before any PCs are computed.
     """
     get_labels(adata, label_key)
+    counts = sample = None
+    if use_rep in (None, "X", AUTO):  # components (an obsm key) are not counts
+        sample = _sample_rows(get_features(adata, None, layer), random_state)
+        if in_memory(sample):
+            check_finite(sample)
+        counts = _counts_check(sample, layer)
     if use_rep != AUTO:
-        return InputChoice(use_rep)
+        return InputChoice(use_rep, counts=counts)
     if layer is not None:
         return InputChoice(None, {"requested": AUTO, "chosen": f"layer {layer!r}",
-                                  "reason": "a named layer is used as it is"})
-    from .clustering import NOISE_DOMINATED, above_noise, check_subsample, noise_dominated
+                                  "reason": "a named layer is used as it is"}, counts=counts)
+    from .clustering import NOISE_DOMINATED, above_noise, noise_dominated
 
     X = get_features(adata)
-    rows = check_subsample(X.shape[0], MEASURED_CELLS, random_state)  # sorted: backed reads
-    sample = X if rows is None else X[rows]
-    if in_memory(sample):
-        check_finite(sample)
+    assert sample is not None  # sampled above: .X, as no layer is named here
     coordinates, share = above_noise(dense_features(sample, scale=scale),
                                      random_state=random_state)
     evidence = {"requested": AUTO, "share_above_noise": share,
                 "noise_dominated": noise_dominated(share, coordinates),
                 "threshold": NOISE_DOMINATED, "n_measured": int(sample.shape[0])}
     if not evidence["noise_dominated"]:
-        return InputChoice(None, {**evidence, "chosen": "X"})
+        return InputChoice(None, {**evidence, "chosen": "X"}, counts=counts)
     if X.shape[1] < AUTO_MIN_FEATURES:
         return InputChoice(None, {**evidence, "chosen": "X", "reason": (
-            f"fewer than {AUTO_MIN_FEATURES} features: their PCs would not drop noise")})
+            f"fewer than {AUTO_MIN_FEATURES} features: their PCs would not drop noise")},
+                           counts=counts)
     if "X_pca" in adata.obsm:
-        return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "given"})
+        return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "given"},
+                           counts=counts)
     if not in_memory(X):
         raise ValueError(
             f"use_rep='auto': .X is mostly noise (its components above the noise edge hold "
@@ -206,7 +294,7 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
             "on the data loaded into memory) and pass use_rep='X_pca', or pass use_rep='X' to "
             "train on .X as it is.")
     return InputChoice("X_pca", {**evidence, "chosen": "X_pca", "pcs": "computed"},
-                       compute_pcs=True)
+                       compute_pcs=True, counts=counts)
 
 
 def get_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:

@@ -121,6 +121,11 @@ def models_input(adata: AnnData, info: Mapping, *, why: bool = False) -> str:
         share = f"{choice['share_above_noise']:.0%} of its variance above the noise edge"
         text += (f" (use_rep='auto': .X is mostly noise, {share})" if choice["noise_dominated"]
                  else f" (use_rep='auto': .X stands clear of noise, {share})")
+    counts = params.get("unnormalised_counts")
+    if why and isinstance(counts, Mapping):
+        text += (f"; caution: {counts['form']} not normalised per cell (totals "
+                 f"{counts['depth_ratio']:.1f}-fold apart), so attribution follows sequencing "
+                 "depth: normalise (sc.pp.normalize_total, sc.pp.log1p) and train again")
     return text
 
 
@@ -241,9 +246,12 @@ def _describe(e: dict, bars: Mapping | None) -> str:
         removed = (f"a first split into {shared['n_subgroups']} reproduced (ARI "
                    f"{shared['reproducibility']:.2f}) but {shared['n_shared']} of its "
                    f"{shared['n_boundaries']} boundaries divide class {where} the same way "
-                   f"(separation up to {shared['max_separation_elsewhere']:.2f} there): likely "
-                   "a nuisance the classes share, such as batch, donor or cell cycle, not a "
-                   "subtype")
+                   f"(separation up to {shared['max_separation_elsewhere']:.2f} there): "
+                   + ("a nuisance every class has: it runs along sequencing depth (the number "
+                      "of features each cell detected tells two of its subgroups apart at AUC "
+                      f"{shared['depth_auc']:.2f}), not a subtype" if "depth_auc" in shared
+                      else "likely a nuisance the classes share, such as batch, donor or cell "
+                      "cycle, not a subtype"))
     if e.get("split") and e.get("n_subgroups", 2) < 2:
         # accepted on the halves, but the embedding of all the models gave one cluster there
         # and at the resolutions around it (clustering.agreed_partition): nothing to report
@@ -328,7 +336,10 @@ def _describe(e: dict, bars: Mapping | None) -> str:
                  else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")
         named = (bars or {}).get("stratify_key")
-        advice = (f"It is not the stratify_key {named!r} the models were trained with "
+        advice = ("Where the counts were not normalised per cell, normalise them "
+                  "(sc.pp.normalize_total, then sc.pp.log1p) and train again; or pass"
+                  if "depth_auc" in shared else
+                  f"It is not the stratify_key {named!r} the models were trained with "
                   "(centred already): where another nuisance is known, train with one "
                   "stratify_key column combining both, or" if named else
                   "Give a known batch as stratify_key when training, or")
@@ -425,6 +436,8 @@ def summary(adata: AnnData, key: str = "datamodels", *, known_key: str | None = 
         "use_rep": params.get("use_rep"),
         # what use_rep="auto" measured and chose (plain types: uns read back holds numpy's)
         "input_choice": uns_safe(dict(params.get("input_choice") or {})) or None,
+        # counts not normalised per cell, as tl.trak / train_models warned
+        "unnormalised_counts": uns_safe(dict(params.get("unnormalised_counts") or {})) or None,
         "group_key": params.get("group_key"),
         "stratify_key": params.get("stratify_key"),
     }

@@ -230,3 +230,51 @@ def test_auto_input_is_refused_before_work_where_it_cannot_be_made(tmp_path):
         scdm.tl.train_models(backed, "disease", n_models=4, store=tmp_path / "b",
                              min_heldout=0)
     assert not (tmp_path / "b").exists()
+
+
+def test_counts_not_normalised_per_cell_are_warned_of_before_training(tmp_path):
+    """Counts whose cells' totals differ ~10-fold (droplet-like sequencing depth), and their
+    log1p, are named with the fix before any model is trained (a warning, not a refusal: the
+    user may mean it) and recorded in the training's params; the same counts normalised and
+    log1p (the generators' .X), genotype dosages (0/1/2), counts of even depth, a sparse
+    layer and components in obsm are not."""
+    import scanpy as sc
+
+    from scdm._anndata import unnormalised_counts
+
+    planted = scdm.datasets.planted_subtypes(n_controls=60, n_per_subtype=30, n_subtypes=2,
+                                             n_genes=120, batch_genes=60, depth_spread=0.7,
+                                             random_state=0)
+    counts = planted.layers["counts"]
+    found = unnormalised_counts(counts)  # sparse, as the generator stores them
+    assert found is not None and found["form"] == "counts" and found["depth_ratio"] > 5
+    logged = unnormalised_counts(np.log1p(counts.toarray()).astype(np.float32))
+    assert logged is not None and logged["form"] == "log1p counts"
+    assert unnormalised_counts(planted.X) is None  # normalised, then log1p
+    rng = np.random.default_rng(0)
+    assert unnormalised_counts(rng.integers(0, 3, (200, 50)).astype(np.float32)) is None
+    even = rng.poisson(np.full((200, 50), 5.0)).astype(np.float32)
+    assert unnormalised_counts(even) is None  # depth the same in every cell
+
+    raw = planted.copy()
+    raw.X = np.log1p(counts.toarray()).astype(np.float32)
+    with pytest.warns(scdm.tl.UnnormalisedCountsWarning,
+                      match=r"log1p counts not normalised.*np\.expm1.*normalize_total"):
+        scdm.tl.trak(raw, "disease", n_models=4, store=tmp_path / "t")
+    assert raw.uns["trak"]["params"]["unnormalised_counts"]["form"] == "log1p counts"
+    said = scdm.get.models_input(raw, raw.uns["trak"], why=True)  # scdm run's summary, report
+    assert "caution: log1p counts not normalised per cell" in said
+    with pytest.warns(scdm.tl.UnnormalisedCountsWarning, match=r"adata\.layers\['counts'\]"):
+        scdm.tl.train_models(planted, "disease", layer="counts", n_models=2, config=FAST,
+                             store=tmp_path / "c", min_heldout=0)
+    with pytest.raises(KeyError, match="nope"):  # a wrong label still fails first
+        scdm.tl.trak(raw, "nope", n_models=4, store=tmp_path / "n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scdm.tl.UnnormalisedCountsWarning)
+        scdm.tl.train_models(planted, "disease", n_models=2, config=FAST,
+                             store=tmp_path / "x", min_heldout=0)
+        assert "unnormalised_counts" not in planted.uns["datamodels"]["params"]
+        raw.obsm["X_pca"] = sc.pp.pca(planted.X, n_comps=10, random_state=0)
+        scdm.tl.train_models(raw, "disease", use_rep="X_pca", n_models=2, config=FAST,
+                             store=tmp_path / "o", min_heldout=0)  # components: not counts
+    assert "unnormalised_counts" not in raw.uns["datamodels"]["params"]

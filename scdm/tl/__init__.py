@@ -1,5 +1,6 @@
 """Tools: the steps of a datamodels analysis on AnnData."""
 
+from .._anndata import UnnormalisedCountsWarning
 from ._attribution import Attribution, attribution
 from ._composition import subgroup_composition
 from ._datamodels import datamodels
@@ -31,6 +32,7 @@ __all__ = [
     "NoisyInputWarning",
     "StandardisedComponentsWarning",
     "UndecidedSubgroupsWarning",
+    "UnnormalisedCountsWarning",
     "ZeroInflatedInputWarning",
     "attribution",
     "datamodels",

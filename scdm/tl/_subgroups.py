@@ -701,6 +701,7 @@ class _Split(NamedTuple):
     halves: tuple[np.ndarray, np.ndarray]
     met_shared: bool
     depth: dict | None = None
+    judged: np.ndarray | None = None
 
 
 def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray | None,
@@ -722,20 +723,27 @@ def _checked_split(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndar
     coordinate) and the check runs again on what is left, whose result stands.
     """
     first = _split_once(h1, h2, rep, sub, inputs, elsewhere, check, within, memo)
-    if depth is None or first.found is None:
+    partition = first.found if first.found is not None else first.judged
+    if depth is None or partition is None:
         return first
     min_size = check["min_size"]
     checked_depth = depth if sub is None else depth[sub]
-    association = depth_association(first.found, checked_depth, min_size)
+    association = depth_association(partition, checked_depth, min_size)
     if association < DEPTH_AUC:
         return first
+    if first.found is None:
+        # Refused as shared: depth is a nuisance every class has. Said, not checked again
+        # with depth taken out: on log counts not normalised per cell, what a straight line
+        # leaves of depth split null classes there (RESULTS.md, session 40)
+        assert first.shared is not None  # judged is set only where boundaries were shared
+        return first._replace(shared={**first.shared, "depth_auc": association})
     # one line over the class's cells: read within the subgroups instead, it came mostly from
     # those whose programme does not show depth and missed the cut (RESULTS.md, session 38)
     again = _split_once(take_out_linear(h1, checked_depth), take_out_linear(h2, checked_depth),
                         take_out_linear(rep, depth), sub, inputs, elsewhere, check, within,
                         memo)
     return again._replace(met_shared=first.met_shared or again.met_shared, depth={
-        "auc": association, "n_subgroups_before": n_substantial(first.found, min_size),
+        "auc": association, "n_subgroups_before": n_substantial(partition, min_size),
         "bar": DEPTH_AUC})
 
 
@@ -768,6 +776,7 @@ def _split_once(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray
     # the shared boundaries run between levels of a nuisance: take the levels out of the
     # halves and the embedding, and check what is left
     shared = _shared_evidence(choice, bounds, found, min_size)
+    judged = found
     levels = bounds.levels
     assert levels is not None  # set wherever a boundary is shared
     if np.unique(levels).size < 2:
@@ -776,13 +785,13 @@ def _split_once(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray
             # was never judged, and on Zeisel's astrocytes it was a cut across the types
             # (RESULTS.md, session 39), so such a split must pass whole
             shared["on_their_own"] = True
-            return _Split(None, rep, choice, shared, (h1, h2), True)
+            return _Split(None, rep, choice, shared, (h1, h2), True, judged=judged)
         # a private cluster links the two sides of the shared boundaries, so they outline no
         # levels to take out: merge across them and keep what is private
         merged = merge_shared(found, bounds.shared)
         shared["merged"] = True
         return _Split(merged if n_substantial(merged, min_size) > 1 else None, rep, choice,
-                      shared, (h1, h2), True)
+                      shared, (h1, h2), True, judged=judged)
     h1, h2 = centre_within(h1, levels), centre_within(h2, levels)
     choice = _scan(h1, h2, check, memo)
     rep = centre_within(rep, levels if sub is None else extend_labels(rep, sub, levels,
@@ -805,7 +814,7 @@ def _split_once(h1: np.ndarray, h2: np.ndarray, rep: np.ndarray, sub: np.ndarray
         if again.shared.any():
             shared["shared_again"] = again.summary()
             found = None
-    return _Split(found, rep, choice, shared, (h1, h2), True)
+    return _Split(found, rep, choice, shared, (h1, h2), True, judged=judged)
 
 
 def _split_within(found: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rep: np.ndarray,
