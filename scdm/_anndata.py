@@ -233,7 +233,7 @@ def _counts_check(sample, layer: str | None) -> dict | None:
         "behind it are lost (planted subtypes under a 25-fold depth spread: none of 3 seeds "
         "found on the counts, 1 on their log1p, 3 normalised). Normalise per cell: "
         f"{undo}sc.pp.normalize_total(adata), then sc.pp.log1p(adata).",
-        UnnormalisedCountsWarning, stacklevel=4)
+        UnnormalisedCountsWarning, stacklevel=2)
     return found
 
 

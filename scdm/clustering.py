@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -788,7 +789,13 @@ def carry_linear(reference: np.ndarray, labels: np.ndarray, query: np.ndarray,
         U, S, _ = randomized_svd(both, k, n_iter=7, random_state=0)
         both = U * S
     model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    model.fit(both[: reference.shape[0]], labels)
+    with warnings.catch_warnings():
+        # a cluster of one point (a stray in a fine partition) has no covariance of its own
+        # to shrink; its weight in the pooled one is its share, one point's, so scikit-learn's
+        # "Only one sample available" says nothing the user can act on
+        warnings.filterwarnings("ignore", message="Only one sample available",
+                                category=UserWarning)
+        model.fit(both[: reference.shape[0]], labels)
     return model.predict(both[reference.shape[0]:]).astype(np.int64)
 
 
