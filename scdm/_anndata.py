@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,18 +155,23 @@ def unnormalised_counts(X) -> dict | None:
     lowest and highest cells. Returns ``{"form": "counts" | "log1p counts", "depth_ratio"}``
     or ``None``. Normalised data (``normalize_total``, then ``log1p``) are neither: their
     ``expm1`` are fractions."""
-    values = (X.data if sparse.issparse(X) else np.asarray(X)).astype(np.float64).ravel()
+    # the stored values: a sparse matrix's nonzeros, or the dense cells × features
+    values = (X.data if sparse.issparse(X) else np.asarray(X)).astype(np.float64)
     if values.size == 0 or values.min() < 0:
         return None
     if _near_integers(values) >= INTEGER_SHARE and values.max() > 2:
-        form, counts = "counts", X
+        form = "counts"
     else:
         values = np.expm1(values)
         if _near_integers(values) < INTEGER_SHARE or values.max() <= 2:
             return None
         form = "log1p counts"
-        counts = X.expm1() if sparse.issparse(X) else np.expm1(np.asarray(X, np.float64))
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    if sparse.issparse(X):
+        counts = X.astype(np.float64)  # a copy, its nonzeros replaced by the counts
+        counts.data = values
+        totals = np.asarray(counts.sum(axis=1)).ravel()
+    else:
+        totals = values.sum(axis=1)
     low, high = np.quantile(totals, [0.05, 0.95])
     ratio = float(high / low) if low > 0 else float("inf")
     return {"form": form, "depth_ratio": ratio} if ratio >= DEPTH_RATIO else None
@@ -215,11 +223,26 @@ def _sample_rows(X, random_state: int):
     return X[rows]
 
 
+# Set while a tool that checked its input for unnormalised counts trains through
+# train_models: the choose_input there does not read and test the same cells again.
+_COUNTS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("scdm_counts_checked",
+                                                                       default=False)
+
+
+@contextlib.contextmanager
+def counts_checked():
+    """Within it, :func:`choose_input` leaves out the unnormalised-counts check (and its
+    warning): the calling tool's own :func:`choose_input` made it on the same input."""
+    token = _COUNTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _COUNTS_CHECKED.reset(token)
+
+
 def _counts_check(sample, layer: str | None) -> dict | None:
     """:func:`unnormalised_counts` of a sample of the input's cells, warned of
     (:class:`UnnormalisedCountsWarning`) before any model is trained."""
-    import warnings
-
     found = unnormalised_counts(sample)
     if found is None:
         return None
@@ -256,12 +279,15 @@ def choose_input(adata: AnnData, label_key: str, use_rep: str | None,
     ``label_key`` is checked first, so that a wrong one fails before any PCs are computed.
     """
     get_labels(adata, label_key)
+    checked = _COUNTS_CHECKED.get()  # by the tool that called train_models
     counts = sample = None
-    if use_rep in (None, "X", AUTO):  # components (an obsm key) are not counts
+    # components (an obsm key) are not counts; "auto" measures the sample in any case
+    if use_rep == AUTO or (use_rep in (None, "X") and not checked):
         sample = _sample_rows(get_features(adata, None, layer), random_state)
         if in_memory(sample):
             check_finite(sample)
-        counts = _counts_check(sample, layer)
+        if not checked:
+            counts = _counts_check(sample, layer)
     if use_rep != AUTO:
         return InputChoice(use_rep, counts=counts)
     if layer is not None:

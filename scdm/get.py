@@ -336,13 +336,15 @@ def _describe(e: dict, bars: Mapping | None) -> str:
                  else f"; without it, {cut}" if (cut := _continuum_cut(e, bars))
                  else "; without it no split reproduces and beats the null")
         named = (bars or {}).get("stratify_key")
-        advice = ("Where the counts were not normalised per cell, normalise them "
-                  "(sc.pp.normalize_total, then sc.pp.log1p) and train again; or pass"
-                  if "depth_auc" in shared else
-                  f"It is not the stratify_key {named!r} the models were trained with "
-                  "(centred already): where another nuisance is known, train with one "
-                  "stratify_key column combining both, or" if named else
-                  "Give a known batch as stratify_key when training, or")
+        if "depth_auc" in shared:
+            advice = ("Where the counts were not normalised per cell, normalise them "
+                      "(sc.pp.normalize_total, then sc.pp.log1p) and train again; or pass")
+        elif named:
+            advice = (f"It is not the stratify_key {named!r} the models were trained with "
+                      "(centred already): where another nuisance is known, train with one "
+                      "stratify_key column combining both, or")
+        else:
+            advice = "Give a known batch as stratify_key when training, or"
         return (f"one subgroup; {removed}{again}{checked}. {advice} shared_check=False to keep "
                 "such splits")
     if cut := _continuum_cut(e, bars):

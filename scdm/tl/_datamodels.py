@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from anndata import AnnData
 
-from .._anndata import AUTO, UnnormalisedCountsWarning, choose_input
+from .._anndata import AUTO, choose_input, counts_checked
 from .._docs import doc_params
 from .._seeding import check_random_state
 from ..masks import check_alpha
@@ -109,8 +108,7 @@ def datamodels(
     adata = adata.copy() if copy else adata
     start = time.perf_counter()
     choice.apply(adata, seed)
-    with warnings.catch_warnings():  # choose_input above warned of unnormalised counts once
-        warnings.simplefilter("ignore", UnnormalisedCountsWarning)
+    with counts_checked():  # by choose_input above: not read, tested and warned of twice
         train_models(adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
                      stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                      device=device, random_state=random_state, key_added=key_added,

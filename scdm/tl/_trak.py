@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .._anndata import AUTO, UnnormalisedCountsWarning, choose_input, uns_safe
+from .._anndata import AUTO, choose_input, counts_checked, uns_safe
 from .._checks import check_int
 from .._docs import doc_params
 from .._seeding import check_random_state
@@ -190,8 +190,7 @@ def trak(
 
     start = time.perf_counter()
     choice.apply(adata, seed)
-    with warnings.catch_warnings():  # choose_input above warned of unnormalised counts once
-        warnings.simplefilter("ignore", UnnormalisedCountsWarning)
+    with counts_checked():  # by choose_input above: not read, tested and warned of twice
         train_models(adata, label_key, use_rep=choice.use_rep, layer=layer, group_key=group_key,
                      stratify_key=stratify_key, alpha=alpha, n_models=n_models, store=store,
                      device=device, min_heldout=0, random_state=seed, key_added=key_added,
