@@ -608,16 +608,40 @@ def zero_share(inputs: np.ndarray) -> float:
     return float((points == points.min(axis=0)).mean())
 
 
-def detected_depth(inputs: np.ndarray, block: int = 65536) -> np.ndarray | None:
+def detected_depth(inputs, block: int = 65536) -> np.ndarray | None:
     """Each point's log number of features above their floor (the smallest value each takes):
     how many genes a cell's counts detected, which follows its sequencing depth. ``None``
     where the features have no floor to speak of (under :data:`ZERO_SHARE` of the values
-    there: components, latent spaces) or every point detects as many."""
-    floor = np.asarray(inputs[:block]).min(axis=0)
-    for start in range(block, len(inputs), block):
-        floor = np.minimum(floor, np.asarray(inputs[start:start + block]).min(axis=0))
-    counts = np.concatenate([(np.asarray(inputs[start:start + block]) > floor).sum(axis=1)
-                             for start in range(0, len(inputs), block)])
+    there: components, latent spaces) or every point detects as many. ``inputs``: dense, a
+    scipy sparse matrix, or a backed one (read in blocks of ``block`` rows)."""
+    from scipy import sparse
+
+    def rows(start: int):
+        part = inputs[start:start + block]
+        return part.tocsr() if sparse.issparse(part) else np.asarray(part)
+
+    def floor_of(part) -> np.ndarray:
+        return (part.min(axis=0).toarray().ravel() if sparse.issparse(part)
+                else part.min(axis=0))
+
+    def above(part, floor: np.ndarray) -> np.ndarray:
+        if not sparse.issparse(part):
+            return (part > floor).sum(axis=1)
+        # stored values above their column's floor, and the implicit zeros of columns
+        # whose floor is below zero
+        stored = sparse.csr_matrix((part.data > floor[part.indices], part.indices,
+                                    part.indptr), shape=part.shape)
+        below_zero = floor < 0
+        stored_there = sparse.csr_matrix((below_zero[part.indices], part.indices,
+                                          part.indptr), shape=part.shape)
+        return (np.asarray(stored.sum(axis=1)).ravel() + below_zero.sum()
+                - np.asarray(stored_there.sum(axis=1)).ravel())
+
+    n = inputs.shape[0]
+    floor = floor_of(rows(0))
+    for start in range(block, n, block):
+        floor = np.minimum(floor, floor_of(rows(start)))
+    counts = np.concatenate([above(rows(start), floor) for start in range(0, n, block)])
     if counts.size == 0 or 1 - counts.mean() / max(len(floor), 1) < ZERO_SHARE:
         return None
     depth = np.log1p(counts.astype(np.float64))

@@ -1015,6 +1015,13 @@ def test_detected_depth_reads_counts_and_skips_components():
     scaled = (np.log1p(counts) - np.log1p(counts).mean(0)) / np.log1p(counts).std(0)
     np.testing.assert_allclose(detected_depth(scaled), depth)  # zeros moved, still the floor
     np.testing.assert_allclose(detected_depth(counts, block=7), depth)  # in blocks
+    for stored in (sparse.csr_matrix(counts), sparse.csc_matrix(counts)):  # .X as users hold it
+        np.testing.assert_allclose(detected_depth(stored), depth)
+        np.testing.assert_allclose(detected_depth(stored, block=7), depth)
+    shifted = counts.copy()
+    shifted[0, 0] = -1.0  # a column whose floor is below its implicit zeros
+    np.testing.assert_allclose(detected_depth(sparse.csr_matrix(shifted)),
+                               detected_depth(shifted))
     assert detected_depth(rng.normal(size=(200, 30))) is None
     assert detected_depth(np.tile([0.0, 1.0, 2.0], (50, 1))) is None  # all detect as many
     # taking it out leaves what depth does not explain, the mean kept
