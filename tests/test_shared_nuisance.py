@@ -527,13 +527,20 @@ def test_sequencing_depth_is_no_subtype(tmp_path):
         assert again["carried_by"] == "linear" and again["shared_with"] == ["disease"]
 
 
-def test_a_shared_split_along_depth_of_unnormalised_counts_is_said_to_be_depth(tmp_path):
+@pytest.mark.parametrize("use_rep", ["auto", "X_pca"])
+def test_a_shared_split_along_depth_of_unnormalised_counts_is_said_to_be_depth(tmp_path,
+                                                                              use_rep):
     """log1p of counts never normalised per cell (a user's slip; Zeisel's shipped matrix is
     such), sequencing depth 11-fold from cell to cell, no subtypes, no batch. tl.trak warns
     before training; a class's first split runs along depth and divides the other class too,
     so it is refused as shared, and the evidence names depth, with the fix (normalise),
     not a batch to name. Both classes stay whole (a split checked again with depth taken out
-    would not: what a straight line leaves of depth split a null class, RESULTS.md)."""
+    would not: what a straight line leaves of depth split a null class, RESULTS.md).
+    ``X_pca``: the same counts sparse, their PCs computed before normalising; components
+    have no floor to count detected genes on, so depth is read from ``.X``, which they were
+    computed from, and the refused split is said to be depth there too."""
+    import scanpy as sc
+
     scdm.settings.verbosity = 0
     adata = scdm.datasets.planted_subtypes(n_subtypes=1, n_per_subtype=300, n_batches=1,
                                            random_state=0)
@@ -541,8 +548,13 @@ def test_a_shared_split_along_depth_of_unnormalised_counts_is_said_to_be_depth(t
     counts = adata.layers["counts"].toarray().astype(np.float64)
     depth = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), counts.shape[0]))
     adata.X = np.log1p(rng.poisson(counts * depth[:, None])).astype(np.float32)
-    with pytest.warns(scdm.tl.UnnormalisedCountsWarning, match="log1p counts"):
-        scdm.tl.trak(adata, "disease", store=tmp_path / "t", random_state=0)
+    if use_rep == "X_pca":
+        adata.X = sparse.csr_matrix(adata.X)
+        sc.pp.pca(adata, n_comps=30, random_state=0)
+        scdm.tl.trak(adata, "disease", use_rep=use_rep, store=tmp_path / "t", random_state=0)
+    else:
+        with pytest.warns(scdm.tl.UnnormalisedCountsWarning, match="log1p counts"):
+            scdm.tl.trak(adata, "disease", store=tmp_path / "t", random_state=0)
     scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
     evidence = adata.uns["trak_subgroup"]["reproducibility"]
     assert {c: e["n_subgroups"] for c, e in evidence.items()} == {"control": 1, "disease": 1}
@@ -553,33 +565,6 @@ def test_a_shared_split_along_depth_of_unnormalised_counts_is_said_to_be_depth(t
         said = scdm.get.describe_evidence(e)
         assert "it runs along sequencing depth" in said and "sc.pp.normalize_total" in said
         assert "such as batch" not in said
-
-
-def test_a_shared_split_along_depth_is_said_to_be_depth_on_components_too(tmp_path):
-    """The same counts, their PCs computed before normalising, the models trained on
-    ``X_pca``: components have no floor to count detected genes on, so depth is read from
-    ``.X``, which they were computed from. The split refused as shared is said to run along
-    depth, and both classes stay whole."""
-    import scanpy as sc
-
-    scdm.settings.verbosity = 0
-    adata = scdm.datasets.planted_subtypes(n_subtypes=1, n_per_subtype=300, n_batches=1,
-                                           random_state=0)
-    rng = np.random.default_rng(0)
-    counts = adata.layers["counts"].toarray().astype(np.float64)
-    depth = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), counts.shape[0]))
-    adata.X = sparse.csr_matrix(np.log1p(rng.poisson(counts * depth[:, None])),
-                                dtype=np.float32)
-    sc.pp.pca(adata, n_comps=30, random_state=0)
-    scdm.tl.trak(adata, "disease", use_rep="X_pca", store=tmp_path / "t", random_state=0)
-    scdm.tl.subgroups(adata, key="trak", markers=False, random_state=0)
-    evidence = adata.uns["trak_subgroup"]["reproducibility"]
-    assert {c: e["n_subgroups"] for c, e in evidence.items()} == {"control": 1, "disease": 1}
-    along = [e for e in evidence.values() if "depth_auc" in e.get("shared", {})]
-    assert along, "no refused split was measured along depth"
-    for e in along:
-        said = scdm.get.describe_evidence(e)
-        assert "it runs along sequencing depth" in said and "such as batch" not in said
 
 
 @pytest.mark.slow
