@@ -212,7 +212,7 @@ def subgroups(
     follows depth only in cells that carry one, and a subtype whose programme the other
     classes lack can come apart along it alone. Where the models' input has
     a floor (counts, normalised or scaled: :func:`scdm.clustering.detected_depth`), or was
-    components of a matrix that has one (``.X`` or the training's layer, read instead), each
+    components of a ``.X`` that has one (``.X`` read instead), each
     accepted split, the class's and each inner one, is read against the number of features
     each cell detects; where that alone tells two of its subgroups apart
     (:func:`scdm.clustering.depth_association`, an AUC of
@@ -948,17 +948,15 @@ def _as_unsplit(summary: dict) -> dict:
 def _cells_depth(adata: AnnData, key: str) -> np.ndarray | None:
     """Each cell's log number of detected features (:func:`scdm.clustering.detected_depth`):
     of the models' input where it has a floor (counts), else, where the models trained on
-    components (an obsm key), of the matrix those were computed from (``.X`` or the
-    training's layer): components have no floor, but depth runs through them as through the
+    components (an obsm key, which training takes with no layer), of ``.X``, which they were
+    computed from: components have no floor, but depth runs through them as through the
     features (PCs of normalised counts follow it at Spearman 0.83-0.91 in the planted
     generator at a 10-fold depth spread; RESULTS.md, session 41)."""
     training = recorded_training(adata, key)
     depth = detected_depth(training.inputs.X)
-    params = adata.uns[key]["params"]
-    if depth is None and params.get("use_rep") not in (None, "X", "auto"):
-        layer = params.get("layer")
-        matrix = adata.X if layer is None else adata.layers[layer]
-        depth = None if matrix is None else detected_depth(matrix)
+    if (depth is None and training.params.get("use_rep") not in (None, "X")
+            and adata.X is not None):
+        depth = detected_depth(adata.X)
     return depth
 
 
