@@ -457,6 +457,10 @@ MIN_MARGIN = 0.03
 # RESULTS.md, session 24.
 MIN_REPRODUCIBILITY = 0.75
 
+# Inside an accepted subgroup the scan runs again, once per subgroup: more chances for a
+# half-agreeing cut. There the halves must agree at this bar at least (RESULTS.md, session 42).
+INNER_REPRODUCIBILITY = 0.8
+
 # Below the bar but not far: a class whose halves find the same clusters, separated beyond
 # the null by the margin, yet agree only at UNDECIDED_FLOOR <= ARI < min_reproducibility is
 # undecided, not structureless: each half's models are too few to agree on where its

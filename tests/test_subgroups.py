@@ -928,6 +928,42 @@ def test_accepted_subgroups_are_checked_again_on_their_own():
     assert inner == {}
 
 
+def test_an_inner_split_must_reach_the_inner_bar(monkeypatch):
+    """Inside an accepted subgroup the halves must agree at INNER_REPRODUCIBILITY at least,
+    however low the class's own bar; scans remembered under one bar are not reused under
+    another."""
+    import scdm.tl._subgroups as subgroups_module
+    from scdm.clustering import DEFAULT_RESOLUTIONS
+    from scdm.tl._subgroups import _checked_split, _scan, _split_within
+
+    rng = np.random.default_rng(1)
+    check = {"n_neighbors": 15, "resolutions": DEFAULT_RESOLUTIONS, "min_reproducibility": 0.5,
+             "n_null": 20, "min_size": 5, "random_state": 0}
+    near, far = np.zeros(10), np.zeros(10)
+    near[0], far[1] = 4.0, 12.0
+    X = np.concatenate([c + rng.normal(size=(60, 10)) for c in (np.zeros(10), near, far)])
+    h1, h2 = (X + 0.3 * rng.normal(size=X.shape) for _ in range(2))
+    result = _checked_split(h1, h2, X, None, None, {}, check)
+    assert sorted(np.bincount(result.found)) == [60, 120]
+
+    def inner_split(memo=None):
+        return _split_within(result.found, result.halves, result.rep, None, {}, check,
+                             memo=memo)[1]
+
+    inner = inner_split()
+    agreement = inner["1"]["reproducibility"]
+    assert agreement >= subgroups_module.INNER_REPRODUCIBILITY > check["min_reproducibility"]
+    monkeypatch.setattr(subgroups_module, "INNER_REPRODUCIBILITY", agreement + 0.01)
+    assert inner_split() == {}
+    # one memo, two bars: the stricter scan is not answered from the laxer one's memory
+    cells = np.flatnonzero(result.found == np.argmax(np.bincount(result.found)))
+    halves = (result.halves[0][cells], result.halves[1][cells])
+    memo: dict = {}
+    lax = _scan(*halves, {**check, "min_reproducibility": 0.5}, memo)
+    strict = _scan(*halves, {**check, "min_reproducibility": agreement + 0.01}, memo)
+    assert lax.resolution is not None and strict.resolution is None and len(memo) == 2
+
+
 def test_a_cut_along_sequencing_depth_is_checked_with_depth_taken_out():
     """Three subtypes; in the third, how much of its programme a cell shows follows its
     sequencing depth, and its cells sit at two depths (a cut along depth, as the suite's
@@ -1071,6 +1107,13 @@ def test_a_split_close_to_its_bars_is_called_so():
     text = describe_evidence(inner)
     assert text.count("close to the bar") == 1
     assert "margin 0.03 where 0.03 is required, agreement 0.76 where 0.75" in text
+    # against the inner bar where the run recorded one
+    inner["split_within"]["1"].update(reproducibility=0.83, null_separation_max=0.5)
+    bars = {"min_reproducibility": 0.75, "inner_reproducibility": 0.8, "min_margin": 0.03}
+    assert "close to the bar: agreement 0.83 where 0.8 is required" in describe_evidence(
+        inner, bars)
+    assert "close to the bar" not in describe_evidence(inner, {**bars,
+                                                               "inner_reproducibility": 0.75})
 
 
 @pytest.mark.slow
