@@ -826,11 +826,12 @@ def inner_check(check: dict[str, Any]) -> dict[str, Any]:
     """The check an accepted subgroup's cells get (:func:`_split_within`): whole partitions
     only, and the halves agreeing at :data:`scdm.clustering.INNER_REPRODUCIBILITY` at least.
     Each subgroup is scanned again, a further chance for a cut the halves half agree on: at
-    the class's 0.75 the 80-cell subtype of G-3-stratify seed 0 was halved at 0.757, and no
-    true subtype of the suite came apart inside a subgroup under 0.8 (RESULTS.md, session
-    42). Inside a subgroup, clusters accepted on their own (each with the rest of its cells as
-    one group) cut pieces off true subtypes (G-2-unequal, G-3-stratify; session 39), as the
-    remainder of a merged shared split did (issue 27)."""
+    the class's 0.75 the 80-cell subtype of G-3-stratify seed 0 was halved at 0.757, and on
+    the suite (TRAK on ``auto`` and ``X_pca``, datamodels on the module generator's PCs) and
+    the real data no true subtype came apart inside a subgroup under 0.8 (RESULTS.md,
+    session 42). Inside a subgroup, clusters accepted on their own (each with the rest of its
+    cells as one group) cut pieces off true subtypes (G-2-unequal, G-3-stratify; session 39),
+    as the remainder of a merged shared split did (issue 27)."""
     return {**check, "min_jaccard": None,
             "min_reproducibility": max(check["min_reproducibility"], INNER_REPRODUCIBILITY)}
 
