@@ -269,11 +269,11 @@ def _describe(e: dict, bars: Mapping | None) -> str:
                 f"{e['separation'] - e['null_separation_max']:.2f}; {_null_pairs(e)})"
                 f"{_near_bar(e, bars)}{checked}")
         within = e.get("split_within") or {}
-        # inner splits have their own agreement bar (tl.subgroups, inner_check)
-        inner_bars = dict(bars or {})
-        if "inner_reproducibility" in inner_bars:
-            inner_bars["min_reproducibility"] = inner_bars["inner_reproducibility"]
         if within:
+            # inner splits have their own agreement bar (tl.subgroups, inner_check)
+            inner_bars = dict(bars or {})
+            if "inner_reproducibility" in inner_bars:
+                inner_bars["min_reproducibility"] = inner_bars["inner_reproducibility"]
             text += ("; " + " and ".join(
                 f"a subgroup of {w['n_cells']} cells came apart into {w['n_subgroups']} when "
                 f"checked again on its own (ARI {w['reproducibility']:.2f}, separation "

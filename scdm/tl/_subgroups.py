@@ -213,12 +213,11 @@ def subgroups(
     Sequencing depth is a nuisance no one names and every class has, and the shared check
     cannot always see it: a low-depth cell's counts show less of a programme, so attribution
     follows depth only in cells that carry one, and a subtype whose programme the other
-    classes lack can come apart along it alone. Where the models' input has
-    a floor (counts, normalised or scaled: :func:`scdm.clustering.detected_depth`), or was
-    components of a ``.X`` that has one (``.X`` read instead), each
-    accepted split, the class's and each inner one, is read against the number of features
-    each cell detects; where that alone tells two of its subgroups apart
-    (:func:`scdm.clustering.depth_association`, an AUC of
+    classes lack can come apart along it alone. Where the models' input has a floor (counts,
+    normalised or scaled: :func:`scdm.clustering.detected_depth`), or was components of a
+    ``.X`` that has one (``.X`` read instead), each accepted split, the class's and each inner
+    one, is read against the number of features each cell detects; where that alone tells two
+    of its subgroups apart (:func:`scdm.clustering.depth_association`, an AUC of
     :data:`scdm.clustering.DEPTH_AUC` or more) depth is taken out of the halves and the
     embedding (a straight line per coordinate, :func:`scdm.clustering.take_out_linear`) and
     the check runs again; its result stands, recorded as ``"depth"`` (or per subgroup
