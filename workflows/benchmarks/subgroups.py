@@ -69,7 +69,7 @@ The summary checks the goals of the discovery-power issue against R. ``--method 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
         [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
         [--method datamodels|trak] [--trak-damping D] [--trak-checkpoints N]
-        [--trak-comps K] [--trak-alpha A]
+        [--trak-comps K] [--trak-alpha A] [--trak-proj P]
 """
 
 from __future__ import annotations
@@ -504,7 +504,7 @@ def supervised_ceiling(rep: np.ndarray, truth: np.ndarray, seed: int) -> float:
 
 # --trak-X flags → tl.trak's keywords, in the order their values enter the cache's file names
 TRAK_OPTIONS = {"damping": "damping", "checkpoints": "n_models", "comps": "n_comps",
-                "alpha": "alpha"}
+                "alpha": "alpha", "proj": "proj_dim"}
 
 
 def trained(name: str, seed: int, cache: Path, method: str = "datamodels",
@@ -741,6 +741,9 @@ def main() -> None:
     parser.add_argument("--trak-alpha", type=float,
                         help="--method trak: tl.trak's alpha, each checkpoint's share of the "
                              "cells (default: its own)")
+    parser.add_argument("--trak-proj", type=int,
+                        help="--method trak: tl.trak's proj_dim, the gradients' projection "
+                             "(default: its own)")
     parser.add_argument("--second-round", type=int, default=0, metavar="FACTOR",
                         help="run tl.second_round (FACTOR x the models) where tl.subgroups "
                              "left classes undecided; 0: not (default)")
