@@ -79,19 +79,23 @@ def test_trak_classes_left_undecided_are_decided_by_more_checkpoints(tmp_path):
 
     with warnings.catch_warnings():  # still undecided or not: both are checked below
         warnings.simplefilter("ignore", scdm.tl.UndecidedSubgroupsWarning)
-        scdm.tl.second_round(adata, key="trak", factor=2)
+        # a smaller projection than the first round's 512: the same models, new features
+        scdm.tl.second_round(adata, key="trak", factor=2, proj_dim=256)
     grown = ModelStore.open(store)
     assert grown.n_models == 80
     np.testing.assert_array_equal(np.array(grown.margins[:40]), first_margins)  # kept
     second = adata.uns["trak_round2"]
     assert second["trak_params"]["n_checkpoints"] == 80
     assert list(second["halves"]["n_models"]) == [40, 40]
-    for name in ("proj_dim", "damping", "rank", "max_obsp"):
+    for name in ("damping", "rank", "max_obsp"):
         assert second["trak_params"][name] == adata.uns["trak"]["trak_params"][name]
+    assert second["trak_params"]["proj_dim"] == 256
+    assert adata.uns["trak"]["trak_params"]["proj_dim"] == 512
     assert "trak" not in adata.obsp and "trak_round2" not in adata.obsp
     assert adata.uns["trak"]["trak_params"]["n_checkpoints"] == 40  # the first round stays
     _decided_like_round_two(adata, "trak", first_labels)
     assert adata.uns["trak_subgroup"]["second_round"]["n_models"] == 80
+    assert adata.uns["trak_subgroup"]["second_round"]["proj_dim"] == 256
     assert "markers" in adata.uns["trak_subgroup"]  # made again for the merged subgroups
     assert scdm.get.describe_evidence(dict(adata.uns["trak_subgroup"]["reproducibility"][
         "disease"])).startswith("undecided by the first models (their halves found 2 clusters")
@@ -115,6 +119,9 @@ def test_datamodels_second_round_grows_the_same_store(tmp_path):
     first_labels = adata.obs["datamodels_subgroup"].astype(str).to_numpy()
     first = ModelStore.open(store)
     masks, margins = np.array(first.masks[:1000]), np.array(first.margins[:1000])
+    with pytest.raises(ValueError, match="proj_dim is TRAK's"):  # before anything is trained
+        scdm.tl.second_round(adata, key="datamodels", proj_dim=1024)
+    assert ModelStore.open(store).n_models == 1000
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scdm.tl.UndecidedSubgroupsWarning)
@@ -143,6 +150,8 @@ def test_second_round_bad_input(tmp_path):
     scdm.tl.subgroups(adata, key="trak", markers=False, key_added="mine")
     with pytest.raises(ValueError, match="factor"):
         scdm.tl.second_round(adata, key="trak", key_added="mine", factor=1)
+    with pytest.raises(ValueError, match="proj_dim"):
+        scdm.tl.second_round(adata, key="trak", key_added="mine", proj_dim=0)
     with pytest.raises(ValueError, match="backend must be one of"):
         scdm.tl.second_round(adata, key="trak", key_added="mine", backend="cluster")
     adata.uns["other"] = adata.uns["trak"]

@@ -42,6 +42,7 @@ def second_round(
     key: str = "trak",
     key_added: str | None = None,
     factor: int = SECOND_ROUND_FACTOR,
+    proj_dim: int | None = None,
     backend: str | Backend = "local",
     device: str = "auto",
     verbose: bool | None = None,
@@ -83,6 +84,10 @@ def second_round(
         Key of the subgroups to decide (default ``f"{key}_subgroup"``).
     factor
         The second round trains ``factor`` times the first round's models (at least 2).
+    proj_dim
+        TRAK only: the projection of the second round's gradients (default: the first
+        round's ``proj_dim``). A larger one keeps more of each gradient and costs more (the
+        kernel is cubic in it); the models are the same.
     backend
         Where the new models are trained (and, for TRAK, featurized and embedded):
         ``"local"``, ``"ray"`` or a :class:`~scdm.workers.RayBackend`, as ``train_kwds``'s
@@ -116,12 +121,17 @@ def second_round(
         raise ValueError(f"adata.uns[{key_added!r}] was decided by a second round already; "
                          f"run scdm.tl.subgroups(adata, key={key!r}) to start again.")
     check_int("factor", factor, 2)
+    if proj_dim is not None:
+        check_int("proj_dim", proj_dim, 1)
     backend = as_backend(backend)  # a bad one (or Ray missing) fails before anything is done
     attribution = adata.uns.get(key)
     if not isinstance(attribution, dict) or "store" not in attribution:
         raise KeyError(f"adata.uns[{key!r}] holds no attribution with a store; the second "
                        "round trains more models into it (run scdm.tl.trak or "
                        "scdm.tl.datamodels with store=...).")
+    if proj_dim is not None and attribution.get("method") != "trak":
+        raise ValueError(f"proj_dim is TRAK's projection; adata.uns[{key!r}] holds "
+                         "datamodels: leave proj_dim out.")
     pending = [str(c) for c in info.get("undecided", [])]
     adata = adata.copy() if copy else adata
     if not pending:
@@ -131,8 +141,8 @@ def second_round(
     start = time.perf_counter()
     round2 = f"{key}_round2"
     n_models = factor * int(attribution["n_models"])
-    _attribute_again(adata, attribution, round2, n_models, backend=backend, device=device,
-                     verbose=verbose)
+    _attribute_again(adata, attribution, round2, n_models, proj_dim=proj_dim, backend=backend,
+                     device=device, verbose=verbose)
     with warnings.catch_warnings():
         # what is still undecided is said below, once, as the second round's; the input is
         # the first round's, whose subgroups said so if it is mostly noise
@@ -172,6 +182,8 @@ def second_round(
         "key": round2, "factor": int(factor), "n_models": n_models, "classes": pending,
         "split": [c for c in pending if evidence[c]["n_subgroups"] > 1],
         "undecided": still, "seconds": time.perf_counter() - start}
+    if "trak_params" in adata.uns[round2]:
+        info["second_round"]["proj_dim"] = int(adata.uns[round2]["trak_params"]["proj_dim"])
     info.pop("markers", None)  # of the first round's subgroups; made again below
     adata.uns[key_added] = uns_safe(info)
     finish_subgroups(adata, key_added, markers=bool(params.get("markers", True)),
@@ -187,9 +199,11 @@ def second_round(
 
 
 def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models: int, *,
-                     backend: Backend, device: str, verbose: bool | None) -> None:
+                     proj_dim: int | None, backend: Backend, device: str,
+                     verbose: bool | None) -> None:
     """The attribution of ``attribution`` (``adata.uns[key]``) again, with every recorded
-    setting but ``n_models``, into its store, under ``key_added``."""
+    setting but ``n_models`` (and TRAK's ``proj_dim`` where given), into its store, under
+    ``key_added``."""
     params = dict(attribution["params"])
     # the recorded model settings: the store's fingerprint matches, so it grows (and refuses,
     # before training, data other than the store's: the fingerprint holds the data's hash)
@@ -205,7 +219,7 @@ def _attribute_again(adata: AnnData, attribution: dict, key_added: str, n_models
               "n_comps": int(attribution["embedding"]["params"]["n_comps"])}
     if attribution.get("method") == "trak":
         settings = attribution["trak_params"]
-        trak(adata, params["label_key"], proj_dim=int(settings["proj_dim"]),
+        trak(adata, params["label_key"], proj_dim=int(proj_dim or settings["proj_dim"]),
              damping=float(settings["damping"]), rank=int(settings["rank"]),
              # attributions of an older scdm did not record max_obsp: tl.trak's default
              max_obsp=int(settings.get("max_obsp", TRAK_MAX_OBSP)), train_kwds=train_kwds,

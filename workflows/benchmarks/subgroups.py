@@ -593,7 +593,8 @@ def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[
     first, seconds_second = found[True], 0.0
     if getattr(args, "second_round", 0) and undecided:
         start = time.perf_counter()
-        scdm.tl.second_round(adata, key=method, factor=args.second_round)
+        scdm.tl.second_round(adata, key=method, factor=args.second_round,
+                             proj_dim=getattr(args, "second_round_proj", None))
         seconds_second = time.perf_counter() - start
         found[True] = adata.obs[f"{method}_subgroup"].astype(str).to_numpy()
         evidence[True] = adata.uns[f"{method}_subgroup"]["reproducibility"]
@@ -747,6 +748,9 @@ def main() -> None:
     parser.add_argument("--second-round", type=int, default=0, metavar="FACTOR",
                         help="run tl.second_round (FACTOR x the models) where tl.subgroups "
                              "left classes undecided; 0: not (default)")
+    parser.add_argument("--second-round-proj", type=int, metavar="P",
+                        help="--method trak: the second round's proj_dim (default: "
+                             "tl.second_round's)")
     parser.add_argument("--out", help="also write the per-class table as CSV")
     args = parser.parse_args()
     scdm.settings.verbosity = 0
