@@ -87,7 +87,9 @@ def second_round(
     proj_dim
         TRAK only: the projection of the second round's gradients (default: the first
         round's ``proj_dim``). A larger one keeps more of each gradient and costs more (the
-        kernel is cubic in it); the models are the same.
+        kernel is cubic in it); the models are the same. On the scenario suite 1,024 instead
+        of 512 changed no count among its 17 undecided classes (10 null, kept whole either
+        way) and took 2.5-3 times as long (``workflows/benchmarks/RESULTS.md``, issue 28).
     backend
         Where the new models are trained (and, for TRAK, featurized and embedded):
         ``"local"``, ``"ray"`` or a :class:`~scdm.workers.RayBackend`, as ``train_kwds``'s
