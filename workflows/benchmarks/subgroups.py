@@ -69,7 +69,8 @@ The summary checks the goals of the discovery-power issue against R. ``--method 
     python workflows/benchmarks/subgroups.py [--seeds 0 1 2] [--scenarios P-null G-3 ...]
         [--reps pca raw] [--real] [--cache DIR] [--min-reproducibility 0.75]
         [--method datamodels|trak] [--trak-damping D] [--trak-checkpoints N]
-        [--trak-comps K] [--trak-alpha A] [--trak-proj P]
+        [--trak-comps K] [--trak-alpha A] [--trak-proj P] [--second-round FACTOR]
+        [--second-round-proj P] [--out CSV]
 """
 
 from __future__ import annotations
