@@ -222,7 +222,19 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     ``params`` (``min_margin``, ``min_reproducibility``; default the library's), against which
     a split that clears a bar by less than the margin is called close to it."""
     # a second round's own entry says what its depth check did
-    return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e))
+    return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e)
+                                 + _refined(e))
+
+
+def _refined(e: Mapping) -> str:
+    """Where the models' input moved the split's boundaries
+    (:func:`scdm.clustering.refined_boundaries`), said; empty elsewhere."""
+    r = e.get("boundaries_refined")
+    if not r or not r.get("taken") or e.get("n_subgroups", 2) < 2:
+        return ""
+    return (f". {r['moved']} cells changed subgroup by a discriminant of the models' input, "
+            "kept because the attribution's halves separate the subgroups at least as well "
+            f"so ({r['before']:.2f} before, {r['after']:.2f} after)")
 
 
 def _describe(e: dict, bars: Mapping | None) -> str:

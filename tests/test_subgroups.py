@@ -205,6 +205,8 @@ def test_subtypes_of_another_generator_found_with_their_number(tmp_path):
     evidence = adata.uns["datamodels_subgroup"]["reproducibility"]["disease"]
     assert evidence["split"] and evidence["reproducibility"] > 0.8 and evidence["p_value"] < 0.05
     assert evidence["n_checked"] == disease.sum()
+    # the boundaries were offered to the models' input, and the outcome is recorded
+    assert set(evidence["boundaries_refined"]) >= {"moved", "taken"}
     # checked on 120 of the 180 disease cells, the rest assigned by their nearest checked cells
     sub = scdm.tl.subgroups(adata, max_points=120, markers=False, copy=True)
     evidence = sub.uns["datamodels_subgroup"]["reproducibility"]

@@ -640,6 +640,10 @@ def evaluate(name: str, seed: int, cache: Path, args, rep: str = "pca") -> list[
         row["shared"] = "shared" in e
         # a split the label-favoured check refused: how many subgroups it had (0: none refused)
         row["favoured_k"] = int(e.get("label_favoured", {}).get("n_subgroups", 0))
+        # where the models' input moved the accepted boundaries (0: nothing moved or kept)
+        moved = e.get("boundaries_refined") or {}
+        row["refined_cells"] = int(moved.get("moved", 0)) if moved.get("taken") else 0
+        row["refine_refused"] = bool(moved) and not moved.get("taken")
         row["reproducibility"] = e.get("reproducibility", e.get("best_reproducibility"))
         row["resolution"] = e.get("resolution")
         baselines = {
