@@ -232,9 +232,11 @@ def subgroups(
     :data:`scdm.clustering.REFINE_COMPONENTS` principal components, and the moved partition
     is kept only where the attribution's halves separate it at least as well as the one the
     check accepted. The number of subgroups never changes; Leiden's boundary in a few hundred
-    cells is noisy, and on the scenario suite this raised the ARI of 16 classes (the
-    interaction generator's four control subtypes 0.84-0.87 to 0.91-0.95, graded subtypes
-    0.81-0.88 to 0.92-0.95) and lowered 2 by 0.02-0.03 (RESULTS.md, session 46). Recorded as
+    cells is noisy, and on the scenario suite this raised the ARI of 16 classes by more than
+    0.02 (the interaction generator's four control subtypes 0.84-0.87 to 0.91-0.95, graded
+    subtypes 0.81-0.88 to 0.92-0.95) and lowered 2 by 0.02-0.03 and 2 by 0.01; on
+    standardised components (``X_pca``) the halves refused every move (RESULTS.md, session
+    46). Recorded as
     ``"boundaries_refined"`` (cells ``moved``, the separation ``before`` and ``after``,
     ``taken``).
 
