@@ -230,7 +230,7 @@ def _refined(e: Mapping) -> str:
     """Where the models' input moved the split's boundaries
     (:func:`scdm.clustering.refined_boundaries`), said; empty elsewhere."""
     r = e.get("boundaries_refined")
-    if not r or not r.get("taken") or e.get("n_subgroups", 2) < 2:
+    if not r or not r.get("taken"):  # a move is taken only in a split of 2+ subgroups
         return ""
     return (f". {r['moved']} cells changed subgroup by a discriminant of the models' input, "
             "kept because the attribution's halves separate the subgroups at least as well "

@@ -10,9 +10,8 @@ from scdm.clustering import REFINE_MIN_CELLS, cross_separation, refined_boundari
 def blurred(seed: int = 0, n: int = 240, swap: float = 0.2):
     """Three groups: inputs with each group's programme on 5 of 40 features (correlated, as
     genes of a programme are, so that the input's leading components hold it); attribution
-    halves with
-    the same groups in 5 of 10 dimensions plus each half's own noise; and a partition that
-    has a fifth of each group's cells in a wrong group (a boundary drawn by a noisy graph)."""
+    halves with the same groups in 3 of 10 dimensions plus each half's own noise; and a
+    partition with a fifth of the cells in a wrong group (a boundary drawn by a noisy graph)."""
     rng = np.random.default_rng(seed)
     truth = np.repeat(np.arange(3), n // 3)
     inputs = rng.normal(size=(n, 40))

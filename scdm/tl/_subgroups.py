@@ -236,9 +236,8 @@ def subgroups(
     0.02 (the interaction generator's four control subtypes 0.84-0.87 to 0.91-0.95, graded
     subtypes 0.81-0.88 to 0.92-0.95) and lowered 2 by 0.02-0.03 and 2 by 0.01; on
     standardised components (``X_pca``) the halves refused every move (RESULTS.md, session
-    46). Recorded as
-    ``"boundaries_refined"`` (cells ``moved``, the separation ``before`` and ``after``,
-    ``taken``).
+    46). Recorded as ``"boundaries_refined"`` (cells ``moved``, the separation ``before`` and
+    ``after``, ``taken``).
 
     A class left whole is *undecided* when both halves find the same clusters, separated
     beyond every null pair by the margin, but agree only at
