@@ -482,6 +482,36 @@ CUT_SLACK = 0.1
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size
 
+# An agreement this close above the bar is close to it, as a separation under twice the
+# margin over the null is, or one under the null's cuts into as many clusters (within the
+# slack): wrong counts gather there (session 30: 6 of 12 such splits against 3 of 53 others),
+# and one Leiden seed can pass where the next does not (RESULTS.md, session 47).
+NEAR_AGREEMENT = 0.05
+
+# An accepted split close to its bars is checked at this many seeds in all (its own and the
+# ones after it); the count most of them give is reported (RESULTS.md, session 47).
+CLOSE_SEEDS = 3
+
+
+def near_bars(e: Mapping[str, Any], *, min_margin: float = MIN_MARGIN,
+              min_reproducibility: float = MIN_REPRODUCIBILITY) -> dict[str, float]:
+    """Where an accepted split (its evidence ``e``: ``separation``, ``null_separation_max``,
+    ``reproducibility`` and, where measured, ``null_separation_same_k``) clears a bar by
+    little: ``margin`` (under twice ``min_margin`` over the null), ``agreement`` (within
+    :data:`NEAR_AGREEMENT` of ``min_reproducibility``) and ``same_k`` (under the null's cuts
+    into as many clusters, within the slack), each with its figure; empty where none."""
+    close: dict[str, float] = {}
+    margin = float(e["separation"]) - float(e["null_separation_max"])
+    if margin < 2 * min_margin:
+        close["margin"] = margin
+    if float(e["reproducibility"]) < min_reproducibility + NEAR_AGREEMENT:
+        close["agreement"] = float(e["reproducibility"])
+    same_k = e.get("null_separation_same_k")
+    if same_k is not None and np.isfinite(same_k) and float(e["separation"]) < float(same_k):
+        close["same_k"] = float(same_k)
+    return close
+
+
 # Where no resolution's partition reproduces as a whole, the clusters that reproduce on their
 # own: Leiden cuts a large subtype into pieces before it isolates a rare one beside it, and the
 # two halves cut the large one differently, so the whole partition agrees poorly while the rare

@@ -129,32 +129,29 @@ def models_input(adata: AnnData, info: Mapping, *, why: bool = False) -> str:
     return text
 
 
-# An agreement this close above min_reproducibility is read as "close to the bar".
-NEAR_AGREEMENT = 0.05
-
-
 def _near_bar(e: Mapping, bars: Mapping | None) -> str:
-    """For an accepted split that clears a bar by less than the margin itself: said, since
-    another seed or device may not give the same count. On one H200 the bundled run's myeloid
-    class split in 5 at 0.04 over the null where the CPU run's models gave 0.018 (under the
-    0.03 margin) and 3 subgroups (RESULTS.md, "On a GPU")."""
-    from .clustering import MIN_MARGIN, MIN_REPRODUCIBILITY
+    """For an accepted split that clears a bar by little (:func:`scdm.clustering.near_bars`):
+    said, since another seed or device may not give the same count. On one H200 the bundled
+    run's myeloid class split in 5 at 0.04 over the null where the CPU run's models gave 0.018
+    (under the 0.03 margin) and 3 subgroups (RESULTS.md, "On a GPU")."""
+    from .clustering import MIN_MARGIN, MIN_REPRODUCIBILITY, near_bars
 
     bars = bars or {}
     min_margin = float(bars.get("min_margin", MIN_MARGIN))
     min_reproducibility = float(bars.get("min_reproducibility", MIN_REPRODUCIBILITY))
-    margin = e["separation"] - e["null_separation_max"]
-    close = ([f"margin {margin:.2f} where {min_margin:g} is required"]
-             if margin < 2 * min_margin else [])
-    if e["reproducibility"] < min_reproducibility + NEAR_AGREEMENT:
-        close.append(f"agreement {e['reproducibility']:.2f} where {min_reproducibility:g} is "
+    near = near_bars(e, min_margin=min_margin, min_reproducibility=min_reproducibility)
+    close = []
+    if "margin" in near:
+        close.append(f"margin {near['margin']:.2f} where {min_margin:g} is required")
+    if "agreement" in near:
+        close.append(f"agreement {near['agreement']:.2f} where {min_reproducibility:g} is "
                      "required")
-    same_k = e.get("null_separation_same_k")
-    if same_k is not None and e["separation"] < same_k:
+    if "same_k" in near:
         # within the slack (clustering.CUT_SLACK), as unequal true subtypes are, but a null
         # class's cut was found there too (RESULTS.md, session 30)
         # as many decimals as it takes to show the difference (0.605 under 0.612, not 0.61
         # under 0.61)
+        same_k = near["same_k"]
         digits = 2 if f"{e['separation']:.2f}" != f"{same_k:.2f}" else 3
         close.append(f"separation {e['separation']:.{digits}f} under the {same_k:.{digits}f} "
                      "of null halves cut into as many clusters")
@@ -223,7 +220,26 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     a split that clears a bar by less than the margin is called close to it."""
     # a second round's own entry says what its depth check did
     return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e)
-                                 + _refined(e))
+                                 + _refined(e) + _voted(e))
+
+
+def _voted(e: Mapping) -> str:
+    """Where a split close to its bars was checked at more seeds (``tl.subgroups``,
+    :data:`scdm.clustering.CLOSE_SEEDS`), what each gave and which was reported; empty
+    elsewhere."""
+    v = e.get("close_seeds")
+    if not v:
+        return ""
+    counts = ", ".join(f"{k} at {s}" for k, s in zip(v["n_subgroups"], v["random_states"],
+                                                      strict=True))
+    k = v["n_subgroups"][v["random_states"].index(v["taken"])]
+    agreed = sum(c == k for c in v["n_subgroups"])
+    how = (f"{agreed} of {len(v['n_subgroups'])} give {k}" if 2 * agreed > len(v["n_subgroups"])
+           else f"no count has a majority, so the fewest, {k}")
+    return (f". The first split was close to its bars, so the class was checked at "
+            f"{len(v['random_states'])} seeds (subgroups: {counts}); {how}, reported"
+            + (f" as seed {v['taken']} found {'them' if k > 1 else 'it'}"
+               if v["taken"] != v["random_states"][0] else ""))
 
 
 def _refined(e: Mapping) -> str:
