@@ -251,9 +251,9 @@ def subgroups(
     again, so a class kept whole stays whole. On the TRAK suite (``auto``, seeds 0-2, and
     the same attributions at ``random_state`` + 1000) it kept whole the one null class a seed
     had split (of 276 null class runs) and lost one true split, G-unequal seed 0 (3 subgroups
-    to 1; its inner split was close at both seeds); on datamodels of 20 PCs of 90 control
-    cells 5 of 18 settings of seed and effect split the controls, none with it (RESULTS.md,
-    session 47). Recorded as
+    to 1: its inner split was close, and the three seeds gave 3, 2 and 1); on datamodels of
+    20 PCs of 90 control cells 5 of 18 settings of seed and effect split the controls, none
+    with it (RESULTS.md, session 47). Recorded as
     ``"close_seeds"`` (``random_states``, ``n_subgroups`` at each, the seed ``taken`` and,
     where the first was outvoted, its figures as ``"first"``).
 
