@@ -173,6 +173,7 @@ def test_no_structure_gives_one_subgroup_per_class(null_trained):
         assert evidence["best_reproducibility"] < info["params"]["min_reproducibility"]
         assert not info["reproducibility_scan"][cls]["accepted"].any()
     assert info["params"]["min_margin"] == scdm.clustering.MIN_MARGIN  # the rule, recorded
+    assert info["params"]["close_seeds"] == scdm.clustering.CLOSE_SEEDS
     # the nuisance the models were balanced on, for the evidence's advice
     assert info["params"]["stratify_key"] == "batch"
     assert info["markers"].empty  # nothing to contrast within a class

@@ -606,7 +606,7 @@ def subgroups(
                    "inner_reproducibility": inner_check(check)["min_reproducibility"],
                    "n_null": n_null, "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK,
                    "min_jaccard": REPRODUCING_JACCARD, "min_size": min_size,
-                   "max_points": max_points,
+                   "close_seeds": _engine.CLOSE_SEEDS, "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
                    # the nuisance the models were balanced on, for the evidence's advice
@@ -741,8 +741,8 @@ def _voted(results: Sequence[_ClassCheck], seeds: Sequence[int], min_size: int
     them give, the first seed's partition where it gives it, else the first that does; where
     no count has a majority, the fewest subgroups. Recorded in the evidence as
     ``"close_seeds"``. A split close to its bars is one Leiden seed may pass and the next
-    not: on the cached suite a null class split so at one seed of three (RESULTS.md,
-    session 47)."""
+    not: on the cached suite a null class was split so at one of the two seeds tried
+    (RESULTS.md, session 47)."""
     counts = [1 if r.found is None else n_substantial(r.found, min_size) for r in results]
     tally = {k: counts.count(k) for k in counts}
     best = max(tally.values())
