@@ -200,7 +200,7 @@ def leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolutions: Sequence[fl
     graph = _graph(knn_adjacency(rep, n_neighbors))
     out = []
     for resolution in resolutions:
-        best = None
+        best: Any = None
         for run in range(n_runs):
             # run 0 is seeded as before; the others by a string, so that no run of one
             # random_state is a run of another (the close-split vote checks at seed + 1, + 2)
@@ -211,7 +211,7 @@ def leiden_labels(rep: np.ndarray, *, n_neighbors: int, resolutions: Sequence[fl
                                               resolution=float(resolution), n_iterations=-1)
             finally:
                 ig.set_random_number_generator(random)  # igraph's default
-            if best is None or part.quality > best.quality + 1e-12:
+            if best is None or part.quality > best.quality + 1e-12:  # ties: the earlier run
                 best = part
         out.append(by_size(np.asarray(best.membership, dtype=np.int64)))
     return out
