@@ -1262,6 +1262,6 @@ def test_a_null_class_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_
     single = scdm.tl.subgroups(adata, random_state=2, markers=False, copy=True)
     first = single.uns["datamodels_subgroup"]["reproducibility"]["control"]
     assert "close_seeds" not in first and first["n_subgroups"] == seeds["n_subgroups"][0]
-    monkeypatch.setattr(engine, "LEIDEN_RUNS", runs)
+    monkeypatch.setattr(engine, "LEIDEN_RUNS", 5)
     best = scdm.tl.subgroups(adata, random_state=2, markers=False, copy=True)
     assert best.uns["datamodels_subgroup"]["reproducibility"]["control"]["n_subgroups"] == 1
