@@ -1240,7 +1240,6 @@ def test_a_null_class_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_
     import scdm.clustering as engine
     from scdm.get import describe_evidence
 
-    runs = engine.LEIDEN_RUNS
     monkeypatch.setattr(engine, "LEIDEN_RUNS", 1)
     scdm.settings.verbosity = 0
     adata = scdm.datasets.gaussian_subtypes({"control": [90], "disease": [50, 60, 70]},
