@@ -576,9 +576,9 @@ def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path, monke
     carry). The number of features each cell detects tells those two halves apart almost
     perfectly, so the inner split is checked again with depth taken out, and the subtype
     stays whole: the three subtypes, nothing more. With one Leiden run per resolution, the
-    case as found; with the default five the check gives the three subtypes too (more
-    without the depth check), but no inner split is checked again with depth taken out, so
-    this case pins one run (session 48)."""
+    case as found, pinned; with five runs the check gives the three subtypes too (more
+    without the depth check), but no inner split is checked again with depth taken out
+    (session 48)."""
     import scanpy as sc
 
     import scdm.tl._subgroups as sg

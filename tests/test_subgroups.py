@@ -1235,7 +1235,7 @@ def test_a_null_class_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_
     check accepts a split of the controls close to its bars (margin under twice the margin);
     checked at seeds 3 and 4 too, the class is whole in both, and it is reported whole
     (RESULTS.md, session 47). With one seed only (CLOSE_SEEDS = 1) the split stands. All with
-    one Leiden run per resolution, as in session 47; with the default five, seed 2 alone
+    one Leiden run per resolution (pinned), as in session 47; with five runs, seed 2 alone
     keeps the controls whole (session 48)."""
     import scdm.clustering as engine
     from scdm.get import describe_evidence
