@@ -259,7 +259,8 @@ def subgroups(
 
     With :data:`scdm.clustering.LEIDEN_RUNS` = 5 (default 1 for now) every Leiden partition
     is the best of five runs, so that a count turns less on the seed: on the TRAK suite
-    3 of 219 class counts differed between two seeds of this function on the same attributions, against 6 with one run; the right count
+    3 of 219 class counts differed between two seeds of this function on the same
+    attributions, against 6 with one run; the right count
     where a classifier reaches 0.9 was 59 of 69 at each seed (60 and 58 with one run), mean
     ARI 0.83-0.84 (0.81), every null class whole; it costs 2-3 times the clustering time
     (RESULTS.md, session 48). Recorded as ``params["leiden_runs"]``.
