@@ -29,7 +29,7 @@ class ScdmSettings:
         Longest estimated run accepted (``None``: no limit): on CPU, and for datamodels on a
         GPU, calibrated by a short probe on the device; TRAK on a GPU by its 2-core reference.
     n_jobs
-        Processes for work that splits into independent pieces: the Gaussian null pairs of
+        Processes for work that splits into independent pieces: the null pairs of
         :func:`scdm.tl.subgroups` on classes of 5,000+ cells (same results however many).
         ``None``: all CPUs.
     margins_dtype

@@ -456,11 +456,10 @@ def test_a_split_must_beat_the_null_by_the_margin():
 
 
 def test_a_split_must_be_about_as_clean_as_the_null_cut_into_as_many_clusters():
-    """A tight group inside a wide one, cut at a resolution where the Gaussian null halves do
-    not split at all: beyond the null at that resolution (its separation there is 0), yet
-    less separated than the null halves cut into two elsewhere by more than ``CUT_SLACK``.
-    Refused, and said so; without the bar it is accepted. A true unequal split (45 cells
-    apart from 255) clears the bar in every seed."""
+    """A tight group beside a wide one: a split beyond the null at its resolution. Asked to be
+    cleaner by far than the null halves cut into as many clusters (a slack of -0.3), it is
+    refused and said so; at the default slack it is accepted, as it is without the bar. A
+    true unequal split (45 cells apart from 255) clears the default bar in every seed."""
     from scdm import clustering
 
     kw = {"n_neighbors": 15, "random_state": 0}
@@ -472,13 +471,13 @@ def test_a_split_must_be_about_as_clean_as_the_null_cut_into_as_many_clusters():
         half1, half2 = (points + rng.normal(0, 0.05, points.shape) for _ in range(2))
         without = clustering.choose_resolution(half1, half2, cut_slack=None, **kw)
         assert without.resolution is not None
-        row = without.table.set_index("resolution").loc[without.resolution]
-        assert row["null_separation_max"] == 0 and row["margin"] > 0.3
-        choice = clustering.choose_resolution(half1, half2, **kw)
+        default = clustering.choose_resolution(half1, half2, **kw)
+        assert default.resolution == without.resolution
+        choice = clustering.choose_resolution(half1, half2, cut_slack=-0.3, **kw)
         assert choice.resolution is None
         refused = choice.table.set_index("resolution").loc[without.resolution]
-        assert refused["separation"] < refused["null_separation_same_k"] - clustering.CUT_SLACK
-        assert not refused["undecided"]
+        assert refused["separation"] < refused["null_separation_same_k"] + 0.3
+        assert refused["cut_refused"] and not refused["undecided"]
         text = scdm.get.describe_evidence({**choice.summary(), "n_subgroups": 1})
         assert "a cut through a continuum" in text and (
             f"cut into as many ({refused['null_separation_same_k']:.2f}" in text)
@@ -493,6 +492,64 @@ def test_a_split_must_be_about_as_clean_as_the_null_cut_into_as_many_clusters():
         g1, g2 = (group + rng.normal(0, 0.3, group.shape) for _ in range(2))
         true = clustering.choose_resolution(g1, g2, **kw)
         assert true.resolution is not None and true.summary()["null_separation_same_k"] > 0
+
+
+def test_the_null_keeps_the_observed_spread_of_distances_from_the_centre():
+    """The null halves keep the observed halves' covariance of signal (their mean) and noise
+    (their half-difference) and the spread of the mean's whitened radii: of Gaussian data a
+    Gaussian null, of a tight group inside a wide one a tight core inside a wide halo."""
+    from scipy.stats import ks_2samp
+
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    n, d = 4000, 4
+    mixing = rng.normal(size=(d, d))
+    for name, signal in {
+            "gaussian": rng.normal(size=(n, d)) @ mixing,
+            "tight inside wide": np.where(rng.random((n, 1)) < 0.5, 0.1, 1.5)
+            * rng.normal(size=(n, d)) @ mixing}.items():
+        half1, half2 = (signal + rng.normal(0, 0.5, (n, d)) for _ in range(2))
+        factors = clustering.gaussian_null_factors(half1, half2)
+        null1, null2 = clustering.gaussian_null_halves(factors, n, rng)
+        for observed, drawn in (((half1 + half2) / 2, (null1 + null2) / 2),
+                                ((half1 - half2) / 2, (null1 - null2) / 2)):
+            np.testing.assert_allclose(np.cov(drawn, rowvar=False),
+                                       np.cov(observed, rowvar=False), rtol=0.1,
+                                       atol=0.1 * np.abs(np.cov(observed, rowvar=False)).max())
+
+        def radii(points: np.ndarray, of: np.ndarray) -> np.ndarray:
+            centred = points - of.mean(0)
+            return np.sqrt(np.einsum("ij,jk,ik->i", centred,
+                                     np.linalg.inv(np.cov(of, rowvar=False)), centred))
+
+        mean = (half1 + half2) / 2
+        assert ks_2samp(radii((null1 + null2) / 2, mean), radii(mean, mean)).pvalue > 0.01, name
+        gaussian = rng.normal(size=(n, d)) @ np.linalg.cholesky(np.cov(mean, rowvar=False)).T
+        assert (ks_2samp(radii(gaussian, mean), radii(mean, mean)).pvalue < 1e-6) == (
+            name != "gaussian")
+
+
+def test_a_wide_cloud_beside_a_tight_group_gives_no_piece_of_its_own():
+    """Outer cells of a wide cloud beside a tight group reproduced as a cluster of their own
+    beyond every Gaussian null pair (these seeds, by 0.06-0.09); the null that keeps the data's
+    spread of radii holds such outer cells too: either the tight group is found, or nothing."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from scdm import clustering
+
+    d = 5
+    truth = np.r_[np.zeros(150, int), np.ones(150, int)]
+    for seed in (24, 35, 60):
+        rng = np.random.default_rng(seed)
+        points = np.vstack([rng.normal(0, 1.5, (150, d)),
+                            rng.normal(0, 0.15, (150, d)) + np.r_[1.5, np.zeros(d - 1)]])
+        half1, half2 = (points + rng.normal(0, 0.05, points.shape) for _ in range(2))
+        choice = clustering.choose_resolution(half1, half2, n_neighbors=15, random_state=0)
+        assert choice.reproducing is None
+        assert not choice.table["reproducing_accepted"].any()
+        if choice.resolution is not None:
+            assert adjusted_rand_score(truth, choice.partitions[0]) > 0.5
 
 
 def test_clusters_that_reproduce_on_their_own_are_matched_mutually():
@@ -1229,14 +1286,15 @@ def test_a_close_split_reports_the_count_most_seeds_give():
 
 
 @pytest.mark.slow
-def test_a_null_class_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_path,
-                                                                           monkeypatch):
-    """Datamodels on 20 PCs of 90 control cells with no subtypes: at random_state 2 the
-    check accepts a split of the controls close to its bars (margin under twice the margin);
-    checked at seeds 3 and 4 too, the class is whole in both, and it is reported whole
-    (RESULTS.md, session 47). With one seed only (CLOSE_SEEDS = 1) the split stands. All with
-    one Leiden run per resolution (pinned), as in session 47; with five runs, seed 2 alone
-    keeps the controls whole (session 48)."""
+def test_a_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_path, monkeypatch):
+    """Datamodels on 20 PCs of a disease class of three weak subtypes (the suite's G-weak
+    effect, which the check resolves in some seeds only): at random_state 0 the check accepts
+    a split in two close to its bars (margin under twice the margin); checked at seeds 1 and
+    2 too, the class is whole in both, and it is reported whole (RESULTS.md, session 47). With
+    one seed only (CLOSE_SEEDS = 1) the split stands. One Leiden run per resolution (pinned).
+    The controls, without subtypes, are whole at every seed. Session 47's case, the controls
+    split close to the bars at seed 2, is gone since the null keeps the data's spread of
+    radii (session 49: whole at seeds 0-15)."""
     import scdm.clustering as engine
     from scdm.get import describe_evidence
 
@@ -1245,22 +1303,20 @@ def test_a_null_class_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_
     adata = scdm.datasets.gaussian_subtypes({"control": [90], "disease": [50, 60, 70]},
                                             program_effect=1.0, random_state=0)
     trained_small(adata, tmp_path)
-    voted = scdm.tl.subgroups(adata, random_state=2, markers=False, copy=True)
-    evidence = voted.uns["datamodels_subgroup"]["reproducibility"]["control"]
+    voted = scdm.tl.subgroups(adata, random_state=0, markers=False, copy=True)
+    evidence = voted.uns["datamodels_subgroup"]["reproducibility"]["disease"]
     seeds = evidence["close_seeds"]
-    assert seeds["random_states"] == [2, 3, 4] and seeds["n_subgroups"][1:] == [1, 1]
-    assert seeds["n_subgroups"][0] > 1 and seeds["taken"] == 3
+    assert seeds["random_states"] == [0, 1, 2] and seeds["n_subgroups"][1:] == [1, 1]
+    assert seeds["n_subgroups"][0] > 1 and seeds["taken"] == 1
     assert engine.near_bars(seeds["first"])  # the first split was close to its bars
     assert not evidence["split"] and evidence["n_subgroups"] == 1
-    controls = voted.obs["disease"] == "control"
-    assert set(voted.obs.loc[controls, "datamodels_subgroup"]) == {"control-0"}
+    sick = voted.obs["disease"] == "disease"
+    assert set(voted.obs.loc[sick, "datamodels_subgroup"]) == {"disease-0"}
     text = describe_evidence(evidence)
     assert "close to its bars, so the class was checked at 3 seeds" in text
-    assert "2 of 3 give 1, reported as seed 3 found it" in text
+    assert "2 of 3 give 1, reported as seed 1 found it" in text
+    assert voted.uns["datamodels_subgroup"]["reproducibility"]["control"]["n_subgroups"] == 1
     monkeypatch.setattr(engine, "CLOSE_SEEDS", 1)
-    single = scdm.tl.subgroups(adata, random_state=2, markers=False, copy=True)
-    first = single.uns["datamodels_subgroup"]["reproducibility"]["control"]
+    single = scdm.tl.subgroups(adata, random_state=0, markers=False, copy=True)
+    first = single.uns["datamodels_subgroup"]["reproducibility"]["disease"]
     assert "close_seeds" not in first and first["n_subgroups"] == seeds["n_subgroups"][0]
-    monkeypatch.setattr(engine, "LEIDEN_RUNS", 5)
-    best = scdm.tl.subgroups(adata, random_state=2, markers=False, copy=True)
-    assert best.uns["datamodels_subgroup"]["reproducibility"]["control"]["n_subgroups"] == 1

@@ -129,26 +129,27 @@ def subgroups(
     Leiden (igraph, seeded). Clusters are named after their class and numbered by size, e.g.
     ``"disease-0"`` is the largest subgroup of ``"disease"``.
 
-    How many subgroups, including none, is decided per class by the data
-    (``resolution=None``, the default): the datamodels are fitted again on two disjoint halves
-    of the models, both halves are clustered at every resolution of a grid, and a resolution
-    counts only if both halves find the same number of clusters, their partitions agree
-    (ARI ≥ ``min_reproducibility``), and each half's clusters are more separated in the other
-    half than in every one of ``n_null`` pairs of cluster-free Gaussian halves with the same
-    signal and noise, by a margin (:data:`scdm.clustering.MIN_MARGIN`, 0.03 on separation's
-    0-1 scale: beating every null pair by a hair happens by chance when a grid of resolutions
-    is scanned; on the scenario suite's 273 null and 171 planted class runs the margin kept a
-    graded continuum whole, 0.028 above its null, and left the right counts as they were).
-    Where the null halves do not split at that resolution at all, that comparison says
-    little, so the clusters must also be about as separated as the null halves cut into as
+    How many subgroups, including none, is decided per class by the data (``resolution=None``,
+    the default): the datamodels are fitted again on two disjoint halves of the models, both
+    halves are clustered at every resolution of a grid, and a resolution counts only if both
+    halves find the same number of clusters, their partitions agree (ARI ≥
+    ``min_reproducibility``), and each half's clusters are more separated in the other half
+    than in every one of ``n_null`` pairs of cluster-free halves with the same signal, noise
+    and spread of distances from the centre (:func:`scdm.clustering.gaussian_null_factors`:
+    Gaussian where the data are), by a margin (:data:`scdm.clustering.MIN_MARGIN`, 0.03 on
+    separation's 0-1 scale: beating every null pair by a hair happens by chance when a grid of
+    resolutions is scanned; on the scenario suite's 273 null and 171 planted class runs the
+    margin kept a graded continuum whole, 0.028 above its null, and left the right counts as
+    they were). Where the null halves do not split at that resolution at all, that comparison
+    says little, so the clusters must also be about as separated as the null halves cut into as
     many clusters at any resolution (at most :data:`scdm.clustering.CUT_SLACK` below; the
-    evidence's ``"null_separation_same_k"``, and ``"cut_refused"`` where only this kept a
-    class whole). The most reproducible accepted partition (ties to the one with more
-    clusters) gives the number of subgroups and the resolution used on the full embedding;
-    where the full embedding gives another number there, the nearby resolution whose
-    partition has the agreed number and matches the halves' best is used instead (evidence
-    ``"full_resolution"``; :func:`scdm.clustering.agreed_partition`), so a subgroup is never
-    reported that the check did not accept.
+    evidence's ``"null_separation_same_k"``, and ``"cut_refused"`` where only this kept a class
+    whole). The most reproducible accepted partition (ties to the one with more clusters) gives
+    the number of subgroups and the resolution used on the full embedding; where the full
+    embedding gives another number there, the nearby resolution whose partition has the agreed
+    number and matches the halves' best is used instead (evidence ``"full_resolution"``;
+    :func:`scdm.clustering.agreed_partition`), so a subgroup is never reported that the check
+    did not accept.
 
     Where no resolution's partition reproduces whole, the clusters that reproduce on their own
     are checked instead: Leiden cuts a large subtype into pieces before it isolates a rare one
