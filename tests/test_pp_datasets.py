@@ -114,6 +114,35 @@ def test_graded_subtypes_shade_into_the_class():
         scdm.datasets.planted_subtypes(program_spread=1.5)
 
 
+def test_a_trajectory_runs_through_the_programs_in_turn():
+    """trajectory=True: one disease class along a path, each program peaking at its own
+    pseudotime; the truth is one group, and the default data are unchanged."""
+    kwds = dict(n_controls=60, n_per_subtype=60, n_subtypes=3, n_genes=100, batch_genes=40,
+                random_state=4)
+    path = scdm.datasets.planted_subtypes(trajectory=True, **kwds)
+    disease = (path.obs["disease"] == "disease").to_numpy()
+    assert path.obs["subtype"].value_counts().to_dict() == {"control": 60, "trajectory": 180}
+    t = path.obs["pseudotime"].to_numpy()
+    assert np.isnan(t[~disease]).all() and 0 <= t[disease].min() < 0.05 < 0.95 < t[disease].max()
+    counts = path.layers["counts"]
+    for k, peak in enumerate((0.0, 0.5, 1.0)):
+        genes = (path.var["program"] == f"subtype-{k}").to_numpy()
+        level = counts[:, genes].toarray().mean(1)
+        near = disease & (np.abs(t - peak) < 0.15)
+        far = disease & (np.abs(t - peak) > 0.45)
+        # highest at its own stage, back near the controls' level a stage away
+        assert level[near].mean() > 2 * level[far].mean()
+        assert level[far].mean() < 1.5 * level[~disease].mean()
+    assert path.uns["planted_subtypes"]["trajectory"] is True
+    plain = scdm.datasets.planted_subtypes(**kwds)
+    np.testing.assert_array_equal(plain.X, scdm.datasets.planted_subtypes(**kwds).X)
+    assert "pseudotime" not in plain.obs
+    with pytest.raises(ValueError, match="n_subtypes >= 2"):
+        scdm.datasets.planted_subtypes(trajectory=True, n_subtypes=1)
+    with pytest.raises(ValueError, match="pass one"):
+        scdm.datasets.planted_subtypes(trajectory=True, program_spread=0.5)
+
+
 def test_module_subtypes_spread_programmes_thinly_over_many_genes():
     """Each subtype shifts 150 genes a little; modules vary alike in every class; the batch
     shifts every gene; counts are sparse and overdispersed; seeded."""

@@ -29,6 +29,7 @@ def planted_subtypes(
     program_size: int = 10,
     program_effect: float = 1.5,
     program_spread: float = 0.0,
+    trajectory: bool = False,
     n_batches: int = 4,
     batch_genes: int = 250,
     batch_effect: float = 1.2,
@@ -67,6 +68,14 @@ def planted_subtypes(
         shades into the rest of the class; 0 (default): every cell at full strength. With
         ``n_subtypes=1`` and spread 1, the disease is one program graded from absent to twice
         the effect: a continuum, no discrete subtype (the graded null).
+    trajectory
+        The programs are stages of one path instead of subtypes: every disease cell has a
+        pseudotime ``t`` ~ U(0, 1) (``obs["pseudotime"]``) and expresses program ``k`` at the
+        strength of a hat function peaking at ``t = k / (n_subtypes - 1)`` (falling to 0 at
+        the neighbouring peaks), so that cells move from the first program through each in
+        turn to the last — a differentiation or progression continuum whose ends differ in
+        every program. ``obs["subtype"]`` is then one ``"trajectory"`` for the whole disease
+        (no discrete subtype: the trajectory null). Needs ``n_subtypes >= 2``.
     n_batches, batch_genes, batch_effect
         The nuisance: batches, genes they shift, and the log-rate shift per batch.
     gradient_genes, gradient_effect
@@ -89,6 +98,8 @@ def planted_subtypes(
     """
     seed = check_random_state(random_state)
     check_fraction("program_spread", program_spread, "[0, 1]")
+    if trajectory and program_spread:
+        raise ValueError("trajectory and program_spread both grade the programs; pass one.")
     if not depth_spread >= 0:
         raise ValueError(f"depth_spread must be non-negative, got {depth_spread!r}.")
     if isinstance(n_per_subtype, Sequence) or np.ndim(n_per_subtype) == 1:
@@ -99,6 +110,9 @@ def planted_subtypes(
     for name, value in (("n_controls", n_controls), ("n_per_subtype", min(sizes, default=0)),
                         ("n_subtypes", n_subtypes), ("n_batches", n_batches)):
         check_int(name, value, 1)
+    if trajectory and n_subtypes < 2:
+        raise ValueError(f"trajectory needs n_subtypes >= 2 programs along the path, got "
+                         f"{n_subtypes}.")
     needed = n_subtypes * program_size + batch_genes + gradient_genes
     if needed > n_genes:
         raise ValueError(
@@ -131,9 +145,19 @@ def planted_subtypes(
     strength = (rng.uniform(1.0 - program_spread, 1.0 + program_spread, size=n_obs)
                 if program_spread else np.ones(n_obs))
     strength[subtype < 0] = 0.0
-    for k in range(n_subtypes):
-        rows = np.flatnonzero(subtype == k)
-        log_rate[np.ix_(rows, program_genes[k])] += program_effect * strength[rows, None]
+    pseudotime = np.full(n_obs, np.nan)
+    if trajectory:  # every disease cell on the path: hat-shaped strengths that sum to 1
+        rows = np.flatnonzero(subtype >= 0)
+        pseudotime[rows] = rng.uniform(0.0, 1.0, size=rows.size)
+        stage = pseudotime[rows, None] * (n_subtypes - 1) - np.arange(n_subtypes)
+        path_strength = np.clip(1.0 - np.abs(stage), 0.0, None)
+        for k in range(n_subtypes):
+            log_rate[np.ix_(rows, program_genes[k])] += (
+                program_effect * path_strength[:, k, None])
+    else:
+        for k in range(n_subtypes):
+            rows = np.flatnonzero(subtype == k)
+            log_rate[np.ix_(rows, program_genes[k])] += program_effect * strength[rows, None]
     size_factor = rng.lognormal(0.0, depth_spread, size=(n_obs, 1))
     counts = rng.poisson(np.exp(log_rate) * size_factor).astype(np.float32)
 
@@ -146,11 +170,14 @@ def planted_subtypes(
         {
             "disease": pd.Categorical(np.where(subtype < 0, "control", "disease")),
             "subtype": pd.Categorical(
-                ["control" if k < 0 else f"subtype-{k}" for k in subtype],
-                categories=["control", *[f"subtype-{k}" for k in range(n_subtypes)]]),
+                ["control" if k < 0 else "trajectory" if trajectory else f"subtype-{k}"
+                 for k in subtype],
+                categories=["control", *(["trajectory"] if trajectory else
+                                         [f"subtype-{k}" for k in range(n_subtypes)])]),
             "batch": pd.Categorical([f"batch-{b}" for b in batch]),
             "state": state.astype(np.float32),
             "program_strength": strength.astype(np.float32),
+            **({"pseudotime": pseudotime.astype(np.float32)} if trajectory else {}),
         },
         index=[f"cell-{i}" for i in range(n_obs)],
     )
@@ -161,7 +188,7 @@ def planted_subtypes(
     adata.uns["planted_subtypes"] = {
         "n_controls": n_controls, "n_per_subtype": sizes, "n_subtypes": n_subtypes,
         "n_genes": n_genes, "program_size": program_size, "program_effect": program_effect,
-        "program_spread": program_spread,
+        "program_spread": program_spread, "trajectory": trajectory,
         "n_batches": n_batches, "batch_genes": batch_genes, "batch_effect": batch_effect,
         "random_state": seed,
     }

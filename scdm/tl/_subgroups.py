@@ -174,6 +174,15 @@ def subgroups(
     A fixed ``resolution`` skips the check (Leiden always splits a kNN graph, also
     one of pure noise: use it to explore, not to report).
 
+    A split is not proof of discrete types. A class that runs along a path of states (a
+    progression, a differentiation path: ``scdm.datasets.planted_subtypes(trajectory=True)``)
+    is cut into stages: both halves cut it in the same places, and a flat stretch cut in two
+    is cleaner than any cut of the null (5 of 6 such classes on the suite, the label-aware
+    contrast baseline and expression Leiden 6 of 6; ``workflows/benchmarks/RESULTS.md``,
+    session 50). Where the subgroups' markers rise
+    and fall in turn and cells carry two at once, order the cells by a pseudotime before
+    naming the subgroups subtypes.
+
     Reproducible is not enough: a nuisance that all classes share (batch, donor, sequencing
     run, cell cycle) shifts the models' input of every class alike and splits each class's
     attribution the same way, reproducibly and well separated. So an accepted partition is

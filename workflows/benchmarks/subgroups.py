@@ -21,6 +21,9 @@ Synthetic generators (``--seeds``, several each):
   program of its own — real expression structure the label does not depend on, so one
   subgroup per class.
 - ``G-rare``, ``P-rare``: a 5 % and a 10 % subtype beside a large one (15 / 30 / 255 cells).
+- ``P-trajectory-null``, ``P-trajectory-null-5``: the disease runs along one path through 3 or
+  5 programs in turn (``planted_subtypes(trajectory=True)``), a continuum of states: one
+  subgroup is right.
 - ``M-*``: ``scdm.datasets.module_subtypes`` — closer to real counts: each subtype's programme
   is a small shift of 150 genes (the other generators: a large shift of 5–10), six
   co-expression modules vary in every class alike, negative-binomial counts with ~70 % zeros,
@@ -124,6 +127,10 @@ SCENARIOS = {
     # program over the whole disease class, graded from absent to twice the effect
     "P-graded": (P, dict(program_spread=0.75), {}),
     "P-graded-null": (P, dict(n_subtypes=1, n_per_subtype=300, program_spread=1.0), {}),
+    # a disease that is one path through its programs (first → each in turn → last): a
+    # continuum whose ends differ in every program, no discrete subtype
+    "P-trajectory-null": (P, dict(trajectory=True), {}),
+    "P-trajectory-null-5": (P, dict(n_subtypes=5, n_per_subtype=60, trajectory=True), {}),
     # sequencing depth spread as in droplet data (log size factor SD 0.7, not 0.2): low-depth
     # cells have more zeros in every class, a continuous nuisance normalisation leaves
     "P-null-depth": (P, dict(n_subtypes=1, n_per_subtype=300, depth_spread=0.7), {}),
