@@ -220,7 +220,21 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     a split that clears a bar by less than the margin is called close to it."""
     # a second round's own entry says what its depth check did
     return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e)
-                                 + _refined(e) + _voted(e))
+                                 + _refined(e) + _voted(e) + _continuum(e))
+
+
+def _continuum(e: Mapping) -> str:
+    """Where a split's weakest boundary separates no more than a flat continuum cut in two
+    (``tl.subgroups``' ``"continuum"`` caution), said; empty elsewhere."""
+    c = e.get("continuum")
+    if not c or e.get("n_subgroups", 2) < 2:
+        return ""
+    where = "" if c["where"] == "class" else " (inside one of its first subgroups, split again)"
+    return (f". Its weakest boundary{where} puts {c['separation']:.2f} of the variance along "
+            f"the line between its sides, no more than a flat continuum cut in two "
+            f"({c['bar']:g}): the subgroups may be stages of one progression or path of "
+            "states, not discrete types; order the cells by a pseudotime and follow the "
+            "markers along it before calling them subtypes")
 
 
 def _voted(e: Mapping) -> str:

@@ -143,6 +143,27 @@ def test_a_trajectory_runs_through_the_programs_in_turn():
         scdm.datasets.planted_subtypes(trajectory=True, program_spread=0.5)
 
 
+def test_gaussian_stages_of_one_path():
+    """gaussian_subtypes(trajectory=True): the subtypes of every class but the reference are
+    stages of one path, each program's shift peaking at its own pseudotime; the truth is the
+    class, and at least two stages are needed."""
+    classes = {"control": [100], "disease": [100, 100, 100]}
+    adata = scdm.datasets.gaussian_subtypes(classes, trajectory=True, random_state=5)
+    disease = (adata.obs["disease"] == "disease").to_numpy()
+    assert set(adata.obs["subtype"][disease]) == {"disease"}
+    t = adata.obs["pseudotime"].to_numpy()
+    assert np.isnan(t[~disease]).all() and np.isfinite(t[disease]).all()
+    for k, peak in enumerate((0.0, 0.5, 1.0)):
+        cols = (adata.var["program"] == f"disease-{k}").to_numpy()
+        shift = adata.X[:, cols].mean(1)
+        near, far = disease & (np.abs(t - peak) < 0.1), disease & (np.abs(t - peak) > 0.45)
+        assert shift[near].mean() > 1.0 and abs(shift[far].mean()) < 0.3
+    assert adata.uns["gaussian_subtypes"]["trajectory"] is True
+    assert "pseudotime" not in scdm.datasets.gaussian_subtypes(classes, random_state=5).obs
+    with pytest.raises(ValueError, match="at least two stages"):
+        scdm.datasets.gaussian_subtypes({"control": [50], "disease": [50]}, trajectory=True)
+
+
 def test_module_subtypes_spread_programmes_thinly_over_many_genes():
     """Each subtype shifts 150 genes a little; modules vary alike in every class; the batch
     shifts every gene; counts are sparse and overdispersed; seeded."""

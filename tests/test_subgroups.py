@@ -1320,3 +1320,57 @@ def test_a_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_path, monke
     single = scdm.tl.subgroups(adata, random_state=0, markers=False, copy=True)
     first = single.uns["datamodels_subgroup"]["reproducibility"]["disease"]
     assert "close_seeds" not in first and first["n_subgroups"] == seeds["n_subgroups"][0]
+
+
+def test_a_boundary_no_cleaner_than_a_flat_continuum_cut_in_two_is_said():
+    """The weakest accepted boundary, the class's or an inner split's, under
+    CONTINUUM_SEPARATION is named; beyond it, without a split, or on clusters accepted on
+    their own (balanced separation, no such bound) nothing is said."""
+    from scdm import clustering
+    from scdm.tl._subgroups import weakest_boundary
+
+    bar = clustering.CONTINUUM_SEPARATION
+    entry = {"split": True, "separation": 0.9, "n_subgroups": 3,
+             "split_within": {"1": {"split": True, "separation": 0.7}}}
+    assert weakest_boundary(entry) == {"separation": 0.7, "bar": bar, "where": "inner split 1"}
+    assert weakest_boundary({**entry, "separation": 0.6}) == {
+        "separation": 0.6, "bar": bar, "where": "class"}
+    assert weakest_boundary({**entry, "split_within": {}}) is None
+    assert weakest_boundary({"split": False, "separation": 0.5}) is None
+    assert weakest_boundary({"split": True, "separation": 0.6,
+                             "reproducing_clusters": 1}) is None
+    # a flat stretch cut in two is where the bar sits: 3/4 of the variance between the pieces
+    x = np.linspace(0, 1, 10_001)[:, None]
+    pieces = (x[:, 0] > 0.5).astype(int)
+    assert clustering.pair_separations(x, pieces)[0, 1] == pytest.approx(bar, abs=1e-3)
+    said = scdm.get.describe_evidence({
+        "split": True, "n_subgroups": 2, "reproducibility": 0.8, "resolution": 0.3,
+        "separation": 0.72, "null_separation_max": 0.6, "p_value": 1 / 21, "n_null": 20,
+        "margin": 0.12, "continuum": {"separation": 0.72, "bar": bar, "where": "class"}})
+    assert "puts 0.72 of the variance" in said and "stages of one progression" in said
+    inner = scdm.get.describe_evidence({
+        "split": True, "n_subgroups": 3, "reproducibility": 0.9, "resolution": 0.3,
+        "separation": 0.9, "null_separation_max": 0.6, "p_value": 1 / 21, "n_null": 20,
+        "margin": 0.3, "continuum": weakest_boundary(entry)})
+    assert "boundary (inside one of its first subgroups, split again) puts 0.70" in inner
+
+
+@pytest.mark.slow
+def test_a_disease_along_a_path_of_programs_is_said_to_be_possibly_a_continuum(tmp_path):
+    """A disease that runs along a path through three programs (no discrete subtype): TRAK's
+    halves cut it in two at this seed, beyond the null, and the split is reported with the
+    caution that its boundary is no cleaner than a flat continuum's cut (RESULTS.md, session
+    50). The controls are whole."""
+    import scanpy as sc
+
+    adata = scdm.datasets.planted_subtypes(trajectory=True, random_state=1)
+    sc.pp.pca(adata, n_comps=50, random_state=1)
+    scdm.tl.trak(adata, "disease", store=tmp_path / "trak", random_state=1, verbose=False)
+    with pytest.warns(scdm.tl.PossibleContinuumWarning, match=r"\['disease'\] were split"):
+        scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1, verbose=False)
+    evidence = adata.uns["trak_subgroup"]["reproducibility"]
+    assert evidence["disease"]["n_subgroups"] == 2
+    flat = evidence["disease"]["continuum"]
+    assert flat["separation"] < flat["bar"] == scdm.clustering.CONTINUUM_SEPARATION
+    assert evidence["control"]["n_subgroups"] == 1 and "continuum" not in evidence["control"]
+    assert "stages of one progression" in scdm.get.describe_evidence(evidence["disease"])

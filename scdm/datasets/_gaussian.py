@@ -43,6 +43,7 @@ def gaussian_subtypes(
     batch_effect: float = 1.5,
     gradient_features: int = 0,
     gradient_effect: float = 1.5,
+    trajectory: bool = False,
     random_state: int = 0,
 ) -> AnnData:
     """Gaussian features of classes made of hidden subtypes, under a batch effect.
@@ -69,6 +70,13 @@ def gaussian_subtypes(
     gradient_features, gradient_effect
         A continuous nuisance: ``obs["state"]`` ~ U(-1, 1) shifts ``gradient_features``
         features by ``±gradient_effect · state``.
+    trajectory
+        The subtypes of each class but the first are stages of one path instead: every cell
+        of such a class has a pseudotime ``t`` ~ U(0, 1) (``obs["pseudotime"]``, NaN in the
+        reference) and shifts the program of stage ``k`` by ``program_effect`` times a hat
+        function peaking at ``t = k / (K - 1)`` (``K`` stages; falling to 0 at the
+        neighbouring peaks). ``obs["subtype"]`` is then the class name: a continuum, no
+        discrete subtype. Needs at least two stages in each such class.
     random_state
         Seed.
 
@@ -92,17 +100,34 @@ def gaussian_subtypes(
         raise ValueError(f"{len(programs)} programs of {program_size} features, "
                          f"{batch_features} batch and {gradient_features} gradient features "
                          f"need {needed} features but n_features={n_features}.")
+    if trajectory and any(len(v) < 2 for c, v in classes.items() if c != reference):
+        raise ValueError("trajectory needs at least two stages (subtype sizes) in every class "
+                         "but the first, e.g. {'control': [300], 'disease': [100, 100, 100]}.")
     rng = np.random.default_rng(seed)
     cls_of, sub_of, batch = lay_out_classes(classes, n_batches, rng)
     n_obs = cls_of.size
     features = rng.permutation(n_features)
     X = rng.standard_normal((n_obs, n_features))
     program = np.full(n_features, "none", dtype=object)
+    pseudotime = np.full(n_obs, np.nan)
+    if trajectory:  # drawn only when asked, so that the default data stay as they were
+        for c in classes:
+            if c != reference:
+                rows = np.flatnonzero(cls_of == c)
+                pseudotime[rows] = rng.uniform(0.0, 1.0, size=rows.size)
     for i, (c, k) in enumerate(programs):
         cols = features[i * program_size:(i + 1) * program_size]
         name = c if len(classes[c]) == 1 else f"{c}-{k}"
-        X[np.ix_(np.flatnonzero(sub_of == name), cols)] += program_effect
+        if trajectory:  # every cell of the class on the path, at this stage's hat
+            rows = np.flatnonzero(cls_of == c)
+            strength = np.clip(1.0 - np.abs(pseudotime[rows] * (len(classes[c]) - 1) - k),
+                               0.0, None)
+            X[np.ix_(rows, cols)] += program_effect * strength[:, None]
+        else:
+            X[np.ix_(np.flatnonzero(sub_of == name), cols)] += program_effect
         program[cols] = name
+    if trajectory:
+        sub_of = cls_of.copy()
     start = len(programs) * program_size
     batch_cols = features[start:start + batch_features]
     X[:, batch_cols] += batch_effect * rng.standard_normal((n_batches, batch_features))[batch]
@@ -115,6 +140,7 @@ def gaussian_subtypes(
         "subtype": pd.Categorical(sub_of, categories=list(pd.unique(sub_of))),
         "batch": pd.Categorical([f"batch-{b}" for b in batch]),
         "state": state.astype(np.float32),
+        **({"pseudotime": pseudotime.astype(np.float32)} if trajectory else {}),
     }, index=[f"cell-{i}" for i in range(n_obs)])
     var = pd.DataFrame({"program": pd.Categorical(program)},
                        index=[f"feature-{f}" for f in range(n_features)])
@@ -125,5 +151,5 @@ def gaussian_subtypes(
         "program_effect": program_effect, "n_batches": n_batches,
         "batch_features": batch_features, "batch_effect": batch_effect,
         "gradient_features": gradient_features, "gradient_effect": gradient_effect,
-        "random_state": seed})
+        "trajectory": trajectory, "random_state": seed})
     return adata

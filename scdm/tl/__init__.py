@@ -14,6 +14,7 @@ from ._second_round import second_round
 from ._subgroups import (
     DatamodelsCompositionWarning,
     NoisyInputWarning,
+    PossibleContinuumWarning,
     StandardisedComponentsWarning,
     UndecidedSubgroupsWarning,
     ZeroInflatedInputWarning,
@@ -30,6 +31,7 @@ __all__ = [
     "DatamodelsCompositionWarning",
     "DegenerateDatamodelsWarning",
     "NoisyInputWarning",
+    "PossibleContinuumWarning",
     "StandardisedComponentsWarning",
     "UndecidedSubgroupsWarning",
     "UnnormalisedCountsWarning",

@@ -22,6 +22,7 @@ from .._checks import check_fraction, check_int
 from .._seeding import check_random_state
 from .._settings import settings
 from ..clustering import (
+    CONTINUUM_SEPARATION,
     CUT_SLACK,
     DEPTH_AUC,
     FEW_FEATURES,
@@ -92,6 +93,12 @@ class DatamodelsCompositionWarning(UserWarning):
     """Subgroups of datamodels trained on the features themselves: on real cells whose classes
     differ only in cell-type composition, their splits followed the cell types the label
     favours, where ``tl.trak``'s on the same input did not."""
+
+
+class PossibleContinuumWarning(UserWarning):
+    """Split classes whose weakest boundary separates no more than a flat continuum cut in two
+    (:data:`scdm.clustering.CONTINUUM_SEPARATION`): the subgroups may be stages of one
+    progression or path of states rather than discrete types."""
 
 
 class UndecidedSubgroupsWarning(UserWarning):
@@ -179,9 +186,14 @@ def subgroups(
     is cut into stages: both halves cut it in the same places, and a flat stretch cut in two
     is cleaner than any cut of the null (5 of 6 such classes on the suite, the label-aware
     contrast baseline and expression Leiden 6 of 6; ``workflows/benchmarks/RESULTS.md``,
-    session 50). Where the subgroups' markers rise
-    and fall in turn and cells carry two at once, order the cells by a pseudotime before
-    naming the subgroups subtypes.
+    session 50). A split whose weakest boundary (the class's, or an inner split's) puts less
+    of the variance along the line between its sides than a flat continuum cut in two
+    (:data:`scdm.clustering.CONTINUUM_SEPARATION`, 3/4) is kept but said to be possibly
+    stages of one continuum: the evidence's ``"continuum"``, a
+    :class:`PossibleContinuumWarning` and a sentence in ``scdm.get.describe_evidence`` (on the
+    suite, 4 of the 5 path splits and 8 of 66 true splits). A bent path passes that bound, so
+    where the subgroups' markers rise and fall in turn and cells carry two at once, order the
+    cells by a pseudotime before naming the subgroups subtypes.
 
     Reproducible is not enough: a nuisance that all classes share (batch, donor, sequencing
     run, cell cycle) shifts the models' input of every class alike and splits each class's
@@ -605,6 +617,8 @@ def subgroups(
             evidence[cls]["n_subgroups"] = n_substantial(codes, min_size)
             if evidence[cls]["n_subgroups"] > 1:
                 evidence[cls].update({k: dict(v) for k, v in cautions.items()})
+                if (flat := weakest_boundary(evidence[cls])) is not None:
+                    evidence[cls]["continuum"] = flat
             # kept whole (no split accepted, or one that left a single cluster): is it
             # undecided rather than structureless?
             if (evidence[cls]["n_subgroups"] < 2
@@ -625,6 +639,7 @@ def subgroups(
                    "n_null": n_null, "min_margin": MIN_MARGIN, "cut_slack": CUT_SLACK,
                    "min_jaccard": REPRODUCING_JACCARD, "min_size": min_size,
                    "close_seeds": _engine.CLOSE_SEEDS, "leiden_runs": _engine.LEIDEN_RUNS,
+                   "continuum_separation": CONTINUUM_SEPARATION,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
@@ -690,6 +705,20 @@ def subgroups(
             f"on the same input and report only the subgroups both find. Evidence: "
             f"adata.uns[{key_added!r}]['reproducibility'][class]['datamodels_composition'].",
             DatamodelsCompositionWarning, stacklevel=3)
+    if continua := split_with("continuum"):
+        weakest = ", ".join(f"{c} {evidence[c]['continuum']['separation']:.2f}"
+                            for c in continua)
+        warnings.warn(
+            f"classes {continua} were split, but their weakest boundary puts no more of the "
+            f"variance along the line between its sides ({weakest}) than a flat continuum cut "
+            f"in two ({CONTINUUM_SEPARATION:g}): the subgroups may be stages of one "
+            f"progression or path of states, not discrete types. On the scenario suite "
+            f"(workflows/benchmarks/subgroups.py) this was said of 4 of the 5 splits of a "
+            f"disease along a path through its programmes, and of 8 of 66 true splits (weak, "
+            f"rare or unequal subtypes). Order the cells by a pseudotime (e.g. sc.tl.dpt) "
+            f"and follow the subgroups' markers along it before calling them subtypes. "
+            f"Evidence: adata.uns[{key_added!r}]['reproducibility'][class]['continuum'].",
+            PossibleContinuumWarning, stacklevel=3)
     if undecided:
         # three decimals: rounded to two, an agreement just under the bar reads as the bar
         agree = sorted(f"{evidence[c]['undecided']['reproducibility']:.3f}" for c in undecided)
@@ -702,6 +731,26 @@ def subgroups(
             f"again. Evidence: adata.uns[{key_added!r}]['reproducibility'][class]['undecided'].",
             UndecidedSubgroupsWarning, stacklevel=3)  # past one_view's wrapper
     return adata if copy else None
+
+
+def weakest_boundary(entry: Mapping[str, Any]) -> dict | None:
+    """The weakest boundary of a class's accepted split (evidence ``entry``: the class's
+    partition and each accepted inner split) where it separates no more than a flat continuum
+    cut in two (:data:`scdm.clustering.CONTINUUM_SEPARATION`), as ``{"separation", "bar",
+    "where"}`` (``"class"``, or ``"inner split k"``: the ``k``-th of ``"split_within"``);
+    ``None`` where every boundary is beyond it. A split accepted on clusters that reproduce
+    on their own weighs both sides alike, a scale without that bound, and is left out."""
+    seps = []
+    if entry.get("split") and "reproducing_clusters" not in entry:
+        seps.append((float(entry["separation"]), "class"))
+    seps += [(float(w["separation"]), f"inner split {name}")
+             for name, w in (entry.get("split_within") or {}).items() if w.get("split")]
+    if not seps:
+        return None
+    separation, where = min(seps)
+    if separation >= CONTINUUM_SEPARATION:
+        return None
+    return {"separation": separation, "bar": CONTINUUM_SEPARATION, "where": where}
 
 
 def subgroup_order(names: np.ndarray, classes: Sequence[str]) -> list[str]:
