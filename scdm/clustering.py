@@ -524,13 +524,14 @@ UNDECIDED_FLOOR = 0.5
 CUT_SLACK = 0.1
 
 # What a flat continuum cut in two puts between its pieces: a uniform stretch cut at its middle
-# holds 3/4 of its variance along the line between the pieces, and single-peaked shapes less
-# (triangular 0.67-0.72, beta 0.70, exponential 0.65, normal 0.64; the halves' noise lowers
-# them further). A boundary that separates no more may be a cut through a progression or a path
-# of states, not a gap between types. Not a bar: a bent path piles up along that line and
+# holds 3/4 of its variance along the line between the pieces (with both sides weighed alike
+# too), cut off-centre less, and single-peaked shapes less (triangular 0.67-0.72, beta 0.70,
+# exponential 0.65, normal 0.64; the halves' noise lowers them further). A boundary that
+# separates no more may be a cut through a progression or a path of states, not a gap between
+# types. Not a bar: a bent path piles up along that line and
 # passes it, and as a bar it lost 3 true splits of the suite's 81 for one more of 6 path
 # classes kept whole. So tl.subgroups says it of a split, and keeps the split (RESULTS.md,
-# issue 28, session 50: 4 of the 5 path splits and 8 of 66 true splits are under it).
+# issue 28, session 50: 5 of the 6 path splits and 8 of 66 true splits are under it).
 CONTINUUM_SEPARATION = 0.75
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size

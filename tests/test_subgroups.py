@@ -1323,9 +1323,10 @@ def test_a_split_close_to_its_bars_is_outvoted_by_the_next_seeds(tmp_path, monke
 
 
 def test_a_boundary_no_cleaner_than_a_flat_continuum_cut_in_two_is_said():
-    """The weakest accepted boundary, the class's or an inner split's, under
-    CONTINUUM_SEPARATION is named; beyond it, without a split, or on clusters accepted on
-    their own (balanced separation, no such bound) nothing is said."""
+    """The weakest accepted boundary, the class's (also one accepted on clusters that
+    reproduce on their own) or an inner split's, under CONTINUUM_SEPARATION is named; beyond
+    it or without a split nothing is said. A flat stretch cut at its middle sits at the bar
+    on both scales of separation, by size and with both sides alike."""
     from scdm import clustering
     from scdm.tl._subgroups import weakest_boundary
 
@@ -1337,12 +1338,17 @@ def test_a_boundary_no_cleaner_than_a_flat_continuum_cut_in_two_is_said():
         "separation": 0.6, "bar": bar, "where": "class"}
     assert weakest_boundary({**entry, "split_within": {}}) is None
     assert weakest_boundary({"split": False, "separation": 0.5}) is None
-    assert weakest_boundary({"split": True, "separation": 0.6,
-                             "reproducing_clusters": 1}) is None
+    assert weakest_boundary({"split": True, "separation": 0.6, "reproducing_clusters": 1})[
+        "where"] == "class"
     # a flat stretch cut in two is where the bar sits: 3/4 of the variance between the pieces
     x = np.linspace(0, 1, 10_001)[:, None]
-    pieces = (x[:, 0] > 0.5).astype(int)
-    assert clustering.pair_separations(x, pieces)[0, 1] == pytest.approx(bar, abs=1e-3)
+    for cut, balanced in ((0.5, False), (0.5, True), (0.2, True), (0.2, False)):
+        pieces = (x[:, 0] > cut).astype(int)
+        separation = clustering.pair_separations(x, pieces, balanced=balanced)[0, 1]
+        if cut == 0.5:
+            assert separation == pytest.approx(bar, abs=1e-3)
+        else:
+            assert separation < bar - 0.05
     said = scdm.get.describe_evidence({
         "split": True, "n_subgroups": 2, "reproducibility": 0.8, "resolution": 0.3,
         "separation": 0.72, "null_separation_max": 0.6, "p_value": 1 / 21, "n_null": 20,

@@ -191,7 +191,7 @@ def subgroups(
     (:data:`scdm.clustering.CONTINUUM_SEPARATION`, 3/4) is kept but said to be possibly
     stages of one continuum: the evidence's ``"continuum"``, a
     :class:`PossibleContinuumWarning` and a sentence in ``scdm.get.describe_evidence`` (on the
-    suite, 4 of the 5 path splits and 8 of 66 true splits). A bent path passes that bound, so
+    suite, 5 of the 6 path splits and 8 of 66 true splits). A bent path passes that bound, so
     where the subgroups' markers rise and fall in turn and cells carry two at once, order the
     cells by a pseudotime before naming the subgroups subtypes.
 
@@ -713,7 +713,7 @@ def subgroups(
             f"variance along the line between its sides ({weakest}) than a flat continuum cut "
             f"in two ({CONTINUUM_SEPARATION:g}): the subgroups may be stages of one "
             f"progression or path of states, not discrete types. On the scenario suite "
-            f"(workflows/benchmarks/subgroups.py) this was said of 4 of the 5 splits of a "
+            f"(workflows/benchmarks/subgroups.py) this was said of 5 of the 6 splits of a "
             f"disease along a path through its programmes, and of 8 of 66 true splits (weak, "
             f"rare or unequal subtypes). Order the cells by a pseudotime (e.g. sc.tl.dpt) "
             f"and follow the subgroups' markers along it before calling them subtypes. "
@@ -739,9 +739,10 @@ def weakest_boundary(entry: Mapping[str, Any]) -> dict | None:
     cut in two (:data:`scdm.clustering.CONTINUUM_SEPARATION`), as ``{"separation", "bar",
     "where"}`` (``"class"``, or ``"inner split k"``: the ``k``-th of ``"split_within"``);
     ``None`` where every boundary is beyond it. A split accepted on clusters that reproduce
-    on their own weighs both sides alike, a scale without that bound, and is left out."""
+    on their own has its separation with both sides weighed alike: a flat stretch cut in two
+    reaches 3/4 on that scale too (at its middle; less cut off-centre)."""
     seps = []
-    if entry.get("split") and "reproducing_clusters" not in entry:
+    if entry.get("split"):
         seps.append((float(entry["separation"]), "class"))
     seps += [(float(w["separation"]), f"inner split {name}")
              for name, w in (entry.get("split_within") or {}).items() if w.get("split")]
