@@ -191,7 +191,7 @@ def subgroups(
     (:data:`scdm.clustering.CONTINUUM_SEPARATION`, 3/4) is kept but said to be possibly
     stages of one continuum: the evidence's ``"continuum"``, a
     :class:`PossibleContinuumWarning` and a sentence in ``scdm.get.describe_evidence`` (on the
-    suite, 5 of the 6 path splits and 8 of 66 true splits). A bent path passes that bound, so
+    suite, 5 of the 6 path splits and 11 of 72 true splits). A bent path passes that bound, so
     where the subgroups' markers rise and fall in turn and cells carry two at once, order the
     cells by a pseudotime before naming the subgroups subtypes.
 
@@ -714,7 +714,7 @@ def subgroups(
             f"in two ({CONTINUUM_SEPARATION:g}): the subgroups may be stages of one "
             f"progression or path of states, not discrete types. On the scenario suite "
             f"(workflows/benchmarks/subgroups.py) this was said of 5 of the 6 splits of a "
-            f"disease along a path through its programmes, and of 8 of 66 true splits (weak, "
+            f"disease along a path through its programmes, and of 11 of 72 true splits (weak, "
             f"rare or unequal subtypes). Order the cells by a pseudotime (e.g. sc.tl.dpt) "
             f"and follow the subgroups' markers along it before calling them subtypes. "
             f"Evidence: adata.uns[{key_added!r}]['reproducibility'][class]['continuum'].",
