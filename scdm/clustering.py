@@ -528,10 +528,10 @@ CUT_SLACK = 0.1
 # too), cut off-centre less, and single-peaked shapes less (triangular 0.67-0.72, beta 0.70,
 # exponential 0.65, normal 0.64; the halves' noise lowers them further). A boundary that
 # separates no more may be a cut through a progression or a path of states, not a gap between
-# types. Not a bar: a bent path piles up along that line and
-# passes it, and as a bar it lost 3 true splits of the suite's 81 for one more of 6 path
-# classes kept whole. So tl.subgroups says it of a split, and keeps the split (RESULTS.md,
-# issue 28, session 50: 5 of the 6 path splits and 11 of 72 true splits are under it).
+# types. Not a bar: a bent path piles up along that line and passes it, and as a bar it lost
+# 3 true splits of the suite's 81 for one more of 6 path classes kept whole. So tl.subgroups
+# says it of a split, and keeps the split (RESULTS.md, issue 28, session 50: 5 of the 6 path
+# splits and 11 of 72 true splits are under it).
 CONTINUUM_SEPARATION = 0.75
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size

@@ -11,6 +11,7 @@ from anndata import AnnData
 from .._anndata import uns_safe
 from .._checks import check_int
 from .._seeding import check_random_state
+from ._planted import stage_strengths
 
 
 def lay_out_classes(classes: Mapping[str, Sequence[int]], n_batches: int,
@@ -110,19 +111,21 @@ def gaussian_subtypes(
     X = rng.standard_normal((n_obs, n_features))
     program = np.full(n_features, "none", dtype=object)
     pseudotime = np.full(n_obs, np.nan)
-    if trajectory:  # drawn only when asked, so that the default data stay as they were
+    # per class on a path, its cells and their strength of each stage's program; drawn only
+    # when asked, so that the default data stay as they were
+    on_path: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if trajectory:
         for c in classes:
             if c != reference:
                 rows = np.flatnonzero(cls_of == c)
                 pseudotime[rows] = rng.uniform(0.0, 1.0, size=rows.size)
+                on_path[c] = rows, stage_strengths(pseudotime[rows], len(classes[c]))
     for i, (c, k) in enumerate(programs):
         cols = features[i * program_size:(i + 1) * program_size]
         name = c if len(classes[c]) == 1 else f"{c}-{k}"
-        if trajectory:  # every cell of the class on the path, at this stage's hat
-            rows = np.flatnonzero(cls_of == c)
-            strength = np.clip(1.0 - np.abs(pseudotime[rows] * (len(classes[c]) - 1) - k),
-                               0.0, None)
-            X[np.ix_(rows, cols)] += program_effect * strength[:, None]
+        if trajectory:  # every cell of the class on the path, at this stage's strength
+            rows, strength = on_path[c]
+            X[np.ix_(rows, cols)] += program_effect * strength[:, k, None]
         else:
             X[np.ix_(np.flatnonzero(sub_of == name), cols)] += program_effect
         program[cols] = name

@@ -20,6 +20,14 @@ def counts_to_lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarray
     return np.log1p(counts / totals * target_sum).astype(np.float32)
 
 
+def stage_strengths(pseudotime: np.ndarray, n_stages: int) -> np.ndarray:
+    """Each cell's strength of each stage's program along a path (``cells × n_stages``): a hat
+    function of the pseudotime (in [0, 1]) peaking at ``k / (n_stages - 1)`` and falling to 0
+    at the neighbouring peaks, so that a cell's strengths sum to 1."""
+    stage = pseudotime[:, None] * (n_stages - 1) - np.arange(n_stages)
+    return np.clip(1.0 - np.abs(stage), 0.0, None)
+
+
 def planted_subtypes(
     n_controls: int = 300,
     n_per_subtype: int | Sequence[int] = 100,
@@ -146,11 +154,10 @@ def planted_subtypes(
                 if program_spread else np.ones(n_obs))
     strength[subtype < 0] = 0.0
     pseudotime = np.full(n_obs, np.nan)
-    if trajectory:  # every disease cell on the path: hat-shaped strengths that sum to 1
+    if trajectory:  # every disease cell on the path
         rows = np.flatnonzero(subtype >= 0)
         pseudotime[rows] = rng.uniform(0.0, 1.0, size=rows.size)
-        stage = pseudotime[rows, None] * (n_subtypes - 1) - np.arange(n_subtypes)
-        path_strength = np.clip(1.0 - np.abs(stage), 0.0, None)
+        path_strength = stage_strengths(pseudotime[rows], n_subtypes)
         for k in range(n_subtypes):
             log_rate[np.ix_(rows, program_genes[k])] += (
                 program_effect * path_strength[:, k, None])
