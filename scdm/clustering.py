@@ -528,11 +528,23 @@ CUT_SLACK = 0.1
 # too), cut off-centre less, and single-peaked shapes less (triangular 0.67-0.72, beta 0.70,
 # exponential 0.65, normal 0.64; the halves' noise lowers them further). A boundary that
 # separates no more may be a cut through a progression or a path of states, not a gap between
-# types. Not a bar: a bent path piles up along that line and passes it, and as a bar it lost
-# 3 true splits of the suite's 81 for one more of 6 path classes kept whole. So tl.subgroups
-# says it of a split, and keeps the split (RESULTS.md, issue 28, session 50: 5 of the 6 path
-# splits and 11 of 72 true splits are under it).
+# types. Not a bar alone: a bent path piles up along that line and passes it, and as a bar it
+# lost 3 true splits of the suite's 81 for one more of 6 path classes kept whole (RESULTS.md,
+# issue 28, session 50). With a boundary no emptier than the centres (merge_continua) it
+# merges; on its own, tl.subgroups says it of a split it keeps (12 of 72 true splits).
 CONTINUUM_SEPARATION = 0.75
+
+# A boundary no emptier than the subgroups' centres: on the line through two subgroups'
+# centres, the cells within GAP_WINDOW (in half the distance between the centres) of where the
+# two meet are counted in each half's own embedding, as are the cells as near each centre;
+# where the boundary holds at least CONTINUUM_CROWDING times the emptier centre's count (both
+# halves pooled), nothing thins out between the two, as along a continuum (a flat one sits at
+# 1 on average). Measured on the cached TRAK suite (issue 28, session 51; RESULTS.md).
+GAP_WINDOW = 0.25
+CONTINUUM_CROWDING = 1.0
+# Fewer cells than this near the emptier centre (both halves) cannot tell a dip from noise: a
+# rare type's own window holds a handful, and the large type's tail as many at the boundary
+CROWDING_MIN_CELLS = 20
 
 MAX_CHECK_POINTS = 10_000  # the check's cost is bounded by classes of this size
 
@@ -1587,6 +1599,96 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
         return ResolutionChoice(None, table)
     chosen = _most_refined(accepted, observed, np.maximum(k1, k2))
     return ResolutionChoice(resolutions[chosen], table, (parts1[chosen], parts2[chosen]))
+
+
+def _switch_point(za: np.ndarray, zb: np.ndarray) -> float:
+    """Where along a line two groups meet: the threshold that puts fewest of ``za`` above it
+    and of ``zb`` below it (the middle one of equally good thresholds)."""
+    z = np.concatenate([za, zb])
+    order = np.argsort(z, kind="stable")
+    zs, is_b = z[order], np.concatenate([np.zeros(za.size), np.ones(zb.size)])[order]
+    # errors of a threshold just above zs[i]: b at or below it, a above it
+    errors = np.cumsum(is_b) + (za.size - np.cumsum(1 - is_b))
+    best = np.flatnonzero(errors == errors.min())
+    i = best[(best.size - 1) // 2]
+    return float((zs[i] + zs[i + 1]) / 2) if i + 1 < zs.size else float(zs[i])
+
+
+def boundary_crowding(half1: np.ndarray, half2: np.ndarray, labels: np.ndarray, a: int,
+                      b: int, window: float = GAP_WINDOW) -> tuple[float, int, int]:
+    """How crowded the boundary between clusters ``a`` and ``b`` of ``labels`` is: the cells
+    within ``window`` (in half the distance between the two centres) of where the two meet on
+    the line through their centres (:func:`_switch_point`, kept ``window`` inside the
+    centres), against as many around the emptier centre, counted in each half's own
+    embedding (its own centres: the halves' axes differ) and pooled. Returns ``(ratio,
+    at_boundary, at_centre)``; the ratio is ``inf`` where no cell is near the emptier centre
+    but some are at the boundary, NaN where neither has any.
+
+    A unimodal density's window counts never dip between two points (an average over a window
+    is unimodal too), so a boundary at least as crowded as the emptier centre shows no gap
+    between the clusters; a gap between types gives a ratio well under 1. Where the two meet
+    rather than the midpoint: beside a rare type, the large one's tail reaches the midpoint."""
+    mid = centre = 0
+    for points in (half1, half2):
+        xa, xb = points[labels == a], points[labels == b]
+        direction = xb.mean(0) - xa.mean(0)
+        length = float(direction @ direction)
+        if length == 0:
+            continue
+        # the line through the centres, scaled so that they sit at -1 and +1
+        middle = (xa.mean(0) + xb.mean(0)) @ direction / 2
+        za, zb = (xa @ direction - middle) / (length / 2), (xb @ direction - middle) / (length / 2)
+        z = np.concatenate([za, zb])
+        meet = float(np.clip(_switch_point(za, zb), -1 + window, 1 - window))
+        mid += int((np.abs(z - meet) <= window).sum())
+        centre += int(min((np.abs(z + 1) <= window).sum(), (np.abs(z - 1) <= window).sum()))
+    if centre == 0:
+        return (np.inf if mid else np.nan), mid, centre
+    return mid / centre, mid, centre
+
+
+def merge_continua(labels: np.ndarray, half1: np.ndarray, half2: np.ndarray, *,
+                   min_size: int = 5, crowding: float = CONTINUUM_CROWDING,
+                   min_cells: int = CROWDING_MIN_CELLS,
+                   max_separation: float = CONTINUUM_SEPARATION
+                   ) -> tuple[np.ndarray, list[dict]]:
+    """Merge the pairs of clusters of ``labels`` between which nothing thins out.
+
+    A pair (both of at least ``min_size`` points) is one continuum where its boundary is at
+    least ``crowding`` times as crowded as the emptier centre (:func:`boundary_crowding`, with
+    at least ``min_cells`` near that centre, both halves counted: fewer tell nothing) and
+    the halves put no more of the variance along the line between the two than a flat
+    continuum cut in two (``max_separation``, :data:`CONTINUUM_SEPARATION`; mean of the
+    halves' :func:`pair_separations`): both say there is no gap. The most crowded such pair
+    is merged and the pairs measured again, until none is left. Returns the labels (numbered
+    by size) and one record per merge: ``{"sizes", "crowding", "at_boundary", "at_centre",
+    "separation"}``.
+    """
+    labels = _numbered(np.asarray(labels))
+    merges: list[dict] = []
+    while True:
+        counts = np.bincount(labels)
+        big = [int(c) for c in np.flatnonzero(counts >= min_size)]
+        if len(big) < 2:
+            break
+        seps = (pair_separations(half1, labels, min_size)
+                + pair_separations(half2, labels, min_size)) / 2
+        best = None
+        for i, a in enumerate(big):
+            for b in big[i + 1:]:
+                ratio, mid, centre = boundary_crowding(half1, half2, labels, a, b)
+                if not (ratio >= crowding and centre >= min_cells
+                        and seps[a, b] < max_separation):
+                    continue
+                if best is None or ratio > best[0]:
+                    best = (ratio, a, b, mid, centre, float(seps[a, b]))
+        if best is None:
+            break
+        ratio, a, b, mid, centre, sep = best
+        merges.append({"sizes": [int(counts[a]), int(counts[b])], "crowding": float(ratio),
+                       "at_boundary": mid, "at_centre": centre, "separation": sep})
+        labels = _numbered(np.where(labels == b, a, labels))
+    return labels, merges
 
 
 # Resolutions around the chosen one (as factors) at which the full embedding is clustered when

@@ -220,7 +220,7 @@ def describe_evidence(e: dict, bars: Mapping | None = None) -> str:
     a split that clears a bar by less than the margin is called close to it."""
     # a second round's own entry says what its depth check did
     return _describe(e, bars) + ("" if e.get("second_round") else _along_depth(e)
-                                 + _refined(e) + _voted(e) + _continuum(e))
+                                 + _refined(e) + _merged(e) + _voted(e) + _continuum(e))
 
 
 def _continuum(e: Mapping) -> str:
@@ -235,6 +235,37 @@ def _continuum(e: Mapping) -> str:
             f"({c['bar']:g}): the subgroups may be stages of one progression or path of "
             "states, not discrete types; order the cells by a pseudotime and follow the "
             "markers along it before calling them subtypes")
+
+
+def _thin_nowhere(e: Mapping) -> str:
+    """Where ``tl.subgroups`` merged subgroups between which nothing thins out
+    (:func:`scdm.clustering.merge_continua`), what it measured; empty elsewhere."""
+    from .clustering import CONTINUUM_SEPARATION
+
+    c = e.get("continuum_merged")
+    if not c:
+        return ""
+    merges = c["merges"]
+    crowding = ", ".join(f"{m['crowding']:.1f}" for m in merges)
+    seps = ", ".join(f"{m['separation']:.2f}" for m in merges)
+    k = c["n_subgroups_before"]
+    which = ("its two subgroups" if k == 2 else f"two of its {k} subgroups" if len(merges) == 1
+             else f"some of its {k} subgroups")
+    return (f"nothing thins out between {which}: where they meet lie {crowding} times "
+            "as many cells as near the emptier centre, and the line between them holds "
+            f"{seps} of their variance, no more than a flat continuum cut in two "
+            f"({CONTINUUM_SEPARATION:g}). Merged ({len(merges)} "
+            f"{'boundary' if len(merges) == 1 else 'boundaries'}): a path of states or a "
+            "progression may run through the class, not discrete types; order its cells by a "
+            "pseudotime (e.g. sc.tl.dpt) to follow it")
+
+
+def _merged(e: Mapping) -> str:
+    """For a split that kept two or more subgroups after some were merged as one continuum:
+    said; empty elsewhere (a class merged whole is said by :func:`_describe`)."""
+    if not e.get("continuum_merged") or not e.get("split"):
+        return ""
+    return ". Then " + _thin_nowhere(e)
 
 
 def _voted(e: Mapping) -> str:
@@ -362,6 +393,12 @@ def _describe(e: dict, bars: Mapping | None) -> str:
                     f"{pending['null_separation_max']:.2f}) but agree only at "
                     f"{pending['reproducibility']:.3f} (resolution {pending['resolution']:g}); "
                     "more models may decide (scdm.tl.second_round)")
+    if e.get("continuum_merged"):
+        first = f"{removed}; then " if shared else ""
+        return (f"one subgroup; {first}the halves of the models agreed on a split (ARI "
+                f"{e['best_reproducibility']:.2f} at resolution {e['best_resolution']:g}, "
+                f"separation {e['separation']:.2f} vs at most {e['null_separation_max']:.2f} "
+                f"in null halves), but {_thin_nowhere(e)}{checked}")
     if favoured := e.get("label_favoured"):
         first = f"{removed}; then " if shared else ""
         return (f"one subgroup; {first}a split into {favoured['n_subgroups']} passed the "

@@ -1361,22 +1361,117 @@ def test_a_boundary_no_cleaner_than_a_flat_continuum_cut_in_two_is_said():
     assert "boundary (inside one of its first subgroups, split again) puts 0.70" in inner
 
 
+def _noisy_halves(shared: np.ndarray, rng: np.random.Generator, noise: float = 0.3
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Two halves of one embedding: each its own noise, and the second in its own axes (an
+    orthogonal rotation), as two halves' separate SVDs give."""
+    rotation = np.linalg.qr(rng.standard_normal((shared.shape[1],) * 2))[0]
+    return (shared + noise * rng.standard_normal(shared.shape),
+            (shared + noise * rng.standard_normal(shared.shape)) @ rotation)
+
+
+def test_subgroups_with_nothing_thinning_out_between_them_are_merged():
+    """merge_continua: a single-peaked stretch cut in two or three is one continuum (its
+    boundaries more crowded than the centres, no more variance between the pieces than 3/4);
+    two types with a gap, and a rare type with a gap beside a large one, are kept apart. The
+    counts do not depend on each half's axes. (A flat stretch sits at the bar: its boundary
+    is as crowded as its centres on average.)"""
+    from scdm import clustering
+
+    rng = np.random.default_rng(0)
+    n, dims = 300, 10
+    along = rng.triangular(-2, 0, 2, n)
+    stretch = np.zeros((n, dims))
+    stretch[:, 0] = along
+    h1, h2 = _noisy_halves(stretch, rng)
+    halves_cut = (along > 0).astype(int)
+    ratio, mid, centre = clustering.boundary_crowding(h1, h2, halves_cut, 0, 1)
+    assert ratio >= 1 and mid > 0 and centre > 0
+    merged, merges = clustering.merge_continua(halves_cut, h1, h2)
+    assert np.unique(merged).size == 1 and len(merges) == 1
+    assert merges[0]["crowding"] == pytest.approx(ratio)
+    assert merges[0]["separation"] < clustering.CONTINUUM_SEPARATION
+    assert sorted(merges[0]["sizes"]) == sorted(np.bincount(halves_cut).tolist())
+    # in three stages: both boundaries merged, one after the other
+    stages = np.digitize(along, np.quantile(along, [1 / 3, 2 / 3]))
+    merged, merges = clustering.merge_continua(stages, h1, h2)
+    assert np.unique(merged).size == 1 and len(merges) == 2
+    # rotating a half (its own axes) changes nothing
+    again = clustering.boundary_crowding(h1, h2 @ np.linalg.qr(rng.standard_normal(
+        (dims, dims)))[0], halves_cut, 0, 1)
+    assert again == (ratio, mid, centre)
+
+    # two types, their centres 4 noise SDs apart: the boundary is empty, nothing is merged
+    types = np.repeat([0, 1], [150, 150])
+    apart = rng.standard_normal((n, dims))
+    apart[types == 1, 0] += 4
+    h1, h2 = _noisy_halves(apart, rng)
+    assert clustering.boundary_crowding(h1, h2, types, 0, 1)[0] < 0.5
+    kept, merges = clustering.merge_continua(types, h1, h2)
+    assert merges == [] and adjusted_rand_score(types, kept) == 1
+    # a rare type of 15 cells beside 285: separated by little variance (weighted by size,
+    # under the continuum's 3/4) but with an empty boundary, so kept
+    rare = np.repeat([0, 1], [285, 15])
+    beside = rng.standard_normal((n, dims))
+    beside[rare == 1, :2] += 3
+    h1, h2 = _noisy_halves(beside, rng)
+    assert (clustering.pair_separations(h1, rare)[0, 1]
+            < clustering.CONTINUUM_SEPARATION)
+    kept, merges = clustering.merge_continua(rare, h1, h2)
+    assert merges == [] and adjusted_rand_score(rare, kept) == 1
+    # clusters under min_size take no part
+    tiny = rare.copy()
+    tiny[:3] = 2
+    assert clustering.merge_continua(tiny, h1, h2, min_size=5)[0].max() == 2
+
+
+def test_a_split_merged_as_one_continuum_is_said():
+    """describe_evidence for a class whose subgroups were all merged (reported whole) and for
+    one that kept two of three."""
+    merge = {"sizes": [200, 100], "crowding": 1.19, "at_boundary": 68, "at_centre": 57,
+             "separation": 0.64}
+    whole = scdm.get.describe_evidence({
+        "split": False, "best_resolution": 0.3, "best_reproducibility": 0.8,
+        "separation": 0.7, "null_separation_max": 0.6, "p_value": 1 / 21, "n_subgroups": 1,
+        "continuum_merged": {"n_subgroups_before": 2, "merges": [merge]}})
+    assert whole.startswith("one subgroup; the halves of the models agreed on a split")
+    assert "where they meet lie 1.2 times as many cells" in whole
+    assert "holds 0.64 of their variance" in whole and "Merged (1 boundary)" in whole
+    kept = scdm.get.describe_evidence({
+        "split": True, "n_subgroups": 2, "reproducibility": 0.8, "resolution": 0.3,
+        "separation": 0.8, "null_separation_max": 0.6, "p_value": 1 / 21, "n_null": 20,
+        "margin": 0.2, "continuum_merged": {"n_subgroups_before": 3, "merges": [merge]}})
+    assert kept.startswith("2 subgroups") and ". Then nothing thins out between two of its 3" \
+        in kept
+
+
 @pytest.mark.slow
-def test_a_disease_along_a_path_of_programs_is_said_to_be_possibly_a_continuum(tmp_path):
+def test_a_disease_along_a_path_of_programs_is_kept_whole(tmp_path):
     """A disease that runs along a path through three programs (no discrete subtype): TRAK's
-    halves cut it in two at this seed, beyond the null, and the split is reported with the
-    caution that its boundary is no cleaner than a flat continuum's cut (RESULTS.md, session
-    50). The controls are whole."""
+    halves cut it in two at this seed, beyond the null, but nothing thins out where the two
+    pieces meet and they are no more separated than a flat continuum cut in two, so they are
+    merged and the class is one subgroup, said to be a possible path (RESULTS.md, sessions 50
+    and 51). The controls are whole."""
     import scanpy as sc
 
     adata = scdm.datasets.planted_subtypes(trajectory=True, random_state=1)
     sc.pp.pca(adata, n_comps=50, random_state=1)
     scdm.tl.trak(adata, "disease", store=tmp_path / "trak", random_state=1, verbose=False)
-    with pytest.warns(scdm.tl.PossibleContinuumWarning, match=r"\['disease'\] were split"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scdm.tl.PossibleContinuumWarning)
         scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1, verbose=False)
     evidence = adata.uns["trak_subgroup"]["reproducibility"]
-    assert evidence["disease"]["n_subgroups"] == 2
-    flat = evidence["disease"]["continuum"]
-    assert flat["separation"] < flat["bar"] == scdm.clustering.CONTINUUM_SEPARATION
-    assert evidence["control"]["n_subgroups"] == 1 and "continuum" not in evidence["control"]
-    assert "stages of one progression" in scdm.get.describe_evidence(evidence["disease"])
+    disease = evidence["disease"]
+    assert disease["n_subgroups"] == 1 and not disease["split"]
+    assert disease["continuum_merged"]["n_subgroups_before"] == 2
+    (merge,) = disease["continuum_merged"]["merges"]
+    assert merge["crowding"] >= scdm.clustering.CONTINUUM_CROWDING
+    assert merge["at_centre"] >= scdm.clustering.CROWDING_MIN_CELLS
+    assert merge["separation"] < scdm.clustering.CONTINUUM_SEPARATION
+    assert set(adata.obs.loc[adata.obs["disease"] == "disease", "trak_subgroup"]) == {
+        "disease-0"}
+    assert evidence["control"]["n_subgroups"] == 1
+    assert "continuum_merged" not in evidence["control"]
+    said = scdm.get.describe_evidence(disease)
+    assert "nothing thins out between its two subgroups" in said
+    assert "a path of states or a progression may run through the class" in said
