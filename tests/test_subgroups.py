@@ -1463,6 +1463,7 @@ def test_a_disease_along_a_path_of_programs_is_kept_whole(tmp_path):
     evidence = adata.uns["trak_subgroup"]["reproducibility"]
     disease = evidence["disease"]
     assert disease["n_subgroups"] == 1 and not disease["split"]
+    assert "boundaries_refined" not in disease  # the moves were the merged boundary's
     assert disease["continuum_merged"]["n_subgroups_before"] == 2
     (merge,) = disease["continuum_merged"]["merges"]
     assert merge["crowding"] >= scdm.clustering.CONTINUUM_CROWDING

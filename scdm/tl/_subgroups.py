@@ -571,7 +571,7 @@ def subgroups(
             found, merged = merge_continua(found, halves[0][checked], halves[1][checked],
                                            min_size=min_size)
             if merged and n_substantial(found, min_size) < 2:
-                found, inner = None, {}
+                found, inner, refined = None, {}, None  # no boundary is left to have moved
             elif merged:
                 found = refine(found)
         summary = choice.summary()
