@@ -246,13 +246,14 @@ def _thin_nowhere(e: Mapping) -> str:
     if not c:
         return ""
     merges = c["merges"]
-    crowding = ", ".join(f"{m['crowding']:.1f}" for m in merges)
+    counts = ", ".join(f"{m['at_boundary']} cells against {m['at_centre']}" for m in merges)
     seps = ", ".join(f"{m['separation']:.2f}" for m in merges)
     k = c["n_subgroups_before"]
-    which = ("its two subgroups" if k == 2 else f"two of its {k} subgroups" if len(merges) == 1
-             else f"some of its {k} subgroups")
-    return (f"nothing thins out between {which}: where they meet lie {crowding} times "
-            "as many cells as near the emptier centre, and the line between them holds "
+    which = ("the two subgroups first found" if k == 2 else
+             f"two of the {k} subgroups first found" if len(merges) == 1
+             else f"some of the {k} subgroups first found")
+    return (f"nothing thins out between {which}: where they meet lie {counts} near the "
+            "emptier centre (both halves counted), and the line between them holds "
             f"{seps} of their variance, no more than a flat continuum cut in two "
             f"({CONTINUUM_SEPARATION:g}). Merged ({len(merges)} "
             f"{'boundary' if len(merges) == 1 else 'boundaries'}): a path of states or a "
