@@ -419,7 +419,8 @@ def test_carrying_to_another_class_discounts_hubs():
 
 
 @pytest.mark.slow
-def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_gene():
+def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_gene(
+        monkeypatch):
     """Counts closer to real cells (``module_subtypes``: no subtypes, a batch shifting every
     one of 1,000 sparse genes a little, co-expression modules with long-tailed loadings in
     both classes, so that a few cells lie far from all others), trained as a new user would
@@ -428,7 +429,9 @@ def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_
     genes themselves, nearly every control cell took the subgroup of a few outlying disease
     cells, the boundary was never measured there, and the batch was reported as a subtype.
     Carried on the input's components above noise, it divides the controls too, and both
-    classes stay whole."""
+    classes stay whole. The batch's cut shows no gap (clustering.merge_continua would merge
+    it), so the failure and the carrying are shown with that merge off; with it on (the
+    default) the class is whole too."""
     scdm.settings.verbosity = 0
     adata = scdm.datasets.module_subtypes({"control": [300], "disease": [300]},
                                           module_shape=1.0, random_state=0)
@@ -438,6 +441,9 @@ def test_cells_far_from_all_others_do_not_hide_a_batch_spread_thinly_over_every_
     scdm.tl.trak(adata, "disease", use_rep="X")
     batch = adata.obs["batch"].to_numpy()
     disease = (adata.obs["disease"] == "disease").to_numpy()
+    merged = scdm.tl.subgroups(adata, key="trak", markers=False, shared_check=False, copy=True)
+    assert set(merged.obs["trak_subgroup"]) == {"control-0", "disease-0"}
+    monkeypatch.setattr(clustering, "CONTINUUM_CROWDING", None)
     scdm.tl.subgroups(adata, key="trak", markers=False, shared_check=False)
     unchecked = adata.obs["trak_subgroup"].astype(str).to_numpy()
     # the failure: the disease class is cut along its batches (each batch on one side)
@@ -593,9 +599,14 @@ def test_a_subtype_cut_along_sequencing_depth_stays_one_subgroup(tmp_path, monke
     scdm.tl.trak(adata, "disease", use_rep="auto", store=tmp_path / "t", random_state=1)
     disease = (adata.obs["disease"] == "disease").to_numpy()
     found = {}
+    crowding = clustering.CONTINUUM_CROWDING
     for depth_check in (False, True):
-        # the check off: no split's depth association reaches a bar above 1
+        # the check off: no split's depth association reaches a bar above 1; and no merge of
+        # subgroups with nothing thinning out between them, which would hide the depth cut
+        # and, here, the subtypes too (low-depth cells of every subtype lie between them;
+        # RESULTS.md, session 51)
         monkeypatch.setattr(sg, "DEPTH_AUC", clustering.DEPTH_AUC if depth_check else 1.1)
+        monkeypatch.setattr(clustering, "CONTINUUM_CROWDING", crowding if depth_check else None)
         scdm.tl.subgroups(adata, key="trak", markers=False, random_state=1)
         found[depth_check] = adata.obs["trak_subgroup"][disease].astype(str).to_numpy()
         evidence = adata.uns["trak_subgroup"]["reproducibility"]
