@@ -1650,7 +1650,7 @@ def boundary_crowding(half1: np.ndarray, half2: np.ndarray, labels: np.ndarray, 
 def merge_continua(labels: np.ndarray, half1: np.ndarray, half2: np.ndarray, *,
                    min_size: int = 5, crowding: float = CONTINUUM_CROWDING,
                    min_cells: int = CROWDING_MIN_CELLS,
-                   max_separation: float = CONTINUUM_SEPARATION
+                   max_separation: float = CONTINUUM_SEPARATION, window: float = GAP_WINDOW
                    ) -> tuple[np.ndarray, list[dict]]:
     """Merge the pairs of clusters of ``labels`` between which nothing thins out.
 
@@ -1659,7 +1659,8 @@ def merge_continua(labels: np.ndarray, half1: np.ndarray, half2: np.ndarray, *,
     at least ``min_cells`` near that centre, both halves counted: fewer tell nothing) and
     the halves put no more of the variance along the line between the two than a flat
     continuum cut in two (``max_separation``, :data:`CONTINUUM_SEPARATION`; mean of the
-    halves' :func:`pair_separations`): both say there is no gap. The most crowded such pair
+    halves' :func:`pair_separations`): both say there is no gap (``window``: the
+    :func:`boundary_crowding` window). The most crowded such pair
     is merged and the pairs measured again, until none is left. Returns the labels (numbered
     by size) and one record per merge: ``{"sizes", "crowding", "at_boundary", "at_centre",
     "separation"}``.
@@ -1676,7 +1677,7 @@ def merge_continua(labels: np.ndarray, half1: np.ndarray, half2: np.ndarray, *,
         best = None
         for i, a in enumerate(big):
             for b in big[i + 1:]:
-                ratio, mid, centre = boundary_crowding(half1, half2, labels, a, b)
+                ratio, mid, centre = boundary_crowding(half1, half2, labels, a, b, window)
                 if not (ratio >= crowding and centre >= min_cells
                         and seps[a, b] < max_separation):
                     continue

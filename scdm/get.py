@@ -245,7 +245,7 @@ def _thin_nowhere(e: Mapping) -> str:
     c = e.get("continuum_merged")
     if not c:
         return ""
-    merges = c["merges"]
+    merges = [c["merges"][k] for k in sorted(c["merges"], key=int)]  # "1", "2": as merged
     counts = ", ".join(f"{m['at_boundary']} cells against {m['at_centre']}" for m in merges)
     seps = ", ".join(f"{m['separation']:.2f}" for m in merges)
     k = c["n_subgroups_before"]

@@ -179,6 +179,11 @@ def test_no_structure_gives_one_subgroup_per_class(null_trained):
     assert info["params"]["min_margin"] == scdm.clustering.MIN_MARGIN  # the rule, recorded
     assert info["params"]["close_seeds"] == scdm.clustering.CLOSE_SEEDS
     assert info["params"]["leiden_runs"] == scdm.clustering.LEIDEN_RUNS
+    # the continuum merge's and the refinement's settings, so a changed one shows
+    assert info["params"]["continuum_crowding"] == scdm.clustering.CONTINUUM_CROWDING
+    assert info["params"]["crowding_min_cells"] == scdm.clustering.CROWDING_MIN_CELLS
+    assert info["params"]["gap_window"] == scdm.clustering.GAP_WINDOW
+    assert info["params"]["refine_components"] == scdm.clustering.REFINE_COMPONENTS
     # the nuisance the models were balanced on, for the evidence's advice
     assert info["params"]["stratify_key"] == "batch"
     assert info["markers"].empty  # nothing to contrast within a class
@@ -1425,22 +1430,26 @@ def test_subgroups_with_nothing_thinning_out_between_them_are_merged():
     assert clustering.merge_continua(tiny, h1, h2, min_size=5)[0].max() == 2
 
 
-def test_a_split_merged_as_one_continuum_is_said():
+def test_a_split_merged_as_one_continuum_is_said(tmp_path):
     """describe_evidence for a class whose subgroups were all merged (reported whole) and for
-    one that kept two of three."""
+    one that kept two of three, also as read back from h5ad."""
     merge = {"sizes": [200, 100], "crowding": 1.19, "at_boundary": 68, "at_centre": 57,
              "separation": 0.64}
-    whole = scdm.get.describe_evidence({
+    evidence = {
         "split": False, "best_resolution": 0.3, "best_reproducibility": 0.8,
         "separation": 0.7, "null_separation_max": 0.6, "p_value": 1 / 21, "n_subgroups": 1,
-        "continuum_merged": {"n_subgroups_before": 2, "merges": [merge]}})
+        "continuum_merged": {"n_subgroups_before": 2, "merges": {"1": merge}}}
+    whole = scdm.get.describe_evidence(evidence)
+    saved = AnnData(np.zeros((2, 1)), uns={"e": evidence})
+    saved.write_h5ad(tmp_path / "e.h5ad")
+    assert scdm.get.describe_evidence(read_h5ad(tmp_path / "e.h5ad").uns["e"]) == whole
     assert whole.startswith("one subgroup; the halves of the models agreed on a split")
     assert "where they meet lie 68 cells against 57 near the emptier centre" in whole
     assert "holds 0.64 of their variance" in whole and "Merged (1 boundary)" in whole
     kept = scdm.get.describe_evidence({
         "split": True, "n_subgroups": 2, "reproducibility": 0.8, "resolution": 0.3,
         "separation": 0.8, "null_separation_max": 0.6, "p_value": 1 / 21, "n_null": 20,
-        "margin": 0.2, "continuum_merged": {"n_subgroups_before": 3, "merges": [merge]}})
+        "margin": 0.2, "continuum_merged": {"n_subgroups_before": 3, "merges": {"1": merge}}})
     assert kept.startswith("2 subgroups") and (
         ". Then nothing thins out between two of the 3 subgroups first found" in kept)
 
@@ -1465,7 +1474,10 @@ def test_a_disease_along_a_path_of_programs_is_kept_whole(tmp_path):
     assert disease["n_subgroups"] == 1 and not disease["split"]
     assert "boundaries_refined" not in disease  # the moves were the merged boundary's
     assert disease["continuum_merged"]["n_subgroups_before"] == 2
-    (merge,) = disease["continuum_merged"]["merges"]
+    # decided as one continuum: not left to a second round (which cut it into stages)
+    assert "undecided" not in disease
+    assert "disease" not in adata.uns["trak_subgroup"]["undecided"]
+    (merge,) = disease["continuum_merged"]["merges"].values()
     assert merge["crowding"] >= scdm.clustering.CONTINUUM_CROWDING
     assert merge["at_centre"] >= scdm.clustering.CROWDING_MIN_CELLS
     assert merge["separation"] < scdm.clustering.CONTINUUM_SEPARATION
@@ -1476,3 +1488,7 @@ def test_a_disease_along_a_path_of_programs_is_kept_whole(tmp_path):
     said = scdm.get.describe_evidence(disease)
     assert "nothing thins out between the two subgroups first found" in said
     assert "a path of states or a progression may run through the class" in said
+    # the evidence is written to h5ad and read back as it was
+    adata.write_h5ad(tmp_path / "merged.h5ad")
+    back = read_h5ad(tmp_path / "merged.h5ad").uns["trak_subgroup"]
+    assert scdm.get.describe_evidence(back["reproducibility"]["disease"]) == said

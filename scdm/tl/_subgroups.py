@@ -303,7 +303,8 @@ def subgroups(
     each half holds too few models to agree on where the clusters part. It is reported (the
     class's evidence ``"undecided"``, ``adata.uns[key_added]["undecided"]`` and a
     :class:`UndecidedSubgroupsWarning`), never split; :func:`scdm.tl.second_round` trains
-    more models and decides it.
+    more models and decides it. A class whose accepted split was merged whole as one
+    continuum (below) is decided, not undecided.
 
     Where the models' input is mostly noise (its components above the noise edge hold under
     :data:`scdm.clustering.NOISE_DOMINATED` of its variance, as in thousands of sparse genes;
@@ -568,8 +569,11 @@ def subgroups(
         merged: list[dict] = []
         if found is not None and _engine.CONTINUUM_CROWDING is not None:
             before = n_substantial(found, min_size)
-            found, merged = merge_continua(found, halves[0][checked], halves[1][checked],
-                                           min_size=min_size)
+            # the module's values at call time, as recorded in params
+            found, merged = merge_continua(
+                found, halves[0][checked], halves[1][checked], min_size=min_size,
+                crowding=_engine.CONTINUUM_CROWDING, min_cells=_engine.CROWDING_MIN_CELLS,
+                window=_engine.GAP_WINDOW)
             if merged and n_substantial(found, min_size) < 2:
                 found, inner, refined = None, {}, None  # no boundary is left to have moved
             elif merged:
@@ -591,7 +595,9 @@ def subgroups(
         if refined is not None:
             entry["boundaries_refined"] = refined
         if merged:
-            entry["continuum_merged"] = {"n_subgroups_before": before, "merges": merged}
+            # numbered in the order merged, as split_within: h5ad holds no list of dicts
+            entry["continuum_merged"] = {"n_subgroups_before": before, "merges": {
+                str(i + 1): merge for i, merge in enumerate(merged)}}
         return _ClassCheck(found, class_rep, choice, entry, met)
 
     def decided(cls: str, within: dict[str, np.ndarray]) -> _ClassCheck:
@@ -652,8 +658,11 @@ def subgroups(
                 if (flat := weakest_boundary(evidence[cls])) is not None:
                     evidence[cls]["continuum"] = flat
             # kept whole (no split accepted, or one that left a single cluster): is it
-            # undecided rather than structureless?
-            if (evidence[cls]["n_subgroups"] < 2
+            # undecided rather than structureless? Not where an accepted split was merged
+            # whole as one continuum: the class is decided, and more models cut the same
+            # continuum more sharply (a path class merged at round one came out of the second
+            # in three stages; RESULTS.md, session 52)
+            if (evidence[cls]["n_subgroups"] < 2 and "continuum_merged" not in evidence[cls]
                     and (pending := choice.undecided()) is not None):
                 evidence[cls]["undecided"] = pending
                 undecided.append(cls)
@@ -672,6 +681,10 @@ def subgroups(
                    "min_jaccard": REPRODUCING_JACCARD, "min_size": min_size,
                    "close_seeds": _engine.CLOSE_SEEDS, "leiden_runs": _engine.LEIDEN_RUNS,
                    "continuum_separation": CONTINUUM_SEPARATION,
+                   "continuum_crowding": _engine.CONTINUUM_CROWDING,
+                   "crowding_min_cells": _engine.CROWDING_MIN_CELLS,
+                   "gap_window": _engine.GAP_WINDOW,
+                   "refine_components": _engine.REFINE_COMPONENTS,
                    "max_points": max_points,
                    "shared_check": shared_check, "classes": chosen,
                    "markers": markers, "n_genes": n_genes, "random_state": seed,
