@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -415,10 +416,15 @@ def uns_names(mapping) -> dict:
 
 def uns_safe(value):
     """A copy of ``value`` that anndata can write to h5ad (no None, tuples or numpy scalars;
-    "/" in keys as :func:`uns_key` writes it)."""
+    "/" in keys as :func:`uns_key` writes it). A list of mappings is refused: h5ad cannot
+    hold one (``write_h5ad`` fails on it long after the result was made), so records are
+    kept numbered, ``{"1": ..., "2": ...}``."""
     if isinstance(value, dict):
         return {uns_key(k): uns_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
+        if any(isinstance(v, Mapping) for v in value):
+            raise TypeError("a list of mappings cannot be written to h5ad; keep the records "
+                            "numbered instead, {'1': ..., '2': ...}")
         return [uns_safe(v) for v in value if v is not None]
     if isinstance(value, np.generic):
         return value.item()

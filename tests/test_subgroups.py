@@ -1443,6 +1443,12 @@ def test_a_split_merged_as_one_continuum_is_said(tmp_path):
     saved = AnnData(np.zeros((2, 1)), uns={"e": evidence})
     saved.write_h5ad(tmp_path / "e.h5ad")
     assert scdm.get.describe_evidence(read_h5ad(tmp_path / "e.h5ad").uns["e"]) == whole
+    # records kept as a list, as they first were, are refused where the result is stored,
+    # not when it is written out
+    from scdm._anndata import uns_safe
+
+    with pytest.raises(TypeError, match="list of mappings cannot be written to h5ad"):
+        uns_safe({"merges": [merge]})
     assert whole.startswith("one subgroup; the halves of the models agreed on a split")
     assert "where they meet lie 68 cells against 57 near the emptier centre" in whole
     assert "holds 0.64 of their variance" in whole and "Merged (1 boundary)" in whole
