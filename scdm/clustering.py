@@ -1631,12 +1631,13 @@ def boundary_crowding(half1: np.ndarray, half2: np.ndarray, labels: np.ndarray, 
     mid = centre = 0
     for points in (half1, half2):
         xa, xb = points[labels == a], points[labels == b]
-        direction = xb.mean(0) - xa.mean(0)
+        ca, cb = xa.mean(0), xb.mean(0)
+        direction = cb - ca
         length = float(direction @ direction)
         if length == 0:
             continue
         # the line through the centres, scaled so that they sit at -1 and +1
-        middle = (xa.mean(0) + xb.mean(0)) @ direction / 2
+        middle = (ca + cb) @ direction / 2
         za, zb = (xa @ direction - middle) / (length / 2), (xb @ direction - middle) / (length / 2)
         z = np.concatenate([za, zb])
         meet = float(np.clip(_switch_point(za, zb), -1 + window, 1 - window))
