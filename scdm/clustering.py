@@ -531,7 +531,7 @@ CUT_SLACK = 0.1
 # types. Not a bar alone: a bent path piles up along that line and passes it, and as a bar it
 # lost 3 true splits of the suite's 81 for one more of 6 path classes kept whole (RESULTS.md,
 # issue 28, session 50). With a boundary no emptier than the centres (merge_continua) it
-# merges; on its own, tl.subgroups says it of a split it keeps (12 of 72 true splits).
+# merges; on its own, tl.subgroups says it of a split it keeps (9–12 of 72 true splits).
 CONTINUUM_SEPARATION = 0.75
 
 # A boundary no emptier than the subgroups' centres: on the line through two subgroups'

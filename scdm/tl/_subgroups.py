@@ -200,10 +200,11 @@ def subgroups(
     (the class's, or an inner split's) puts less of the variance along the line between its
     sides than that flat cut is said to be possibly stages of one continuum: the evidence's
     ``"continuum"``, a :class:`PossibleContinuumWarning` and a sentence in
-    ``scdm.get.describe_evidence`` (on the suite, 12 of 72 true splits). Where the subgroups'
-    markers rise and fall in turn and cells carry two at once, order the cells by a
-    pseudotime before naming the subgroups subtypes: on standardised components a path
-    through five programmes kept valleys between its stages (3 of 3 runs split).
+    ``scdm.get.describe_evidence`` (on the suite, 9–12 of 72 true splits, as trained).
+    Where the subgroups' markers rise and fall in turn and cells carry two at once, order
+    the cells by a pseudotime before naming the subgroups subtypes: on standardised
+    components a path through five programmes kept valleys between its stages (3 of 3 runs
+    split).
 
     Reproducible is not enough: a nuisance that all classes share (batch, donor, sequencing
     run, cell cycle) shifts the models' input of every class alike and splits each class's
@@ -759,7 +760,7 @@ def subgroups(
             f"in two ({CONTINUUM_SEPARATION:g}): the subgroups may be stages of one "
             f"progression or path of states, not discrete types (cells still thin out where "
             f"they meet, or subgroups that do not were merged already). On the scenario "
-            f"suite (workflows/benchmarks/subgroups.py) this was said of 12 of 72 true splits "
+            f"suite (workflows/benchmarks/subgroups.py) this was said of 9–12 of 72 true splits "
             f"(weak, rare, unequal or graded subtypes) and, on standardised components, of 2 "
             f"of the 3 splits of a disease along a path through five programmes that were left "
             f"after merging. Order the cells by a pseudotime (e.g. sc.tl.dpt) "
