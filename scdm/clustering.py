@@ -15,7 +15,7 @@ continuum are cut in similar places (measured on planted data without subtypes: 
 0.64), and a long Gaussian cloud cut across its long axis reproduces as well as two clusters
 do. So the null is not "no signal" but "no clusters": pairs of halves with the same shared
 (signal) and independent (noise) covariance as the observed halves, and the same spread of
-distances from their centre, clustered the same way (:func:`gaussian_null_factors`). A
+distances from their centre, clustered the same way (:func:`null_factors`). A
 resolution is accepted when the halves find the same number of clusters, their partitions agree
 at least ``min_reproducibility`` and the clusters are more separated than in every null draw
 (empirical p-value ``≤ alpha``), by at least ``MIN_MARGIN``. Among accepted resolutions the
@@ -302,10 +302,10 @@ def pair_separations(points: np.ndarray, labels: np.ndarray, min_size: int = 5,
 # halo too (0 of 124; the tight group found in 119), and is a Gaussian where the data are one:
 # the cached TRAK suite's 219 class counts were unchanged. A tight group at the very centre of
 # a wide one is such a core and halo, one unimodal cloud: kept whole.
-def gaussian_null_factors(half1: np.ndarray, half2: np.ndarray
+def null_factors(half1: np.ndarray, half2: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What null halves without clusters but with the observed halves' signal, noise and
-    spread are drawn from (:func:`gaussian_null_halves`): ``(shared, noise, radii)``.
+    spread are drawn from (:func:`null_halves`): ``(shared, noise, radii)``.
 
     ``half2`` is rotated onto ``half1`` (orthogonal Procrustes: each half's SVD has its own
     axes); the halves' mean carries the shared signal (and half the noise), their
@@ -336,9 +336,9 @@ def gaussian_null_factors(half1: np.ndarray, half2: np.ndarray
     return shared_factor, noise_vectors * np.sqrt(noise_values), radii
 
 
-def gaussian_null_halves(factors: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
+def null_halves(factors: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One pair of null halves of ``n`` points from :func:`gaussian_null_factors`: a shared
+    """One pair of null halves of ``n`` points from :func:`null_factors`: a shared
     part in uniformly random directions at radii drawn from the observed ones, plus and minus
     Gaussian noise of the observed halves' half-difference."""
     shared_factor, noise_factor, radii = factors
@@ -1451,7 +1451,7 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     min_reproducibility
         Smallest ARI between the halves' partitions that counts as a reproducible split.
     n_null
-        Null pairs (see :func:`gaussian_null_factors`); the smallest attainable
+        Null pairs (see :func:`null_factors`); the smallest attainable
         p-value is ``1 / (n_null + 1)``.
     alpha
         A resolution's p-value must not exceed this.
@@ -1529,10 +1529,10 @@ def choose_resolution(half1: np.ndarray, half2: np.ndarray, *, n_neighbors: int,
     null_jaccard = min_jaccard if own_candidate.any() else None
     null_kw = {**kw, "resolutions": [resolutions[j] for j in needed]}
     rng = np.random.default_rng(random_state)
-    factors = gaussian_null_factors(half1, half2)  # the same for every draw
+    factors = null_factors(half1, half2)  # the same for every draw
     # drawn in order first, then clustered (Leiden is seeded per call): the same values
     # whether the pairs run here or in parallel processes
-    draws = [gaussian_null_halves(factors, half1.shape[0], rng) for _ in range(n_null)]
+    draws = [null_halves(factors, half1.shape[0], rng) for _ in range(n_null)]
     jobs = null_jobs(half1.shape[0])
     if jobs > 1:
         from joblib import Parallel, delayed

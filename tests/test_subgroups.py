@@ -515,8 +515,8 @@ def test_the_null_keeps_the_observed_spread_of_distances_from_the_centre():
             "tight inside wide": np.where(rng.random((n, 1)) < 0.5, 0.1, 1.5)
             * rng.normal(size=(n, d)) @ mixing}.items():
         half1, half2 = (signal + rng.normal(0, 0.5, (n, d)) for _ in range(2))
-        factors = clustering.gaussian_null_factors(half1, half2)
-        null1, null2 = clustering.gaussian_null_halves(factors, n, rng)
+        factors = clustering.null_factors(half1, half2)
+        null1, null2 = clustering.null_halves(factors, n, rng)
         for observed, drawn in (((half1 + half2) / 2, (null1 + null2) / 2),
                                 ((half1 - half2) / 2, (null1 - null2) / 2)):
             np.testing.assert_allclose(np.cov(drawn, rowvar=False),

@@ -143,7 +143,7 @@ def subgroups(
     halves find the same number of clusters, their partitions agree (ARI ≥
     ``min_reproducibility``), and each half's clusters are more separated in the other half
     than in every one of ``n_null`` pairs of cluster-free halves with the same signal, noise
-    and spread of distances from the centre (:func:`scdm.clustering.gaussian_null_factors`:
+    and spread of distances from the centre (:func:`scdm.clustering.null_factors`:
     Gaussian where the data are), by a margin (:data:`scdm.clustering.MIN_MARGIN`, 0.03 on
     separation's 0-1 scale: beating every null pair by a hair happens by chance when a grid of
     resolutions is scanned; on the scenario suite's 273 null and 171 planted class runs the

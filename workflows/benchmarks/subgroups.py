@@ -459,10 +459,10 @@ def truth_separation(adata: ad.AnnData, method: str, members: np.ndarray, truth:
         DEFAULT_RESOLUTIONS,
         centre_within,
         cross_separation,
-        gaussian_null_factors,
-        gaussian_null_halves,
         leiden_labels,
         n_substantial,
+        null_factors,
+        null_halves,
     )
 
     codes = pd.factorize(np.asarray(truth), sort=True)[0]
@@ -476,11 +476,11 @@ def truth_separation(adata: ad.AnnData, method: str, members: np.ndarray, truth:
         half1, half2 = centre_within(half1, batch), centre_within(half2, batch)
     separation = cross_separation(half1, half2, codes, codes)
     rng = np.random.default_rng(seed)
-    factors = gaussian_null_factors(half1, half2)
+    factors = null_factors(half1, half2)
     at_k, anywhere = [], []
     kw = {"n_neighbors": n_neighbors, "resolutions": DEFAULT_RESOLUTIONS, "random_state": seed}
     for _ in range(n_null):
-        null1, null2 = gaussian_null_halves(factors, members.size, rng)
+        null1, null2 = null_halves(factors, members.size, rng)
         for a, b in zip(leiden_labels(null1, **kw), leiden_labels(null2, **kw), strict=True):
             if a.max() == 0 and b.max() == 0:
                 continue
