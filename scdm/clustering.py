@@ -180,8 +180,9 @@ def by_size(codes: np.ndarray) -> np.ndarray:
 # turns on its seed where optima are near-equal: on the TRAK suite (219 classes, the same
 # attributions at two seeds of tl.subgroups) 6 counts differed with one run, 3 with five
 # (RESULTS.md, session 48); the scan, its null pairs and the baselines all use the same runs.
-# The default stays 1: the test case that failed under five was the Gaussian null's, not the
-# runs' (session 49), and five has not been measured again on the null that replaced it.
+# The default stays 1: with the current null and the merges, five runs split one more path
+# null class (G-trajectory-null seed 2) for the same number of right counts, at 2.5x the
+# clustering time (RESULTS.md, session 53).
 LEIDEN_RUNS = 1
 
 
