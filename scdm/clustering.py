@@ -304,7 +304,7 @@ def pair_separations(points: np.ndarray, labels: np.ndarray, min_size: int = 5,
 # the cached TRAK suite's 219 class counts were unchanged. A tight group at the very centre of
 # a wide one is such a core and halo, one unimodal cloud: kept whole.
 def null_factors(half1: np.ndarray, half2: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What null halves without clusters but with the observed halves' signal, noise and
     spread are drawn from (:func:`null_halves`): ``(shared, noise, radii)``.
 
@@ -338,7 +338,7 @@ def null_factors(half1: np.ndarray, half2: np.ndarray
 
 
 def null_halves(factors: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
-                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One pair of null halves of ``n`` points from :func:`null_factors`: a shared
     part in uniformly random directions at radii drawn from the observed ones, plus and minus
     Gaussian noise of the observed halves' half-difference."""
