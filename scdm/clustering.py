@@ -181,8 +181,8 @@ def by_size(codes: np.ndarray) -> np.ndarray:
 # attributions at two seeds of tl.subgroups) 6 counts differed with one run, 3 with five
 # (RESULTS.md, session 48); the scan, its null pairs and the baselines all use the same runs.
 # The default stays 1: with the current null and the merges, five runs split one more path
-# null class (G-trajectory-null seed 2) for the same number of right counts, at 2.5x the
-# clustering time (RESULTS.md, session 53).
+# null class on auto for the same number of right counts, and three more null classes on
+# X_pca for three more, at 2.5-3x the clustering time (RESULTS.md, sessions 53 and 54).
 LEIDEN_RUNS = 1
 
 

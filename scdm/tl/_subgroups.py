@@ -296,9 +296,10 @@ def subgroups(
     attributions, against 6 with one run; the right count
     where a classifier reaches 0.9 was 59 of 69 at each seed (60 and 58 with one run), mean
     ARI 0.83-0.84 (0.81), every null class whole; it costs 2-3 times the clustering time
-    (RESULTS.md, session 48). Measured again with the current null and merges (session 53) it
-    kept the right count at 59 of 69 but split one more path null class, so 1 stays the
-    default. Recorded as ``params["leiden_runs"]``.
+    (RESULTS.md, session 48). Measured again with the current null and merges (sessions
+    53-54) it kept the right count at 59 of 69 on ``auto`` but split one more path null class,
+    and on ``X_pca`` split three more null classes, so 1 stays the default. Recorded as
+    ``params["leiden_runs"]``.
 
     A class left whole is *undecided* when both halves find the same clusters, separated
     beyond every null pair by the margin, but agree only at
